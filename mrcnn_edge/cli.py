@@ -1,0 +1,101 @@
+"""The ``mrcnn-edge`` command: one table of subcommands, each in the module that owns it.
+
+A command module stays cheap to import (no torch at module level) and defines, for a command
+``name``, ``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int`` (dashes become
+underscores). Errors the user can fix are :class:`~mrcnn_edge.errors.UserError`: one line on
+stderr and a non-zero exit; a traceback only with ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import UserError
+
+__all__ = ["main", "COMMANDS"]
+
+# name -> (module, one-line help). Order is the order of ``--help``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("mrcnn_edge.cmd_demo", "export, validate and run the shipped demo model end to end"),
+    "export": ("mrcnn_edge.export.cli", "export a checkpoint to ONNX (tensorrt or portable flavor)"),
+    "validate": ("mrcnn_edge.export.cli", "compare ONNX / TensorRT outputs with the PyTorch model"),
+    "build-plugin": ("mrcnn_edge.export.build_cli", "compile the MultilevelRoIAlign TensorRT plugin library"),
+    "build": ("mrcnn_edge.export.build_cli", "build a TensorRT engine from an exported ONNX model"),
+    "run": ("mrcnn_edge.runtime.cli", "segment a camera, video, images or a stream with a model"),
+    "benchmark": ("mrcnn_edge.cmd_demo", "time torchvision, the edge graph, ONNX Runtime and TensorRT"),
+    "inspect": ("mrcnn_edge.cmd_model", "print a checkpoint's architecture, classes and normalisation"),
+    "train": ("mrcnn_edge.cmd_model", "train a Mask R-CNN on a COCO-format dataset (CPU is fine)"),
+    "evaluate": ("mrcnn_edge.cmd_model", "COCO box and mask AP of a checkpoint on a dataset"),
+    "synth": ("mrcnn_edge.cmd_data", "write a synthetic COCO instance-segmentation dataset"),
+    "synth-video": ("mrcnn_edge.cmd_data", "write a synthetic video of moving shapes"),
+}
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser = argparse.ArgumentParser(
+        prog="mrcnn-edge",
+        description="Take a trained torchvision Mask R-CNN to ONNX and TensorRT, and run it at the edge.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"mrcnn-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        attr = name.replace("-", "_")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            # A missing optional part must not break the other commands.
+            p = sub.add_parser(name, help=f"{help_text} [unavailable: {exc}]", parents=[common])
+            p.set_defaults(_unavailable=f"'{name}' is unavailable: {exc}")
+            continue
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(module.__dict__.get(f"DESCRIPTION_{attr.upper()}") or help_text),
+            parents=[common],
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        getattr(module, f"add_{attr}_arguments")(p)
+        p.set_defaults(_run=getattr(module, f"run_{attr}"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MRCNN_EDGE_DEBUG") == "1"
+    try:
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "_unavailable", None):
+            raise UserError(args._unavailable)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"mrcnn-edge: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mrcnn-edge: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
+        if debug:
+            raise
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"mrcnn-edge: error: {type(exc).__name__}: {msg} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

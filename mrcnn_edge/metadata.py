@@ -1,0 +1,93 @@
+"""Self-describing artefacts: the metadata keys every ONNX model and engine sidecar carries.
+
+Values are JSON-encoded strings (ONNX ``metadata_props`` hold strings only). This module has no
+heavy imports: the runtime reads metadata on a Jetson without torch or onnx.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UserError
+
+__all__ = [
+    "MODEL_KEYS",
+    "SIDECAR_KEYS",
+    "encode",
+    "decode",
+    "sidecar_path",
+    "read_sidecar",
+    "write_sidecar",
+]
+
+# Keys of DESIGN.md, "Engine I/O contract". Every exported ONNX model has all of them.
+MODEL_KEYS = (
+    "mrcnn_edge_version",
+    "arch",
+    "num_classes",
+    "class_names",
+    "input_size",
+    "batch",
+    "mean",
+    "std",
+    "channel_order",
+    "max_detections",
+    "score_threshold",
+    "mask_size",
+    "flavor",
+    "precision",
+    "plugin",
+    "opset",
+)
+# An engine's sidecar adds these.
+SIDECAR_KEYS = MODEL_KEYS + ("tensorrt_version", "onnx_sha256", "plugin_library")
+
+
+def encode(meta: Mapping[str, Any]) -> dict[str, str]:
+    """JSON-encode every value (the form stored in ONNX ``metadata_props`` and sidecars)."""
+    return {k: json.dumps(v) for k, v in meta.items()}
+
+
+def decode(props: Mapping[str, str]) -> dict[str, Any]:
+    """Inverse of :func:`encode`; a value that is not JSON is kept as the raw string."""
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        try:
+            out[k] = json.loads(v)
+        except (TypeError, ValueError):
+            out[k] = v
+    return out
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """``model.engine`` -> ``model.engine.json``."""
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
+    """Metadata of an engine, from its sidecar; one-line error when missing or unreadable."""
+    path = sidecar_path(engine_path)
+    if not path.is_file():
+        raise UserError(
+            f"{path} not found: an engine needs its sidecar metadata (rebuild it with 'mrcnn-edge build')"
+        )
+    try:
+        props = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read engine metadata {path}: {exc}") from exc
+    if not isinstance(props, dict):
+        raise UserError(f"engine metadata {path} is not a JSON object")
+    return decode(props) if all(isinstance(v, str) for v in props.values()) else props
+
+
+def write_sidecar(engine_path: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
+    """Write ``<engine>.json`` atomically (JSON-encoded values, like ONNX metadata_props)."""
+    from .atomic import atomic_output
+
+    path = sidecar_path(engine_path)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(encode(meta), indent=2, sort_keys=True) + "\n")
+    return path

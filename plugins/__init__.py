@@ -1,0 +1,4 @@
+"""Sources of the MultilevelRoIAlign TensorRT plugin (C++/CUDA), shipped for ``mrcnn-edge build-plugin``."""
+from pathlib import Path
+
+SOURCE_DIR = Path(__file__).resolve().parent
