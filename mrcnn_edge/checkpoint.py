@@ -1,0 +1,358 @@
+"""Checkpoints in, torchvision ``MaskRCNN`` out: architecture and dimensions read from the tensors.
+
+Accepted files (always ``torch.load(weights_only=True)``):
+
+* a torchvision state dict (``model.state_dict()``),
+* a torchvision training-reference checkpoint ``{"model": state_dict, "optimizer": ..., ...}``,
+* the project's own format ``{"model": state_dict, "config": ModelConfig.to_dict()}``.
+
+Without a config, the architecture, class count, FPN width, head sizes and the backbone stages
+feeding the FPN are all read from tensor names and shapes; anchors and input normalisation then
+take torchvision's defaults for that architecture.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v3_large, resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from .errors import UserError
+
+__all__ = [
+    "ARCHS",
+    "ModelConfig",
+    "build_model",
+    "infer_config",
+    "load_checkpoint",
+    "save_checkpoint",
+    "read_class_names",
+]
+
+# arch -> (family, depth); the family decides how the backbone is built and recognised.
+ARCHS: dict[str, tuple[str, int]] = {
+    "resnet18_fpn": ("resnet", 18),
+    "resnet34_fpn": ("resnet", 34),
+    "resnet50_fpn": ("resnet", 50),
+    "resnet101_fpn": ("resnet", 101),
+    "resnet50_fpn_v2": ("resnet_v2", 50),
+    "mobilenet_v3_large_fpn": ("mobilenet", 0),
+}
+# Blocks per ResNet stage, as torchvision builds them.
+_RESNET_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
+_MOBILENET_STAGE_CHANNELS = (16, 24, 40, 80, 160, 960)  # outputs of mobilenet_v3_large's stages
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network and to describe it in exported artefacts."""
+
+    arch: str
+    num_classes: int
+    class_names: list[str] | None = None
+    fpn_channels: int = 256
+    returned_layers: list[int] | None = None  # backbone stages feeding the FPN (torchvision's default when None)
+    representation_size: int = 1024  # box head width (TwoMLPHead); v2 uses its conv head
+    mask_layers: list[int] = dataclasses.field(default_factory=lambda: [256, 256, 256, 256])
+    mask_dim_reduced: int = 256  # channels of the mask predictor's transposed conv
+    anchor_sizes: list[list[int]] | None = None  # per feature map; torchvision's default when None
+    aspect_ratios: list[float] = dataclasses.field(default_factory=lambda: [0.5, 1.0, 2.0])
+    min_size: int = 800
+    max_size: int = 1333
+    image_mean: list[float] = dataclasses.field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: list[float] = dataclasses.field(default_factory=lambda: [0.229, 0.224, 0.225])
+    batch_norm: bool = False  # trainable BatchNorm in the backbone (training from scratch) vs frozen
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UserError(f"checkpoint config has unknown fields {unknown}; was it written by a newer mrcnn-edge?")
+        return cls(**dict(d))
+
+    @property
+    def family(self) -> str:
+        return ARCHS[self.arch][0]
+
+    def default_anchor_sizes(self) -> list[list[int]]:
+        if self.anchor_sizes is not None:
+            return [list(s) for s in self.anchor_sizes]
+        n_maps = len(self.resolved_returned_layers()) + 1  # + the max-pool level
+        if self.family == "mobilenet":
+            return [[32, 64, 128, 256, 512]] * n_maps
+        return [[32 * 2**i] for i in range(n_maps)]
+
+    def resolved_returned_layers(self) -> list[int]:
+        if self.returned_layers is not None:
+            return list(self.returned_layers)
+        return [4, 5] if self.family == "mobilenet" else [1, 2, 3, 4]
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise UserError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
+
+
+def build_model(cfg: ModelConfig) -> MaskRCNN:
+    """A randomly initialised torchvision ``MaskRCNN`` for ``cfg`` (eval mode)."""
+    _check_arch(cfg.arch)
+    family, depth = ARCHS[cfg.arch]
+    norm = nn.BatchNorm2d if (cfg.batch_norm or family == "resnet_v2") else None
+    returned = cfg.resolved_returned_layers()
+    if family == "mobilenet":
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        trunk = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d if cfg.batch_norm else FrozenBatchNorm2d)
+        features = trunk.features
+        stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+        if min(returned) < 0 or max(returned) >= len(stages):
+            raise UserError(f"returned_layers {returned} out of range 0..{len(stages) - 1} for {cfg.arch}")
+        return_layers = {str(stages[k]): str(v) for v, k in enumerate(returned)}
+        in_channels = [features[stages[i]].out_channels for i in returned]
+        backbone = BackboneWithFPN(features, return_layers, in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
+    else:
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        block = resnet.Bottleneck if depth >= 50 else resnet.BasicBlock
+        trunk = resnet.ResNet(block, _RESNET_LAYERS[depth], norm_layer=norm or FrozenBatchNorm2d)
+        if min(returned) < 1 or max(returned) > 4:
+            raise UserError(f"returned_layers {returned} out of range 1..4 for {cfg.arch}")
+        return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned)}
+        in_channels = [trunk.inplanes // 8 * 2 ** (i - 1) for i in returned]
+        backbone = BackboneWithFPN(
+            trunk,
+            return_layers,
+            in_channels,
+            cfg.fpn_channels,
+            extra_blocks=LastLevelMaxPool(),
+            norm_layer=nn.BatchNorm2d if family == "resnet_v2" else None,
+        )
+    anchors = AnchorGenerator(
+        tuple(tuple(s) for s in cfg.default_anchor_sizes()),
+        tuple(tuple(cfg.aspect_ratios) for _ in cfg.default_anchor_sizes()),
+    )
+    kwargs: dict[str, Any] = dict(
+        rpn_anchor_generator=anchors,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        image_mean=cfg.image_mean,
+        image_std=cfg.image_std,
+    )
+    c = cfg.fpn_channels
+    if family == "resnet_v2":
+        kwargs["rpn_head"] = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2)
+        kwargs["box_head"] = FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+        kwargs["mask_head"] = MaskRCNNHeads(c, cfg.mask_layers, 1, norm_layer=nn.BatchNorm2d)
+    else:
+        kwargs["rpn_head"] = RPNHead(c, anchors.num_anchors_per_location()[0])
+        kwargs["box_head"] = TwoMLPHead(c * 7 * 7, cfg.representation_size)
+        kwargs["mask_head"] = MaskRCNNHeads(c, cfg.mask_layers, 1)
+        kwargs["box_predictor"] = FastRCNNPredictor(cfg.representation_size, cfg.num_classes)
+    kwargs["mask_predictor"] = MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_dim_reduced, cfg.num_classes)
+    if "box_predictor" not in kwargs:
+        kwargs["box_predictor"] = FastRCNNPredictor(1024, cfg.num_classes)
+    return MaskRCNN(backbone, num_classes=None, **kwargs).eval()
+
+
+# --------------------------------------------------------------------------- recognising tensors
+
+
+def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
+    """Number of consecutive integer-indexed children under ``prefix`` (``prefix0.``, ``prefix1.`` ...)."""
+    n = 0
+    while any(k.startswith(f"{prefix}{n}.") for k in sd):
+        n += 1
+    return n
+
+
+def infer_config(sd: Mapping[str, torch.Tensor], check_anchors: bool = True) -> ModelConfig:
+    """Read architecture and dimensions of a Mask R-CNN from its state dict.
+
+    Anchor sizes cannot be read from tensors; with ``check_anchors`` the RPN's anchor count must
+    match torchvision's default anchors for the architecture.
+    """
+    if "roi_heads.mask_predictor.mask_fcn_logits.weight" not in sd:
+        sample = ", ".join(list(sd)[:3])
+        hint = " (a Faster R-CNN: it has no mask head)" if "roi_heads.box_predictor.cls_score.weight" in sd else ""
+        raise UserError(
+            f"not a Mask R-CNN checkpoint{hint}: no 'roi_heads.mask_predictor' weights (first keys: {sample})"
+        )
+    num_classes = int(sd["roi_heads.box_predictor.cls_score.weight"].shape[0])
+    fpn_channels = int(sd["backbone.fpn.layer_blocks.0.0.weight"].shape[0])
+    in_channels = [int(sd[f"backbone.fpn.inner_blocks.{i}.0.weight"].shape[1]) for i in range(_count(sd, "backbone.fpn.inner_blocks."))]
+    mask_layers = [int(sd[f"roi_heads.mask_head.{i}.0.weight"].shape[0]) for i in range(_count(sd, "roi_heads.mask_head."))]
+    if not mask_layers:  # checkpoints written before torchvision 0.13 name the convs mask_fcn1..4
+        mask_layers = [int(sd[f"roi_heads.mask_head.mask_fcn{i}.weight"].shape[0]) for i in range(1, 5) if f"roi_heads.mask_head.mask_fcn{i}.weight" in sd]
+    batch_norm = any(k.endswith("num_batches_tracked") and k.startswith("backbone.body.") for k in sd)
+    if "backbone.body.layer1.0.conv1.weight" in sd:
+        bottleneck = "backbone.body.layer1.0.conv3.weight" in sd
+        blocks3 = _count(sd, "backbone.body.layer3.")
+        depth = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101}.get((bottleneck, blocks3))
+        if depth is None:
+            raise UserError(f"unrecognised ResNet backbone ({blocks3} blocks in layer3, bottleneck={bottleneck})")
+        v2 = "roi_heads.box_head.0.0.weight" in sd
+        if v2 and depth != 50:
+            raise UserError("unrecognised checkpoint: a v2 (conv) box head on a backbone other than ResNet-50")
+        arch = "resnet50_fpn_v2" if v2 else f"resnet{depth}_fpn"
+        base = 256 if bottleneck else 64  # trunk.inplanes // 8, as torchvision's extractor computes it
+        returned = [i for c in in_channels for i in range(1, 5) if base * 2 ** (i - 1) == c]
+    elif "backbone.body.0.0.weight" in sd:
+        arch = "mobilenet_v3_large_fpn"
+        returned = [_MOBILENET_STAGE_CHANNELS.index(c) for c in in_channels if c in _MOBILENET_STAGE_CHANNELS]
+    else:
+        raise UserError("unrecognised backbone: expected a torchvision ResNet or MobileNetV3-Large FPN backbone")
+    if len(returned) != len(in_channels):
+        raise UserError(f"unrecognised FPN inputs {in_channels} for {arch}")
+    cfg = ModelConfig(arch=arch, num_classes=num_classes, fpn_channels=fpn_channels, mask_layers=mask_layers, batch_norm=batch_norm)
+    if returned != cfg.resolved_returned_layers():
+        cfg.returned_layers = returned
+    cfg.mask_dim_reduced = int(sd["roi_heads.mask_predictor.conv5_mask.weight"].shape[1])
+    if "roi_heads.box_head.fc6.weight" in sd:
+        cfg.representation_size = int(sd["roi_heads.box_head.fc6.weight"].shape[0])
+    n_anchor = int(sd["rpn.head.cls_logits.weight"].shape[0])
+    if check_anchors and n_anchor != len(cfg.default_anchor_sizes()[0]) * len(cfg.aspect_ratios):
+        raise UserError(f"the RPN predicts {n_anchor} anchors per location; pass the project config with its anchors")
+    return cfg
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_class_names(path: str | os.PathLike) -> list[str]:
+    """One class name a line; a leading ``__background__`` is added when missing."""
+    p = Path(path)
+    try:
+        names = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    except OSError as exc:
+        raise UserError(f"cannot read class names from {p}: {exc.strerror}") from exc
+    if names and names[0] != "__background__":
+        names = ["__background__", *names]
+    return names
+
+
+def _coco_names() -> list[str]:
+    from torchvision.models._meta import _COCO_CATEGORIES
+
+    return ["__background__" if n == "__background__" else n for n in _COCO_CATEGORIES]
+
+
+def _read_file(path: Path) -> Any:
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found")
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder, not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "GLOBAL" in str(exc):
+            raise UserError(
+                f"{path} holds a pickled Python object (a whole model?), not weights; mrcnn-edge loads with "
+                "weights_only=True because unpickling runs arbitrary code: re-save it with "
+                "torch.save(model.state_dict(), path)"
+            ) from exc
+        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({exc})") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path}: truncated, corrupt or not a PyTorch file ({first})") from exc
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    arch: str | None = None,
+    num_classes: int | None = None,
+    class_names: list[str] | str | os.PathLike | None = None,
+) -> tuple[MaskRCNN, ModelConfig]:
+    """Load a Mask R-CNN checkpoint into a torchvision ``MaskRCNN`` in eval mode.
+
+    ``arch`` and ``num_classes``, when given, must agree with the tensors; ``class_names`` is a
+    list or a text file with one name a line. Returns ``(model, config)``.
+    """
+    path = Path(path)
+    obj = _read_file(path)
+    if isinstance(obj, nn.Module):  # pragma: no cover - weights_only refuses modules already
+        raise UserError(f"{path} holds a whole model object; save its state_dict() instead")
+    stored_cfg = None
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        sd = obj["model"]
+        if isinstance(obj.get("config"), Mapping):
+            stored_cfg = ModelConfig.from_dict(obj["config"])
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        sd = obj["state_dict"]
+    elif isinstance(obj, Mapping) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        sd = obj
+    else:
+        raise UserError(f"{path} is not a state dict or a {{'model': state_dict}} checkpoint")
+    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{path} has no tensors: not a model checkpoint")
+    sd = {k.removeprefix("module."): v for k, v in sd.items()}  # DataParallel / DDP prefixes
+
+    inferred = infer_config(sd, check_anchors=stored_cfg is None)
+    cfg = stored_cfg or inferred
+    if arch is not None:
+        _check_arch(arch)
+        if arch != inferred.arch:
+            raise UserError(f"--arch {arch} contradicts the checkpoint, whose tensors are those of {inferred.arch}")
+    if num_classes is not None and num_classes != inferred.num_classes:
+        raise UserError(
+            f"num_classes={num_classes} contradicts the checkpoint: its box predictor has {inferred.num_classes} "
+            "classes (background included)"
+        )
+    if class_names is not None:
+        names = read_class_names(class_names) if isinstance(class_names, (str, os.PathLike)) else list(class_names)
+        if names and names[0] != "__background__":
+            names = ["__background__", *names]
+        cfg.class_names = names
+    if cfg.class_names is None and cfg.num_classes == 91:
+        cfg.class_names = _coco_names()
+    if cfg.class_names is None:
+        cfg.class_names = ["__background__", *[f"class_{i}" for i in range(1, cfg.num_classes)]]
+    if len(cfg.class_names) != cfg.num_classes:
+        raise UserError(
+            f"{len(cfg.class_names)} class names (background included) for a model of {cfg.num_classes} classes"
+        )
+
+    model = build_model(cfg)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}  # fp16-stored weights
+    result = model.load_state_dict(sd, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:3])}{' ...' if len(unexpected) > 3 else ''}")
+        raise UserError(f"checkpoint {path} does not fit {cfg.arch}: {'; '.join(parts)}")
+    return model.eval(), cfg
+
+
+def save_checkpoint(
+    model: MaskRCNN, cfg: ModelConfig, path: str | os.PathLike, half: bool = False, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the project format ``{"model", "config", ...}`` atomically; ``half`` stores weights in float16."""
+    from .atomic import atomic_output
+
+    sd = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
+    payload: dict[str, Any] = {"model": sd, "config": cfg.to_dict(), "format": "mrcnn-edge/1"}
+    if extra:
+        payload.update(extra)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
