@@ -1,0 +1,550 @@
+"""Synthetic instance-segmentation data: coloured shapes on textured, noisy backgrounds.
+
+Every shape is drawn as a binary mask first (``cv2.fillPoly`` / ``cv2.circle``, no antialiasing)
+and the image is coloured through that mask, so image and mask agree pixel for pixel. Later shapes
+are drawn on top of earlier ones; an instance's mask is its *visible* part.
+
+The same drawing code makes still images (:func:`render_sample`, :func:`generate_dataset`, COCO
+format) and videos of moving shapes (:func:`render_video_frames`, :func:`write_video`), so a model
+trained on the dataset sees the same look in the video.
+
+Only numpy and OpenCV are imported here; pycocotools is imported where RLE is needed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from .atomic import atomic_dir, atomic_output, check_writable
+from .errors import UserError
+
+__all__ = [
+    "CATEGORIES",
+    "CLASS_NAMES",
+    "render_sample",
+    "generate_dataset",
+    "render_video_frames",
+    "write_video",
+    "read_annotations",
+    "load_coco_dataset",
+    "summarize_dataset",
+    "VIDEO_SUFFIXES",
+]
+
+#: COCO categories; ids are torchvision label ids (0 is the background).
+CATEGORIES: list[dict] = [
+    {"id": 1, "name": "circle", "supercategory": "shape"},
+    {"id": 2, "name": "square", "supercategory": "shape"},
+    {"id": 3, "name": "triangle", "supercategory": "shape"},
+    {"id": 4, "name": "star", "supercategory": "shape"},
+    {"id": 5, "name": "cross", "supercategory": "shape"},
+]
+#: ``CLASS_NAMES[label_id]``; index 0 is the background, as in torchvision.
+CLASS_NAMES: list[str] = ["__background__"] + [c["name"] for c in CATEGORIES]
+
+#: video container suffix -> fourcc
+VIDEO_SUFFIXES: dict[str, str] = {".mp4": "mp4v", ".avi": "MJPG"}
+
+GENERATOR_VERSION = 1  # bump when the look or the random stream changes
+
+# An instance is kept only if this much of it stays visible after occlusion.
+MIN_VISIBLE_PIXELS = 20
+MIN_VISIBLE_FRACTION = 0.15
+
+_SHIFT = 4  # fixed-point bits for OpenCV drawing: sub-pixel vertices, still no antialiasing
+_ONE = 1 << _SHIFT
+
+
+def _unit_polygon(name: str) -> np.ndarray:
+    """Vertices (float32[N, 2]) of a shape with circumradius 1, centred on 0, unrotated."""
+    if name == "square":
+        a = np.deg2rad(45.0 + 90.0 * np.arange(4))
+        return np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32)
+    if name == "triangle":
+        a = np.deg2rad(-90.0 + 120.0 * np.arange(3))
+        return np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32)
+    if name == "star":
+        a = np.deg2rad(-90.0 + 36.0 * np.arange(10))
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+        return np.stack([r * np.cos(a), r * np.sin(a)], 1).astype(np.float32)
+    if name == "cross":
+        t = 0.32  # arm half-width relative to the arm length
+        p = np.array(
+            [[-t, -1], [t, -1], [t, -t], [1, -t], [1, t], [t, t],
+             [t, 1], [-t, 1], [-t, t], [-1, t], [-1, -t], [-t, -t]],
+            np.float32,
+        )
+        return p / np.float32(math.hypot(1.0, t))
+    raise ValueError(name)
+
+
+_POLYGONS = {c["name"]: _unit_polygon(c["name"]) for c in CATEGORIES if c["name"] != "circle"}
+
+
+@dataclass
+class _Shape:
+    """One shape to draw. ``size`` is the circumscribed diameter in pixels."""
+
+    category_id: int
+    cx: float
+    cy: float
+    size: float
+    angle: float  # radians
+    colour: np.ndarray  # float32[3], BGR
+    shade: np.ndarray  # float32[2], brightness gradient per unit radius along x, y
+    outline: int  # outline width in pixels, 0 for none
+
+
+def _shape_patch(s: _Shape) -> tuple[np.ndarray, int, int]:
+    """Draw ``s`` as a uint8 {0,1} mask on a small patch; returns (patch, x0, y0) in image pixels.
+
+    The patch holds the whole shape, also where it lies outside the image.
+    """
+    r = s.size / 2.0
+    half = int(math.ceil(r)) + 1
+    x0, y0 = int(math.floor(s.cx)) - half, int(math.floor(s.cy)) - half
+    n = 2 * half + 2
+    patch = np.zeros((n, n), np.uint8)
+    px, py = s.cx - x0, s.cy - y0
+    name = CLASS_NAMES[s.category_id]
+    if name == "circle":
+        cv2.circle(patch, (round(px * _ONE), round(py * _ONE)), round(r * _ONE), 1, -1,
+                   lineType=cv2.LINE_8, shift=_SHIFT)
+    else:
+        c, si = math.cos(s.angle), math.sin(s.angle)
+        rot = np.array([[c, si], [-si, c]], np.float32) * np.float32(r)
+        pts = _POLYGONS[name] @ rot + np.array([px, py], np.float32)
+        cv2.fillPoly(patch, [np.round(pts * _ONE).astype(np.int32)], 1,
+                     lineType=cv2.LINE_8, shift=_SHIFT)
+    return patch, x0, y0
+
+
+def _clip(patch: np.ndarray, x0: int, y0: int, h: int, w: int):
+    """Image slices and patch slices of the part of a patch that lies inside an h x w image."""
+    ph, pw = patch.shape[:2]
+    ix0, iy0 = max(x0, 0), max(y0, 0)
+    ix1, iy1 = min(x0 + pw, w), min(y0 + ph, h)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return None
+    return (slice(iy0, iy1), slice(ix0, ix1)), (slice(iy0 - y0, iy1 - y0), slice(ix0 - x0, ix1 - x0))
+
+
+def _paint(image: np.ndarray, ids: np.ndarray | None, s: _Shape, index: int,
+           patch: np.ndarray, x0: int, y0: int) -> None:
+    """Colour ``image`` through the shape's mask (and write ``index`` into ``ids``)."""
+    h, w = image.shape[:2]
+    cl = _clip(patch, x0, y0, h, w)
+    if cl is None:
+        return
+    (isl, psl) = cl
+    m = patch[psl].astype(bool)
+    ph, pw = m.shape
+    # Brightness shading across the shape, so fills are not flat.
+    ys = (np.arange(psl[0].start, psl[0].stop, dtype=np.float32) + (y0 - s.cy)) / max(s.size / 2, 1)
+    xs = (np.arange(psl[1].start, psl[1].stop, dtype=np.float32) + (x0 - s.cx)) / max(s.size / 2, 1)
+    shade = xs[None, :] * s.shade[0] + ys[:, None] * s.shade[1]
+    fill = s.colour[None, None, :] + shade[:, :, None]
+    if s.outline:
+        k = 2 * s.outline + 1
+        inner = cv2.erode(patch, np.ones((k, k), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                          borderValue=0)[psl].astype(bool)
+        edge = m & ~inner
+        fill[edge] = s.colour * 0.45
+    view = image[isl]
+    view[m] = np.clip(fill[m], 0, 255).astype(np.uint8)
+    if ids is not None:
+        ids[isl][m] = index
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """float32[h, w, 3] BGR: random base colour, a linear gradient and low-frequency blobs."""
+    base = rng.uniform(40, 215, 3).astype(np.float32)
+    theta = rng.uniform(0, 2 * np.pi)
+    ramp_x = np.linspace(-1, 1, w, dtype=np.float32) * np.float32(math.cos(theta))
+    ramp_y = np.linspace(-1, 1, h, dtype=np.float32) * np.float32(math.sin(theta))
+    delta = rng.normal(0, 35, 3).astype(np.float32)
+    img = base + (ramp_y[:, None, None] + ramp_x[None, :, None]) * delta
+    for cells, amp in ((rng.integers(2, 6), rng.uniform(15, 45)), (rng.integers(8, 20), rng.uniform(5, 20))):
+        gh, gw = max(2, int(cells * h / max(h, w))), max(2, int(cells * w / max(h, w)))
+        blobs = rng.normal(0, amp, (gh, gw, 3)).astype(np.float32)
+        img += cv2.resize(blobs, (w, h), interpolation=cv2.INTER_CUBIC)
+    return img
+
+
+def _sample_size(rng: np.random.Generator, h: int, w: int) -> float:
+    """Circumscribed diameter: log-normal, median 50 px at 320 px, within [8, side/2] (scaled).
+
+    About 8% of shapes come out under 16 px and 75% between 20 and 120 px.
+    """
+    side = min(h, w)
+    scale = side / 320.0
+    lo, hi = max(8.0, 8.0 * scale), side / 2.0
+    for _ in range(20):
+        d = float(np.exp(rng.normal(math.log(50.0 * scale), 0.8)))
+        if lo <= d <= hi:
+            return d
+    return float(np.clip(d, lo, hi))
+
+
+def _contrasting_colour(rng: np.random.Generator, under: np.ndarray) -> np.ndarray:
+    """A random BGR colour at least ~100 away (L2) from ``under``, the mean colour beneath."""
+    best, best_d = None, -1.0
+    for _ in range(12):
+        c = rng.uniform(0, 255, 3).astype(np.float32)
+        d = float(np.linalg.norm(c - under))
+        if d >= 100:
+            return c
+        if d > best_d:
+            best, best_d = c, d
+    return best
+
+
+def _new_shape(rng: np.random.Generator, h: int, w: int, cx: float, cy: float) -> _Shape:
+    category_id = int(rng.integers(1, len(CATEGORIES) + 1))
+    size = _sample_size(rng, h, w)
+    outline = 0
+    if size >= 16 and rng.random() < 0.25:
+        outline = 1 if size < 60 else 2
+    shade = rng.normal(0, 18, 2).astype(np.float32) if rng.random() < 0.6 else np.zeros(2, np.float32)
+    return _Shape(category_id, cx, cy, size, float(rng.uniform(0, 2 * np.pi)),
+                  np.zeros(3, np.float32), shade, outline)
+
+
+def _pick_colour(rng: np.random.Generator, image: np.ndarray, patch, x0, y0) -> np.ndarray:
+    h, w = image.shape[:2]
+    cl = _clip(patch, x0, y0, h, w)
+    if cl is None:
+        under = image.reshape(-1, 3).mean(0)
+    else:
+        m = patch[cl[1]].astype(bool)
+        under = image[cl[0]][m].mean(0) if m.any() else image[cl[0]].reshape(-1, 3).mean(0)
+    return _contrasting_colour(rng, under.astype(np.float32))
+
+
+def _add_noise(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.ndarray:
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+    return np.clip(img + noise, 0, 255).astype(np.uint8)
+
+
+def render_sample(
+    rng: np.random.Generator, size: tuple[int, int] = (320, 320)
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One synthetic image and its instances.
+
+    Returns ``image`` (uint8[H, W, 3], BGR) and a list of ``(category_id, mask)`` with ``mask``
+    (bool[H, W]) the visible pixels of each instance, in drawing order (later ones on top). Masks
+    never overlap. Instances left with fewer than ``MIN_VISIBLE_PIXELS`` visible pixels or less than
+    ``MIN_VISIBLE_FRACTION`` of their full area are dropped (their pixels stay in the image).
+    """
+    h, w = int(size[0]), int(size[1])
+    img = _background(rng, h, w)
+    ids = np.zeros((h, w), np.uint8)  # 0 = background, i+1 = shape i
+    n = int(rng.integers(2, 9))
+    full_area: list[int] = []
+    cats: list[int] = []
+    for i in range(n):
+        s = _new_shape(rng, h, w, float(rng.uniform(0, w)), float(rng.uniform(0, h)))
+        patch, x0, y0 = _shape_patch(s)
+        s.colour = _pick_colour(rng, img, patch, x0, y0)
+        _paint(img, ids, s, i + 1, patch, x0, y0)
+        full_area.append(int(patch.sum()))
+        cats.append(s.category_id)
+    image = _add_noise(rng, img, float(rng.uniform(2, 10)))
+    instances: list[tuple[int, np.ndarray]] = []
+    for i in range(n):
+        mask = ids == i + 1
+        visible = int(np.count_nonzero(mask))
+        if visible >= MIN_VISIBLE_PIXELS and visible >= MIN_VISIBLE_FRACTION * full_area[i]:
+            instances.append((cats[i], mask))
+    return image, instances
+
+
+def _encode_rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    """[x, y, w, h] of the mask's pixel extent (inclusive), as COCO and pycocotools' toBbox."""
+    ys = np.flatnonzero(mask.any(1))
+    xs = np.flatnonzero(mask.any(0))
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+
+
+def image_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator for image ``index`` of the dataset with ``seed`` (images are independent)."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(index)]))
+
+
+class _Progress:
+    def __init__(self, what: str, total: int, unit: str, enabled: bool):
+        self.what, self.total, self.unit, self.enabled = what, total, unit, enabled
+        self._last = 0.0
+
+    def update(self, done: int) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if done == self.total or now - self._last >= 0.2:
+            self._last = now
+            print(f"\r{self.what} {done}/{self.total} {self.unit}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr, flush=True)
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    n_images: int,
+    seed: int,
+    size: tuple[int, int] = (320, 320),
+    progress: bool = True,
+) -> Path:
+    """Write a COCO instance-segmentation dataset of ``n_images`` synthetic images.
+
+    Layout: ``out_dir/images/000000.png ...`` and ``out_dir/annotations.json`` (masks as compressed
+    RLE). Image ``i`` is ``render_sample(image_rng(seed, i), size)``, so the output is byte-identical
+    for a given seed. The folder is built under a temporary name and renamed when complete.
+    """
+    n_images = int(n_images)
+    if n_images < 1:
+        raise UserError(f"number of images must be at least 1, got {n_images}")
+    h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise UserError(f"image size must be positive, got {h}x{w}")
+    out_dir = Path(out_dir)
+    images: list[dict] = []
+    annotations: list[dict] = []
+    bar = _Progress("[synth]", n_images, "images", progress)
+    png = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "images").mkdir()
+        for i in range(n_images):
+            image, instances = render_sample(image_rng(seed, i), (h, w))
+            name = f"{i:06d}.png"
+            if not cv2.imwrite(str(tmp / "images" / name), image, png):
+                raise UserError(f"cannot write image {out_dir / 'images' / name}")
+            images.append({"id": i + 1, "file_name": f"images/{name}", "width": w, "height": h})
+            for category_id, mask in instances:
+                annotations.append({
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(category_id),
+                    "segmentation": _encode_rle(mask),
+                    "area": int(np.count_nonzero(mask)),
+                    "bbox": _bbox(mask),
+                    "iscrowd": 0,
+                })
+            bar.update(i + 1)
+        coco = {
+            "info": {
+                "description": "mrcnn-edge synthetic shapes",
+                "generator_version": GENERATOR_VERSION,
+                "seed": int(seed),
+                "size": [h, w],
+            },
+            "images": images,
+            "annotations": annotations,
+            "categories": CATEGORIES,
+        }
+        (tmp / "annotations.json").write_text(json.dumps(coco, separators=(",", ":")))
+    bar.close()
+    return out_dir
+
+
+def read_annotations(dataset_dir: str | os.PathLike) -> dict:
+    """Parsed ``dataset_dir/annotations.json`` (or a path to a .json file itself).
+
+    Raises :class:`UserError` with one line when the file is missing, not JSON, or not COCO.
+    """
+    path = Path(dataset_dir)
+    if path.is_dir():
+        path = path / "annotations.json"
+    if not path.is_file():
+        raise UserError(f"no annotations at {path}: make a dataset with 'mrcnn-edge synth --out DIR'")
+    try:
+        coco = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(coco, dict) or not all(
+        isinstance(coco.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise UserError(f"{path} is not a COCO annotations file (needs images, annotations, categories)")
+    return coco
+
+
+def load_coco_dataset(dataset_dir: str | os.PathLike) -> tuple[list[dict], list[list[dict]], list[dict]]:
+    """``(images, annotations_per_image, categories)`` of a COCO dataset folder.
+
+    ``images[i]["path"]`` is the absolute image path; ``annotations_per_image[i]`` lists the
+    annotations of ``images[i]`` (in file order). Raises :class:`UserError` for a missing image.
+    """
+    root = Path(dataset_dir)
+    coco = read_annotations(root)
+    base = root if root.is_dir() else root.parent
+    by_image: dict[int, list[dict]] = {int(im["id"]): [] for im in coco["images"]}
+    for ann in coco["annotations"]:
+        by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    images = []
+    for im in coco["images"]:
+        p = (base / im["file_name"]).resolve()
+        if not p.is_file():
+            raise UserError(f"image {p} listed in the annotations is missing")
+        images.append({**im, "path": str(p)})
+    return images, [by_image[int(im["id"])] for im in coco["images"]], coco["categories"]
+
+
+def summarize_dataset(coco: dict) -> dict:
+    """Counts for a COCO dict: images, instances, per-class instances, object size range.
+
+    Size is ``sqrt(area)`` of the visible mask in pixels.
+    """
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    per_class = {n: 0 for n in names.values()}
+    sizes = []
+    for a in coco["annotations"]:
+        per_class[names.get(a["category_id"], str(a["category_id"]))] = \
+            per_class.get(names.get(a["category_id"], str(a["category_id"])), 0) + 1
+        sizes.append(math.sqrt(a["area"]))
+    s = np.array(sizes) if sizes else np.zeros(1)
+    return {
+        "images": len(coco["images"]),
+        "instances": len(coco["annotations"]),
+        "per_class": per_class,
+        "size_min": float(s.min()),
+        "size_median": float(np.median(s)),
+        "size_max": float(s.max()),
+        "small": int((s < 32).sum()) if sizes else 0,  # COCO area ranges
+        "medium": int(((s >= 32) & (s < 96)).sum()) if sizes else 0,
+        "large": int((s >= 96).sum()) if sizes else 0,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# video
+
+
+@dataclass
+class _Mover:
+    shape: _Shape
+    vx: float
+    vy: float
+    spin: float
+    bounces: int  # edge bounces left; then it leaves the frame and is replaced
+
+
+def _spawn(rng: np.random.Generator, h: int, w: int, img: np.ndarray, inside: bool) -> _Mover:
+    scale = min(h, w) / 320.0
+    speed = float(rng.uniform(0.8, 4.0)) * scale
+    direction = float(rng.uniform(0, 2 * np.pi))
+    vx, vy = speed * math.cos(direction), speed * math.sin(direction)
+    if inside:
+        cx, cy = float(rng.uniform(0, w)), float(rng.uniform(0, h))
+    else:  # enter from an edge, moving inwards
+        s0 = _sample_size(rng, h, w)
+        edge = int(rng.integers(4))
+        off = s0 / 2 + 1
+        if edge == 0:
+            cx, cy, vx = -off, float(rng.uniform(0, h)), abs(vx)
+        elif edge == 1:
+            cx, cy, vx = w + off, float(rng.uniform(0, h)), -abs(vx)
+        elif edge == 2:
+            cx, cy, vy = float(rng.uniform(0, w)), -off, abs(vy)
+        else:
+            cx, cy, vy = float(rng.uniform(0, w)), h + off, -abs(vy)
+    s = _new_shape(rng, h, w, cx, cy)
+    patch, x0, y0 = _shape_patch(s)
+    s.colour = _pick_colour(rng, img, patch, x0, y0)
+    spin = float(rng.normal(0, 0.03)) if s.category_id != 1 else 0.0
+    return _Mover(s, vx, vy, spin, int(rng.integers(0, 5)))
+
+
+def _step(m: _Mover, h: int, w: int) -> bool:
+    """Move one frame; bounce off the edges while bounces are left. False once fully gone."""
+    s = m.shape
+    s.cx += m.vx
+    s.cy += m.vy
+    s.angle += m.spin
+    r = s.size / 2
+    if m.bounces > 0:
+        if (s.cx < 0 and m.vx < 0) or (s.cx > w - 1 and m.vx > 0):
+            m.vx, m.bounces = -m.vx, m.bounces - 1
+        if (s.cy < 0 and m.vy < 0) or (s.cy > h - 1 and m.vy > 0):
+            m.vy, m.bounces = -m.vy, m.bounces - 1
+    return -r - 2 <= s.cx <= w + r + 2 and -r - 2 <= s.cy <= h + r + 2
+
+
+def render_video_frames(
+    n_frames: int, seed: int, size: tuple[int, int] = (480, 640)
+) -> Iterator[np.ndarray]:
+    """Yield ``n_frames`` BGR uint8[H, W, 3] frames of shapes moving over one textured background.
+
+    Shapes move with constant velocities and spin, bounce off the edges a few times, then leave
+    and are replaced by new shapes entering from an edge. Same classes and look as the dataset.
+    """
+    h, w = int(size[0]), int(size[1])
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x5EED]))
+    bg = _background(rng, h, w)
+    sigma = float(rng.uniform(2, 8))
+    movers = [_spawn(rng, h, w, bg, inside=True) for _ in range(int(rng.integers(4, 9)))]
+    for _ in range(int(n_frames)):
+        img = bg.copy()
+        for m in movers:
+            patch, x0, y0 = _shape_patch(m.shape)
+            _paint(img, None, m.shape, 0, patch, x0, y0)
+        yield _add_noise(rng, img, sigma)
+        alive = [m for m in movers if _step(m, h, w)]
+        while len(alive) < len(movers):
+            alive.append(_spawn(rng, h, w, bg, inside=False))
+        movers = alive
+
+
+def write_video(
+    path: str | os.PathLike,
+    n_frames: int,
+    seed: int,
+    size: tuple[int, int] = (480, 640),
+    fps: float = 15.0,
+    progress: bool = True,
+) -> Path:
+    """Write :func:`render_video_frames` to ``path`` (.mp4 with fourcc mp4v, or .avi with MJPG).
+
+    Written under a temporary name and renamed when complete.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise UserError(f"video output must end in {' or '.join(VIDEO_SUFFIXES)}, got '{path.name}'")
+    if int(n_frames) < 1:
+        raise UserError(f"number of frames must be at least 1, got {n_frames}")
+    if not fps > 0:
+        raise UserError(f"fps must be positive, got {fps}")
+    h, w = int(size[0]), int(size[1])
+    check_writable(path)
+    bar = _Progress("[synth-video]", int(n_frames), "frames", progress)
+    with atomic_output(path, suffix=suffix) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*VIDEO_SUFFIXES[suffix]), float(fps), (w, h))
+        if not writer.isOpened():
+            raise UserError(
+                f"OpenCV cannot write {suffix} video ({VIDEO_SUFFIXES[suffix]}) to {path}; try .avi"
+            )
+        try:
+            for i, frame in enumerate(render_video_frames(n_frames, seed, (h, w))):
+                writer.write(frame)
+                bar.update(i + 1)
+        finally:
+            writer.release()
+    bar.close()
+    return path
