@@ -166,18 +166,22 @@ def _paint(image: np.ndarray, ids: np.ndarray | None, s: _Shape, index: int,
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """float32[h, w, 3] BGR: random base colour, a linear gradient and low-frequency blobs."""
+    """float32[h, w, 3] BGR: random base colour, a linear gradient and low-frequency blobs.
+
+    Everything here is smooth, so it is composed at 1/8 resolution and upsampled once.
+    """
+    lh, lw = max(2, -(-h // 8)), max(2, -(-w // 8))
     base = rng.uniform(40, 215, 3).astype(np.float32)
     theta = rng.uniform(0, 2 * np.pi)
-    ramp_x = np.linspace(-1, 1, w, dtype=np.float32) * np.float32(math.cos(theta))
-    ramp_y = np.linspace(-1, 1, h, dtype=np.float32) * np.float32(math.sin(theta))
+    ramp_x = np.linspace(-1, 1, lw, dtype=np.float32) * np.float32(math.cos(theta))
+    ramp_y = np.linspace(-1, 1, lh, dtype=np.float32) * np.float32(math.sin(theta))
     delta = rng.normal(0, 35, 3).astype(np.float32)
-    img = base + (ramp_y[:, None, None] + ramp_x[None, :, None]) * delta
+    low = base + (ramp_y[:, None, None] + ramp_x[None, :, None]) * delta
     for cells, amp in ((rng.integers(2, 6), rng.uniform(15, 45)), (rng.integers(8, 20), rng.uniform(5, 20))):
         gh, gw = max(2, int(cells * h / max(h, w))), max(2, int(cells * w / max(h, w)))
         blobs = rng.normal(0, amp, (gh, gw, 3)).astype(np.float32)
-        img += cv2.resize(blobs, (w, h), interpolation=cv2.INTER_CUBIC)
-    return img
+        low += cv2.resize(blobs, (lw, lh), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(low, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _sample_size(rng: np.random.Generator, h: int, w: int) -> float:
@@ -230,9 +234,25 @@ def _pick_colour(rng: np.random.Generator, image: np.ndarray, patch, x0, y0) -> 
     return _contrasting_colour(rng, under.astype(np.float32))
 
 
+_NORMAL_TABLE: np.ndarray | None = None
+
+
+def _normal_table() -> np.ndarray:
+    """float32[65536]: standard normal quantiles, so noise costs one uint16 draw per value."""
+    global _NORMAL_TABLE
+    if _NORMAL_TABLE is None:
+        from statistics import NormalDist
+
+        inv = NormalDist().inv_cdf
+        _NORMAL_TABLE = np.array([inv((k + 0.5) / 65536) for k in range(65536)], np.float32)
+    return _NORMAL_TABLE
+
+
 def _add_noise(rng: np.random.Generator, img: np.ndarray, sigma: float) -> np.ndarray:
-    noise = rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
-    return np.clip(img + noise, 0, 255).astype(np.uint8)
+    """uint8 image: ``img`` (float32) plus gaussian noise of std ``sigma``, rounded and clipped."""
+    table = np.round(_normal_table() * np.float32(sigma)).astype(np.int16)
+    noise = table[rng.integers(0, 65536, img.size, dtype=np.uint16)].reshape(img.shape)
+    return cv2.add(img.astype(np.int16), noise).clip(0, 255).astype(np.uint8)
 
 
 def render_sample(
@@ -305,6 +325,18 @@ class _Progress:
             print(file=sys.stderr, flush=True)
 
 
+def _png_params() -> list[int]:
+    """Fast lossless PNG settings: noisy images barely compress, so deflate effort is wasted.
+
+    Huffman-only coding with the SUB filter is ~2.5x faster than OpenCV's default at a smaller
+    size (~190 kB for 320x320). The filter option is new in OpenCV 4.10; older ones skip it.
+    """
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+    return params
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     n_images: int,
@@ -328,7 +360,7 @@ def generate_dataset(
     images: list[dict] = []
     annotations: list[dict] = []
     bar = _Progress("[synth]", n_images, "images", progress)
-    png = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    png = _png_params()
     with atomic_dir(out_dir) as tmp:
         (tmp / "images").mkdir()
         for i in range(n_images):
@@ -532,6 +564,8 @@ def write_video(
     if not fps > 0:
         raise UserError(f"fps must be positive, got {fps}")
     h, w = int(size[0]), int(size[1])
+    if path.parent.exists() and not path.parent.is_dir():  # check_writable takes a file for a folder
+        raise UserError(f"cannot create folder {path.parent}: a file of that name exists")
     check_writable(path)
     bar = _Progress("[synth-video]", int(n_frames), "frames", progress)
     with atomic_output(path, suffix=suffix) as tmp:

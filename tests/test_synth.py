@@ -99,3 +99,166 @@ def test_parse_hw():
             parse_hw(bad, multiple_of=32 if bad == "33x64" else None)
     with pytest.raises(UserError):
         parse_hw("16x64", minimum=32)
+
+
+def test_categories_sizes_and_occlusion():
+    """Over a small dataset: every class, small and large objects, real occlusion, no overlap."""
+    size = (160, 160)
+    seen: set[int] = set()
+    extents = []
+    occluded = 0
+    for i in range(40):
+        image, instances = synth.render_sample(synth.image_rng(11, i), size)
+        assert image.shape == (*size, 3) and image.dtype == np.uint8
+        assert len(instances) <= 8
+        cover = np.zeros(size, np.int32)
+        for category_id, mask in instances:
+            assert mask.shape == size and mask.dtype == bool
+            assert mask.sum() >= synth.MIN_VISIBLE_PIXELS
+            seen.add(category_id)
+            ys, xs = np.nonzero(mask)
+            extents.append(max(np.ptp(xs), np.ptp(ys)) + 1)
+            cover += mask
+        assert cover.max() <= 1, "visible masks overlap"
+    # occlusion: shapes drawn over earlier ones, and kept masks cut by the shapes on top
+    cut = 0
+    real_shape_patch = synth._shape_patch
+    for i in range(40):
+        drawn: list[np.ndarray] = []
+
+        def spy(s):
+            patch, x0, y0 = real_shape_patch(s)
+            m = np.zeros(size, bool)
+            cl = synth._clip(patch, x0, y0, *size)
+            if cl:
+                m[cl[0]] = patch[cl[1]].astype(bool)
+            drawn.append(m)
+            return patch, x0, y0
+
+        synth._shape_patch = spy
+        try:
+            _, instances = synth.render_sample(synth.image_rng(11, i), size)
+        finally:
+            synth._shape_patch = real_shape_patch
+        later_union = np.zeros(size, bool)
+        for m in reversed(drawn):
+            occluded += bool((m & later_union).any())
+            later_union |= m
+        for _, mask in instances:
+            whole = next(m for m in drawn if not (mask & ~m).any())
+            cut += whole.sum() > mask.sum()
+    assert seen == {c["id"] for c in synth.CATEGORIES}
+    extents = np.array(extents)
+    assert extents.min() < 16 and extents.max() > 50, (extents.min(), extents.max())
+    assert occluded >= 5 and cut >= 5, (occluded, cut)
+
+
+def test_masks_are_the_painted_pixels(monkeypatch):
+    """On a black, noise-free canvas the painted pixels are exactly the shapes' pixels."""
+    monkeypatch.setattr(synth, "_background", lambda rng, h, w: np.zeros((h, w, 3), np.float32))
+    monkeypatch.setattr(synth, "_add_noise", lambda rng, img, sigma: img.clip(0, 255).astype(np.uint8))
+    patches = []
+    real_shape_patch = synth._shape_patch
+
+    def record(s):
+        out = real_shape_patch(s)
+        patches.append(out)
+        return out
+
+    monkeypatch.setattr(synth, "_shape_patch", record)
+    for i in range(10):
+        patches.clear()
+        image, instances = synth.render_sample(synth.image_rng(5, i), SIZE)
+        drawn = np.zeros(SIZE, bool)
+        for patch, x0, y0 in patches:
+            cl = synth._clip(patch, x0, y0, *SIZE)
+            if cl:
+                drawn[cl[0]] |= patch[cl[1]].astype(bool)
+        assert np.array_equal(image.any(2), drawn)
+        union = np.zeros(SIZE, bool)
+        for _, mask in instances:
+            assert image[mask].any(1).all()
+            union |= mask
+        assert not (union & ~drawn).any()
+
+
+def test_video_frames(tmp_path):
+    frames = list(synth.render_video_frames(12, seed=2, size=(64, 96)))
+    again = list(synth.render_video_frames(12, seed=2, size=(64, 96)))
+    assert len(frames) == 12 and all(f.shape == (64, 96, 3) and f.dtype == np.uint8 for f in frames)
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+    moved = np.abs(frames[0].astype(int) - frames[-1].astype(int)).max(2) > 60
+    assert moved.sum() > 20, "shapes do not move"
+    out = synth.write_video(tmp_path / "v.mp4", 12, seed=2, size=(64, 96), progress=False)
+    cap = cv2.VideoCapture(str(out))
+    try:
+        read = []
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            read.append(frame)
+    finally:
+        cap.release()
+    assert len(read) == 12
+    assert all(f.shape == (64, 96, 3) for f in read)
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+def test_read_annotations_errors(tmp_path):
+    with pytest.raises(UserError, match="no annotations"):
+        synth.read_annotations(tmp_path)
+    (tmp_path / "annotations.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read"):
+        synth.read_annotations(tmp_path)
+    (tmp_path / "annotations.json").write_text('{"images": []}')
+    with pytest.raises(UserError, match="not a COCO"):
+        synth.read_annotations(tmp_path)
+
+
+def test_load_coco_dataset(dataset):
+    images, per_image, categories = synth.load_coco_dataset(dataset)
+    assert len(images) == len(per_image) == 12
+    assert categories == synth.CATEGORIES
+    assert all(Path(im["path"]).is_file() for im in images)
+    assert all(a["image_id"] == im["id"] for im, anns in zip(images, per_image) for a in anns)
+
+
+def test_cli_synth(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "ds"), "--images", "3", "--size", "64x80",
+                 "--seed", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "3 images 64x80" in out and "instances" in out and "circle" in out
+    assert "[synth] 3/3 images" in err
+    coco = synth.read_annotations(tmp_path / "ds")
+    assert {(im["height"], im["width"]) for im in coco["images"]} == {(64, 80)}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["synth", "--size", "abc"], "not HxW"),
+        (["synth", "--size", "0x64"], "at least 32"),
+        (["synth", "--size", "16x64"], "at least 32"),
+        (["synth", "--images", "0"], "at least 1"),
+        (["synth", "--out", "{file}/sub"], "cannot create folder"),
+        (["synth", "--out", "{file}"], "not a folder"),
+        (["synth-video", "--out", "{tmp}/v.mov"], ".mp4 or .avi"),
+        (["synth-video", "--frames", "0"], "at least 1"),
+        (["synth-video", "--size", "20x20"], "at least 32"),
+        (["synth-video", "--fps", "0"], "positive"),
+        (["synth-video", "--out", "{file}/v.mp4"], "cannot create folder"),
+    ],
+)
+def test_cli_bad_input(tmp_path, capsys, argv, message):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    argv = [a.format(file=blocker, tmp=tmp_path) for a in argv]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / ("v.mp4" if argv[0] == "synth-video" else "ds"))]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mrcnn-edge: error:"), err
+    assert message in lines[0] and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
