@@ -37,6 +37,7 @@ __all__ = [
     "read_annotations",
     "load_coco_dataset",
     "summarize_dataset",
+    "image_rng",
     "VIDEO_SUFFIXES",
 ]
 
@@ -447,8 +448,8 @@ def summarize_dataset(coco: dict) -> dict:
     per_class = {n: 0 for n in names.values()}
     sizes = []
     for a in coco["annotations"]:
-        per_class[names.get(a["category_id"], str(a["category_id"]))] = \
-            per_class.get(names.get(a["category_id"], str(a["category_id"])), 0) + 1
+        name = names.get(a["category_id"], str(a["category_id"]))
+        per_class[name] = per_class.get(name, 0) + 1
         sizes.append(math.sqrt(a["area"]))
     s = np.array(sizes) if sizes else np.zeros(1)
     return {
