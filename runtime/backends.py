@@ -1,0 +1,116 @@
+"""Backends: one interface for every way of running the model, and the one table that lists them.
+
+Every backend (Polygraphy's runner shape, STYLE.md #5) is a context manager with
+
+- ``inputs`` / ``outputs``: ``{name: TensorSpec}``, read from the artefact;
+- ``metadata``: the artefact's decoded metadata (ONNX ``metadata_props`` or the engine sidecar);
+- ``infer(feed: {name: array}) -> {name: array}``: outputs by name, never by order. The returned
+  arrays are the backend's own buffers, allocated once and overwritten by the next call: copy
+  what you keep.
+
+:data:`BACKENDS` drives dispatch (``open_backend``), the CLI's ``--backend`` choices and the docs.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mrcnn_edge.errors import UserError
+
+from .spec import TensorSpec
+
+__all__ = ["Backend", "BackendEntry", "BACKENDS", "backend_for", "open_backend", "check_feed"]
+
+
+class Backend(abc.ABC):
+    """Runs one model; see the module docstring for the contract."""
+
+    name: str = ""
+    path: Path
+    metadata: dict[str, Any]
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+
+    @abc.abstractmethod
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run once on ``feed`` (every input, exact shape and dtype); outputs by name."""
+
+    def close(self) -> None:
+        """Release sessions, device memory and streams (idempotent)."""
+
+    @property
+    def description(self) -> str:
+        return self.name
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping[str, TensorSpec]) -> None:
+    """Programming errors in a feed (wrong names, shapes or dtypes) fail loudly, before the backend."""
+    if set(feed) != set(inputs):
+        raise ValueError(f"feed has {sorted(feed)}, the model takes {sorted(inputs)}")
+    for name, spec in inputs.items():
+        a = feed[name]
+        if a.dtype != spec.dtype or (spec.static and tuple(a.shape) != spec.shape):
+            raise ValueError(f"input {name!r}: got {a.dtype} {tuple(a.shape)}, expected {spec.dtype} {spec.shape}")
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    name: str
+    suffixes: tuple[str, ...]   # artefacts it runs
+    module: str                 # defines `cls`; imported on use
+    cls: str
+    extra: str                  # pip extra that brings its dependencies
+    help: str
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "onnxruntime": BackendEntry(
+        "onnxruntime", (".onnx",), "mrcnn_edge.runtime.backend_ort", "OrtBackend", "ort",
+        "ONNX Runtime: TensorRT, CUDA or CPU execution provider, whichever is available",
+    ),
+    "tensorrt": BackendEntry(
+        "tensorrt", (".engine", ".plan", ".trt"), "mrcnn_edge.runtime.backend_trt", "TrtBackend", "gpu",
+        "TensorRT engine with cuda-python buffers, one stream, optional CUDA graph",
+    ),
+}
+
+
+def backend_for(path: str | Path, backend: str | None = None) -> BackendEntry:
+    """The backend entry for ``path`` (by suffix), or the one named, checked against the file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if backend not in (None, "auto"):
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        entry = BACKENDS[backend]
+        if suffix not in entry.suffixes:
+            if entry.name == "tensorrt" and suffix == ".onnx":
+                raise UserError(f"{path} is an ONNX model: build an engine first with 'mrcnn-edge build {path}'")
+            raise UserError(f"the {entry.name} backend runs {'/'.join(entry.suffixes)} files, not {path.name}")
+        return entry
+    for entry in BACKENDS.values():
+        if suffix in entry.suffixes:
+            return entry
+    known = ", ".join(s for e in BACKENDS.values() for s in e.suffixes)
+    raise UserError(f"don't know how to run {path.name}: expected a model file ending in {known}")
+
+
+def open_backend(path: str | Path, backend: str | None = None, **options: Any) -> Backend:
+    """Open ``path`` with its backend (see :data:`BACKENDS`); options go to the backend class."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"model {path} not found")
+    entry = backend_for(path, backend)
+    cls = getattr(importlib.import_module(entry.module), entry.cls)
+    return cls(path, **options)

@@ -1,0 +1,132 @@
+"""Read what the runtime needs from an ONNX file without onnx or onnxruntime: metadata and node domains.
+
+A minimal protobuf wire-format walk over ``ModelProto`` (onnx.proto field numbers): it reads
+``metadata_props`` (14), ``opset_import`` (8), the graph's node ``(domain, op_type)`` pairs
+(7 -> 1 -> 7/4) and model-local function names (25), and skips everything else (initializers are
+skipped by length, so a 200 MB model costs one mmap). ``Segmenter`` uses it to refuse a
+``tensorrt``-flavor model before ONNX Runtime fails on it with a long message.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from mrcnn_edge.errors import UserError
+
+__all__ = ["OnnxInfo", "read_onnx_info", "STANDARD_DOMAINS"]
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training"})
+
+
+@dataclass
+class OnnxInfo:
+    metadata: dict[str, str] = field(default_factory=dict)      # raw metadata_props strings
+    opsets: dict[str, int] = field(default_factory=dict)        # domain -> version
+    nodes: set[tuple[str, str]] = field(default_factory=set)    # (domain, op_type) of graph nodes
+    functions: set[tuple[str, str]] = field(default_factory=set)  # (domain, name) of local functions
+
+    def custom_ops(self) -> set[tuple[str, str]]:
+        """Nodes that are neither standard ops nor model-local functions (need a custom-op library)."""
+        return {n for n in self.nodes if n[0] not in STANDARD_DOMAINS and n not in self.functions}
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise _Corrupt("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, object]]:
+    """(field number, wire type, value): int for varints/fixed, memoryview for length-delimited."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > end:
+                raise _Corrupt("truncated field")
+            value, pos = buf[pos:pos + n], pos + n
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        else:
+            raise _Corrupt(f"unsupported wire type {wire}")
+        if pos > end:
+            raise _Corrupt("truncated field")
+        yield number, wire, value
+
+
+def _strings(buf: memoryview, wanted: dict[int, str]) -> dict[str, str]:
+    out = {name: "" for name in wanted.values()}
+    for number, wire, value in _fields(buf):
+        if number in wanted and wire == 2:
+            out[wanted[number]] = bytes(value).decode("utf-8", errors="replace")  # type: ignore[arg-type]
+    return out
+
+
+def _parse(buf: memoryview) -> OnnxInfo:
+    info = OnnxInfo()
+    seen_graph = False
+    for number, wire, value in _fields(buf):
+        if wire != 2:
+            continue
+        if number == 14:
+            kv = _strings(value, {1: "key", 2: "value"})  # type: ignore[arg-type]
+            info.metadata[kv["key"]] = kv["value"]
+        elif number == 8:
+            domain, version = "", 0
+            for n, w, v in _fields(value):  # type: ignore[arg-type]
+                if n == 1 and w == 2:
+                    domain = bytes(v).decode()  # type: ignore[arg-type]
+                elif n == 2 and w == 0:
+                    version = int(v)  # type: ignore[arg-type]
+            info.opsets[domain] = version
+        elif number == 7:
+            seen_graph = True
+            for n, w, v in _fields(value):  # type: ignore[arg-type]
+                if n == 1 and w == 2:
+                    node = _strings(v, {4: "op_type", 7: "domain"})  # type: ignore[arg-type]
+                    info.nodes.add((node["domain"], node["op_type"]))
+        elif number == 25:
+            fn = _strings(value, {1: "name", 10: "domain"})  # type: ignore[arg-type]
+            info.functions.add((fn["domain"], fn["name"]))
+    if not seen_graph:
+        raise _Corrupt("no graph")
+    return info
+
+
+def read_onnx_info(path: str | os.PathLike) -> OnnxInfo:
+    """Metadata and op domains of an ONNX file; one-line ``UserError`` when it is not one."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise UserError(f"{path} is empty, not an ONNX model")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                view = memoryview(mm)
+                try:
+                    return _parse(view)
+                finally:
+                    view.release()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except (_Corrupt, UnicodeDecodeError, IndexError) as exc:
+        raise UserError(f"{path} is not a valid ONNX model ({exc})") from exc
