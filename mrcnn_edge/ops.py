@@ -59,7 +59,8 @@ def multilevel_roi_align(
         rois (Tensor[B, R, 4], float32): x1, y1, x2, y2 in canvas pixels.
         features (list of Tensor[B, C, H_l, W_l]): finest first, all of one dtype.
     Returns:
-        Tensor[B, R, C, out_h, out_w] of the features' dtype (float32 accumulation).
+        Tensor[B, R, C, out_h, out_w] of the features' dtype (float32 accumulation). ROIs of
+        negative area or with non-finite coordinates pool to zeros, as in the plugin.
     """
     B, R = rois.shape[0], rois.shape[1]
     C = features[0].shape[1]
@@ -68,6 +69,9 @@ def multilevel_roi_align(
     if B * R == 0:
         return out.reshape(B, R, C, oh, ow).to(features[0].dtype)
     levels = roi_levels(rois, spatial_scales, canonical_scale, canonical_level).reshape(-1)
+    r = rois.reshape(-1, 4).float()
+    usable = torch.isfinite(r).all(1) & (r[:, 2] >= r[:, 0]) & (r[:, 3] >= r[:, 1])
+    levels = torch.where(usable, levels, torch.full_like(levels, -1))
     batch_idx = torch.arange(B, dtype=torch.float32).repeat_interleave(R).unsqueeze(1)
     flat = torch.cat([batch_idx, rois.reshape(-1, 4).float()], dim=1)
     for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):

@@ -1,0 +1,163 @@
+"""ONNX translations of the ``mrcnn_edge`` custom ops, one set per flavor.
+
+* ``tensorrt``: ``multilevel_roi_align`` is one ``MultilevelRoIAlign`` node (domain ``mrcnn_edge``)
+  that TensorRT's ONNX parser hands to our plugin.
+* ``portable``: standard ops only; per level ``NonZero`` -> ``Gather`` -> ``RoiAlign`` (opset 16
+  coordinate modes) -> ``ScatterND``.
+
+``padded_nms`` is the standard ``NonMaxSuppression`` in both flavors, followed by static-shape
+glue: kept boxes are marked in a ``[B, N]`` mask, and ``TopK`` returns them by descending score,
+padded with -1.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import onnxscript
+from onnxscript import opset18 as op
+
+__all__ = ["PLUGIN", "OPSET", "translation_table", "register_schema"]
+
+OPSET = 18
+PLUGIN = {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"}
+_custom = onnxscript.values.Opset(PLUGIN["namespace"], 1)
+
+
+def register_schema() -> None:
+    """Register the ``MultilevelRoIAlign`` schema so that ``onnx.checker`` and shape inference know it."""
+    import onnx
+    from onnx import defs
+
+    if defs.has(PLUGIN["name"], PLUGIN["namespace"]):
+        return
+    A = defs.OpSchema.AttrType
+    schema = defs.OpSchema(
+        PLUGIN["name"],
+        PLUGIN["namespace"],
+        1,
+        doc="Multi-level ROIAlign (FPN level per ROI); TensorRT plugin of mrcnn-edge.",
+        # One heterogeneous variadic input (rois [B,R,4] float32, then features [B,C,H_l,W_l] finest
+        # first): onnxscript binds a single-then-variadic signature wrongly (it repeats the first input).
+        inputs=[
+            defs.OpSchema.FormalParameter("inputs", "T", "rois, then one feature map per level",
+                                          param_option=defs.OpSchema.FormalParameterOption.Variadic,
+                                          is_homogeneous=False),
+        ],
+        outputs=[defs.OpSchema.FormalParameter("pooled", "T", "[B,R,C,out_h,out_w], dtype of the features")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 rois; float32 or float16 features")],
+        attributes=[
+            defs.OpSchema.Attribute("output_height", A.INT, "bins", required=False),
+            defs.OpSchema.Attribute("output_width", A.INT, "bins", required=False),
+            defs.OpSchema.Attribute("sampling_ratio", A.INT, "samples per bin side", required=False),
+            defs.OpSchema.Attribute("aligned", A.INT, "half-pixel offset", required=False),
+            defs.OpSchema.Attribute("spatial_scales", A.FLOATS, "one per feature map", required=False),
+            defs.OpSchema.Attribute("canonical_scale", A.FLOAT, "FPN level rule", required=False),
+            defs.OpSchema.Attribute("canonical_level", A.INT, "FPN level rule", required=False),
+            defs.OpSchema.Attribute("plugin_version", A.STRING, "TensorRT plugin version", required=False),
+            defs.OpSchema.Attribute("plugin_namespace", A.STRING, "TensorRT plugin namespace", required=False),
+        ],
+    )
+    defs.register_schema(schema)
+    del onnx
+
+
+def _roi_align_trt(rois, features: Sequence, output_size: Sequence[int], sampling_ratio: int, aligned: bool,
+                   spatial_scales: Sequence[float], canonical_scale: float, canonical_level: int):
+    pooled = _custom.MultilevelRoIAlign(
+        rois,
+        *features,
+        output_height=int(output_size[0]),
+        output_width=int(output_size[1]),
+        sampling_ratio=int(sampling_ratio),
+        aligned=int(bool(aligned)),
+        spatial_scales=[float(s) for s in spatial_scales],
+        canonical_scale=float(canonical_scale),
+        canonical_level=int(canonical_level),
+        plugin_version=PLUGIN["version"],
+        plugin_namespace=PLUGIN["namespace"],
+    )
+    try:  # the custom node's output type is not inferable by onnxscript: state it
+        pooled.dtype = features[0].dtype
+    except AttributeError:  # pragma: no cover - older onnxscript values
+        pass
+    return pooled
+
+
+def _roi_align_portable(rois, features: Sequence, output_size: Sequence[int], sampling_ratio: int, aligned: bool,
+                        spatial_scales: Sequence[float], canonical_scale: float, canonical_level: int):
+    oh, ow = int(output_size[0]), int(output_size[1])
+    k_min = round(-math.log2(spatial_scales[0]))
+    k_max = round(-math.log2(spatial_scales[-1]))
+    shape = op.Shape(rois)
+    B = op.Slice(shape, [0], [1])
+    R = op.Slice(shape, [1], [2])
+    flat = op.Reshape(rois, op.Constant(value_ints=[-1, 4]))  # [B*R, 4]
+    n = op.Mul(B, R)
+    batch_idx = op.Reshape(op.Expand(op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(B), op.Constant(value_int=1)), [1]),
+                                     op.Concat(B, R, axis=0)), op.Constant(value_ints=[-1]))
+    # FPN level of each ROI, as torchvision's LevelMapper (float32 arithmetic)
+    x1 = op.Slice(flat, [0], [1], [1])
+    y1 = op.Slice(flat, [1], [2], [1])
+    x2 = op.Slice(flat, [2], [3], [1])
+    y2 = op.Slice(flat, [3], [4], [1])
+    area = op.Mul(op.Sub(x2, x1), op.Sub(y2, y1))
+    s = op.Sqrt(area)
+    log2 = op.Div(op.Log(op.Div(s, op.Constant(value_float=float(canonical_scale)))), op.Constant(value_float=math.log(2.0)))
+    lvl = op.Floor(op.Add(op.Add(op.Constant(value_float=float(canonical_level)), log2), op.Constant(value_float=1e-6)))
+    lvl = op.Where(op.IsNaN(lvl), op.Constant(value_float=float(k_min)), lvl)
+    lvl = op.Clip(lvl, op.Constant(value_float=float(k_min)), op.Constant(value_float=float(k_max)))
+    lvl = op.Reshape(op.Cast(op.Sub(lvl, op.Constant(value_float=float(k_min))), to=7), op.Constant(value_ints=[-1]))
+    C = op.Slice(op.Shape(features[0]), [1], [2])
+    out_shape = op.Concat(n, C, op.Constant(value_ints=[oh, ow]), axis=0)
+    out = op.Expand(op.CastLike(op.Constant(value_float=0.0), features[0]), out_shape)
+    mode = "half_pixel" if aligned else "output_half_pixel"
+    for i, (feat, scale) in enumerate(zip(features, spatial_scales)):
+        idx = op.NonZero(op.Equal(lvl, op.Constant(value_int=i)))  # [1, n_i]
+        idx_flat = op.Reshape(idx, op.Constant(value_ints=[-1]))
+        pooled = op.RoiAlign(
+            feat,
+            op.CastLike(op.Gather(flat, idx_flat, axis=0), feat),
+            op.Gather(batch_idx, idx_flat, axis=0),
+            coordinate_transformation_mode=mode,
+            mode="avg",
+            output_height=oh,
+            output_width=ow,
+            sampling_ratio=int(sampling_ratio),
+            spatial_scale=float(scale),
+        )
+        out = op.ScatterND(out, op.Transpose(idx, perm=[1, 0]), pooled)
+    return op.Reshape(out, op.Concat(B, R, C, op.Constant(value_ints=[oh, ow]), axis=0))
+
+
+def _padded_nms(boxes, scores, iou_threshold: float, score_threshold: float, max_output: int):
+    # boxes [B,N,4], scores [B,N] float32
+    scores3 = op.Unsqueeze(scores, [1])  # [B,1,N]
+    max_out = op.Constant(value_ints=[int(max_output)])
+    iou = op.Constant(value_floats=[float(iou_threshold)])
+    if math.isfinite(score_threshold):
+        sel = op.NonMaxSuppression(boxes, scores3, max_out, iou, op.Constant(value_floats=[float(score_threshold)]))
+    else:
+        sel = op.NonMaxSuppression(boxes, scores3, max_out, iou)
+    # sel [S,3] = (batch, class, box): mark the kept boxes in a [B,N] mask
+    b_and_box = op.Gather(sel, op.Constant(value_ints=[0, 2]), axis=1)
+    n_sel = op.Slice(op.Shape(sel), [0], [1])
+    marks = op.ScatterND(op.ConstantOfShape(op.Shape(scores)), b_and_box, op.Expand(op.Constant(value_floats=[1.0]), n_sel))
+    neg = op.CastLike(op.Constant(value_float=-1.0e30), scores)
+    masked = op.Where(op.Greater(marks, op.Constant(value_float=0.5)), scores, neg)
+    values, indices = op.TopK(masked, op.Constant(value_ints=[int(max_output)]), axis=1, largest=1, sorted=1)
+    return op.Where(op.Greater(values, op.CastLike(op.Constant(value_float=-1.0e29), values)), indices,
+                    op.CastLike(op.Constant(value_int=-1), indices))
+
+
+def translation_table(flavor: str) -> dict[Callable, Callable]:
+    """``custom_translation_table`` for ``torch.onnx.export`` in the given flavor."""
+    import torch
+
+    from mrcnn_edge import ops  # noqa: F401  registers the ops
+
+    roi = {"tensorrt": _roi_align_trt, "portable": _roi_align_portable}[flavor]
+    return {
+        torch.ops.mrcnn_edge.multilevel_roi_align.default: roi,
+        torch.ops.mrcnn_edge.padded_nms.default: _padded_nms,
+    }
