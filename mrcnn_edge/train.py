@@ -108,6 +108,7 @@ def train(
     threads: int | None = None,
     val: str | os.PathLike | None = None,
     half: bool = True,
+    save_every: int = 0,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict:
     """Train and write a project-format checkpoint at ``out``. Returns a summary dict."""
@@ -171,6 +172,9 @@ def train(
             parts = " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in smooth.items())
             log(f"[train] it {it + 1}/{iterations} {parts} lr={lr_at(it):.2e} "
                 f"{(it + 1) * batch_size / el:.1f} img/s eta {eta / 60:.1f} min")
+        if save_every and (it + 1) % save_every == 0 and it + 1 < iterations:
+            # a usable snapshot while training goes on (written atomically, replaced by the final one)
+            save_checkpoint(model, cfg, out, half=half, extra={"train": {"iterations_done": it + 1, "partial": True}})
     minutes = (time.time() - t0) / 60
     model.eval()
     summary = {"preset": preset, "iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed,
