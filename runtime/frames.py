@@ -35,9 +35,9 @@ def as_bgr8(frame: Any) -> np.ndarray:
             frame = np.asarray(frame)
         except (TypeError, ValueError) as exc:
             raise UserError(f"a frame must be a numpy array, not {type(frame).__name__}") from exc
-        if frame.dtype == object:
-            raise UserError("a frame must be a numeric numpy array (H×W×3 uint8 BGR)")
     a = frame
+    if a.dtype.kind not in "biuf":
+        raise UserError(f"a frame must be a numeric numpy array (H×W×3 uint8 BGR), got dtype {a.dtype}")
     if a.size == 0:
         raise UserError(f"empty frame ({_describe(a)}): nothing to segment")
     if a.ndim == 3 and a.shape[2] == 1:

@@ -1,10 +1,17 @@
 // Host build of the kernels' per-pixel arithmetic, for the tests (not shipped, not used at run
 // time): the same headers the CUDA kernels include, driven by plain loops. Build:
 //   g++ -O2 -std=c++17 -ffp-contract=off -shared -fPIC host_build.cpp -o libmre_host.so
+#include <cstddef>
+
 #include "preprocess.cuh"
 #include "postprocess.cuh"
 
 extern "C" {
+
+// Layout probes: the Python mirrors (cuda_ops.LetterboxParams, int32 [N,4] boxes) must match.
+int host_sizeof_letterbox_params() { return (int)sizeof(mre::LetterboxParams); }
+int host_offsetof_letterbox_add() { return (int)offsetof(mre::LetterboxParams, add); }
+int host_sizeof_paste_box() { return (int)sizeof(mre::PasteBox); }
 
 void host_letterbox_f32(const unsigned char* src, const mre::LetterboxParams* p, float* dst) {
     long long plane = (long long)p->dst_h * p->dst_w;

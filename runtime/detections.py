@@ -1,0 +1,132 @@
+"""``Detections``: what the model found in one frame, in that frame's pixels.
+
+Built by ``Segmenter`` from the flat output tensors; masks are kept at model resolution (``M×M``
+probabilities) and pasted into the frame only when asked for (``masks``, ``instance_map()``,
+``to_coco()``, ``draw()``), on the CPU or on the GPU depending on the segmenter's ``ops``.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+
+from mrcnn_edge.errors import UserError
+
+from .coco import rle_encode
+from .frames import as_bgr8
+from .postprocess import MASK_THRESHOLD, ReferenceOps, class_colour
+
+__all__ = ["Detections"]
+
+
+class Detections:
+    """Detections of one frame.
+
+    Attributes:
+        boxes (float32 ``[N,4]``): x1, y1, x2, y2 in frame pixels, clipped to the frame.
+        scores (float32 ``[N]``): confidences, as the model gave them (descending).
+        class_ids (int32 ``[N]``): model class ids (torchvision label ids; 0, background, never appears).
+        class_names (list of N str): names from the model's metadata.
+        mask_probs (float32 ``[N,M,M]``): mask probabilities in each box, model resolution.
+        frame_shape ((h, w)): the frame these refer to.
+    """
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, class_names: Sequence[str],
+                 mask_probs: np.ndarray, frame_shape: Sequence[int], ops: Any = None,
+                 mask_threshold: float = MASK_THRESHOLD) -> None:
+        self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        self.class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
+        self.class_names = list(class_names)
+        n = len(self.boxes)
+        self.mask_probs = np.asarray(mask_probs, dtype=np.float32)
+        if self.mask_probs.ndim != 3:
+            raise ValueError(f"mask_probs must be [N,M,M], got shape {self.mask_probs.shape}")
+        if not (len(self.scores) == len(self.class_ids) == len(self.class_names) == len(self.mask_probs) == n):
+            raise ValueError("boxes, scores, class_ids, class_names and mask_probs must have the same length")
+        self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
+        self.mask_threshold = float(mask_threshold)
+        self._ops = ops or ReferenceOps()
+        self._masks: np.ndarray | None = None
+        self._ids: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, frame_shape: Sequence[int], mask_size: int = 28) -> "Detections":
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), [], np.zeros((0, mask_size, mask_size)), frame_shape)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __repr__(self) -> str:
+        found = ", ".join(f"{n} {s:.2f}" for n, s in zip(self.class_names[:5], self.scores[:5]))
+        more = ", ..." if len(self) > 5 else ""
+        return f"Detections({len(self)} in {self.frame_shape[1]}x{self.frame_shape[0]}: {found}{more})"
+
+    def __getitem__(self, index: Any) -> "Detections":
+        """A subset: ``dets[dets.scores > 0.8]``, ``dets[:3]``, ``dets[[0, 2]]``."""
+        idx = np.arange(len(self))[index]
+        idx = np.atleast_1d(idx)
+        return Detections(self.boxes[idx], self.scores[idx], self.class_ids[idx],
+                          [self.class_names[i] for i in idx], self.mask_probs[idx], self.frame_shape,
+                          self._ops, self.mask_threshold)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """bool ``[N,h,w]``: each detection's mask pasted into the frame (computed on first use)."""
+        if self._masks is None:
+            self._masks = self._ops.paste_masks(self.mask_probs, self.boxes, self.frame_shape, self.mask_threshold)
+        return self._masks
+
+    def instance_map(self) -> np.ndarray:
+        """int32 ``[h,w]``: 0 where no mask, ``i+1`` for detection ``i``; overlaps go to the higher score."""
+        if self._ids is None:
+            self._ids = self._ops.instance_map(self.mask_probs, self.boxes, self.scores, self.frame_shape,
+                                               self.mask_threshold)
+        return self._ids
+
+    def colours(self) -> np.ndarray:
+        """uint8 ``[N,3]`` BGR: one stable colour per class id."""
+        return np.array([class_colour(c) for c in self.class_ids], dtype=np.uint8).reshape(-1, 3)
+
+    def to_coco(self, image_id: int, category_map: Mapping[int, int] | None = None) -> list[dict]:
+        """COCO results: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score", "segmentation": RLE}``.
+
+        ``category_id`` is the class id, mapped through ``category_map`` when the dataset numbers
+        its categories differently. ``segmentation`` is COCO compressed RLE (pycocotools reads it).
+        """
+        results = []
+        for i in range(len(self)):
+            x1, y1, x2, y2 = (float(v) for v in self.boxes[i])
+            cid = int(self.class_ids[i])
+            results.append({
+                "image_id": int(image_id),
+                "category_id": int(category_map[cid]) if category_map is not None else cid,
+                "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                "score": round(float(self.scores[i]), 5),
+                "segmentation": rle_encode(self.masks[i]),
+            })
+        return results
+
+    def draw(self, frame: np.ndarray, alpha: float = 0.5, labels: bool = True, boxes: bool = True) -> np.ndarray:
+        """A new BGR uint8 image: masks blended in their class colours, boxes and ``name score`` labels."""
+        image = as_bgr8(frame)
+        if image.shape[:2] != self.frame_shape:
+            raise UserError(f"draw() got a {image.shape[1]}x{image.shape[0]} frame for detections "
+                            f"of a {self.frame_shape[1]}x{self.frame_shape[0]} one")
+        colours = self.colours()
+        out = self._ops.overlay(image, self.instance_map(), colours, alpha) if len(self) else image.copy()
+        thick = max(1, round(min(self.frame_shape) / 320))
+        scale = max(0.35, min(self.frame_shape) / 900)
+        for i in range(len(self)):
+            colour = tuple(int(c) for c in colours[i])
+            x1, y1, x2, y2 = (int(round(float(v))) for v in self.boxes[i])
+            if boxes:
+                cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
+            if labels:
+                text = f"{self.class_names[i]} {self.scores[i]:.2f}"
+                (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+                ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(y1 + th + 2, self.frame_shape[0] - base)
+                cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, -1)
+                cv2.putText(out, text, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        return out

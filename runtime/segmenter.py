@@ -1,0 +1,200 @@
+"""``Segmenter``: frames in, ``Detections`` out, with any backend and CPU or GPU pre/post-processing.
+
+A call runs three stages, also exposed separately for the real-time pipeline (each may run in its
+own thread): :meth:`Segmenter.prepare` (check/convert frames, letterbox on the CPU),
+:meth:`Segmenter.infer` (letterbox on the GPU when it runs there, then the backend) and
+:meth:`Segmenter.finish` (boxes back to frame pixels, score threshold, ``Detections``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mrcnn_edge.errors import UserError
+
+from .backends import Backend, backend_for, open_backend
+from .detections import Detections
+from .frames import as_bgr8
+from .postprocess import MASK_THRESHOLD, ReferenceOps
+from .preprocess import Letterbox, letterbox_into, normalization
+from .spec import INPUT_NAME, ModelSpec, model_spec
+
+__all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "DEVICES"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCORE_THRESHOLD = 0.5
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Work:
+    """One model batch on its way through the stages (``len(frames) <= spec.batch``)."""
+
+    frames: list[np.ndarray]                       # H×W×3 uint8 BGR, as converted by as_bgr8
+    letterboxes: list[Letterbox] = field(default_factory=list)
+    tensor: np.ndarray | None = None               # [B,3,H,W] model input (CPU pre-processing)
+    outputs: dict[str, np.ndarray] | None = None   # copies of the model outputs
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
+
+
+class Segmenter:
+    """Instance segmentation with an exported Mask R-CNN (``.onnx`` or ``.engine``).
+
+    ``score_threshold`` (default 0.5) drops weaker detections; the model's own floor (metadata
+    ``score_threshold``, 0.05 by default) has already been applied in the graph.
+    ``device``: where pre/post-processing runs: "cuda" (NVRTC kernels, TensorRT backend only),
+    "cpu" (numpy/OpenCV reference) or "auto" (CUDA with TensorRT when it works, else CPU).
+    """
+
+    def __init__(self, backend: Backend, score_threshold: float | None = None, device: str = "auto",
+                 mask_threshold: float = MASK_THRESHOLD) -> None:
+        if device not in DEVICES:
+            raise UserError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+        self.backend = backend
+        self.spec: ModelSpec = model_spec(backend.path, backend.metadata, backend.inputs, backend.outputs)
+        self.score_threshold = DEFAULT_SCORE_THRESHOLD if score_threshold is None else float(score_threshold)
+        if not 0.0 <= self.score_threshold <= 1.0:
+            raise UserError(f"score threshold must be in [0, 1], got {self.score_threshold}")
+        self.mask_threshold = float(mask_threshold)
+        self._mul, self._add = normalization(self.spec.mean, self.spec.std)
+        self.ops: Any = self._choose_ops(device)
+
+    def _choose_ops(self, device: str) -> Any:
+        on_gpu = hasattr(self.backend, "device_pointer")
+        if device == "cpu" or (device == "auto" and not on_gpu):
+            return ReferenceOps()
+        if not on_gpu:
+            raise UserError("device 'cuda' pre/post-processing needs the TensorRT backend (an .engine); "
+                            "ONNX Runtime takes host arrays, so its pre/post-processing runs on the CPU")
+        try:
+            from .cuda_ops import CudaOps
+
+            return CudaOps(stream=self.backend.stream)  # type: ignore[attr-defined]
+        except (UserError, RuntimeError, OSError) as exc:
+            if device == "cuda":
+                raise UserError(f"CUDA pre/post-processing is unavailable: {exc}") from exc
+            log.warning("CUDA pre/post-processing unavailable (%s); using the CPU reference", exc)
+            return ReferenceOps()
+
+    @classmethod
+    def from_path(cls, path: str | Path, backend: str | None = None, providers: Sequence[str] | None = None,
+                  plugin_lib: str | Path | None = None, score_threshold: float | None = None,
+                  device: str = "auto", cuda_graph: bool = False) -> "Segmenter":
+        """Open ``model.onnx`` (ONNX Runtime) or ``model.engine`` (TensorRT) and check it against the contract."""
+        entry = backend_for(path, backend)
+        if entry.name == "onnxruntime":
+            if plugin_lib or cuda_graph:
+                raise UserError("--plugin-lib and --cuda-graph apply to TensorRT engines, not ONNX Runtime")
+            options: dict[str, Any] = {"providers": providers, "device": device}
+        else:
+            if providers:
+                raise UserError("--providers applies to ONNX Runtime, not TensorRT engines")
+            options = {"plugin_lib": plugin_lib, "cuda_graph": cuda_graph}
+        be = open_backend(path, entry.name, **options)
+        try:
+            return cls(be, score_threshold=score_threshold, device=device)
+        except BaseException:
+            be.close()
+            raise
+
+    @property
+    def description(self) -> str:
+        h, w = self.spec.input_hw
+        return (f"{self.spec.path.name}: {self.backend.description}, input {self.spec.batch}x3x{h}x{w} "
+                f"{self.spec.input_dtype}, pre/post on {self.ops.name}")
+
+    # -- stages ---------------------------------------------------------------------------------
+    def prepare(self, frames: Sequence[Any]) -> Work:
+        """Check and convert up to ``spec.batch`` frames; letterbox them when pre-processing is on the CPU."""
+        t0 = time.perf_counter()
+        if not 0 < len(frames) <= self.spec.batch:
+            raise ValueError(f"prepare() takes 1..{self.spec.batch} frames, got {len(frames)}")
+        work = Work([as_bgr8(f) for f in frames])
+        if self.ops.name == "cpu":
+            h, w = self.spec.input_hw
+            work.tensor = np.zeros((self.spec.batch, 3, h, w), dtype=self.spec.input_dtype)
+            work.letterboxes = [letterbox_into(f, work.tensor[i], self._mul, self._add)
+                                for i, f in enumerate(work.frames)]
+        work.timings["pre"] = time.perf_counter() - t0
+        return work
+
+    def infer(self, work: Work) -> Work:
+        """Run the model on a prepared batch; keeps a copy of the outputs in ``work.outputs``."""
+        t0 = time.perf_counter()
+        if work.tensor is None:  # GPU pre-processing straight into the engine's input buffer
+            base = self.backend.device_pointer(INPUT_NAME)  # type: ignore[attr-defined]
+            h, w = self.spec.input_hw
+            item = 3 * h * w * self.spec.input_dtype.itemsize
+            fp16 = self.spec.input_dtype == np.float16
+            work.letterboxes = [self.ops.letterbox(f, base + i * item, (h, w), self._mul, self._add, fp16)
+                                for i, f in enumerate(work.frames)]
+            if len(work.frames) < self.spec.batch:
+                self.ops.zero(base + len(work.frames) * item, (self.spec.batch - len(work.frames)) * item)
+            work.timings["pre"] = work.timings.get("pre", 0.0) + time.perf_counter() - t0
+            t0 = time.perf_counter()
+            outputs = self.backend.execute()  # type: ignore[attr-defined]
+        else:
+            outputs = self.backend.infer({INPUT_NAME: work.tensor})
+        work.outputs = {k: np.array(v, copy=True) for k, v in outputs.items()}
+        work.timings["infer"] = time.perf_counter() - t0
+        return work
+
+    def finish(self, work: Work) -> list[Detections]:
+        """Model outputs -> one ``Detections`` per frame (rows past ``num_detections``, padding
+        class -1 and scores under the threshold dropped; boxes scaled back to frame pixels)."""
+        t0 = time.perf_counter()
+        out = work.outputs
+        if out is None:
+            raise ValueError("finish() needs a Work that went through infer()")
+        k = out["scores"].shape[1]
+        results = []
+        for b, (frame, box) in enumerate(zip(work.frames, work.letterboxes)):
+            n = int(np.clip(out["num_detections"][b], 0, k))
+            scores = out["scores"][b, :n].astype(np.float32)
+            classes = out["classes"][b, :n].astype(np.int32)
+            boxes = out["boxes"][b, :n].astype(np.float32)
+            keep = (classes > 0) & (scores >= self.score_threshold) & np.isfinite(boxes).all(axis=1)
+            keep &= np.isfinite(scores)
+            results.append(Detections(
+                box.boxes_to_frame(boxes[keep]), scores[keep], classes[keep],
+                [self.spec.class_name(int(c)) for c in classes[keep]],
+                out["masks"][b, :n][keep].astype(np.float32), frame.shape[:2], self.ops, self.mask_threshold,
+            ))
+        work.timings["post"] = time.perf_counter() - t0
+        return results
+
+    # -- one-call API ---------------------------------------------------------------------------
+    def __call__(self, frame: Any) -> Detections:
+        """Segment one ``H×W×3`` uint8 BGR frame (other layouts: see ``frames.as_bgr8``)."""
+        return self.finish(self.infer(self.prepare([frame])))[0]
+
+    def batch(self, frames: Iterable[Any]) -> list[Detections]:
+        """Segment many frames, ``spec.batch`` at a time (a last partial batch is zero-padded)."""
+        frames = list(frames)
+        results: list[Detections] = []
+        for i in range(0, len(frames), self.spec.batch):
+            results += self.finish(self.infer(self.prepare(frames[i:i + self.spec.batch])))
+        return results
+
+    def warmup(self, runs: int = 1) -> None:
+        """Run the model on blank frames (first runs allocate and tune)."""
+        h, w = self.spec.input_hw
+        for _ in range(runs):
+            self.batch([np.zeros((h, w, 3), np.uint8)] * self.spec.batch)
+
+    def close(self) -> None:
+        if hasattr(self.ops, "close"):
+            self.ops.close()
+        self.backend.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
