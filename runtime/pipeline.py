@@ -1,0 +1,261 @@
+"""The real-time pipeline: capture -> pre -> infer -> post/render -> sinks, one thread per stage.
+
+Stages are connected by bounded queues. Capture never waits for inference on a live source: it
+writes into a one-frame slot where the newest frame replaces an unprocessed one (counted as
+dropped). From files every frame is processed, in order (capture blocks on a full queue instead).
+A frame that cannot be read or converted is skipped with a warning. Sinks run on the calling
+thread (OpenCV windows must). An error in any stage stops all of them and is re-raised by
+:meth:`Pipeline.run`; Ctrl-C stops cleanly and keeps what was written.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import statistics
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from mrcnn_edge.errors import UserError
+
+from .frames import as_bgr8
+from .segmenter import Segmenter
+from .sinks import Sink
+from .sources import Frame, Source
+
+__all__ = ["Pipeline", "RunStats", "LatestSlot", "STAGES"]
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "pre", "infer", "post", "render", "write")
+_END = object()
+
+
+class LatestSlot:
+    """A one-item queue where ``put`` replaces an item nobody took (and counts it as dropped)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self.dropped = 0
+
+    def put(self, item: Any, timeout: float | None = None) -> None:
+        with self._cond:
+            if self._full and self._item is not _END:
+                self.dropped += 1
+            self._item, self._full = item, True
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Any:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._full, timeout):
+                raise queue.Empty
+            item, self._item, self._full = self._item, None, False
+            return item
+
+
+@dataclass
+class RunStats:
+    frames: int = 0           # frames processed and written
+    dropped: int = 0          # live frames replaced by newer ones before processing
+    skipped: int = 0          # unreadable or invalid frames
+    elapsed: float = 0.0      # seconds from the first frame read to the end
+    interrupted: bool = False
+    batch: int = 1
+    samples: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=5000) for s in STAGES})
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
+
+    def median_ms(self) -> dict[str, float]:
+        return {s: 1000 * statistics.median(v) for s, v in self.samples.items() if v}
+
+    def stage_line(self) -> str:
+        unit = "ms" if self.batch == 1 else f"ms per batch of {self.batch}"
+        return " ".join(f"{s} {ms:.1f}" for s, ms in self.median_ms().items()) + f" {unit} (median)"
+
+    def summary(self) -> str:
+        extra = f", dropped {self.dropped}" if self.dropped else ""
+        extra += f", skipped {self.skipped}" if self.skipped else ""
+        return (f"{self.frames} frames in {self.elapsed:.1f} s: {self.fps:.2f} fps{extra}; "
+                f"per stage: {self.stage_line()}")
+
+
+class Pipeline:
+    """Run ``segmenter`` on ``source`` into ``sinks``; see the module docstring."""
+
+    def __init__(self, segmenter: Segmenter, source: Source, sinks: Sequence[Sink] = (),
+                 max_frames: int | None = None, render: bool | None = None,
+                 progress: Callable[[str], None] | None = None, progress_every: float = 1.0,
+                 queue_size: int = 2) -> None:
+        self.segmenter, self.source, self.sinks = segmenter, source, list(sinks)
+        self.max_frames = max_frames if max_frames and max_frames > 0 else None
+        self.render = bool(self.sinks) if render is None else render
+        self.progress, self.progress_every = progress, progress_every
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self._slot: Any = LatestSlot() if source.live else queue.Queue(maxsize=queue_size)
+        self._queues = [queue.Queue(maxsize=queue_size) for _ in range(3)]  # pre->infer->post->main
+        self.stats = RunStats(batch=segmenter.spec.batch)
+        self._lock = threading.Lock()
+        self._start = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.source.interrupt()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _put(self, q: Any, item: Any) -> bool:
+        """Blocking put that gives up once the pipeline is stopping (consumers then exit on their own)."""
+        while not self._stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def _get(self, q: Any) -> Any:
+        """Next item, or _END at the end of the stream or as soon as the pipeline is stopping."""
+        while not self._stop.is_set():
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        return _END
+
+    def _record(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.stats.samples[stage].append(seconds)
+
+    def _skip(self, frame: Frame, why: str) -> None:
+        with self._lock:
+            self.stats.skipped += 1
+        log.warning("skipping frame %d (%s): %s", frame.index, frame.name, why)
+
+    def _thread(self, name: str, body: Callable[[], None], out: Any) -> threading.Thread:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller of run()
+                self._errors.append(exc)
+                self.stop()
+            finally:
+                self._put(out, _END)
+        t = threading.Thread(target=run, name=f"mrcnn-edge-{name}", daemon=True)
+        t.start()
+        return t
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _capture(self) -> None:
+        read = 0
+        while not self._stop.is_set() and (self.max_frames is None or self.source.live or read < self.max_frames):
+            t0 = time.perf_counter()
+            frame = self.source.read()
+            if frame is None:
+                return
+            if not self._start:
+                self._start = t0
+            self._record("capture", time.perf_counter() - t0)
+            if frame.image is None:
+                self._skip(frame, frame.problem or "unreadable")
+                continue
+            read += 1
+            if self.source.live:
+                self._slot.put(frame)
+            elif not self._put(self._slot, frame):
+                return
+
+    def _pre(self) -> None:
+        batch = self.segmenter.spec.batch
+        done = False
+        while not done:
+            frames: list[Frame] = []
+            while len(frames) < batch:
+                item = self._get(self._slot)
+                if item is _END:
+                    done = True
+                    break
+                try:
+                    item.image = as_bgr8(item.image)
+                except UserError as exc:
+                    self._skip(item, str(exc))
+                    continue
+                frames.append(item)
+                if self.source.live:
+                    break  # never wait for more camera frames: latency first
+            if frames:
+                work = self.segmenter.prepare([f.image for f in frames])
+                self._record("pre", work.timings["pre"])
+                if not self._put(self._queues[0], (frames, work)):
+                    return
+
+    def _infer(self) -> None:
+        while (item := self._get(self._queues[0])) is not _END:
+            frames, work = item
+            work = self.segmenter.infer(work)
+            self._record("infer", work.timings["infer"])
+            if not self._put(self._queues[1], (frames, work)):
+                return
+
+    def _post(self) -> None:
+        while (item := self._get(self._queues[1])) is not _END:
+            frames, work = item
+            detections = self.segmenter.finish(work)
+            self._record("post", work.timings["post"])
+            t0 = time.perf_counter()
+            images = [d.draw(f.image) if self.render else None for d, f in zip(detections, frames)]
+            if self.render:
+                self._record("render", time.perf_counter() - t0)
+            if not self._put(self._queues[2], list(zip(frames, detections, images))):
+                return
+
+    # -- driver ---------------------------------------------------------------------------------
+    def run(self) -> RunStats:
+        """Process the source to its end (or ``max_frames``, or a stop); return the statistics."""
+        threads = [
+            self._thread("capture", self._capture, self._slot),
+            self._thread("pre", self._pre, self._queues[0]),
+            self._thread("infer", self._infer, self._queues[1]),
+            self._thread("post", self._post, self._queues[2]),
+        ]
+        last = time.perf_counter()
+        try:
+            while (item := self._get(self._queues[2])) is not _END:
+                for frame, detections, image in item:
+                    t0 = time.perf_counter()
+                    keep_going = all([sink.write(image, frame) for sink in self.sinks]) if image is not None else True
+                    self._record("write", time.perf_counter() - t0)
+                    self.stats.frames += 1
+                    if not keep_going or (self.max_frames and self.stats.frames >= self.max_frames):
+                        self.stop()
+                if self.progress and time.perf_counter() - last >= self.progress_every:
+                    last = time.perf_counter()
+                    self.progress(self._progress_line())
+        except KeyboardInterrupt:
+            self.stats.interrupted = True
+        finally:
+            self.stop()
+            for t in threads:
+                t.join(timeout=30)
+            self.stats.elapsed = time.perf_counter() - self._start if self._start else 0.0
+            self.stats.dropped = getattr(self._slot, "dropped", 0)
+        if self._errors:
+            raise self._errors[0]
+        return self.stats
+
+    def _progress_line(self) -> str:
+        s = self.stats
+        elapsed = time.perf_counter() - self._start if self._start else 0.0
+        fps = s.frames / elapsed if elapsed > 0 else 0.0
+        total = self.max_frames if not self.source.length else min(self.source.length, self.max_frames or 10**12)
+        if total and not self.source.live:
+            head = f"[{s.frames:>{len(str(total))}}/{total} {100 * s.frames / total:3.0f}%]"
+        else:
+            head = f"[frame {s.frames}]"
+        drops = f" | dropped {getattr(self._slot, 'dropped', 0)}" if self.source.live else ""
+        return f"{head} {fps:.1f} fps | {s.stage_line()}{drops}"
