@@ -59,7 +59,12 @@ LIBRARY_NAME = "libmrcnn_edge_plugins.so"
 # Turing, Ampere (A100, RTX 30xx, Jetson Orin = 87), Ada, Hopper; then Blackwell and Thor (101 up to
 # CUDA 12.9, 110 from CUDA 13) where the toolkit has them. Keep in step with plugins/CMakeLists.txt.
 DEFAULT_CUDA_ARCHS = (75, 80, 86, 87, 89, 90, 100, 101, 110, 120)
-_SOURCES = ("multilevel_roi_align_kernel.cu", "multilevel_roi_align_plugin.cpp", "plugin_entry.cpp")
+_SOURCES = (
+    "multilevel_roi_align_kernel.cu",
+    "multilevel_roi_align_plugin.cpp",
+    "multilevel_roi_align_attributes.cpp",
+    "plugin_entry.cpp",
+)
 _MIN_CMAKE = (3, 18)
 
 

@@ -1,6 +1,7 @@
 // TensorRT side of MultilevelRoIAlign: the IPluginV3 plugin and its IPluginCreatorV3One creator.
 //
-// The only file pair that includes TensorRT. Works with the headers of TensorRT 10.3 and later,
+// With multilevel_roi_align_attributes.cpp and plugin_entry.cpp, the only files that include
+// TensorRT. Works with the headers of TensorRT 10.3 and later,
 // 11.x included (the IPluginV3One* interfaces did not change between them). The library needs no
 // TensorRT library at link time: every TensorRT type used here is an interface TensorRT implements.
 #ifndef MRCNN_EDGE_MULTILEVEL_ROI_ALIGN_PLUGIN_H
@@ -36,6 +37,9 @@ struct RoIAlignAttributes
 //! check their values. Returns an empty string on success, else the reason (one sentence).
 //! Integer fields take INT8/16/32/64; float fields take FLOAT16/32/64 and integers.
 std::string parseAttributes(nvinfer1::PluginFieldCollection const* fc, RoIAlignAttributes& attrs);
+
+//! The attributes the creator advertises (the ONNX parser forwards exactly these from a node).
+nvinfer1::PluginFieldCollection const* advertisedFields() noexcept;
 
 //! Log through the logger TensorRT handed to setLoggerFinder(), else to stderr. Never throws.
 void logMessage(nvinfer1::ILogger::Severity severity, char const* message) noexcept;
@@ -119,9 +123,6 @@ public:
     char const* getPluginName() const noexcept override;
     char const* getPluginVersion() const noexcept override;
     char const* getPluginNamespace() const noexcept override;
-
-private:
-    nvinfer1::PluginFieldCollection mFieldNames{};
 };
 
 } // namespace mrcnn_edge

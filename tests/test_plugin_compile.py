@@ -124,7 +124,7 @@ def test_plugin_class_compiles_and_passes_selftest(trt_include, kernel_object, t
              "-isystem", trt_include, "-isystem", CUDA_HOME / "include"]
     t0 = time.perf_counter()
     objects = []
-    for name in ("multilevel_roi_align_plugin.cpp", "plugin_entry.cpp"):
+    for name in ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp"):
         obj = tmp_path / (name + ".o")
         proc = _run([CXX, *flags, "-c", SOURCE_DIR / name, "-o", obj])
         assert proc.returncode == 0, f"{name} against {trt_include}:\n{proc.stderr[-4000:]}"
