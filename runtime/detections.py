@@ -29,13 +29,18 @@ class Detections:
         class_ids (int32 ``[N]``): model class ids (torchvision label ids; 0, background, never appears).
         class_names (list of N str): names from the model's metadata.
         mask_probs (float32 ``[N,M,M]``): mask probabilities in each box, model resolution.
+        paste_boxes (float32 ``[N,4]``): the boxes the masks belong to, in frame pixels (``boxes``
+            before clipping to the frame; the same unless a box reached into the letterbox padding).
         frame_shape ((h, w)): the frame these refer to.
     """
 
     def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, class_names: Sequence[str],
                  mask_probs: np.ndarray, frame_shape: Sequence[int], ops: Any = None,
-                 mask_threshold: float = MASK_THRESHOLD) -> None:
+                 mask_threshold: float = MASK_THRESHOLD, paste_boxes: np.ndarray | None = None) -> None:
         self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        # the boxes the masks were computed on (frame pixels); differ from `boxes` only where the
+        # model's box reached into the letterbox padding, which `boxes` clips away
+        self.paste_boxes = self.boxes if paste_boxes is None else np.asarray(paste_boxes, np.float32).reshape(-1, 4)
         self.scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         self.class_ids = np.asarray(class_ids, dtype=np.int32).reshape(-1)
         self.class_names = list(class_names)
@@ -43,7 +48,8 @@ class Detections:
         self.mask_probs = np.asarray(mask_probs, dtype=np.float32)
         if self.mask_probs.ndim != 3:
             raise ValueError(f"mask_probs must be [N,M,M], got shape {self.mask_probs.shape}")
-        if not (len(self.scores) == len(self.class_ids) == len(self.class_names) == len(self.mask_probs) == n):
+        if not (len(self.scores) == len(self.class_ids) == len(self.class_names) == len(self.mask_probs)
+                == len(self.paste_boxes) == n):
             raise ValueError("boxes, scores, class_ids, class_names and mask_probs must have the same length")
         self.frame_shape = (int(frame_shape[0]), int(frame_shape[1]))
         self.mask_threshold = float(mask_threshold)
@@ -69,19 +75,19 @@ class Detections:
         idx = np.atleast_1d(idx)
         return Detections(self.boxes[idx], self.scores[idx], self.class_ids[idx],
                           [self.class_names[i] for i in idx], self.mask_probs[idx], self.frame_shape,
-                          self._ops, self.mask_threshold)
+                          self._ops, self.mask_threshold, self.paste_boxes[idx])
 
     @property
     def masks(self) -> np.ndarray:
         """bool ``[N,h,w]``: each detection's mask pasted into the frame (computed on first use)."""
         if self._masks is None:
-            self._masks = self._ops.paste_masks(self.mask_probs, self.boxes, self.frame_shape, self.mask_threshold)
+            self._masks = self._ops.paste_masks(self.mask_probs, self.paste_boxes, self.frame_shape, self.mask_threshold)
         return self._masks
 
     def instance_map(self) -> np.ndarray:
         """int32 ``[h,w]``: 0 where no mask, ``i+1`` for detection ``i``; overlaps go to the higher score."""
         if self._ids is None:
-            self._ids = self._ops.instance_map(self.mask_probs, self.boxes, self.scores, self.frame_shape,
+            self._ids = self._ops.instance_map(self.mask_probs, self.paste_boxes, self.scores, self.frame_shape,
                                                self.mask_threshold)
         return self._ids
 

@@ -43,15 +43,18 @@ class Letterbox:
         rw = min(max(math.floor(float(w) * scale), 1), cw)
         return cls(h, w, ch, cw, scale, rh, rw)
 
-    def boxes_to_frame(self, boxes: np.ndarray) -> np.ndarray:
+    def boxes_to_frame(self, boxes: np.ndarray, clip: bool = True) -> np.ndarray:
         """Canvas boxes ``[N,4]`` x1,y1,x2,y2 -> frame pixels, float32.
 
-        Clipped to the resized image (torchvision's ``clip_boxes_to_image`` on the resized size),
-        then scaled by ``frame/resized`` per axis in float32 (torchvision's ``resize_boxes``).
+        ``clip``: first clip to the resized image (torchvision's ``clip_boxes_to_image`` on the
+        resized size; the graph only clips to the canvas), then scale by ``frame/resized`` per axis
+        in float32 (torchvision's ``resize_boxes``). Without ``clip`` the box keeps any part in the
+        canvas padding: the box its mask was computed on, which is the one to paste it with.
         """
         b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
-        np.clip(b[:, 0::2], 0.0, np.float32(self.resized_w), out=b[:, 0::2])
-        np.clip(b[:, 1::2], 0.0, np.float32(self.resized_h), out=b[:, 1::2])
+        if clip:
+            np.clip(b[:, 0::2], 0.0, np.float32(self.resized_w), out=b[:, 0::2])
+            np.clip(b[:, 1::2], 0.0, np.float32(self.resized_h), out=b[:, 1::2])
         rw = np.float32(self.frame_w) / np.float32(self.resized_w)
         rh = np.float32(self.frame_h) / np.float32(self.resized_h)
         b[:, 0::2] *= rw

@@ -165,6 +165,7 @@ class Segmenter:
                 box.boxes_to_frame(boxes[keep]), scores[keep], classes[keep],
                 [self.spec.class_name(int(c)) for c in classes[keep]],
                 out["masks"][b, :n][keep].astype(np.float32), frame.shape[:2], self.ops, self.mask_threshold,
+                paste_boxes=box.boxes_to_frame(boxes[keep], clip=False),
             ))
         work.timings["post"] = time.perf_counter() - t0
         return results

@@ -1,0 +1,210 @@
+"""Segmenter end to end through ONNX Runtime on contract models: geometry, batching, thresholds,
+bad frames, and the Detections API (masks, instance map, COCO, drawing)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mrcnn_edge.errors import UserError
+from mrcnn_edge.runtime.segmenter import Segmenter
+from mrcnn_edge.runtime.testing import make_contract_model
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+CANVAS = (128, 160)
+NAMES = ("__background__", "square", "disk")
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("segmenter")
+
+
+@pytest.fixture(scope="module")
+def full_canvas(tmp):
+    """One detection whose box is the whole canvas, with a fine 28x28 mask: segments bright pixels."""
+    path = make_contract_model(tmp / "full.onnx", boxes=[(0, 0, CANVAS[1], CANVAS[0])], classes=[1],
+                               base_scores=[0.9], mask_size=28, gain=8.0)
+    with Segmenter.from_path(path, score_threshold=0.0) as seg:
+        yield seg
+
+
+@pytest.fixture(scope="module")
+def three(tmp):
+    path = make_contract_model(tmp / "three.onnx")
+    with Segmenter.from_path(path, score_threshold=0.0) as seg:
+        yield seg
+
+
+def _square(hw, top_left, side_hw, value=255):
+    frame = np.full((*hw, 3), 10, np.uint8)
+    y, x = top_left
+    frame[y:y + side_hw[0], x:x + side_hw[1]] = value
+    truth = np.zeros(hw, bool)
+    truth[y:y + side_hw[0], x:x + side_hw[1]] = True
+    return frame, truth
+
+
+def _iou(a, b):
+    union = (a | b).sum()
+    return (a & b).sum() / union if union else 1.0
+
+
+@pytest.mark.parametrize("hw,top_left,side", [
+    ((480, 640), (200, 240), (120, 200)),   # landscape: padding below
+    ((640, 480), (100, 50), (300, 150)),    # portrait: padding on the right
+    ((300, 300), (0, 0), (150, 150)),       # square frame, object in the corner
+    ((256, 320), (128, 160), (128, 160)),   # exactly 2x the canvas, object in the corner
+])
+def test_masks_land_on_the_object_in_frame_pixels(full_canvas, hw, top_left, side):
+    frame, truth = _square(hw, top_left, side)
+    dets = full_canvas(frame)
+    assert len(dets) == 1 and dets.frame_shape == hw
+    # the reported box is the image area: the canvas box clipped to the resized image, scaled back
+    assert np.allclose(dets.boxes[0], [0, 0, hw[1], hw[0]], atol=1e-3)
+    iou = _iou(dets.masks[0], truth)
+    print(f"{hw}: IoU with the drawn square {iou:.3f}")
+    assert iou >= 0.8
+
+
+def test_boxes_are_scaled_back_by_frame_over_resized(three):
+    dets = three(np.zeros((480, 640, 3), np.uint8))  # resized 120x160 in the 128x160 canvas: x4
+    expected = np.array([[8, 8, 88, 72], [64, 40, 152, 120], [0, 0, 40, 30]], np.float32) * 4
+    assert np.array_equal(dets.boxes, expected)  # the second box is clipped at the image bottom (y 120)
+    assert np.array_equal(dets.paste_boxes[1], np.array([64, 40, 152, 120], np.float32) * 4)
+    assert dets.class_ids.tolist() == [1, 2, 1] and dets.class_names == ["square", "disk", "square"]
+    assert np.all(np.diff(dets.scores) < 0)
+
+
+def test_score_threshold_follows_the_scores(tmp):
+    path = make_contract_model(tmp / "thr.onnx")
+    bright = np.full((120, 160, 3), 255, np.uint8)
+    with Segmenter.from_path(path, score_threshold=0.0) as seg:
+        scores = seg(bright).scores
+    mid = float((scores[1] + scores[2]) / 2)
+    with Segmenter.from_path(path, score_threshold=mid) as seg:
+        assert len(seg(bright)) == 2
+        assert len(seg(np.zeros((120, 160, 3), np.uint8))) < 2  # a dark frame scores lower
+    with Segmenter.from_path(path) as seg:
+        assert seg.score_threshold == 0.5
+    with pytest.raises(UserError, match="score threshold"):
+        Segmenter.from_path(path, score_threshold=1.5)
+
+
+def test_batch_chunks_to_the_model_batch_and_pads(tmp):
+    path = make_contract_model(tmp / "b2.onnx", batch=2)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, size=hw, dtype=np.uint8) for hw in [(100, 80, 3), (60, 200, 3), (90, 90, 3)]]
+    with Segmenter.from_path(path, score_threshold=0.0) as seg:
+        assert seg.spec.batch == 2
+        many = seg.batch(frames)
+        one_by_one = [seg(f) for f in frames]  # each a zero-padded batch of 1
+    assert len(many) == 3
+    for a, b, f in zip(many, one_by_one, frames):
+        assert a.frame_shape == f.shape[:2]
+        assert np.array_equal(a.boxes, b.boxes) and np.allclose(a.scores, b.scores)
+        assert np.allclose(a.mask_probs, b.mask_probs, atol=1e-6)
+    assert seg.batch([]) == []
+
+
+def test_fp16_model_agrees_with_fp32(tmp):
+    p32 = make_contract_model(tmp / "p32.onnx", mask_size=28)
+    p16 = make_contract_model(tmp / "p16.onnx", mask_size=28, precision="fp16")
+    frame, _ = _square((240, 320), (60, 100), (90, 120))
+    with Segmenter.from_path(p32, score_threshold=0) as a, Segmenter.from_path(p16, score_threshold=0) as b:
+        assert b.spec.input_dtype == np.float16
+        da, db = a(frame), b(frame)
+    assert np.allclose(da.scores, db.scores, atol=2e-3) and da.masks.any()
+    for ma, mb in zip(da.masks, db.masks):
+        assert _iou(ma, mb) >= 0.95
+
+
+@pytest.mark.parametrize("frame", [
+    np.full((120, 160), 200, np.uint8),                        # gray
+    np.full((120, 160, 1), 200, np.uint8),                     # gray with a channel axis
+    np.full((120, 160, 4), 200, np.uint8),                     # BGRA
+    np.full((120, 160, 3), 200 * 256, np.uint16),              # 16-bit
+    np.full((120, 160, 3), 200 / 255, np.float32),             # float in [0, 1]
+    np.full((1, 1, 3), 200, np.uint8),                         # 1x1
+    np.full((8000, 100, 3), 200, np.uint8),                    # extreme aspect
+    np.full((100, 8000, 3), 200, np.uint8),
+])
+def test_unusual_frames_are_converted_and_segmented(three, frame):
+    dets = three(frame)
+    assert dets.frame_shape == frame.shape[:2] and len(dets) == 3
+    h, w = frame.shape[:2]
+    assert (dets.boxes[:, 0::2] <= w).all() and (dets.boxes[:, 1::2] <= h).all() and (dets.boxes >= 0).all()
+    assert dets.masks.shape == (3, h, w) and dets.instance_map().shape == (h, w)
+    assert dets.draw(frame).shape == (h, w, 3)
+
+
+@pytest.mark.parametrize("frame", [np.zeros((0, 0, 3), np.uint8), np.zeros((10, 10, 3), np.int64),
+                                   np.full((10, 10, 3), 7.0), None])
+def test_bad_frames_are_refused(three, frame):
+    with pytest.raises(UserError):
+        three(frame)
+
+
+def test_cuda_pre_post_needs_an_engine(tmp):
+    path = make_contract_model(tmp / "cuda.onnx")
+    with Segmenter.from_path(path, device="cpu") as seg:
+        assert seg.ops.name == "cpu"
+        with pytest.raises(UserError, match="TensorRT backend"):
+            Segmenter(seg.backend, device="cuda")
+    with pytest.raises(UserError, match="TensorRT engines"):
+        Segmenter.from_path(path, cuda_graph=True)
+
+
+# -- Detections ---------------------------------------------------------------------------------
+def test_detections_masks_are_lazy_and_consistent(three):
+    frame, _ = _square((240, 320), (20, 20), (150, 250))
+    dets = three(frame)
+    assert dets._masks is None
+    masks = dets.masks
+    assert masks.dtype == bool and masks.shape == (3, 240, 320) and dets.masks is masks
+    ids = dets.instance_map()
+    assert ids.dtype == np.int32
+    for i in range(len(dets)):  # a pixel carries the best-scoring detection whose mask covers it
+        better = masks[:i].any(axis=0)
+        assert (ids[masks[i] & ~better] == i + 1).all()
+    assert ((ids > 0) == masks.any(axis=0)).all()
+
+
+def test_detections_subset(three):
+    dets = three(np.full((120, 160, 3), 255, np.uint8))
+    top = dets[dets.scores >= dets.scores[1]]
+    assert len(top) == 2 and top.class_names == dets.class_names[:2]
+    assert np.array_equal(top.masks, dets.masks[:2])
+    assert len(dets[[2]]) == 1 and "Detections(" in repr(dets)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools' own numpy 2 warning
+def test_to_coco_is_readable_by_pycocotools(three):
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    frame, _ = _square((240, 320), (20, 20), (150, 250))
+    dets = three(frame)
+    results = dets.to_coco(image_id=7, category_map={1: 11, 2: 12})
+    assert [r["category_id"] for r in results] == [11, 12, 11] and results[0]["image_id"] == 7
+    for r, mask, box in zip(results, dets.masks, dets.boxes):
+        assert np.array_equal(mask_utils.decode(r["segmentation"]).astype(bool), mask)
+        assert r["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=0.01)
+        assert isinstance(r["segmentation"]["counts"], str)
+
+
+def test_draw_colours_masked_pixels_and_leaves_the_rest(three):
+    frame = np.full((240, 320, 3), 255, np.uint8)
+    dets = three(frame)
+    out = dets.draw(frame, labels=False, boxes=False)
+    ids = dets.instance_map()
+    assert ids.any() and (out[ids == 0] == frame[ids == 0]).all() and (out[ids > 0] != 255).any()
+    labelled = dets.draw(frame)
+    assert labelled.shape == frame.shape and (labelled != out).any() and (frame == 255).all()
+    with pytest.raises(UserError, match="draw"):
+        dets.draw(np.zeros((10, 10, 3), np.uint8))
+
+
+def test_empty_detections_behave(three):
+    dets = three(np.zeros((50, 60, 3), np.uint8))[[]]
+    assert len(dets) == 0 and dets.masks.shape == (0, 50, 60) and not dets.instance_map().any()
+    assert dets.to_coco(1) == [] and dets.draw(np.zeros((50, 60, 3), np.uint8)).shape == (50, 60, 3)
