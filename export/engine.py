@@ -332,8 +332,8 @@ def build_engine(
         raise UserError(f"--workspace must be a positive number of GiB, got {workspace_gib}")
     if engine_path.resolve() == onnx_path.resolve():
         raise UserError("the engine would overwrite the ONNX model: choose another -o")
-    check_writable(engine_path)
-    check_writable(sidecar_path(engine_path))
+    if engine_path.is_dir():
+        raise UserError(f"output {engine_path} is a folder; give a file name")
     n_plugin, problems = check_plugin_nodes(model)
     if problems:
         raise UserError(f"{onnx_path.name}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -344,6 +344,8 @@ def build_engine(
     devices, why = cuda_device_count()
     if devices < 1:
         raise UserError(f"building a TensorRT engine needs an NVIDIA GPU: {why}")
+    check_writable(engine_path)  # before minutes of building; creates the folder if needed
+    check_writable(sidecar_path(engine_path))
 
     t0 = time.perf_counter()
     logger = _make_logger(trt, verbose)
@@ -365,14 +367,18 @@ def build_engine(
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     cache_file = Path(timing_cache).expanduser() if timing_cache else None
     if cache_file is not None:
-        blob = cache_file.read_bytes() if cache_file.is_file() else b""
+        try:
+            blob = cache_file.read_bytes() if cache_file.is_file() else b""
+        except OSError as exc:
+            log(f"cannot read timing cache {cache_file} ({exc.strerror}): starting a new one")
+            blob = b""
         cache = config.create_timing_cache(blob)
         if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
             log(f"timing cache {cache_file} is from another GPU or TensorRT version: starting a new one")
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, ignore_mismatch=False)
         elif blob:
-            log(f"timing cache {cache_file}")
+            log(f"reusing timing cache {cache_file}")
     monitor = _make_progress_monitor(trt, log)
     if monitor is not None:
         config.progress_monitor = monitor

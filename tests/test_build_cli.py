@@ -3,10 +3,12 @@ and nothing on disk; with TensorRT and a GPU, an engine with the plugin matches 
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -148,8 +150,7 @@ def test_build_without_tensorrt_is_one_line(tmp_path, capsys, monkeypatch):
     assert rc != 0
     line = error_line(capsys)
     assert "TensorRT is not installed" in line and "JetPack" in line and "pip install tensorrt" in line
-    assert files_in(tmp_path) == {"m.onnx", "libfake.so", "out"}  # the output folder stays empty
-    assert files_in(tmp_path / "out") == set()
+    assert files_in(tmp_path) == {"m.onnx", "libfake.so"}  # not even the output folder
 
 
 def test_build_without_gpu_is_one_line(tmp_path, capsys, monkeypatch):
@@ -179,6 +180,200 @@ def test_build_cli_imports_nothing_heavy():
             "print(sorted(m for m in ('tensorrt', 'torch', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ---- build: the TensorRT calls, against a stand-in of the tensorrt module --------------------
+
+
+class _Severity(enum.Enum):
+    INTERNAL_ERROR = 0
+    ERROR = 1
+    WARNING = 2
+    INFO = 3
+    VERBOSE = 4
+
+    def __int__(self) -> int:
+        return self.value
+
+
+def fake_tensorrt(version="10.3.0", parse_ok=True, build_ok=True) -> types.ModuleType:
+    """The part of tensorrt's Python API that build_engine uses, recording what it is asked."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = calls = {}
+
+    class ILogger:
+        Severity = _Severity
+
+        def __init__(self):
+            pass
+
+    class IProgressMonitor:
+        def __init__(self):
+            pass
+
+    class Registry:
+        def load_library(self, path):
+            calls["load_library"] = path
+            return object()
+
+        def get_creator(self, name, version, namespace):
+            return object() if (name, version, namespace) == ("MultilevelRoIAlign", "1", "mrcnn_edge") else None
+
+    class Cache:
+        def __init__(self, blob):
+            self.blob = bytes(blob)
+
+        def serialize(self):
+            return b"CACHE" + self.blob[:0]
+
+    class Config:
+        progress_monitor = None
+
+        def set_memory_pool_limit(self, pool, size):
+            calls["workspace"] = (pool, size)
+
+        def create_timing_cache(self, blob):
+            calls.setdefault("timing_blobs", []).append(bytes(blob))
+            return Cache(blob)
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            self.cache = cache
+            return True
+
+        def get_timing_cache(self):
+            return self.cache
+
+    class Input:
+        def __init__(self, name, shape):
+            self.name, self.shape = name, shape
+
+    class Network:
+        num_inputs = 1
+
+        def get_input(self, i):
+            return Input("rois", (1, 64, 4))
+
+    class ParserError:
+        def desc(self):
+            return "Could not create the plugin."
+
+        def node_name(self):
+            return "roi_pool"
+
+        def node_operator(self):
+            return "MultilevelRoIAlign"
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.logger = logger
+            self.num_errors = 0
+
+        def parse_from_file(self, path):
+            calls["parsed"] = path
+            if parse_ok:
+                return True
+            self.logger.log(_Severity.ERROR, "MultilevelRoIAlign 'roi_pool': feature map 3 has 4 channels "
+                                             "but feature map 0 has 8")
+            self.num_errors = 1
+            return False
+
+        def get_error(self, i):
+            return ParserError()
+
+    class Builder:
+        def __init__(self, logger):
+            self.logger = logger
+
+        def create_network(self, flags):
+            calls["network_flags"] = flags
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def build_serialized_network(self, network, config):
+            monitor = config.progress_monitor
+            if monitor is not None:
+                monitor.phase_start("Building engine", None, 2)
+                assert monitor.step_complete("Building engine", 0)
+                monitor.phase_finish("Building engine")
+            if not build_ok:
+                self.logger.log(_Severity.ERROR, "out of memory")
+                return None
+            return b"SERIALIZED-ENGINE"
+
+    trt.ILogger, trt.IProgressMonitor, trt.Builder, trt.OnnxParser = ILogger, IProgressMonitor, Builder, OnnxParser
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0 if version.startswith("11") else 1)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    registry = Registry()
+    trt.get_plugin_registry = lambda: registry
+    return trt
+
+
+@pytest.fixture
+def fake_gpu_build(tmp_path, monkeypatch):
+    """A model, a plugin library file, a GPU and a TensorRT, all stand-ins."""
+    def setup(**kw):
+        trt = fake_tensorrt(**kw)
+        monkeypatch.setattr(engine_mod, "import_tensorrt", lambda: trt)
+        monkeypatch.setattr(engine_mod, "cuda_device_count", lambda: (1, ""))
+        monkeypatch.setattr(plugin_build, "plugin_library_tensorrt_version", lambda lib: kw.get("version", "10.3.0"))
+        lib = tmp_path / "libmrcnn_edge_plugins.so"
+        lib.write_bytes(b"")
+        return trt, plugin_onnx(tmp_path / "m.onnx"), lib
+    return setup
+
+
+@pytest.mark.parametrize("version,flags", [("10.3.0", 1 << 1), ("11.1.0", 0)])
+def test_build_drives_tensorrt(tmp_path, capsys, fake_gpu_build, version, flags):
+    trt, model, lib = fake_gpu_build(version=version)
+    engine_path = tmp_path / "out" / "m.engine"
+    cache = tmp_path / "timing.cache"
+    assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib), "--workspace", "1.5",
+                 "--timing-cache", str(cache)]) == 0
+    assert trt.calls["network_flags"] == flags  # strongly typed: a flag on 10, the only mode on 11
+    assert trt.calls["workspace"] == ("WORKSPACE", int(1.5 * 2**30))
+    assert trt.calls["load_library"] == str(lib.resolve())
+    assert engine_path.read_bytes() == b"SERIALIZED-ENGINE" and cache.read_bytes() == b"CACHE"
+    meta = read_sidecar(engine_path)
+    assert set(MODEL_KEYS) <= set(meta) and meta["tensorrt_version"] == version
+    assert meta["onnx_sha256"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert meta["plugin_library"] == str(lib.resolve())
+    out = capsys.readouterr().out
+    assert "Building engine ..." in out and "wrote" in out
+    assert files_in(engine_path.parent) == {"m.engine", "m.engine.json"}
+    # a second build reads the timing cache back
+    assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib),
+                 "--timing-cache", str(cache)]) == 0
+    assert trt.calls["timing_blobs"][-1] == b"CACHE"
+
+
+def test_build_parse_failure_says_why_and_leaves_nothing(tmp_path, capsys, fake_gpu_build):
+    _, model, lib = fake_gpu_build(parse_ok=False)
+    engine_path = tmp_path / "m.engine"
+    assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib), "--no-timing-cache"]) != 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "could not parse m.onnx" in last and "feature map 3 has 4 channels" in last
+    assert files_in(tmp_path) == {"m.onnx", "libmrcnn_edge_plugins.so"}
+
+
+def test_build_failure_leaves_no_engine(tmp_path, capsys, fake_gpu_build):
+    _, model, lib = fake_gpu_build(build_ok=False)
+    engine_path = tmp_path / "m.engine"
+    engine_path.write_bytes(b"OLD")  # an older engine stays as it was
+    assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib), "--no-timing-cache"]) != 0
+    assert "could not build the engine: out of memory" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert engine_path.read_bytes() == b"OLD" and not sidecar_path(engine_path).exists()
+    assert files_in(tmp_path) == {"m.onnx", "libmrcnn_edge_plugins.so", "m.engine"}
+
+
+def test_build_refuses_a_plugin_of_another_tensorrt_major(tmp_path, capsys, fake_gpu_build, monkeypatch):
+    _, model, lib = fake_gpu_build(version="11.1.0")
+    monkeypatch.setattr(plugin_build, "plugin_library_tensorrt_version", lambda lib: "10.3.0")
+    assert main(["build", str(model), "--plugin-lib", str(lib)]) != 0
+    line = error_line(capsys)
+    assert "built against TensorRT 10.3.0 but TensorRT 11.1.0 is installed" in line and "build-plugin" in line
 
 
 # ---- build-plugin: bad input ------------------------------------------------------------------
