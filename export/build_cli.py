@@ -105,8 +105,15 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
 
 
+def _describe(meta: dict) -> str:
+    size = meta.get("input_size")
+    size = "x".join(map(str, size)) if isinstance(size, list) else size
+    return (f"{meta.get('arch', '?')}, {meta.get('num_classes', '?')} classes, input {size}, "
+            f"batch {meta.get('batch', '?')}, {meta.get('flavor', '?')} flavor, {meta.get('precision', '?')}")
+
+
 def run_build(args: argparse.Namespace) -> int:
-    from .engine import build_engine, describe_metadata
+    from .engine import build_engine
 
     onnx_path = Path(args.onnx).expanduser()
     output = getattr(args, "output", None)
@@ -119,5 +126,5 @@ def run_build(args: argparse.Namespace) -> int:
         timing_cache=None if args.no_timing_cache else args.timing_cache,
         verbose=args.verbose,
     )
-    print(f"  {describe_metadata(meta)}")
+    print(f"  {_describe(meta)}")
     return 0

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from ..atomic import atomic_output, check_writable
 from ..errors import UserError, require
@@ -203,15 +203,15 @@ def _resolve_plugin_library(plugin_lib: str | os.PathLike | None, needed: bool) 
         if not path.is_file():
             raise UserError(f"plugin library {path} not found (from --plugin-lib)")
         return path.resolve()
+    if not needed:
+        return None  # a portable model: no plugin, even if one is installed
     default = default_plugin_path()
     if default.is_file():
         return default.resolve()
-    if needed:
-        raise UserError(
-            f"this model has {PLUGIN_OP} nodes and needs the plugin library, not found at {default}: "
-            "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib LIB"
-        )
-    return None
+    raise UserError(
+        f"this model has {PLUGIN_OP} nodes and needs the plugin library, not found at {default}: "
+        "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib LIB"
+    )
 
 
 def _make_logger(trt, verbose: bool):
@@ -407,10 +407,3 @@ def build_engine(
         f"in {time.perf_counter() - t0:.0f} s")
     return sidecar
 
-
-def describe_metadata(meta: Mapping[str, Any]) -> str:
-    """One line about a model from its metadata (for logs)."""
-    size = meta.get("input_size")
-    return (f"{meta.get('arch', '?')}, {meta.get('num_classes', '?')} classes, input "
-            f"{'x'.join(map(str, size)) if isinstance(size, list) else size}, batch {meta.get('batch', '?')}, "
-            f"{meta.get('flavor', '?')} flavor, {meta.get('precision', '?')}")
