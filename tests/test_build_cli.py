@@ -368,6 +368,21 @@ def test_build_failure_leaves_no_engine(tmp_path, capsys, fake_gpu_build):
     assert files_in(tmp_path) == {"m.onnx", "libmrcnn_edge_plugins.so", "m.engine"}
 
 
+def test_portable_model_needs_no_plugin(tmp_path, fake_gpu_build, private_cache):
+    trt, _, _ = fake_gpu_build()
+    (private_cache / "plugins").mkdir(parents=True)
+    (private_cache / "plugins" / plugin_build.LIBRARY_NAME).write_bytes(b"stale")  # must not be loaded
+    x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 64, 96])
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"])], "portable", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    helper.set_model_props(model, encode(model_metadata(flavor="portable", plugin=None)))
+    onnx.save(model, str(tmp_path / "p.onnx"))
+    assert main(["build", str(tmp_path / "p.onnx"), "--no-timing-cache"]) == 0
+    assert "load_library" not in trt.calls
+    assert read_sidecar(tmp_path / "p.engine")["plugin_library"] is None
+
+
 def test_build_refuses_a_plugin_of_another_tensorrt_major(tmp_path, capsys, fake_gpu_build, monkeypatch):
     _, model, lib = fake_gpu_build(version="11.1.0")
     monkeypatch.setattr(plugin_build, "plugin_library_tensorrt_version", lambda lib: "10.3.0")
