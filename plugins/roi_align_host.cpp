@@ -113,13 +113,15 @@ void poolRoi(MultilevelRoIAlignParams const& p, int64_t roiIndex, std::vector<Sa
     }
 }
 
+// Returns false when memory ran out; no exception leaves an OpenMP region or the C ABI.
 template <typename T>
-void poolAll(MultilevelRoIAlignParams const& p, float* output)
+bool poolAll(MultilevelRoIAlignParams const& p, float* output) noexcept
 {
     int64_t const numRoisTotal = static_cast<int64_t>(p.batch) * p.numRois;
     int64_t const perRoi = static_cast<int64_t>(p.channels) * p.outputHeight * p.outputWidth;
+    int failed = 0;
 #if defined(_OPENMP)
-#pragma omp parallel
+#pragma omp parallel reduction(| : failed)
 #endif
     {
         std::vector<Sample> samples;
@@ -128,9 +130,17 @@ void poolAll(MultilevelRoIAlignParams const& p, float* output)
 #endif
         for (int64_t n = 0; n < numRoisTotal; ++n)
         {
-            poolRoi<T>(p, n, samples, output + n * perRoi);
+            try
+            {
+                poolRoi<T>(p, n, samples, output + n * perRoi);
+            }
+            catch (...)
+            {
+                failed = 1;
+            }
         }
     }
+    return failed == 0;
 }
 
 } // namespace
@@ -182,13 +192,14 @@ MRE_HOST_EXPORT int32_t mre_host_multilevel_roi_align(
     {
         return 0;
     }
-    if (featureType == 0)
+    bool const ok = featureType == 0 ? poolAll<float>(*params, output) : poolAll<uint16_t>(*params, output);
+    if (!ok)
     {
-        poolAll<float>(*params, output);
-    }
-    else
-    {
-        poolAll<uint16_t>(*params, output);
+        if (error != nullptr)
+        {
+            *error = "out of memory";
+        }
+        return 1;
     }
     return 0;
 }
