@@ -65,6 +65,7 @@ def plugin_onnx(path: Path, *, batch=1, rois=64, channels=8, size=(64, 96), dtyp
     output = helper.make_tensor_value_info("pooled", elem, [batch, rois, channels, out, out])
     graph = helper.make_graph([node], "roi_align_only", inputs, [output])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("mrcnn_edge", 1)])
+    model.ir_version = 8  # opset 18's IR version: every TensorRT >= 10.3 parser knows it
     if metadata:
         helper.set_model_props(model, encode(model_metadata(batch=batch, input_size=list(size))))
     onnx.save(model, str(path))
