@@ -19,7 +19,7 @@ from .kernel_build import KERNELS, compile_kernel, pick_arch
 from .postprocess import MASK_THRESHOLD, expand_boxes, paint_order
 from .preprocess import Letterbox
 
-__all__ = ["CudaOps", "LetterboxParams"]
+__all__ = ["CudaOps", "LetterboxParams", "SIGNATURES", "pack_arguments"]
 
 
 class LetterboxParams(ctypes.Structure):
@@ -39,6 +39,35 @@ class LetterboxParams(ctypes.Structure):
                    float(np.float32(box.frame_h) / np.float32(box.resized_h)),
                    float(np.float32(box.frame_w) / np.float32(box.resized_w)),
                    (ctypes.c_float * 3)(*map(float, mul)), (ctypes.c_float * 3)(*map(float, add)))
+
+
+# Parameters of each kernel entry point, in order ("ptr": device address, "int", "float", or a
+# ctypes Structure passed by value). Launches are packed from this table; a test checks it
+# against the parameter lists in the PTX that NVRTC compiles.
+SIGNATURES: dict[str, tuple[Any, ...]] = {
+    "letterbox_f32": ("ptr", LetterboxParams, "ptr"),
+    "letterbox_f16": ("ptr", LetterboxParams, "ptr"),
+    "paste_masks_u8": ("ptr", "ptr", "int", "int", "int", "int", "float", "ptr"),
+    "instance_map": ("ptr", "ptr", "ptr", "int", "int", "int", "int", "float", "ptr"),
+    "overlay": ("ptr", "int", "ptr", "ptr", "int", "int", "float"),
+}
+_SCALARS = {"ptr": ctypes.c_void_p, "int": ctypes.c_int, "float": ctypes.c_float}
+
+
+def pack_arguments(kernel: str, args: Sequence[Any]) -> tuple[Any, list[Any]]:
+    """``(void*[n], holders)`` for cuLaunchKernel's kernelParams; keep ``holders`` alive until launched."""
+    signature = SIGNATURES[kernel]
+    if len(args) != len(signature):
+        raise TypeError(f"{kernel} takes {len(signature)} arguments, got {len(args)}")
+    holders = []
+    for kind, value in zip(signature, args):
+        if isinstance(kind, str):
+            holders.append(_SCALARS[kind](value))
+        elif isinstance(value, kind):
+            holders.append(value)
+        else:
+            raise TypeError(f"{kernel}: expected {kind.__name__}, got {type(value).__name__}")
+    return (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders]), holders
 
 
 class _Buffer:
@@ -96,11 +125,10 @@ class CudaOps:
     # -- plumbing -----------------------------------------------------------------------------
     def _launch(self, name: str, grid: tuple[int, int, int], args: Sequence[Any], stream: Any) -> None:
         check(self._driver.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")  # callers may be other threads
-        holders = [a if isinstance(a, (ctypes._SimpleCData, ctypes.Structure)) else ctypes.c_void_p(int(a))
-                   for a in args]
-        pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        pointers, holders = pack_arguments(name, args)
         check(self._driver.cuLaunchKernel(self._fn[name], grid[0], grid[1], grid[2], 32, 8, 1, 0, stream,
                                           ctypes.addressof(pointers), 0), f"launch {name}")
+        del holders  # the driver copied the values at launch
 
     def _copy(self, dst: int, src: int, nbytes: int, kind: str, stream: Any) -> None:
         k = getattr(self._cudart.cudaMemcpyKind, f"cudaMemcpy{kind}")
@@ -153,8 +181,7 @@ class CudaOps:
             mp, bp, m = self._masks_and_boxes(masks, boxes)
             out = self._dev["out"].ensure(n * h * w)
             self._launch("paste_masks_u8", self._grid(h, w, n),
-                         [mp, bp, ctypes.c_int(n), ctypes.c_int(m), ctypes.c_int(h), ctypes.c_int(w),
-                          ctypes.c_float(threshold), out], self._post_stream)
+                         [mp, bp, n, m, h, w, threshold, out], self._post_stream)
             host = self._host["out"]
             host.ensure(n * h * w)
             self._copy(host.ptr, out, n * h * w, "DeviceToHost", self._post_stream)
@@ -172,8 +199,7 @@ class CudaOps:
             op = self._upload("order", paint_order(scores), self._post_stream)
             ids = self._dev["ids"].ensure(h * w * 4)
             self._launch("instance_map", self._grid(h, w),
-                         [mp, bp, op, ctypes.c_int(n), ctypes.c_int(m), ctypes.c_int(h), ctypes.c_int(w),
-                          ctypes.c_float(threshold), ids], self._post_stream)
+                         [mp, bp, op, n, m, h, w, threshold, ids], self._post_stream)
             host = self._host["ids"]
             host.ensure(h * w * 4)
             self._copy(host.ptr, ids, h * w * 4, "DeviceToHost", self._post_stream)
@@ -189,8 +215,7 @@ class CudaOps:
             ip = self._upload("ids", ids.astype(np.int32), self._post_stream)
             cp = self._upload("colours", np.asarray(colours, dtype=np.uint8).reshape(-1, 3), self._post_stream)
             self._launch("overlay", self._grid(h, w),
-                         [fp, ctypes.c_int(w * 3), ip, cp, ctypes.c_int(h), ctypes.c_int(w), ctypes.c_float(alpha)],
-                         self._post_stream)
+                         [fp, w * 3, ip, cp, h, w, alpha], self._post_stream)
             host = self._host["frame"]
             host.ensure(frame.nbytes)
             self._copy(host.ptr, fp, frame.nbytes, "DeviceToHost", self._post_stream)

@@ -8,6 +8,7 @@ own thread): :meth:`Segmenter.prepare` (check/convert frames, letterbox on the C
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,10 @@ class Segmenter:
 
     ``score_threshold`` (default 0.5) drops weaker detections; the model's own floor (metadata
     ``score_threshold``, 0.05 by default) has already been applied in the graph.
-    ``device``: where pre/post-processing runs: "cuda" (NVRTC kernels, TensorRT backend only),
-    "cpu" (numpy/OpenCV reference) or "auto" (CUDA with TensorRT when it works, else CPU).
+    ``device`` ("auto", "cpu", "cuda"): with TensorRT, where pre/post-processing runs: the NVRTC
+    kernels ("cuda"; "auto" falls back to the CPU with a warning when they cannot load) or the
+    numpy reference ("cpu"). With ONNX Runtime, which execution providers run the model ("cuda":
+    GPU providers required, "cpu": CPU only); its pre/post-processing is always the reference.
     """
 
     def __init__(self, backend: Backend, score_threshold: float | None = None, device: str = "auto",
@@ -64,14 +67,16 @@ class Segmenter:
         self.mask_threshold = float(mask_threshold)
         self._mul, self._add = normalization(self.spec.mean, self.spec.std)
         self.ops: Any = self._choose_ops(device)
+        # model-input buffers recycled between batches: a fresh 3 MB array per frame costs more
+        # in page faults than the letterbox itself
+        self._pool: list[np.ndarray] = []
+        self._pool_lock = threading.Lock()
 
     def _choose_ops(self, device: str) -> Any:
-        on_gpu = hasattr(self.backend, "device_pointer")
-        if device == "cpu" or (device == "auto" and not on_gpu):
+        # ONNX Runtime takes and returns host arrays: its pre/post-processing stays on the CPU
+        # whatever its providers; device="cuda" there means GPU providers (OrtBackend checks)
+        if device == "cpu" or not hasattr(self.backend, "device_pointer"):
             return ReferenceOps()
-        if not on_gpu:
-            raise UserError("device 'cuda' pre/post-processing needs the TensorRT backend (an .engine); "
-                            "ONNX Runtime takes host arrays, so its pre/post-processing runs on the CPU")
         try:
             from .cuda_ops import CudaOps
 
@@ -117,17 +122,17 @@ class Segmenter:
             raise ValueError(f"prepare() takes 1..{self.spec.batch} frames, got {len(frames)}")
         work = Work([as_bgr8(f) for f in frames])
         if self.ops.name == "cpu":
-            h, w = self.spec.input_hw
-            work.tensor = np.zeros((self.spec.batch, 3, h, w), dtype=self.spec.input_dtype)
+            work.tensor = self._take_buffer()
             work.letterboxes = [letterbox_into(f, work.tensor[i], self._mul, self._add)
                                 for i, f in enumerate(work.frames)]
+            work.tensor[len(frames):] = 0  # padding slots of a partial batch
         work.timings["pre"] = time.perf_counter() - t0
         return work
 
     def infer(self, work: Work) -> Work:
         """Run the model on a prepared batch; keeps a copy of the outputs in ``work.outputs``."""
         t0 = time.perf_counter()
-        if work.tensor is None:  # GPU pre-processing straight into the engine's input buffer
+        if self.ops.name != "cpu":  # GPU pre-processing straight into the engine's input buffer
             base = self.backend.device_pointer(INPUT_NAME)  # type: ignore[attr-defined]
             h, w = self.spec.input_hw
             item = 3 * h * w * self.spec.input_dtype.itemsize
@@ -140,10 +145,26 @@ class Segmenter:
             t0 = time.perf_counter()
             outputs = self.backend.execute()  # type: ignore[attr-defined]
         else:
+            if work.tensor is None:
+                raise ValueError("infer() needs a Work from prepare() that was not run yet")
             outputs = self.backend.infer({INPUT_NAME: work.tensor})
+            self._give_back(work.tensor)
+            work.tensor = None
         work.outputs = {k: np.array(v, copy=True) for k, v in outputs.items()}
         work.timings["infer"] = time.perf_counter() - t0
         return work
+
+    def _take_buffer(self) -> np.ndarray:
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        h, w = self.spec.input_hw
+        return np.zeros((self.spec.batch, 3, h, w), dtype=self.spec.input_dtype)
+
+    def _give_back(self, buffer: np.ndarray) -> None:
+        with self._pool_lock:
+            if len(self._pool) < 4:  # the pipeline has at most a few batches in flight
+                self._pool.append(buffer)
 
     def finish(self, work: Work) -> list[Detections]:
         """Model outputs -> one ``Detections`` per frame (rows past ``num_detections``, padding

@@ -73,6 +73,50 @@ def test_arch_choice_falls_back_to_ptx_for_unknown_gpus():
     assert kernel_build.pick_arch(99, 9) == f"compute_{max(archs)}"
 
 
+def _ptx_parameters(ptx: str) -> dict[str, list[int]]:
+    """Entry point -> byte size of each parameter, from NVRTC's PTX."""
+    import re
+
+    sizes = {"u64": 8, "b64": 8, "s64": 8, "f64": 8, "u32": 4, "b32": 4, "s32": 4, "f32": 4}
+    entries = {}
+    for name, params in re.findall(r"\.entry\s+(\w+)\s*\(([^)]*)\)", ptx):
+        entries[name] = [int(n) if n else sizes[t] for t, n in
+                         re.findall(r"\.param\s+(?:\.align\s+\d+\s+)?\.(\w+)\s+\w+(?:\[(\d+)\])?", params)]
+    return entries
+
+
+def test_launch_signatures_match_the_compiled_kernels(compiled):
+    from mrcnn_edge.runtime.cuda_ops import SIGNATURES
+
+    _, images = compiled
+    compiled_params = {}
+    for kernel in KERNELS:
+        compiled_params.update(_ptx_parameters(images[(kernel, "compute_87")].image.decode(errors="replace")))
+    assert set(compiled_params) == set(SIGNATURES) == {e for entries in KERNELS.values() for e in entries}
+    for name, signature in SIGNATURES.items():
+        expected = [{"ptr": 8, "int": 4, "float": 4}[k] if isinstance(k, str) else ctypes.sizeof(k) for k in signature]
+        assert compiled_params[name] == expected, name
+
+
+def test_kernel_arguments_are_packed_by_address():
+    from mrcnn_edge.runtime.cuda_ops import LetterboxParams, pack_arguments
+
+    mul, add = normalization(MEAN, STD)
+    params = LetterboxParams.make(Letterbox.fit((480, 640), (128, 160)), 1920, mul, add)
+    pointers, holders = pack_arguments("letterbox_f32", [0x1000, params, 0x2000])
+    assert ctypes.c_void_p.from_address(pointers[0]).value == 0x1000
+    assert ctypes.string_at(pointers[1], ctypes.sizeof(params)) == bytes(params)
+    assert ctypes.c_void_p.from_address(pointers[2]).value == 0x2000
+    assert (params.src_h, params.out_h, params.out_w) == (480, 120, 160) and params.scale_x == 4.0
+    pointers, holders = pack_arguments("overlay", [0x10, 1920, 0x20, 0x30, 480, 640, 0.25])
+    assert ctypes.c_int.from_address(pointers[1]).value == 1920
+    assert ctypes.c_float.from_address(pointers[6]).value == 0.25
+    with pytest.raises(TypeError, match="takes 7 arguments"):
+        pack_arguments("overlay", [1, 2, 3])
+    with pytest.raises(TypeError, match="expected LetterboxParams"):
+        pack_arguments("letterbox_f16", [1, 2, 3])
+
+
 # -- host build of the per-pixel arithmetic ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):

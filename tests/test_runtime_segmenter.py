@@ -146,12 +146,13 @@ def test_bad_frames_are_refused(three, frame):
         three(frame)
 
 
-def test_cuda_pre_post_needs_an_engine(tmp):
+def test_onnxruntime_pre_post_stay_on_the_cpu(tmp):
     path = make_contract_model(tmp / "cuda.onnx")
     with Segmenter.from_path(path, device="cpu") as seg:
-        assert seg.ops.name == "cpu"
-        with pytest.raises(UserError, match="TensorRT backend"):
-            Segmenter(seg.backend, device="cuda")
+        assert seg.ops.name == "cpu" and "pre/post on cpu" in seg.description
+        assert Segmenter(seg.backend, device="cuda").ops.name == "cpu"  # ORT's I/O is host memory
+        with pytest.raises(UserError, match="device must be one of"):
+            Segmenter(seg.backend, device="gpu")
     with pytest.raises(UserError, match="TensorRT engines"):
         Segmenter.from_path(path, cuda_graph=True)
 
