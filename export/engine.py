@@ -256,7 +256,11 @@ def _make_progress_monitor(trt, log: Callable[[str], None]):
                 self.interrupted = True
 
         def step_complete(self, phase_name, step) -> bool:
-            return not self.interrupted
+            try:
+                return not self.interrupted
+            except BaseException:  # noqa: BLE001 - a Ctrl-C landing here
+                self.interrupted = True
+                return False
 
         def phase_finish(self, phase_name) -> None:
             try:
