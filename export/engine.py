@@ -224,10 +224,13 @@ def _make_logger(trt, verbose: bool):
             self.threshold = int(trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING)
 
         def log(self, severity, msg) -> None:  # noqa: A003 - TensorRT's name
-            if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                self.errors.append(str(msg).strip())
-            if int(severity) <= self.threshold:
-                print(f"[TensorRT] {str(severity).rsplit('.', 1)[-1]}: {msg}", file=sys.stderr)
+            try:  # called from C++: nothing may raise out of here
+                if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                    self.errors.append(str(msg).strip())
+                if int(severity) <= self.threshold:
+                    print(f"[TensorRT] {str(severity).rsplit('.', 1)[-1]}: {msg}", file=sys.stderr)
+            except BaseException:  # noqa: BLE001
+                pass
 
     return _Logger()
 
