@@ -411,13 +411,15 @@ def build_plugin_library(
     if use_cmake and cmake is None:
         raise UserError("--cmake: cmake >= 3.18 not found on PATH (or drop --cmake to build with nvcc directly)")
     jobs = jobs or os.cpu_count() or 1
+    # the compiler's full output goes next to the default library, where the error message points
+    build_log = default_plugin_path().parent / "build-plugin.log"
+    build_log.parent.mkdir(parents=True, exist_ok=True)
+    build_log.write_text("")
     work = Path(tempfile.mkdtemp(prefix="mrcnn-edge-plugin-"))
-    build_log = work / "build.log"
     t0 = time.perf_counter()
     how = "CMake" if cmake else "nvcc"
     log(f"compiling the plugin with {how} for sm_{', sm_'.join(map(str, archs))} "
         f"against TensorRT {toolchain.tensorrt_version} headers ...")
-    ok = False
     try:
         if cmake:
             build = work / "build"
@@ -435,14 +437,11 @@ def build_plugin_library(
         if not built.is_file():
             raise UserError(f"building the plugin produced no {LIBRARY_NAME} (full log: {build_log})")
         if plugin_library_tensorrt_version(built) is None:
-            raise UserError(f"the plugin library built in {work} cannot be loaded (full log: {build_log})")
+            raise UserError(f"the plugin library just built cannot be loaded (full log: {build_log})")
         with atomic_output(output) as tmp:
             shutil.copyfile(built, tmp)
             os.chmod(tmp, 0o755)
-        ok = True
     finally:
-        # on failure the work folder stays for its build.log, which the error message names
-        if ok or not build_log.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     log(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s")
     return output
