@@ -33,13 +33,18 @@ examples:
 """
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's line breaks (examples), still shows defaults."""
+
+
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = _HelpFormatter
     p.add_argument("model", help="model.onnx (ONNX Runtime) or model.engine (TensorRT, with its .json sidecar)")
     p.add_argument("--source", required=True, help="camera index, /dev/videoN, csi://N, rtsp://..., video, image, folder or glob")
     p.add_argument("--output", "-o", help="write rendered frames: video file, image file or folder")
     p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
-    p.add_argument("--score-threshold", type=float, default=None, metavar="S",
-                   help="keep detections scoring at least S (default 0.5)")
+    p.add_argument("--score-threshold", type=float, default=0.5, metavar="S",
+                   help="keep detections scoring at least S")
     p.add_argument("--no-display", action="store_true", help="do not open a window")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
                    help="auto: by file type (.onnx -> onnxruntime, .engine -> tensorrt)")

@@ -4,7 +4,8 @@ Stages are connected by bounded queues. Capture never waits for inference on a l
 writes into a one-frame slot where the newest frame replaces an unprocessed one (counted as
 dropped). From files every frame is processed, in order (capture blocks on a full queue instead).
 A frame that cannot be read or converted is skipped with a warning. Sinks run on the calling
-thread (OpenCV windows must). An error in any stage stops all of them and is re-raised by
+thread (OpenCV windows must). With GPU pre-processing (TensorRT) the letterbox runs in the
+infer stage, whose time then includes the frame upload and the kernel. An error in any stage stops all of them and is re-raised by
 :meth:`Pipeline.run`; Ctrl-C stops cleanly and keeps what was written.
 """
 from __future__ import annotations
@@ -34,25 +35,32 @@ _END = object()
 
 
 class LatestSlot:
-    """A one-item queue where ``put`` replaces an item nobody took (and counts it as dropped)."""
+    """A one-item queue where ``put`` replaces an item nobody took (and counts it as dropped).
+
+    The end-of-stream marker never replaces a frame: ``get`` returns the pending frame first.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._item: Any = None
-        self._full = False
+        self._full = self._ended = False
         self.dropped = 0
 
     def put(self, item: Any, timeout: float | None = None) -> None:
         with self._cond:
-            if self._full and self._item is not _END:
-                self.dropped += 1
-            self._item, self._full = item, True
+            if item is _END:
+                self._ended = True
+            else:
+                self.dropped += int(self._full)
+                self._item, self._full = item, True
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Any:
         with self._cond:
-            if not self._cond.wait_for(lambda: self._full, timeout):
+            if not self._cond.wait_for(lambda: self._full or self._ended, timeout):
                 raise queue.Empty
+            if not self._full:
+                return _END
             item, self._item, self._full = self._item, None, False
             return item
 

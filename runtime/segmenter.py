@@ -141,9 +141,7 @@ class Segmenter:
                                 for i, f in enumerate(work.frames)]
             if len(work.frames) < self.spec.batch:
                 self.ops.zero(base + len(work.frames) * item, (self.spec.batch - len(work.frames)) * item)
-            work.timings["pre"] = work.timings.get("pre", 0.0) + time.perf_counter() - t0
-            t0 = time.perf_counter()
-            outputs = self.backend.execute()  # type: ignore[attr-defined]
+            outputs = self.backend.execute()  # type: ignore[attr-defined]  (time includes the letterbox)
         else:
             if work.tensor is None:
                 raise ValueError("infer() needs a Work from prepare() that was not run yet")

@@ -86,11 +86,16 @@ def test_live_source_drops_frames_when_inference_is_slow(model):
     assert sink.frames == sorted(sink.frames)  # newest frame wins, never an older one after a newer
 
 
-def test_latest_slot_keeps_the_newest():
+def test_latest_slot_keeps_the_newest_and_the_end_never_replaces_a_frame():
+    from mrcnn_edge.runtime.pipeline import _END
+
     slot = LatestSlot()
     for i in range(5):
         slot.put(i)
     assert slot.get() == 4 and slot.dropped == 4
+    slot.put(5)
+    slot.put(_END)
+    assert slot.get() == 5 and slot.get() is _END and slot.get() is _END and slot.dropped == 4
 
 
 def test_bad_frames_mid_stream_are_skipped_with_a_warning(model, caplog):
