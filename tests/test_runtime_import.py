@@ -53,3 +53,31 @@ def test_public_names_resolve():
         assert getattr(rt, name) is not None
     with pytest.raises(AttributeError):
         rt.not_a_name  # noqa: B018
+
+
+_NO_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            raise ImportError(f"{name} is not installed (simulated Jetson)")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def test_run_command_works_where_torch_cannot_be_imported(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from mrcnn_edge.runtime.testing import make_contract_model, moving_squares, write_video
+
+    model = make_contract_model(tmp_path / "m.onnx")
+    video = write_video(tmp_path / "v.avi", moving_squares(5, hw=(60, 80)))
+    code = _NO_TORCH + (
+        "from mrcnn_edge.cli import main\n"
+        f"sys.exit(main(['run', {str(model)!r}, '--source', {str(video)!r}, '--no-display', '--quiet',"
+        f" '--output', {str(tmp_path / 'o.avi')!r}]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "5 frames in" in out.stdout and (tmp_path / "o.avi").is_file()
