@@ -16,6 +16,7 @@ Differences from torchvision eager, each named here and tested:
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -96,6 +97,7 @@ class EdgeMaskRCNN(nn.Module):
             raise ValueError(f"batch {batch}: must be >= 1")
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision {precision!r}: fp32 or fp16")
+        model = copy.deepcopy(model).eval()  # fp16 casts modules in place: the caller's model stays as it is
         rpn, rh = model.rpn, model.roi_heads
         self.H, self.W, self.B = H, W, int(batch)
         self.precision = precision
@@ -130,6 +132,8 @@ class EdgeMaskRCNN(nn.Module):
         self.mask_pool = self._pool_params(rh.mask_roi_pool, feats)
         self.mask_size = 2 * int(self.mask_pool["output_size"][0])
         self.rpn_candidates = sum(min(self.pre_nms_top_n, n) for n in self.anchors_per_level)
+        # a small canvas can have fewer candidates than proposals asked for: never ask NMS for more
+        self.post_nms_top_n = min(self.post_nms_top_n, self.rpn_candidates)
         if precision == "fp16":
             for m in (self.backbone, self.rpn_head, self.box_head, self.box_predictor, self.mask_head, self.mask_predictor):
                 m.half()
@@ -208,7 +212,10 @@ class EdgeMaskRCNN(nn.Module):
             scores, top = scores.topk(min(self.box_candidates, n_cand), dim=1)
             boxes, labels = _gather_rows(boxes, top), torch.gather(labels, 1, top)
         offset = labels.to(boxes.dtype).unsqueeze(-1) * float(max(self.H, self.W) + 1)
-        keep = torch.ops.mrcnn_edge.padded_nms(boxes + offset, scores, self.box_nms_iou, self.score_threshold, K)
+        keep = torch.ops.mrcnn_edge.padded_nms(boxes + offset, scores, self.box_nms_iou, self.score_threshold,
+                                               min(K, boxes.shape[1]))
+        if keep.shape[1] < K:  # fewer candidates than output rows: pad
+            keep = torch.cat([keep, torch.full((B, K - keep.shape[1]), -1, dtype=keep.dtype)], 1)
         found = keep >= 0
         safe = keep.clamp(min=0)
         det_boxes = torch.where(found.unsqueeze(-1), _gather_rows(boxes, safe), torch.zeros(1, 1, 4))

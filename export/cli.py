@@ -1,0 +1,93 @@
+"""CLI commands ``export`` and ``validate`` (torch and onnx are imported inside the commands)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mrcnn_edge.errors import UserError
+
+DESCRIPTION_EXPORT = (
+    "Export a Mask R-CNN checkpoint to a static-shape ONNX model: input 'images' [B,3,H,W], outputs "
+    "num_detections, boxes, scores, classes, masks, with metadata. Flavor 'tensorrt' carries the "
+    "MultilevelRoIAlign plugin node (build an engine with 'mrcnn-edge build'); 'portable' uses standard ops only."
+)
+DESCRIPTION_VALIDATE = (
+    "Run torchvision eager, EdgeMaskRCNN eager and the exported model (ONNX Runtime, or a TensorRT engine) on the "
+    "same images; match detections, print per-output differences, mask IoU and (with COCO annotations) AP per "
+    "backend. Exit 0 within the printed tolerances, 1 outside."
+)
+
+
+def add_export_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint (.pth): torchvision state dict, training-reference or mrcnn-edge format")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--arch", default=None, help="architecture, checked against the tensors")
+    p.add_argument("--num-classes", type=int, default=None, help="class count incl. background, checked")
+    p.add_argument("--class-names", default=None, help="text file, one class name a line")
+    p.add_argument("--input-size", default="512x512", help="canvas HxW, multiples of 32")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--flavor", default="tensorrt", help="tensorrt | portable")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16")
+    p.add_argument("--max-detections", type=int, default=None, help="rows per image (model default: 100)")
+    p.add_argument("--score-threshold", type=float, default=None, help="minimum detection score (model default: 0.05)")
+    p.add_argument("--rpn-pre-nms-top-n", type=int, default=None, help="proposals per level before NMS (default 1000)")
+    p.add_argument("--rpn-post-nms-top-n", type=int, default=None, help="proposals kept after NMS (default 1000)")
+
+
+def _parse_hw(text: str) -> tuple[int, int]:
+    from mrcnn_edge.cliutil import parse_hw
+
+    return parse_hw(text, multiple_of=32, minimum=32)
+
+
+def run_export(args) -> int:
+    from .onnx_export import ExportOptions, export_onnx
+
+    opts = ExportOptions(input_size=_parse_hw(args.input_size), batch=args.batch, flavor=args.flavor,
+                         precision=args.precision, max_detections=args.max_detections,
+                         score_threshold=args.score_threshold, rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
+                         rpn_post_nms_top_n=args.rpn_post_nms_top_n)
+    opts.validate()  # before the (slow) checkpoint load
+    from mrcnn_edge.checkpoint import load_checkpoint
+
+    loaded = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes, class_names=args.class_names)
+    rep = export_onnx(args.checkpoint, args.output, opts, model_and_config=loaded)
+    m = rep["metadata"]
+    print(f"{args.output}: {m['arch']}, {m['num_classes'] - 1} classes, canvas {m['input_size'][0]}x{m['input_size'][1]}, "
+          f"batch {m['batch']}, {m['flavor']} flavor, {m['precision']}, {rep['nodes']} nodes, {rep['seconds']} s")
+    return 0
+
+
+def add_validate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="the PyTorch checkpoint the model was exported from")
+    p.add_argument("--model", required=True, help="exported model: .onnx or .engine")
+    p.add_argument("--images", default=None, help="folder, image file or glob (default: 8 synthetic images)")
+    p.add_argument("--annotations", default=None, help="COCO annotations (folder with annotations.json, or the file): adds AP")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--report", default=None, help="write the markdown report here")
+    p.add_argument("--json", default=None, help="write the full report as JSON here")
+
+
+def run_validate(args) -> int:
+    from mrcnn_edge.atomic import atomic_output, check_writable
+
+    from .validate import format_report, validate
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    for out in (args.report, args.json):
+        if out:
+            check_writable(out)
+    report = validate(args.checkpoint, args.model, images=args.images, annotations=args.annotations, limit=args.limit)
+    text = format_report(report)
+    print(text)
+    if args.report:
+        with atomic_output(args.report) as tmp:
+            tmp.write_text(text)
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    if not report["ok"]:
+        print("validation FAILED: outside the tolerances above", file=sys.stderr)
+    return 0 if report["ok"] else 1

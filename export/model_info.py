@@ -1,0 +1,34 @@
+"""Metadata of an exported artefact (ONNX ``metadata_props`` or an engine's sidecar), checked."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from mrcnn_edge.errors import UserError
+from mrcnn_edge.metadata import MODEL_KEYS, decode, read_sidecar
+
+__all__ = ["read_model_metadata"]
+
+
+def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata dict of ``model.onnx`` or ``model.engine``; one-line errors when absent."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"model {p} not found")
+    if p.suffix.lower() in (".engine", ".plan", ".trt"):
+        meta = read_sidecar(p)
+    else:
+        import onnx
+
+        try:
+            proto = onnx.load(str(p), load_external_data=False)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+            raise UserError(f"cannot read {p} as ONNX: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        meta = decode({m.key: m.value for m in proto.metadata_props})
+    missing = [k for k in ("input_size", "batch", "num_classes") if k not in meta]
+    if missing:
+        raise UserError(f"{p} carries no mrcnn-edge metadata ({', '.join(missing)} missing): export it with 'mrcnn-edge export'")
+    unknown = [k for k in MODEL_KEYS if k not in meta]
+    meta["_missing_keys"] = unknown
+    return meta
