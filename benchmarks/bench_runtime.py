@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         if i == args.warmup:
             rss["warm"] = rss_mib()
             times = {k: [] for k in times}
+            detections = 0
             t_start = time.perf_counter()
         frame = next(source)
         t0 = time.perf_counter()
