@@ -61,8 +61,9 @@ def check_tensorrt_version(meta: Mapping[str, Any], installed: str, engine: str 
 
 
 def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: str | Path | None) -> Path | None:
-    """The plugin library to load: ``given``, else the sidecar's ``plugin_library`` (relative to the
-    engine's folder, or found by name next to the engine). None when the engine needs no plugin."""
+    """The plugin library to load: ``given``, else the sidecar's ``plugin_library`` (as recorded,
+    relative to the engine's folder, or found by name next to the engine), else where
+    ``mrcnn-edge build-plugin`` puts it. None when the engine needs no plugin."""
     engine = Path(engine)
     plugin = meta.get("plugin")
     if given:
@@ -77,6 +78,12 @@ def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: s
     if recorded:
         rec = Path(str(recorded)).expanduser()
         candidates += [rec if rec.is_absolute() else engine.parent / rec, engine.parent / rec.name]
+    try:
+        from mrcnn_edge.export.plugin_build import default_plugin_path
+
+        candidates.append(default_plugin_path())
+    except ImportError:  # a runtime-only install
+        pass
     for path in candidates:
         if path.is_file():
             return path

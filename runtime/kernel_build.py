@@ -49,12 +49,10 @@ class CompiledKernel:
 
 
 def cache_dir() -> Path:
-    """``$MRCNN_EDGE_CACHE``, else ``$XDG_CACHE_HOME/mrcnn-edge``, else ``~/.cache/mrcnn-edge``."""
+    """``$MRCNN_EDGE_CACHE``, else ``~/.cache/mrcnn-edge``: the project's one cache root (the plugin
+    library and TensorRT timing cache live there too)."""
     root = os.environ.get("MRCNN_EDGE_CACHE")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "mrcnn-edge"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "mrcnn-edge"
 
 
 def _nvrtc_version() -> tuple[int, int]:

@@ -203,7 +203,8 @@ def test_engine_from_another_tensorrt_version_is_refused(tmp_path, fake_tensorrt
     assert "built with TensorRT 10.3.0.26 but TensorRT 10.7.0.23 is installed" in msg and "rebuild" in msg
 
 
-def test_missing_plugin_library_is_refused(tmp_path, fake_tensorrt):
+def test_missing_plugin_library_is_refused(tmp_path, fake_tensorrt, monkeypatch):
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(tmp_path / "cache"))  # no build-plugin output there
     with pytest.raises(UserError) as err:
         open_backend(_engine(tmp_path))
     msg = str(err.value)
@@ -212,8 +213,11 @@ def test_missing_plugin_library_is_refused(tmp_path, fake_tensorrt):
         open_backend(_engine(tmp_path), plugin_lib=tmp_path / "nope.so")
 
 
-def test_plugin_library_resolution(tmp_path):
+def test_plugin_library_resolution(tmp_path, monkeypatch):
     from mrcnn_edge.runtime.backend_trt import check_tensorrt_version, resolve_plugin_library
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(tmp_path / "cache"))
+    built = tmp_path / "cache" / "plugins" / "libmrcnn_edge_plugins.so"  # where build-plugin writes
 
     engine = tmp_path / "sub" / "model.engine"
     engine.parent.mkdir()
@@ -225,6 +229,12 @@ def test_plugin_library_resolution(tmp_path):
     assert resolve_plugin_library({"plugin": plugin, "plugin_library": "/elsewhere/libplug.so"}, engine, None) == lib
     assert resolve_plugin_library({"plugin": None, "plugin_library": None}, engine, None) is None
     assert resolve_plugin_library({"plugin": None}, engine, lib) == lib
+    needs = {"plugin": plugin, "plugin_library": "/elsewhere/libmissing.so"}
+    with pytest.raises(UserError, match="libmissing.so"):
+        resolve_plugin_library(needs, engine, None)
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"")
+    assert resolve_plugin_library(needs, engine, None) == built
     check_tensorrt_version({"tensorrt_version": "10.3.0"}, "10.3.0.26", engine)  # build number is not checked
     check_tensorrt_version({}, "10.3.0", engine)  # unknown: warn, go on
 
