@@ -1,0 +1,137 @@
+"""Export of every listed arch (two canvases, batch 2, both flavors, both precisions) and its checks.
+
+Each arch is exported twice, so that between them every arch meets both canvas sizes, both flavors
+and both precisions: ``(64x96, tensorrt, fp32)`` and ``(96x64, portable, fp16)``. fp32 exports must
+match ``EdgeMaskRCNN`` eager one to one in ONNX Runtime; fp16 exports must run and keep the I/O contract.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from mrcnn_edge.checkpoint import ARCHS, ModelConfig, build_model, save_checkpoint
+from mrcnn_edge.cli import main
+from mrcnn_edge.edge import EdgeMaskRCNN, OUTPUT_NAMES
+from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx, nms_box_counts, tensorrt_compatibility
+from mrcnn_edge.export.ort_custom import make_session
+from mrcnn_edge.export.validate import TOLERANCES, Dets, compare
+from mrcnn_edge.metadata import MODEL_KEYS, decode
+
+VARIANTS = [((64, 96), "tensorrt", "fp32"), ((96, 64), "portable", "fp16")]
+
+
+def _run_both(model, path, size, precision, seed=0):
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
+    sess = make_session(path)
+    onnx_out = dict(zip(OUTPUT_NAMES, sess.run(None, {"images": x.numpy()})))
+    edge = EdgeMaskRCNN(model, size, 2, precision=precision)
+    with torch.no_grad():
+        eager = {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in zip(OUTPUT_NAMES, edge(x))}
+    return onnx_out, eager
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_arch_exports(tmp_path, arch):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=arch, num_classes=3, class_names=["__background__", "a", "b"])
+    model = build_model(cfg)
+    for size, flavor, precision in VARIANTS:
+        path = tmp_path / f"{flavor}.onnx"
+        rep = export_onnx(None, path, ExportOptions(input_size=size, batch=2, flavor=flavor, precision=precision),
+                          model_and_config=(model, cfg), log=lambda s: None)
+        proto = onnx.load(str(path))
+        meta = decode({p.key: p.value for p in proto.metadata_props})
+        assert set(MODEL_KEYS) <= set(meta)
+        assert meta["input_size"] == list(size) and meta["batch"] == 2 and meta["flavor"] == flavor
+        assert (meta["plugin"] is not None) == (flavor == "tensorrt")
+        plugin_nodes = [n for n in proto.graph.node if n.op_type == "MultilevelRoIAlign"]
+        assert len(plugin_nodes) == (2 if flavor == "tensorrt" else 0)
+        for n in plugin_nodes:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"mrcnn_edge"
+        assert tensorrt_compatibility(onnx.shape_inference.infer_shapes(proto), flavor) == []
+        assert all(0 < n <= 5000 for n in nms_box_counts(proto))
+        assert rep["outputs"]["masks"] == [2, 100, 28, 28]
+        onnx_out, eager = _run_both(model, path, size, precision)
+        assert onnx_out["num_detections"].dtype == np.int32 and onnx_out["classes"].dtype == np.int32
+        assert onnx_out["masks"].dtype == (np.float16 if precision == "fp16" else np.float32)
+        for b in range(2):  # padding rows are zero with class -1
+            n = int(onnx_out["num_detections"][b])
+            assert (onnx_out["classes"][b, n:] == -1).all() and not onnx_out["boxes"][b, n:].any()
+        if precision == "fp32":
+            res = compare([Dets.from_outputs(eager, b) for b in range(2)], [Dets.from_outputs(onnx_out, b) for b in range(2)],
+                          TOLERANCES["exact-fp32"], size)
+            assert res["ok"], res["failures"]
+            assert res["matched"] > 0
+
+
+def test_export_is_static_and_guard_free():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="mobilenet_v3_large_fpn", num_classes=3))
+    edge = EdgeMaskRCNN(model, (64, 64), 1)
+    ep = torch.export.export(edge, (torch.zeros(1, 3, 64, 64),), strict=False)
+    assert not ep.range_constraints  # no symbolic (data-dependent) sizes survive
+    out_shapes = [tuple(n.meta["val"].shape) for n in ep.graph.output_node().args[0]]
+    assert out_shapes == [(1,), (1, 100, 4), (1, 100), (1, 100), (1, 100, 28, 28)]
+
+
+def test_tensorrt_compatibility_catches_problems():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", 4])
+    g = onnx.helper.make_graph([onnx.helper.make_node("Det", ["x"], ["y"])], "g", [x], [y])
+    problems = tensorrt_compatibility(onnx.helper.make_model(g), "tensorrt")
+    assert any("Det" in p for p in problems) and any("dynamic" in p for p in problems)
+
+
+# ----------------------------------------------------------------------------- CLI and bad input
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="mobilenet_v3_large_fpn", num_classes=3, class_names=["__background__", "a", "b"])
+    path = tmp_path_factory.mktemp("ck") / "m.pth"
+    save_checkpoint(build_model(cfg), cfg, path)
+    return path
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--input-size", "500x512"], "multiple of 32"),
+    (["--batch", "0"], "batch"),
+    (["--flavor", "tflite"], "unknown flavor"),
+    (["--precision", "int4"], "unknown precision"),
+])
+def test_export_bad_options(tmp_path, small_ckpt, capsys, args, needle):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(small_ckpt), "-o", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_bad_checkpoint_and_output(tmp_path, small_ckpt, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    assert main(["export", str(bad), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["export", str(small_ckpt), "-o", str(blocker / "m.onnx"), "--input-size", "64x64"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.pth", "file"]
+
+
+def test_export_cli_writes_model_with_metadata(tmp_path, small_ckpt, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(small_ckpt), "-o", str(out), "--input-size", "64x64", "--flavor", "portable",
+                 "--max-detections", "20", "--score-threshold", "0.1"]) == 0
+    meta = decode({p.key: p.value for p in onnx.load(str(out)).metadata_props})
+    assert meta["max_detections"] == 20 and meta["score_threshold"] == pytest.approx(0.1)
+    assert meta["class_names"] == ["__background__", "a", "b"] and meta["plugin"] is None
+    assert json.loads(json.dumps(meta))  # plain JSON values
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary left
