@@ -261,13 +261,13 @@ def _read_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "GLOBAL" in str(exc):
+        if "Unsupported global" in str(exc):  # weights_only met a class: a pickled object, not tensors
             raise UserError(
                 f"{path} holds a pickled Python object (a whole model?), not weights; mrcnn-edge loads with "
                 "weights_only=True because unpickling runs arbitrary code: re-save it with "
                 "torch.save(model.state_dict(), path)"
             ) from exc
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file ({exc})") from exc
+        raise UserError(f"cannot read checkpoint {path}: corrupt or not a PyTorch file") from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read checkpoint {path}: truncated, corrupt or not a PyTorch file ({first})") from exc

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"mrcnn-edge: error: {exc}", file=sys.stderr)
+        print(f"mrcnn-edge: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return exc.exit_code
     except KeyboardInterrupt:
         print("mrcnn-edge: interrupted", file=sys.stderr)
