@@ -275,9 +275,9 @@ def validate(
     if kind == "onnx":
         runners["onnx"] = _graph_runner(_ort_infer(model_path))
     else:
-        from mrcnn_edge.runtime import backends  # TensorRT backend (GPU only)
+        from mrcnn_edge.runtime.backend_trt import TrtBackend  # GPU only
 
-        trt = backends.TrtBackend(model_path)
+        trt = TrtBackend(model_path)
         runners["tensorrt"] = _graph_runner(lambda x: trt.infer({"images": x}))
 
     results: dict[str, list[Dets]] = {k: [] for k in runners}

@@ -68,6 +68,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--val", default=None, help="validation dataset: its AP is printed and stored in the checkpoint")
+    p.add_argument("--init", default=None, help="start from this checkpoint's weights (same preset and classes)")
     p.add_argument("--save-every", type=int, default=0, help="also write a snapshot every N iterations")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16, half the size)")
 
@@ -77,7 +78,7 @@ def run_train(args) -> int:
 
     summary = train(args.data, args.out, preset=args.preset, iterations=args.iterations, batch_size=args.batch_size,
                     lr=args.lr, seed=args.seed, threads=args.threads, val=args.val, half=not args.fp32,
-                    save_every=args.save_every)
+                    save_every=args.save_every, init=args.init)
     print(json.dumps(summary, indent=2))
     return 0
 

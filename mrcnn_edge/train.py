@@ -109,6 +109,7 @@ def train(
     val: str | os.PathLike | None = None,
     half: bool = True,
     save_every: int = 0,
+    init: str | os.PathLike | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict:
     """Train and write a project-format checkpoint at ``out``. Returns a summary dict."""
@@ -125,6 +126,13 @@ def train(
     rng = np.random.default_rng(seed)
     items = _load_split(ds, log)
     model = build_model(cfg)
+    if init is not None:  # continue from a checkpoint of the same recipe (a second, shorter schedule)
+        from .checkpoint import load_checkpoint
+
+        start, start_cfg = load_checkpoint(init)
+        if start_cfg.to_dict() | {"class_names": None} != cfg.to_dict() | {"class_names": None}:
+            raise UserError(f"--init {init} is not a {preset!r} model of this dataset's {cfg.num_classes - 1} classes")
+        model.load_state_dict(start.state_dict())
     # Cheaper sampling than torchvision's defaults: a from-scratch CPU run lives on iterations.
     model.rpn._pre_nms_top_n["training"] = 1000
     model.rpn._post_nms_top_n["training"] = 500
@@ -134,7 +142,7 @@ def train(
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 1e-4}, {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    warmup = min(300, iterations // 10 + 1)
+    warmup = min(300, iterations // 10 + 1) if init is None else min(50, iterations // 10 + 1)
 
     def lr_at(it: int) -> float:
         if it < warmup:
@@ -177,7 +185,7 @@ def train(
             save_checkpoint(model, cfg, out, half=half, extra={"train": {"iterations_done": it + 1, "partial": True}})
     minutes = (time.time() - t0) / 60
     model.eval()
-    summary = {"preset": preset, "iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed,
+    summary = {"preset": preset, "init": str(init) if init else None, "iterations": iterations, "batch_size": batch_size, "lr": lr, "seed": seed,
                "train_images": len(items), "train_minutes": round(minutes, 1), "data": str(data)}
     if val is not None:
         stats = evaluate_model(model, load_dataset(val), log=log)
