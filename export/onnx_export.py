@@ -149,7 +149,7 @@ def export_onnx(
             exported, (x,), None, dynamo=True, custom_translation_table=translation_table(opts.flavor),
             input_names=["images"], output_names=OUTPUT_NAMES, opset_version=opts.opset, optimize=True, verify=False,
         )
-    proto = program.model_proto
+        proto = program.model_proto  # serialising warns about the plugin node's untyped output
     meta = metadata_for(edge, cfg, opts)
     del proto.metadata_props[:]
     for k, v in encode(meta).items():
