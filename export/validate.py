@@ -33,7 +33,8 @@ _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 TOLERANCES: dict[str, dict[str, float]] = {
     "torchvision->edge": {"min_score": 0.3, "iou": 0.98, "matched_frac": 0.99, "mask_iou": 0.98},
     "exact-fp32": {"min_score": 0.0, "iou": 0.9, "box": 0.01, "score": 1e-4, "mask": 1e-3, "matched_frac": 1.0},
-    "exact-fp16": {"min_score": 0.3, "iou": 0.9, "box": 2.0, "score": 2e-2, "mask": 0.1, "matched_frac": 0.95},
+    # fp16: a few boxes move by a pixel or two and drag their 28x28 grid along: judged on p99 and mask IoU
+    "exact-fp16": {"min_score": 0.3, "iou": 0.9, "box_p99": 0.5, "score": 2e-2, "mask_iou": 0.98, "matched_frac": 0.95},
 }
 
 
@@ -104,13 +105,14 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: dict[str, float], ca
     """Statistics of ``cand`` against ``ref`` over images, and whether they are within ``tol``."""
     from mrcnn_edge.runtime.postprocess import paste_masks
 
-    n_ref = n_cand = n_matched = 0
+    n_ref = n_cand = n_matched = n_cand_matched = 0
     box_d, score_d, mask_d, ious, mask_ious = [], [], [], [], []
     for r, c in zip(ref, cand):
         pairs = match(r, c, tol["iou"], tol["min_score"])
         n_ref += int((r.scores >= tol["min_score"]).sum())
         n_cand += int((c.scores >= tol["min_score"]).sum())
         n_matched += len(pairs)
+        n_cand_matched += sum(1 for _, j, _ in pairs if c.scores[j] >= tol["min_score"])
         if not pairs:
             continue
         ri = np.array([p[0] for p in pairs])
@@ -125,7 +127,7 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: dict[str, float], ca
     frac = n_matched / n_ref if n_ref else 1.0
     res = {
         "reference_detections": n_ref, "candidate_detections": n_cand, "matched": n_matched,
-        "unmatched_reference": n_ref - n_matched, "unmatched_candidate": n_cand - n_matched,
+        "unmatched_reference": n_ref - n_matched, "unmatched_candidate": n_cand - n_cand_matched,
         "matched_fraction": frac, "box_iou_min": min(ious) if ious else 1.0,
         "box_abs_diff": _stats(box_d), "score_abs_diff": _stats(score_d), "mask_prob_abs_diff": _stats(mask_d),
         "mask_iou_mean": float(np.mean(mask_ious)) if mask_ious else 1.0,
@@ -139,7 +141,9 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: dict[str, float], ca
     for key, stat in (("box", "box_abs_diff"), ("score", "score_abs_diff"), ("mask", "mask_prob_abs_diff")):
         if key in tol and res[stat]["max"] > tol[key]:
             fails.append(f"{key} max diff {res[stat]['max']:.3g} > {tol[key]}")
-    if tol.get("matched_frac", 0) >= 1.0 and n_cand != n_ref:
+        if f"{key}_p99" in tol and res[stat]["p99"] > tol[f"{key}_p99"]:
+            fails.append(f"{key} p99 diff {res[stat]['p99']:.3g} > {tol[key + '_p99']}")
+    if tol.get("matched_frac", 0) >= 1.0 and (n_cand != n_ref or n_cand_matched != n_matched):
         fails.append(f"{n_cand} candidate vs {n_ref} reference detections")
     res["tolerance"] = tol
     res["failures"] = fails
@@ -261,7 +265,9 @@ def validate(
     precision = meta.get("precision", "fp32")
     from .onnx_export import ExportOptions, build_edge
 
-    opts = ExportOptions(input_size=(H, W), batch=B, precision=precision, max_detections=meta.get("max_detections"),
+    # The reference is always the float32 graph: an fp16 model is judged against the model as trained
+    # (and half convolutions on a CPU are very slow).
+    opts = ExportOptions(input_size=(H, W), batch=B, precision="fp32", max_detections=meta.get("max_detections"),
                          score_threshold=meta.get("score_threshold"))
     items, dataset = collect_images(images, annotations, limit)
     log(f"[validate] {len(items)} images, canvas {H}x{W}, batch {B}, {precision}")

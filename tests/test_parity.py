@@ -66,8 +66,9 @@ def test_fp32_onnx_matches_pytorch(exported, images, flavor):
 @pytest.mark.slow
 def test_fp16_onnx_is_close(exported, images):
     rep = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[("portable", "fp16")]), images=str(images), log=lambda s: None)
-    c = rep["comparisons"]["edge -> onnx"]
-    assert c["matched_fraction"] >= 0.95 and c["mask_iou_mean"] >= 0.95, c
+    c = rep["comparisons"]["edge -> onnx"]  # fp16 model against the float32 graph
+    assert c["matched_fraction"] >= 0.95 and c["mask_iou_mean"] >= 0.98 and c["box_abs_diff"]["p99"] <= 0.5, c
+    assert rep["ok"], c["failures"]
 
 
 @pytest.mark.slow
