@@ -13,6 +13,12 @@ from .errors import UserError
 __all__ = ["atomic_output", "atomic_dir", "check_writable"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(path: str | os.PathLike) -> Path:
     """Fail early with one line when ``path``'s folder cannot take a new file."""
     path = Path(path)
@@ -44,6 +50,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the user's usual mode
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -70,6 +77,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if not os.access(parent, os.W_OK):
         raise UserError(f"cannot write to {parent}: permission denied")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():
