@@ -119,3 +119,17 @@ def test_validate_unreadable_images_and_mismatched_annotations(exported, tmp_pat
     (ds / "annotations.json").write_text(json.dumps(ann))
     assert main(["validate", "--checkpoint", ck, "--model", model, "--annotations", str(ds)]) == 2
     assert "do not match" in capsys.readouterr().err
+
+
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_tensorrt_engine_of_the_demo_model(demo, images, tmp_path, precision):
+    """The tensorrt-flavor export parses, builds with the plugin, and validates against PyTorch."""
+    onnx_path = tmp_path / f"demo_{precision}.onnx"
+    export_onnx(None, onnx_path, ExportOptions(input_size=CANVAS, flavor="tensorrt", precision=precision),
+                model_and_config=demo, log=lambda s: None)
+    assert main(["build-plugin", "-o", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0
+    engine = tmp_path / f"demo_{precision}.engine"
+    assert main(["build", str(onnx_path), "-o", str(engine), "--plugin-lib", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0
+    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(engine), images=str(images), log=lambda s: None)
+    assert rep["ok"], rep["comparisons"]
