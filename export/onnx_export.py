@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import sys
 import time
@@ -233,5 +232,3 @@ def nms_box_counts(proto) -> list[int]:
             counts.append(dims[1].dim_value)
     return counts
 
-
-del math

@@ -14,10 +14,8 @@ per backend are computed on the original images.
 from __future__ import annotations
 
 import glob
-import math
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -352,5 +350,3 @@ def format_report(report: dict[str, Any]) -> str:
     lines += ["", f"**{'PASS' if report['ok'] else 'FAIL'}**"]
     return "\n".join(lines) + "\n"
 
-
-del math, os, field

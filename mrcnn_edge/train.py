@@ -10,7 +10,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
