@@ -22,7 +22,6 @@ FLAVORS = {
     "portable": "standard ONNX ops only (RoiAlign per level); any ONNX Runtime, TensorRT without the plugin",
 }
 PRECISIONS = {"fp32": "float32 throughout", "fp16": "backbone and heads in float16; boxes, levels and NMS in float32"}
-OUTPUT_NAMES = ["num_detections", "boxes", "scores", "classes", "masks"]
 
 # ONNX ops that TensorRT 10's ONNX parser imports (TensorRT's operators.md), restricted to those
 # an exported Mask R-CNN can contain; anything else fails the compatibility check.
@@ -35,7 +34,6 @@ TENSORRT_OPS = frozenset(
     RoiAlign Round ScatterElements ScatterND Shape Sigmoid Sign Sin Size Slice Softmax Softplus Split Sqrt
     Squeeze Sub Sum Tanh Tile TopK Transpose Unsqueeze Where Xor""".split()
 )
-TRT_NMS_MAX_BOXES = 5000
 
 
 @dataclass
@@ -123,6 +121,7 @@ def export_onnx(
     import torch
 
     from mrcnn_edge.atomic import atomic_output, check_writable
+    from mrcnn_edge.edge import OUTPUT_NAMES
     from mrcnn_edge.metadata import encode
 
     from .translations import register_schema, translation_table
@@ -146,7 +145,7 @@ def export_onnx(
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         program = torch.onnx.export(
             exported, (x,), None, dynamo=True, custom_translation_table=translation_table(opts.flavor),
-            input_names=["images"], output_names=OUTPUT_NAMES, opset_version=opts.opset, optimize=True, verify=False,
+            input_names=["images"], output_names=list(OUTPUT_NAMES), opset_version=opts.opset, optimize=True, verify=False,
         )
         proto = program.model_proto  # serialising warns about the plugin node's untyped output
     meta = metadata_for(edge, cfg, opts)
@@ -169,6 +168,8 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
     """onnx.checker + full shape inference + I/O contract + TensorRT compatibility; UserError on failure."""
     import onnx
 
+    from mrcnn_edge.edge import OUTPUT_NAMES
+
     from .translations import register_schema
 
     register_schema()
@@ -183,7 +184,7 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
     ins = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in inferred.graph.input}
     if ins.get("images") != [B, 3, H, W]:
         raise UserError(f"exported input 'images' has shape {ins.get('images')}, expected {[B, 3, H, W]}")
-    if list(outs) != OUTPUT_NAMES:
+    if list(outs) != list(OUTPUT_NAMES):
         raise UserError(f"exported outputs {list(outs)} differ from the contract {OUTPUT_NAMES}")
     problems = tensorrt_compatibility(inferred, opts.flavor)
     if problems:
@@ -193,6 +194,8 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
 
 def tensorrt_compatibility(proto, flavor: str) -> list[str]:
     """Problems that would stop TensorRT's ONNX parser: unknown ops, dynamic I/O shapes, oversize NMS."""
+    from mrcnn_edge.edge import TRT_NMS_MAX_BOXES
+
     problems = []
     for node in proto.graph.node:
         if node.domain in ("", "ai.onnx"):

@@ -221,11 +221,12 @@ def _graph_runner(infer: Callable[[np.ndarray], dict[str, np.ndarray]]) -> Calla
 def _edge_infer(edge):
     import torch
 
+    from mrcnn_edge.edge import OUTPUT_NAMES
+
     def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             res = edge(torch.from_numpy(batch))
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in zip(
-            ("num_detections", "boxes", "scores", "classes", "masks"), res)}
+        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in zip(OUTPUT_NAMES, res)}
 
     return infer
 

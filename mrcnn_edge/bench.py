@@ -67,7 +67,7 @@ def run_benchmark(args) -> int:
     from . import demo_checkpoint
     from .checkpoint import load_checkpoint
     from .cliutil import parse_hw
-    from .edge import EdgeMaskRCNN
+    from .edge import OUTPUT_NAMES, EdgeMaskRCNN
     from .runtime.postprocess import paste_masks
     from .runtime.preprocess import letterbox
     from .synth import image_rng, render_sample
@@ -122,11 +122,9 @@ def run_benchmark(args) -> int:
 
     if "edge" in wanted:
         edge = EdgeMaskRCNN(model, (H, W), 1, max_detections=args.max_detections, rpn_post_nms_top_n=args.rpn_post_nms_top_n)
-        names = ("num_detections", "boxes", "scores", "classes", "masks")
-
         def edge_infer(x: np.ndarray) -> dict[str, np.ndarray]:
             with torch.inference_mode():
-                return {k: v.numpy() for k, v in zip(names, edge(torch.from_numpy(x)))}
+                return {k: v.numpy() for k, v in zip(OUTPUT_NAMES, edge(torch.from_numpy(x)))}
         backends["edge"] = graph_backend(edge_infer)
 
     tmp = None
