@@ -190,9 +190,9 @@ def cuda_device_count() -> tuple[int, str]:
 
 def default_timing_cache() -> Path:
     """``$MRCNN_EDGE_CACHE/tensorrt/timing.cache`` (``~/.cache/mrcnn-edge`` by default)."""
-    env = os.environ.get("MRCNN_EDGE_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "mrcnn-edge"
-    return root / "tensorrt" / "timing.cache"
+    from mrcnn_edge.paths import timing_cache_path
+
+    return timing_cache_path()
 
 
 def _resolve_plugin_library(plugin_lib: str | os.PathLike | None, needed: bool) -> Path | None:

@@ -55,7 +55,7 @@ __all__ = [
     "plugin_library_tensorrt_version",
 ]
 
-LIBRARY_NAME = "libmrcnn_edge_plugins.so"
+from mrcnn_edge.paths import PLUGIN_LIBRARY_NAME as LIBRARY_NAME  # noqa: E402
 # Turing, Ampere (A100, RTX 30xx, Jetson Orin = 87), Ada, Hopper; then Blackwell and Thor (101 up to
 # CUDA 12.9, 110 from CUDA 13) where the toolkit has them. Keep in step with plugins/CMakeLists.txt.
 DEFAULT_CUDA_ARCHS = (75, 80, 86, 87, 89, 90, 100, 101, 110, 120)
@@ -94,9 +94,9 @@ class Toolchain:
 def default_plugin_path() -> Path:
     """Where ``mrcnn-edge build-plugin`` writes by default and ``mrcnn-edge build`` looks:
     ``$MRCNN_EDGE_CACHE/plugins/libmrcnn_edge_plugins.so`` (``~/.cache/mrcnn-edge`` by default)."""
-    env = os.environ.get("MRCNN_EDGE_CACHE")
-    root = Path(env).expanduser() if env else Path.home() / ".cache" / "mrcnn-edge"
-    return root / "plugins" / LIBRARY_NAME
+    from mrcnn_edge.paths import plugin_library_path
+
+    return plugin_library_path()
 
 
 # ---- nvcc and the CUDA toolkit ------------------------------------------------------------------

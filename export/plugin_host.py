@@ -77,8 +77,9 @@ class _Params(ctypes.Structure):
 
 def cache_dir() -> Path:
     """Root of mrcnn-edge's build cache: ``$MRCNN_EDGE_CACHE`` or ``~/.cache/mrcnn-edge``."""
-    env = os.environ.get("MRCNN_EDGE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "mrcnn-edge"
+    from mrcnn_edge.paths import cache_root
+
+    return cache_root()
 
 
 def _source_dir() -> Path:

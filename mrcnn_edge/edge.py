@@ -29,9 +29,7 @@ from . import ops  # noqa: F401  registers torch.ops.mrcnn_edge.*
 
 __all__ = ["EdgeMaskRCNN", "OUTPUT_NAMES", "TRT_NMS_MAX_BOXES"]
 
-OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
-TRT_NMS_MAX_BOXES = 5000  # TensorRT's NMS layer considers at most this many boxes per call
-TRT_TOPK_MAX_K = 3840  # TensorRT's TopK limit
+from .contract import OUTPUT_NAMES, TRT_NMS_MAX_BOXES, TRT_TOPK_MAX_K  # noqa: E402  (re-exported)
 
 
 def _decode(deltas: Tensor, anchors: Tensor, weights: tuple[float, float, float, float], clip: float) -> Tensor:

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from .contract import MODEL_KEYS, SIDECAR_KEYS
 from .errors import UserError
 
 __all__ = [
@@ -22,27 +23,7 @@ __all__ = [
     "write_sidecar",
 ]
 
-# Keys of DESIGN.md, "Engine I/O contract". Every exported ONNX model has all of them.
-MODEL_KEYS = (
-    "mrcnn_edge_version",
-    "arch",
-    "num_classes",
-    "class_names",
-    "input_size",
-    "batch",
-    "mean",
-    "std",
-    "channel_order",
-    "max_detections",
-    "score_threshold",
-    "mask_size",
-    "flavor",
-    "precision",
-    "plugin",
-    "opset",
-)
-# An engine's sidecar adds these.
-SIDECAR_KEYS = MODEL_KEYS + ("tensorrt_version", "onnx_sha256", "plugin_library")
+# The keys are part of the contract (mrcnn_edge.contract); re-exported here for the readers.
 
 
 def encode(meta: Mapping[str, Any]) -> dict[str, str]:

@@ -51,8 +51,9 @@ class CompiledKernel:
 def cache_dir() -> Path:
     """``$MRCNN_EDGE_CACHE``, else ``~/.cache/mrcnn-edge``: the project's one cache root (the plugin
     library and TensorRT timing cache live there too)."""
-    root = os.environ.get("MRCNN_EDGE_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "mrcnn-edge"
+    from mrcnn_edge.paths import cache_root
+
+    return cache_root()
 
 
 def _nvrtc_version() -> tuple[int, int]:

@@ -12,13 +12,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mrcnn_edge.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_KEYS
 from mrcnn_edge.errors import UserError
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "REQUIRED_KEYS", "TensorSpec", "ModelSpec", "model_spec"]
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
-REQUIRED_KEYS = ("input_size", "mean", "std", "class_names")
 
 
 @dataclass(frozen=True)

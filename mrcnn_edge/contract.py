@@ -1,0 +1,167 @@
+"""The contract between the parts, in one place and without heavy imports.
+
+Every fact that more than one part of mrcnn-edge relies on is defined here once: the I/O tensor
+names of an exported model, the metadata keys that travel with it, TensorRT's limits that shape the
+graph, the plugin's identity and its attribute table, the flavors and precisions, the file
+suffixes. The runtime imports this module on a Jetson, so it imports nothing beyond the standard
+library. ``docs/DESIGN.md`` describes the same contract in prose.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+__all__ = [
+    "INPUT_NAME", "OUTPUT_NAMES", "MODEL_KEYS", "SIDECAR_KEYS", "REQUIRED_KEYS",
+    "TRT_NMS_MAX_BOXES", "TRT_TOPK_MAX_K",
+    "PLUGIN_NAME", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_DOMAIN", "PLUGIN_MAX_LEVELS",
+    "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
+    "plugin_attribute_defaults", "check_plugin_attributes", "fpn_level_range",
+    "FLAVORS", "PRECISIONS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
+]
+
+# ---- engine I/O ------------------------------------------------------------------------------------
+INPUT_NAME = "images"
+"""``images [B,3,H,W]`` float32 (float16 for fp16 models): RGB, ``(x/255 - mean)/std``, letterboxed
+top-left into the canvas, zeros elsewhere."""
+
+OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
+"""In this order: ``num_detections [B] int32``, ``boxes [B,K,4] float32`` (x1, y1, x2, y2, canvas
+pixels), ``scores [B,K] float32`` descending, ``classes [B,K] int32`` (-1 past num_detections),
+``masks [B,K,M,M]`` float32/float16 probabilities of each detection's own class."""
+
+# ---- metadata (ONNX metadata_props and the engine sidecar; values JSON-encoded strings) -------------
+MODEL_KEYS = (
+    "mrcnn_edge_version", "arch", "num_classes", "class_names", "input_size", "batch", "mean", "std",
+    "channel_order", "max_detections", "score_threshold", "mask_size", "flavor", "precision", "plugin",
+    "opset",
+)
+SIDECAR_KEYS = MODEL_KEYS + ("tensorrt_version", "onnx_sha256", "plugin_library")
+REQUIRED_KEYS = ("input_size", "mean", "std", "class_names")
+"""What the runtime cannot do without; the other keys have defaults there."""
+
+# ---- TensorRT limits that shape the graph ------------------------------------------------------------
+TRT_NMS_MAX_BOXES = 5000
+"""TensorRT's NMS layer considers at most this many boxes per call."""
+TRT_TOPK_MAX_K = 3840
+"""TensorRT's TopK layer returns at most this many elements."""
+
+# ---- the plugin --------------------------------------------------------------------------------------
+PLUGIN_NAME = "MultilevelRoIAlign"
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "mrcnn_edge"
+PLUGIN_DOMAIN = "mrcnn_edge"
+"""ONNX domain of the plugin node (TensorRT's parser ignores it and looks the op up by name)."""
+PLUGIN_MAX_LEVELS = 8          # kMaxLevels in plugins/roi_align_math.h
+PLUGIN_MAX_SAMPLING_RATIO = 64  # kMaxSamplingRatio in plugins/roi_align_math.h
+
+
+def plugin_identity() -> dict[str, str]:
+    """The ``plugin`` metadata value of a model that needs the plugin."""
+    return {"name": PLUGIN_NAME, "version": PLUGIN_VERSION, "namespace": PLUGIN_NAMESPACE}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _finite_positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def fpn_level_range(spatial_scales: Sequence[float]) -> tuple[int, int]:
+    """``(k_min, k_max)`` of torchvision's ``LevelMapper``: ``-log2`` of the first and the last scale.
+
+    Every scale must be a power of two (1/4, 1/8, ... as FPN maps are); the levels need not be
+    consecutive or distinct: torchvision's MobileNetV3-FPN has two maps at 1/32, so k_min = k_max = 5
+    and every ROI pools from the first map. Raises ``ValueError`` with one line otherwise.
+    """
+    scales = [float(s) for s in spatial_scales]
+    if not 1 <= len(scales) <= PLUGIN_MAX_LEVELS:
+        raise ValueError(f"spatial_scales must have 1 to {PLUGIN_MAX_LEVELS} entries, got {len(scales)}")
+    levels = []
+    for s in scales:
+        if not (math.isfinite(s) and 0 < s <= 1):
+            raise ValueError(f"spatial_scales must be in (0, 1] (feature pixels per canvas pixel), got {s:g}")
+        k = -math.log2(s)
+        if abs(k - round(k)) > 1e-6:
+            raise ValueError(f"spatial_scales must be powers of two (1/4, 1/8, ...) as FPN maps are, got {s:g}")
+        levels.append(int(round(k)))
+    return levels[0], levels[-1]
+
+
+@dataclass(frozen=True)
+class PluginAttribute:
+    """One attribute of the ``MultilevelRoIAlign`` node (and field of the plugin creator)."""
+
+    name: str
+    onnx_type: str                     # "int", "float" or "floats" (ONNX AttributeProto type)
+    default: Any
+    check: Callable[[Any], bool]
+    requirement: str                   # what ``check`` demands, for the error line
+    meaning: str
+
+
+PLUGIN_ATTRIBUTES: tuple[PluginAttribute, ...] = (
+    PluginAttribute("output_height", "int", 7, lambda v: _is_int(v) and 1 <= v <= 1024,
+                    "an integer from 1 to 1024", "bins along y"),
+    PluginAttribute("output_width", "int", 7, lambda v: _is_int(v) and 1 <= v <= 1024,
+                    "an integer from 1 to 1024", "bins along x"),
+    PluginAttribute("sampling_ratio", "int", 2, lambda v: _is_int(v) and v <= PLUGIN_MAX_SAMPLING_RATIO,
+                    f"an integer <= {PLUGIN_MAX_SAMPLING_RATIO} (<= 0: adaptive)",
+                    "samples per bin side; <= 0 adaptive ceil(roi / bins)"),
+    PluginAttribute("aligned", "int", 0, lambda v: v in (0, 1) and not isinstance(v, float),
+                    "0 or 1", "1 shifts by -0.5 px (half-pixel, Detectron2); 0 is torchvision's Mask R-CNN"),
+    PluginAttribute("spatial_scales", "floats", (0.25, 0.125, 0.0625, 0.03125),
+                    lambda v: _levels_ok(v), f"1 to {PLUGIN_MAX_LEVELS} powers of two in (0, 1]",
+                    "feature pixels per canvas pixel, one per map, finest first"),
+    PluginAttribute("canonical_scale", "float", 224.0, _finite_positive,
+                    "a positive finite number", "FPN level rule: ROI size of the canonical level"),
+    PluginAttribute("canonical_level", "int", 4, lambda v: _is_int(v) and 0 <= v <= 64,
+                    "an integer from 0 to 64", "FPN level rule: level of a canonical_scale ROI"),
+)
+
+
+def _levels_ok(v: Any) -> bool:
+    try:
+        fpn_level_range(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def plugin_attribute_defaults() -> dict[str, Any]:
+    return {a.name: (list(a.default) if isinstance(a.default, tuple) else a.default) for a in PLUGIN_ATTRIBUTES}
+
+
+def check_plugin_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Attributes with defaults filled in, checked; ``ValueError`` (one line) naming the first bad one.
+
+    Unknown names are refused, as the plugin creator refuses them."""
+    known = {a.name: a for a in PLUGIN_ATTRIBUTES}
+    unknown = sorted(set(attrs) - set(known))
+    if unknown:
+        raise ValueError(f"{PLUGIN_NAME} has no attribute {unknown[0]!r} (it has {', '.join(known)})")
+    out = plugin_attribute_defaults()
+    for name, value in attrs.items():
+        a = known[name]
+        if a.onnx_type == "floats":
+            value = [float(x) for x in value]
+        elif a.onnx_type == "float":
+            value = float(value)
+        if not a.check(value):
+            if name == "spatial_scales":
+                fpn_level_range(value)  # raises with the precise reason
+            raise ValueError(f"{PLUGIN_NAME} attribute {name} must be {a.requirement}, got {value!r}")
+        out[name] = value
+    return out
+
+
+# ---- variants and files ------------------------------------------------------------------------------
+FLAVORS = ("tensorrt", "portable")
+"""``tensorrt``: one MultilevelRoIAlign plugin node; ``portable``: standard ONNX ops only."""
+PRECISIONS = ("fp32", "fp16")
+"""Precision of the exported graph (INT8 is a Q/DQ model made from one of these by ``quantize``)."""
+ONNX_SUFFIXES = (".onnx",)
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
