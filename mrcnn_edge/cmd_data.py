@@ -48,7 +48,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from . import synth
+    from .data.coco import load_dataset
+    from .data.dataset import generate_dataset, summarize_dataset
 
     size = parse_hw(args.size, minimum=MIN_SIDE)
     n = _positive_int("--images", args.images)
@@ -56,9 +57,9 @@ def run_synth(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     t0 = time.perf_counter()
-    synth.generate_dataset(out, n, args.seed, size=size, progress=not args.quiet)
+    generate_dataset(out, n, args.seed, size=size, progress=not args.quiet)
     dt = time.perf_counter() - t0
-    st = synth.summarize_dataset(synth.read_annotations(out))
+    st = summarize_dataset(load_dataset(out).coco.dataset)
     classes = ", ".join(f"{k} {v}" for k, v in st["per_class"].items())
     print(f"wrote {out}: {st['images']} images {size[0]}x{size[1]} in {dt:.1f} s "
           f"({st['images'] / max(dt, 1e-9):.0f} images/s)")
@@ -79,17 +80,17 @@ def add_synth_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth_video(args: argparse.Namespace) -> int:
-    from . import synth
+    from .data.video import VIDEO_SUFFIXES, write_video
 
     size = parse_hw(args.size, minimum=MIN_SIDE)
     n = _positive_int("--frames", args.frames)
     if not args.fps > 0:
         raise UserError(f"--fps must be positive, got {args.fps}")
     out = Path(args.out)
-    if out.suffix.lower() not in synth.VIDEO_SUFFIXES:
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"--out must end in .mp4 or .avi, got '{out.name}'")
     t0 = time.perf_counter()
-    synth.write_video(out, n, args.seed, size=size, fps=args.fps, progress=not args.quiet)
+    write_video(out, n, args.seed, size=size, fps=args.fps, progress=not args.quiet)
     dt = time.perf_counter() - t0
     print(f"wrote {out}: {n} frames {size[0]}x{size[1]} at {args.fps:g} fps in {dt:.1f} s")
     return 0

@@ -92,7 +92,7 @@ def run_demo(args) -> int:
     steps.append(("validate", time.time() - t, "PASS" if all(r["ok"] for r in reports.values()) else "FAIL"))
 
     t = step(f"4/5 segment a synthetic video ({args.frames} frames) with the runtime (ONNX Runtime, CPU)")
-    from .synth import write_video
+    from .data.video import write_video
 
     video = write_video(out / "synthetic.mp4", args.frames, seed=7, size=(480, 640), progress=False)
     from .cli import main as cli_main

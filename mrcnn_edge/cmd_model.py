@@ -7,7 +7,7 @@ import sys
 
 from .errors import UserError
 
-# Names of mrcnn_edge.train.PRESETS, listed here so that building the CLI does not import torch.
+# Names of mrcnn_edge.data.train.PRESETS, listed here so that building the CLI does not import torch.
 PRESET_NAMES = ["demo", "mobilenet_v3_large_fpn", "resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "resnet50_fpn_v2", "resnet101_fpn"]
 
 DESCRIPTION_INSPECT = (
@@ -74,7 +74,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> int:
-    from .train import train
+    from .data.train import train
 
     summary = train(args.data, args.out, preset=args.preset, iterations=args.iterations, batch_size=args.batch_size,
                     lr=args.lr, seed=args.seed, threads=args.threads, val=args.val, half=not args.fp32,
@@ -91,8 +91,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .coco import load_dataset
-    from .train import evaluate_model
+    from .data.coco import load_dataset
+    from .data.train import evaluate_model
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")

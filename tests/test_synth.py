@@ -1,4 +1,4 @@
-"""The synthetic data generator: determinism, COCO validity, occlusion, atomicity, video, CLI."""
+"""The synthetic data (mrcnn_edge.data): determinism, COCO validity, occlusion, atomicity, video, CLI."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from mrcnn_edge import synth
+from mrcnn_edge.data import shapes, video
+from mrcnn_edge.data.coco import load_dataset
+from mrcnn_edge.data.dataset import generate_dataset
 from mrcnn_edge.cli import main
 from mrcnn_edge.cliutil import parse_hw
 from mrcnn_edge.errors import UserError
@@ -26,21 +28,21 @@ def _digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return synth.generate_dataset(tmp_path_factory.mktemp("d") / "ds", 12, seed=3, size=SIZE,
+    return generate_dataset(tmp_path_factory.mktemp("d") / "ds", 12, seed=3, size=SIZE,
                                   progress=False)
 
 
 def test_api_names():
-    assert [c["id"] for c in synth.CATEGORIES] == list(range(1, len(synth.CATEGORIES) + 1))
-    assert len(synth.CATEGORIES) >= 4
-    assert synth.CLASS_NAMES[0] == "__background__"
-    assert synth.CLASS_NAMES[1:] == [c["name"] for c in synth.CATEGORIES]
+    assert [c["id"] for c in shapes.CATEGORIES] == list(range(1, len(shapes.CATEGORIES) + 1))
+    assert len(shapes.CATEGORIES) >= 4
+    assert shapes.CLASS_NAMES[0] == "__background__"
+    assert shapes.CLASS_NAMES[1:] == [c["name"] for c in shapes.CATEGORIES]
 
 
 def test_deterministic(tmp_path, dataset):
-    again = synth.generate_dataset(tmp_path / "again", 12, seed=3, size=SIZE, progress=False)
+    again = generate_dataset(tmp_path / "again", 12, seed=3, size=SIZE, progress=False)
     assert _digest(again) == _digest(dataset)
-    other = synth.generate_dataset(tmp_path / "other", 12, seed=4, size=SIZE, progress=False)
+    other = generate_dataset(tmp_path / "other", 12, seed=4, size=SIZE, progress=False)
     a, b = _digest(other), _digest(dataset)
     assert a["annotations.json"] != b["annotations.json"]
     assert all(a[k] != b[k] for k in a if k.startswith("images/"))
@@ -53,12 +55,12 @@ def test_coco_valid_and_matches_render(dataset):
     coco = COCO(str(dataset / "annotations.json"))
     assert len(coco.getImgIds()) == 12
     raw = json.loads((dataset / "annotations.json").read_text())
-    assert {c["id"] for c in raw["categories"]} == {c["id"] for c in synth.CATEGORIES}
+    assert {c["id"] for c in raw["categories"]} == {c["id"] for c in shapes.CATEGORIES}
     for image_id in coco.getImgIds():
         info = coco.loadImgs(image_id)[0]
         assert (info["height"], info["width"]) == SIZE
         image = cv2.imread(str(dataset / info["file_name"]))
-        expected_image, expected = synth.render_sample(synth.image_rng(3, image_id - 1), SIZE)
+        expected_image, expected = shapes.render_sample(shapes.image_rng(3, image_id - 1), SIZE)
         assert np.array_equal(image, expected_image)
         anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
         assert len(anns) == len(expected)
@@ -85,7 +87,7 @@ def test_atomic_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cv2, "imwrite", flaky)
     with pytest.raises(OSError):
-        synth.generate_dataset(tmp_path / "ds", 8, seed=0, size=SIZE, progress=False)
+        generate_dataset(tmp_path / "ds", 8, seed=0, size=SIZE, progress=False)
     assert calls["n"] == 4
     assert list(tmp_path.iterdir()) == []
 
@@ -108,13 +110,13 @@ def test_categories_sizes_and_occlusion():
     extents = []
     occluded = 0
     for i in range(40):
-        image, instances = synth.render_sample(synth.image_rng(11, i), size)
+        image, instances = shapes.render_sample(shapes.image_rng(11, i), size)
         assert image.shape == (*size, 3) and image.dtype == np.uint8
         assert len(instances) <= 8
         cover = np.zeros(size, np.int32)
         for category_id, mask in instances:
             assert mask.shape == size and mask.dtype == bool
-            assert mask.sum() >= synth.MIN_VISIBLE_PIXELS
+            assert mask.sum() >= shapes.MIN_VISIBLE_PIXELS
             seen.add(category_id)
             ys, xs = np.nonzero(mask)
             extents.append(max(np.ptp(xs), np.ptp(ys)) + 1)
@@ -122,24 +124,24 @@ def test_categories_sizes_and_occlusion():
         assert cover.max() <= 1, "visible masks overlap"
     # occlusion: shapes drawn over earlier ones, and kept masks cut by the shapes on top
     cut = 0
-    real_shape_patch = synth._shape_patch
+    real_shape_patch = shapes._shape_patch
     for i in range(40):
         drawn: list[np.ndarray] = []
 
         def spy(s):
             patch, x0, y0 = real_shape_patch(s)
             m = np.zeros(size, bool)
-            cl = synth._clip(patch, x0, y0, *size)
+            cl = shapes._clip(patch, x0, y0, *size)
             if cl:
                 m[cl[0]] = patch[cl[1]].astype(bool)
             drawn.append(m)
             return patch, x0, y0
 
-        synth._shape_patch = spy
+        shapes._shape_patch = spy
         try:
-            _, instances = synth.render_sample(synth.image_rng(11, i), size)
+            _, instances = shapes.render_sample(shapes.image_rng(11, i), size)
         finally:
-            synth._shape_patch = real_shape_patch
+            shapes._shape_patch = real_shape_patch
         later_union = np.zeros(size, bool)
         for m in reversed(drawn):
             occluded += bool((m & later_union).any())
@@ -147,7 +149,7 @@ def test_categories_sizes_and_occlusion():
         for _, mask in instances:
             whole = next(m for m in drawn if not (mask & ~m).any())
             cut += whole.sum() > mask.sum()
-    assert seen == {c["id"] for c in synth.CATEGORIES}
+    assert seen == {c["id"] for c in shapes.CATEGORIES}
     extents = np.array(extents)
     assert extents.min() < 16 and extents.max() > 50, (extents.min(), extents.max())
     assert occluded >= 5 and cut >= 5, (occluded, cut)
@@ -155,23 +157,23 @@ def test_categories_sizes_and_occlusion():
 
 def test_masks_are_the_painted_pixels(monkeypatch):
     """On a black, noise-free canvas the painted pixels are exactly the shapes' pixels."""
-    monkeypatch.setattr(synth, "_background", lambda rng, h, w: np.zeros((h, w, 3), np.float32))
-    monkeypatch.setattr(synth, "_add_noise", lambda rng, img, sigma: img.clip(0, 255).astype(np.uint8))
+    monkeypatch.setattr(shapes, "_background", lambda rng, h, w: np.zeros((h, w, 3), np.float32))
+    monkeypatch.setattr(shapes, "_add_noise", lambda rng, img, sigma: img.clip(0, 255).astype(np.uint8))
     patches = []
-    real_shape_patch = synth._shape_patch
+    real_shape_patch = shapes._shape_patch
 
     def record(s):
         out = real_shape_patch(s)
         patches.append(out)
         return out
 
-    monkeypatch.setattr(synth, "_shape_patch", record)
+    monkeypatch.setattr(shapes, "_shape_patch", record)
     for i in range(10):
         patches.clear()
-        image, instances = synth.render_sample(synth.image_rng(5, i), SIZE)
+        image, instances = shapes.render_sample(shapes.image_rng(5, i), SIZE)
         drawn = np.zeros(SIZE, bool)
         for patch, x0, y0 in patches:
-            cl = synth._clip(patch, x0, y0, *SIZE)
+            cl = shapes._clip(patch, x0, y0, *SIZE)
             if cl:
                 drawn[cl[0]] |= patch[cl[1]].astype(bool)
         assert np.array_equal(image.any(2), drawn)
@@ -183,13 +185,13 @@ def test_masks_are_the_painted_pixels(monkeypatch):
 
 
 def test_video_frames(tmp_path):
-    frames = list(synth.render_video_frames(12, seed=2, size=(64, 96)))
-    again = list(synth.render_video_frames(12, seed=2, size=(64, 96)))
+    frames = list(video.render_video_frames(12, seed=2, size=(64, 96)))
+    again = list(video.render_video_frames(12, seed=2, size=(64, 96)))
     assert len(frames) == 12 and all(f.shape == (64, 96, 3) and f.dtype == np.uint8 for f in frames)
     assert all(np.array_equal(a, b) for a, b in zip(frames, again))
     moved = np.abs(frames[0].astype(int) - frames[-1].astype(int)).max(2) > 60
     assert moved.sum() > 20, "shapes do not move"
-    out = synth.write_video(tmp_path / "v.mp4", 12, seed=2, size=(64, 96), progress=False)
+    out = video.write_video(tmp_path / "v.mp4", 12, seed=2, size=(64, 96), progress=False)
     cap = cv2.VideoCapture(str(out))
     try:
         read = []
@@ -205,23 +207,25 @@ def test_video_frames(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
 
 
-def test_read_annotations_errors(tmp_path):
-    with pytest.raises(UserError, match="no annotations"):
-        synth.read_annotations(tmp_path)
+def test_load_dataset_errors(tmp_path):
+    with pytest.raises(UserError, match="no COCO annotations"):
+        load_dataset(tmp_path)
     (tmp_path / "annotations.json").write_text("{not json")
-    with pytest.raises(UserError, match="cannot read"):
-        synth.read_annotations(tmp_path)
+    with pytest.raises(UserError, match="not a valid COCO"):
+        load_dataset(tmp_path)
     (tmp_path / "annotations.json").write_text('{"images": []}')
-    with pytest.raises(UserError, match="not a COCO"):
-        synth.read_annotations(tmp_path)
+    with pytest.raises(UserError, match="lists no images"):
+        load_dataset(tmp_path)
 
 
-def test_load_coco_dataset(dataset):
-    images, per_image, categories = synth.load_coco_dataset(dataset)
-    assert len(images) == len(per_image) == 12
-    assert categories == synth.CATEGORIES
-    assert all(Path(im["path"]).is_file() for im in images)
-    assert all(a["image_id"] == im["id"] for im, anns in zip(images, per_image) for a in anns)
+def test_load_dataset(dataset):
+    ds = load_dataset(dataset)
+    assert len(ds.image_ids) == 12
+    assert ds.class_names == shapes.CLASS_NAMES
+    assert all(ds.image_path(i).is_file() for i in ds.image_ids)
+    assert ds.read_image(ds.image_ids[0]).shape == (*SIZE, 3)
+    boxes, labels, masks = ds.targets(ds.image_ids[0])
+    assert len(boxes) == len(labels) == len(masks) > 0
 
 
 def test_cli_synth(tmp_path, capsys):
@@ -230,7 +234,7 @@ def test_cli_synth(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "3 images 64x80" in out and "instances" in out and "circle" in out
     assert "[synth] 3/3 images" in err
-    coco = synth.read_annotations(tmp_path / "ds")
+    coco = load_dataset(tmp_path / "ds").coco.dataset
     assert {(im["height"], im["width"]) for im in coco["images"]} == {(64, 80)}
 
 

@@ -10,8 +10,8 @@ import mrcnn_edge
 from mrcnn_edge.checkpoint import load_checkpoint
 from mrcnn_edge.cli import main
 from mrcnn_edge.cmd_model import PRESET_NAMES
-from mrcnn_edge.synth import generate_dataset
-from mrcnn_edge.train import PRESETS
+from mrcnn_edge.data.dataset import generate_dataset
+from mrcnn_edge.data.train import PRESETS
 
 
 @pytest.fixture(scope="module")
