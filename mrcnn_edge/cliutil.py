@@ -1,11 +1,13 @@
 """Small parsers shared by the command modules; bad input is a one-line UserError."""
 from __future__ import annotations
 
+import argparse
+import math
 import re
 
 from .errors import UserError
 
-__all__ = ["parse_hw"]
+__all__ = ["parse_hw", "positive_int", "non_negative_int", "positive_float", "probability"]
 
 _HW = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
 
@@ -32,3 +34,49 @@ def parse_hw(text: str, multiple_of: int | None = None, minimum: int = 1) -> tup
             f"e.g. {-(-h // multiple_of) * multiple_of}x{-(-w // multiple_of) * multiple_of}"
         )
     return h, w
+
+
+# argparse ``type=`` functions: the one way to check a number on the command line. argparse turns
+# their ArgumentTypeError into "argument --x: ..." and the CLI prints it as one line.
+
+
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts: images, frames, runs, iterations)."""
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (warm-up runs, 'every N' where 0 means never)."""
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (fps, learning rate, GiB)."""
+    value = float(_number(text, float))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value:g}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A number in [0, 1] (score and mask thresholds)."""
+    value = float(_number(text, float))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .cliutil import parse_hw
+from .cliutil import parse_hw, positive_float, positive_int
 from .errors import UserError
 
 __all__ = [
@@ -33,15 +33,9 @@ DESCRIPTION_SYNTH_VIDEO = (
 )
 
 
-def _positive_int(what: str, value: int) -> int:
-    if value < 1:
-        raise UserError(f"{what} must be at least 1, got {value}")
-    return value
-
-
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output dataset folder")
-    parser.add_argument("--images", type=int, default=200, metavar="N", help="number of images")
+    parser.add_argument("--images", type=positive_int, default=200, metavar="N", help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--size", default="320x320", metavar="HxW", help="image height x width")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -52,7 +46,7 @@ def run_synth(args: argparse.Namespace) -> int:
     from .data.dataset import generate_dataset, summarize_dataset
 
     size = parse_hw(args.size, minimum=MIN_SIDE)
-    n = _positive_int("--images", args.images)
+    n = args.images
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -72,10 +66,10 @@ def run_synth(args: argparse.Namespace) -> int:
 
 def add_synth_video_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="FILE", help="output video (.mp4 or .avi)")
-    parser.add_argument("--frames", type=int, default=150, metavar="N", help="number of frames")
+    parser.add_argument("--frames", type=positive_int, default=150, metavar="N", help="number of frames")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--size", default="480x640", metavar="HxW", help="frame height x width")
-    parser.add_argument("--fps", type=float, default=15.0, help="frames per second")
+    parser.add_argument("--fps", type=positive_float, default=15.0, help="frames per second")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -83,9 +77,7 @@ def run_synth_video(args: argparse.Namespace) -> int:
     from .data.video import VIDEO_SUFFIXES, write_video
 
     size = parse_hw(args.size, minimum=MIN_SIDE)
-    n = _positive_int("--frames", args.frames)
-    if not args.fps > 0:
-        raise UserError(f"--fps must be positive, got {args.fps}")
+    n = args.frames
     out = Path(args.out)
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         raise UserError(f"--out must end in .mp4 or .avi, got '{out.name}'")

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cliutil import non_negative_int, positive_int
 from .errors import UserError
 
 DESCRIPTION_DEMO = (
@@ -28,8 +29,8 @@ def _log(msg: str) -> None:
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="folder for every artefact of the demo")
     p.add_argument("--input-size", default="512x512", help="canvas HxW of the exported models")
-    p.add_argument("--frames", type=int, default=90, help="frames of the synthetic video")
-    p.add_argument("--validate-images", type=int, default=6, help="synthetic images for validation")
+    p.add_argument("--frames", type=positive_int, default=90, help="frames of the synthetic video")
+    p.add_argument("--validate-images", type=positive_int, default=6, help="synthetic images for validation")
 
 
 def _tensorrt_ready() -> str | None:
@@ -48,8 +49,6 @@ def run_demo(args) -> int:
     from .cliutil import parse_hw
 
     size = parse_hw(args.input_size, multiple_of=32, minimum=32)
-    if args.frames < 1 or args.validate_images < 1:
-        raise UserError("--frames and --validate-images must be >= 1")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -182,11 +181,11 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", default=None, help="use this portable ONNX instead of exporting one")
     p.add_argument("--engine", default=None, help="also time this TensorRT engine")
     p.add_argument("--input-size", default="512x512", help="canvas HxW; torchvision is set to the same resize")
-    p.add_argument("--runs", type=int, default=10, help="timed runs per backend (interleaved)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per backend (interleaved)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs per backend first")
     p.add_argument("--backends", default="torchvision,edge,onnx,tensorrt", help="comma-separated subset")
-    p.add_argument("--rpn-post-nms-top-n", type=int, default=None, help="proposals kept (all backends)")
-    p.add_argument("--max-detections", type=int, default=None, help="detections kept (all backends)")
+    p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept (all backends)")
+    p.add_argument("--max-detections", type=positive_int, default=None, help="detections kept (all backends)")
     p.add_argument("--json", default=None, help="write the results as JSON")
     p.add_argument("--markdown", default=None, help="write the table as markdown")
 

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from .cliutil import non_negative_int, positive_float, positive_int
 from .errors import UserError
 
 # Names of mrcnn_edge.data.train.PRESETS, listed here so that building the CLI does not import torch.
@@ -24,7 +25,7 @@ DESCRIPTION_EVALUATE = "COCO box and mask AP of a checkpoint on a COCO-format da
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint file (.pth)")
     p.add_argument("--arch", default=None, help="architecture, when it must be checked (read from the tensors otherwise)")
-    p.add_argument("--num-classes", type=int, default=None, help="class count incl. background (checked against the tensors)")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="class count incl. background (checked against the tensors)")
     p.add_argument("--class-names", default=None, help="text file with one class name a line")
 
 
@@ -62,14 +63,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="training dataset folder (annotations.json + images/)")
     p.add_argument("--out", required=True, help="checkpoint to write")
     p.add_argument("--preset", default="demo", choices=PRESET_NAMES, help="architecture recipe")
-    p.add_argument("--iterations", type=int, default=2400)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--lr", type=float, default=8e-4, help="peak AdamW learning rate")
+    p.add_argument("--iterations", type=positive_int, default=2400)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--lr", type=positive_float, default=8e-4, help="peak AdamW learning rate")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--val", default=None, help="validation dataset: its AP is printed and stored in the checkpoint")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (same preset and classes)")
-    p.add_argument("--save-every", type=int, default=0, help="also write a snapshot every N iterations")
+    p.add_argument("--save-every", type=non_negative_int, default=0, help="also write a snapshot every N iterations")
     p.add_argument("--fp32", action="store_true", help="store float32 weights (default float16, half the size)")
 
 
@@ -86,7 +87,7 @@ def run_train(args) -> int:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     _add_model_args(p)
     p.add_argument("--data", required=True, help="dataset folder (annotations.json + images/)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate the first N images only")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate the first N images only")
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
 
 
@@ -94,8 +95,6 @@ def run_evaluate(args) -> int:
     from .data.coco import load_dataset
     from .data.train import evaluate_model
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be >= 1")
     ds = load_dataset(args.data)
     model, cfg = _load(args)
     extra = set(ds.class_names[1:]) - set((cfg.class_names or [])[1:])
