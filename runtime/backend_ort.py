@@ -16,9 +16,9 @@ import numpy as np
 
 from mrcnn_edge.errors import UserError, require
 from mrcnn_edge.metadata import decode
+from mrcnn_edge.paths import ort_tensorrt_cache_dir
 
 from .backends import Backend, check_feed
-from .kernel_build import cache_dir
 from .onnx_info import read_onnx_info
 from .spec import TensorSpec
 
@@ -64,7 +64,7 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
 
 def _provider_options(name: str, model: Path) -> dict[str, Any]:
     if name == "TensorrtExecutionProvider":
-        folder = cache_dir() / "ort-trt" / model.stem
+        folder = ort_tensorrt_cache_dir(model.stem)
         return {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(folder),
                 "trt_timing_cache_enable": True, "trt_timing_cache_path": str(folder)}
     return {}

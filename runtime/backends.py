@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from mrcnn_edge.contract import ENGINE_SUFFIXES, ONNX_SUFFIXES
 from mrcnn_edge.errors import UserError
 
 from .spec import TensorSpec
@@ -76,11 +77,11 @@ class BackendEntry:
 
 BACKENDS: dict[str, BackendEntry] = {
     "onnxruntime": BackendEntry(
-        "onnxruntime", (".onnx",), "mrcnn_edge.runtime.backend_ort", "OrtBackend", "ort",
+        "onnxruntime", ONNX_SUFFIXES, "mrcnn_edge.runtime.backend_ort", "OrtBackend", "ort",
         "ONNX Runtime: TensorRT, CUDA or CPU execution provider, whichever is available",
     ),
     "tensorrt": BackendEntry(
-        "tensorrt", (".engine", ".plan", ".trt"), "mrcnn_edge.runtime.backend_trt", "TrtBackend", "gpu",
+        "tensorrt", ENGINE_SUFFIXES, "mrcnn_edge.runtime.backend_trt", "TrtBackend", "gpu",
         "TensorRT engine with cuda-python buffers, one stream, optional CUDA graph",
     ),
 }

@@ -33,7 +33,9 @@ def contract_metadata(canvas_hw: Sequence[int], batch: int, class_names: Sequenc
                       max_detections: int, precision: str = "fp32", flavor: str = "portable",
                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
     """Every key of ``mrcnn_edge.metadata.MODEL_KEYS`` for a synthetic model."""
-    plugin = {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"} if flavor == "tensorrt" else None
+    from mrcnn_edge.contract import plugin_identity
+
+    plugin = plugin_identity() if flavor == "tensorrt" else None
     return {
         "mrcnn_edge_version": "0.1.0", "arch": "synthetic", "num_classes": len(class_names),
         "class_names": list(class_names), "input_size": [int(canvas_hw[0]), int(canvas_hw[1])],
@@ -53,6 +55,7 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from mrcnn_edge.contract import PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
     from mrcnn_edge.metadata import encode
 
     h, w = int(canvas_hw[0]), int(canvas_hw[1])
@@ -84,9 +87,9 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
     nodes.append(helper.make_node("ReduceMean", ["x"], ["gray"], axes=[1], keepdims=1))
     if flavor == "tensorrt":
         nodes.append(helper.make_node(
-            "MultilevelRoIAlign", ["rois", "gray"], ["pooled"], domain="mrcnn_edge",
+            PLUGIN_NAME, ["rois", "gray"], ["pooled"], domain=PLUGIN_DOMAIN,
             output_height=m, output_width=m, sampling_ratio=2, aligned=0, spatial_scales=[1.0],
-            plugin_version="1", plugin_namespace="mrcnn_edge"))
+            plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE))
     else:
         nodes.append(helper.make_node(
             "RoiAlign", ["gray", "rois", "roi_batch"], ["pooled"], mode="avg", output_height=m,
@@ -116,7 +119,7 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
     ]
     graph = helper.make_graph(nodes, "contract", [helper.make_tensor_value_info("images", in_type, [b, 3, h, w])],
                               outputs, initializer=inits)
-    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid("mrcnn_edge", 1)] if flavor == "tensorrt" else [])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(PLUGIN_DOMAIN, 1)] if flavor == "tensorrt" else [])
     model = helper.make_model(graph, opset_imports=opsets, producer_name="mrcnn_edge.runtime.testing")
     model.ir_version = 8
     if with_metadata:
