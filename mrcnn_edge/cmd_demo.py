@@ -87,7 +87,7 @@ def run_demo(args) -> int:
         text = format_report(rep)
         print(text)
         reports[flavor] = rep
-        (out / f"validation_{flavor}.md").write_text(text)
+        _write_text(out / f"validation_{flavor}.md", text)
     steps.append(("validate", time.time() - t, "PASS" if all(r["ok"] for r in reports.values()) else "FAIL"))
 
     t = step(f"4/5 segment a synthetic video ({args.frames} frames) with the runtime (ONNX Runtime, CPU)")
@@ -121,6 +121,13 @@ def run_demo(args) -> int:
           f"{out}/report.md, {annotated.name}, {sheet.name}"
           + ("" if trt_note is None else f" (TensorRT steps skipped: {trt_note})"))
     return 0 if ok else 1
+
+
+def _write_text(path: Path, text: str) -> None:
+    from .atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
 
 
 def _contact_sheet(model: Path, video: Path, path: Path, n: int = 6) -> Path:
@@ -169,7 +176,7 @@ def _write_report(path: Path, cfg, steps, reports, total: float, trt_note: str |
         lines += [f"## Validation, {flavor} flavor", "", format_report(rep)]
     lines += ["", "TensorRT: " + ("engine built, validated and run" if trt_note is None else f"skipped ({trt_note})."),
               "", "![contact sheet](contact_sheet.png)"]
-    path.write_text("\n".join(lines) + "\n")
+    _write_text(path, "\n".join(lines) + "\n")
 
 
 # --------------------------------------------------------------------------------------- benchmark
