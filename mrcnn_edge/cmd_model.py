@@ -6,10 +6,9 @@ import json
 import sys
 
 from .cliutil import non_negative_int, positive_float, positive_int
+from .config import PRESETS
 from .errors import UserError
 
-# Names of mrcnn_edge.data.train.PRESETS, listed here so that building the CLI does not import torch.
-PRESET_NAMES = ["demo", "mobilenet_v3_large_fpn", "resnet18_fpn", "resnet34_fpn", "resnet50_fpn", "resnet50_fpn_v2", "resnet101_fpn"]
 
 DESCRIPTION_INSPECT = (
     "Print what a checkpoint holds: architecture, classes, parameter count, input normalisation and "
@@ -62,7 +61,7 @@ def run_inspect(args) -> int:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="training dataset folder (annotations.json + images/)")
     p.add_argument("--out", required=True, help="checkpoint to write")
-    p.add_argument("--preset", default="demo", choices=PRESET_NAMES, help="architecture recipe")
+    p.add_argument("--preset", default="demo", choices=list(PRESETS), help="architecture recipe")
     p.add_argument("--iterations", type=positive_int, default=2400)
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--lr", type=positive_float, default=8e-4, help="peak AdamW learning rate")

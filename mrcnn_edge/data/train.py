@@ -15,53 +15,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import ModelConfig, build_model, save_checkpoint
+from ..checkpoint import build_model, save_checkpoint
+from ..config import preset_config
 from .coco import Dataset, ImageDetections, evaluate_detections, load_dataset
 from ..errors import UserError
 
-__all__ = ["PRESETS", "preset_config", "train", "predict", "evaluate_model"]
-
-
-def _demo(num_classes: int) -> ModelConfig:
-    # Stages 2..4 of MobileNetV3 (strides 8, 16, 32) feed a 128-wide FPN: small shapes need the
-    # stride-8 map that torchvision's own MobileNet FPN (strides 32, 32) does not have.
-    return ModelConfig(
-        arch="mobilenet_v3_large_fpn",
-        num_classes=num_classes,
-        fpn_channels=128,
-        returned_layers=[2, 3, 4],
-        representation_size=512,
-        mask_layers=[128, 128, 128, 128],
-        mask_dim_reduced=128,
-        anchor_sizes=[[16, 24], [32, 48], [64, 96], [128, 192]],
-        min_size=320,
-        max_size=544,
-        batch_norm=True,
-    )
-
-
-def _standard(arch: str) -> Callable[[int], ModelConfig]:
-    return lambda n: ModelConfig(arch=arch, num_classes=n, batch_norm=True)
-
-
-# preset -> config factory (num_classes -> ModelConfig). "demo" is the shipped model's recipe.
-PRESETS: dict[str, Callable[[int], ModelConfig]] = {
-    "demo": _demo,
-    "mobilenet_v3_large_fpn": _standard("mobilenet_v3_large_fpn"),
-    "resnet18_fpn": _standard("resnet18_fpn"),
-    "resnet34_fpn": _standard("resnet34_fpn"),
-    "resnet50_fpn": _standard("resnet50_fpn"),
-    "resnet50_fpn_v2": _standard("resnet50_fpn_v2"),
-    "resnet101_fpn": _standard("resnet101_fpn"),
-}
-
-
-def preset_config(preset: str, class_names: Sequence[str]) -> ModelConfig:
-    if preset not in PRESETS:
-        raise UserError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset](len(class_names))
-    cfg.class_names = list(class_names)
-    return cfg
+__all__ = ["train", "predict", "evaluate_model"]
 
 
 def _augment(img: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator):
