@@ -23,8 +23,8 @@ DESCRIPTION_BUILD_PLUGIN = (
     "shipped with mrcnn-edge. Needs nvcc (the CUDA toolkit) and TensorRT's headers (>= 10.3; "
     "JetPack's libnvinfer-dev or a desktop TensorRT install), no GPU. Written by default to the "
     "mrcnn-edge cache, where 'mrcnn-edge build' finds it; the file is replaced only once complete. "
-    "--cuda-archs auto builds for this machine's GPU (sm_87 on a Jetson Orin) or, with none, for "
-    "Turing and newer."
+    "--cuda-archs auto builds for this machine's GPU as the CUDA driver reports it (sm_87 on a Jetson "
+    "Orin) or, with none, for Turing and newer."
 )
 DESCRIPTION_BUILD = (
     "Build a TensorRT engine from an ONNX model exported by 'mrcnn-edge export'. The network is "
@@ -67,8 +67,11 @@ def run_build_plugin(args: argparse.Namespace) -> int:
         None if args.cuda_home in auto else args.cuda_home,
     )
     archs = pb.resolve_cuda_archs(args.cuda_archs, toolchain.nvcc)
+    note = pb.check_driver_supports_toolkit(toolchain.cuda_version)
     for line in toolchain.describe():
         print(line)
+    if note:
+        print(note)
     print(f"architectures:     sm_{', sm_'.join(map(str, archs))} (+ PTX of sm_{max(archs)})")
     if args.check:
         return 0

@@ -8,11 +8,12 @@ Order of checks, cheapest first, so that a wrong path never waits for TensorRT: 
 its metadata, the plugin nodes' attributes, the plugin library, then TensorRT, then the GPU.
 The engine and its sidecar (``model.engine.json``: the ONNX metadata plus ``tensorrt_version``,
 ``onnx_sha256``, ``plugin_library``) are written under temporary names and renamed into place only
-when complete. Nothing here imports tensorrt, onnx or torch at module level.
+when complete. Neither onnx nor torch is needed at all: the ONNX file is read with the runtime's
+protobuf walk (``runtime/onnx_info.py``), and TensorRT, the CUDA driver and the plugin library are
+reached through ``runtime/trt_platform.py``, as the runtime does; TensorRT is imported on use.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import math
 import os
@@ -21,8 +22,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from mrcnn_edge.contract import (
+    PLUGIN_ATTRIBUTES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_plugin_attributes,
+)
+from mrcnn_edge.paths import plugin_library_path, timing_cache_path
+from mrcnn_edge.runtime import trt_platform
+from mrcnn_edge.runtime.onnx_info import (
+    ATTR_FLOAT, ATTR_FLOATS, ATTR_INT, ATTR_STRING, OnnxInfo, read_onnx_info,
+)
+from mrcnn_edge.runtime.trt_platform import TENSORRT_MISSING, cuda_device_count, import_tensorrt
+
 from ..atomic import atomic_output, check_writable
-from ..errors import UserError, require
+from ..errors import UserError
 from ..metadata import MODEL_KEYS, decode, sidecar_path, write_sidecar
 
 __all__ = [
@@ -36,124 +47,79 @@ __all__ = [
     "build_engine",
 ]
 
-PLUGIN_OP = "MultilevelRoIAlign"
-PLUGIN_VERSION = "1"
-PLUGIN_NAMESPACE = "mrcnn_edge"
-TENSORRT_MISSING = (
-    "TensorRT is not installed: on a Jetson it comes with JetPack (sudo apt install python3-libnvinfer); "
-    "on a desktop pip install tensorrt"
-)
-
-# Attributes of a MultilevelRoIAlign node: name -> (ONNX attribute types accepted, check, meaning).
-_INT, _FLOAT, _FLOATS, _STRING = 2, 1, 6, 3  # onnx.AttributeProto.AttributeType values
-_PLUGIN_ATTRS: dict[str, tuple[tuple[int, ...], Callable[[Any], bool], str]] = {
-    "output_height": ((_INT,), lambda v: 1 <= v <= 1024, "an integer in [1, 1024]"),
-    "output_width": ((_INT,), lambda v: 1 <= v <= 1024, "an integer in [1, 1024]"),
-    "sampling_ratio": ((_INT,), lambda v: v <= 64, "an integer <= 64 (<= 0: adaptive)"),
-    "aligned": ((_INT,), lambda v: v in (0, 1), "0 or 1"),
-    "spatial_scales": (
-        (_FLOATS,),
-        lambda v: 1 <= len(v) <= 8 and all(math.isfinite(s) and 0 < s <= 1 for s in v),
-        "1 to 8 floats in (0, 1]",
-    ),
-    "canonical_scale": ((_FLOAT, _INT), lambda v: math.isfinite(v) and v > 0, "a positive number"),
-    "canonical_level": ((_INT,), lambda v: 0 <= v <= 64, "an integer in [0, 64]"),
-    "plugin_version": ((_STRING,), lambda v: v == PLUGIN_VERSION, f"'{PLUGIN_VERSION}'"),
-    "plugin_namespace": ((_STRING,), lambda v: v == PLUGIN_NAMESPACE, f"'{PLUGIN_NAMESPACE}'"),
-}
+PLUGIN_OP = PLUGIN_NAME
+# ONNX attribute types a MultilevelRoIAlign attribute may arrive as (a float attribute written as an
+# integer is accepted: onnx.helper stores 224 as INT), plus the two identity attributes of the node.
+_ACCEPTED_TYPES = {"int": (ATTR_INT,), "float": (ATTR_FLOAT, ATTR_INT), "floats": (ATTR_FLOATS,)}
+_IDENTITY = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESPACE}
 
 
-def import_tensorrt():
-    """``import tensorrt`` or a one-line UserError saying how to get it."""
-    try:
-        import tensorrt as trt  # noqa: PLC0415 - heavy, optional
-    except ImportError as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        broken = why and "No module named" not in why
-        raise UserError(TENSORRT_MISSING + (f" (import failed: {why})" if broken else "")) from exc
-    return trt
+# ---- the ONNX side, without onnx ------------------------------------------------------------------
 
 
-def _trt_major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        return 0
+def read_onnx_metadata(path: str | os.PathLike) -> tuple[OnnxInfo, dict[str, Any]]:
+    """(what the torch-free reader found in the file, decoded ``metadata_props``); one-line errors.
 
-
-# ---- the ONNX side ------------------------------------------------------------------------------
-
-
-def read_onnx_metadata(path: str | os.PathLike):
-    """(model without external data, decoded ``metadata_props``); one-line errors for bad files."""
+    Reads the file with ``mrcnn_edge.runtime.onnx_info`` (a protobuf walk), so that building an
+    engine on the device needs neither onnx nor torch.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"ONNX model {path} not found" if not path.exists() else f"{path} is not a file")
-    onnx = require("onnx", "export", "reading ONNX models")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise UserError(f"cannot read {path} as an ONNX model: {type(exc).__name__}: {exc}") from exc
-    if not model.graph.node:
+        info = read_onnx_info(path)
+    except UserError as exc:
+        raise UserError(f"cannot read {path} as an ONNX model: {exc}") from exc
+    if not info.nodes:
         raise UserError(f"{path} is not an ONNX model with a graph (no nodes)")
-    meta = decode({p.key: p.value for p in model.metadata_props})
+    try:
+        meta = decode(info.metadata)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path.name}: its mrcnn-edge metadata is not valid JSON ({exc})") from exc
     missing = [k for k in MODEL_KEYS if k not in meta]
     if missing:
         raise UserError(
             f"{path.name} lacks the mrcnn-edge metadata {', '.join(missing[:4])}"
             f"{' ...' if len(missing) > 4 else ''}: export it with 'mrcnn-edge export'"
         )
-    return model, meta
+    return info, meta
 
 
-def _all_nodes(graph):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:  # If/Loop/Scan bodies
-            if attr.type == 5:  # GRAPH
-                yield from _all_nodes(attr.g)
-            elif attr.type == 10:  # GRAPHS
-                for g in attr.graphs:
-                    yield from _all_nodes(g)
-
-
-def check_plugin_nodes(model) -> tuple[int, list[str]]:
+def check_plugin_nodes(info: OnnxInfo) -> tuple[int, list[str]]:
     """(number of MultilevelRoIAlign nodes, problems found in them), without TensorRT.
 
-    The same rules as the plugin's creator, said before the build rather than by TensorRT's parser
-    (which drops attributes it does not know and reports only "could not create the plugin").
+    The rules of ``mrcnn_edge.contract.PLUGIN_ATTRIBUTES`` (the plugin creator's), said before the
+    build rather than by TensorRT's parser (which reports only "could not create the plugin").
     """
-    count = 0
     problems: list[str] = []
-    for node in _all_nodes(model.graph):
-        if node.op_type != PLUGIN_OP:
-            continue
-        count += 1
-        name = node.name or f"#{count}"
-        scales_count = 4
-        for attr in node.attribute:
-            spec = _PLUGIN_ATTRS.get(attr.name)
+    known = {a.name: a for a in PLUGIN_ATTRIBUTES}
+    for index, node in enumerate(info.plugin_nodes, 1):
+        name = node.name or f"#{index}"
+        values: dict[str, Any] = {}
+        for attr, (kind, value) in node.attributes.items():
+            if attr in _IDENTITY:
+                if kind != ATTR_STRING or value != _IDENTITY[attr]:
+                    problems.append(f"{PLUGIN_OP} node {name}: attribute '{attr}' must be '{_IDENTITY[attr]}', "
+                                    f"got {value!r}")
+                continue
+            spec = known.get(attr)
             if spec is None:
-                problems.append(f"{PLUGIN_OP} node {name}: unknown attribute '{attr.name}' "
-                                f"(known: {', '.join(_PLUGIN_ATTRS)})")
-                continue
-            types, ok, what = spec
-            if attr.type not in types:
-                problems.append(f"{PLUGIN_OP} node {name}: attribute '{attr.name}' must be {what}")
-                continue
-            value: Any = {
-                _INT: lambda a: a.i, _FLOAT: lambda a: a.f, _FLOATS: lambda a: list(a.floats),
-                _STRING: lambda a: a.s.decode(errors="replace"),
-            }[attr.type](attr)
-            if not ok(value):
-                problems.append(f"{PLUGIN_OP} node {name}: attribute '{attr.name}' must be {what}, got {value!r}")
-            if attr.name == "spatial_scales":
-                scales_count = len(value)
-        features = len(node.input) - 1
-        if features != scales_count:
+                problems.append(f"{PLUGIN_OP} node {name}: unknown attribute '{attr}' "
+                                f"(known: {', '.join([*known, *_IDENTITY])})")
+            elif kind not in _ACCEPTED_TYPES[spec.onnx_type]:
+                problems.append(f"{PLUGIN_OP} node {name}: attribute '{attr}' must be {spec.requirement}")
+            else:
+                values[attr] = value
+        try:
+            checked = check_plugin_attributes(values)
+        except ValueError as exc:
+            problems.append(f"{PLUGIN_OP} node {name}: {exc}")
+            continue
+        features = node.inputs - 1
+        if features != len(checked["spatial_scales"]):
             problems.append(f"{PLUGIN_OP} node {name}: {features} feature maps but spatial_scales has "
-                            f"{scales_count} entries")
-    return count, problems
+                            f"{len(checked['spatial_scales'])} entries")
+    return len(info.plugin_nodes), problems
 
 
 def _sha256(path: Path) -> str:
@@ -167,47 +133,23 @@ def _sha256(path: Path) -> str:
 # ---- the GPU and TensorRT side ------------------------------------------------------------------
 
 
-def cuda_device_count() -> tuple[int, str]:
-    """(number of CUDA devices, why none) from the driver API, without any CUDA Python package."""
-    lib = None
-    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
-        try:
-            lib = ctypes.CDLL(name)
-            break
-        except OSError:
-            continue
-    if lib is None:
-        return 0, "no NVIDIA driver (libcuda.so.1 not found)"
-    rc = lib.cuInit(0)
-    if rc != 0:
-        return 0, "the NVIDIA driver found no CUDA device" if rc == 100 else f"cuInit failed with CUDA error {rc}"
-    count = ctypes.c_int(0)
-    rc = lib.cuDeviceGetCount(ctypes.byref(count))
-    if rc != 0 or count.value < 1:
-        return 0, "the NVIDIA driver found no CUDA device"
-    return count.value, ""
-
-
 def default_timing_cache() -> Path:
     """``$MRCNN_EDGE_CACHE/tensorrt/timing.cache`` (``~/.cache/mrcnn-edge`` by default)."""
-    from mrcnn_edge.paths import timing_cache_path
-
     return timing_cache_path()
 
 
 def _resolve_plugin_library(plugin_lib: str | os.PathLike | None, needed: bool) -> Path | None:
-    from .plugin_build import default_plugin_path
-
+    """The library to load, absolute (dlopen searches the library path for a bare name)."""
     if plugin_lib:
-        path = Path(plugin_lib).expanduser()
+        path = trt_platform.absolute_library_path(plugin_lib)
         if not path.is_file():
             raise UserError(f"plugin library {path} not found (from --plugin-lib)")
-        return path.resolve()
+        return path
     if not needed:
         return None  # a portable model: no plugin, even if one is installed
-    default = default_plugin_path()
+    default = plugin_library_path()
     if default.is_file():
-        return default.resolve()
+        return trt_platform.absolute_library_path(default)
     raise UserError(
         f"this model has {PLUGIN_OP} nodes and needs the plugin library, not found at {default}: "
         "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib LIB"
@@ -275,29 +217,9 @@ def _make_progress_monitor(trt, log: Callable[[str], None]):
     return _Progress()
 
 
-def _load_plugin(trt, library: Path, log: Callable[[str], None]) -> None:
-    from .plugin_build import plugin_library_tensorrt_version
-
-    built_for = plugin_library_tensorrt_version(library)
-    installed = str(trt.__version__)
-    if built_for is None:
-        raise UserError(f"{library} is not a mrcnn-edge plugin library or cannot be loaded: "
-                        "rebuild it with 'mrcnn-edge build-plugin'")
-    if _trt_major(built_for) != _trt_major(installed):
-        raise UserError(f"plugin library {library} was built against TensorRT {built_for} but TensorRT "
-                        f"{installed} is installed: rebuild it with 'mrcnn-edge build-plugin'")
-    registry = trt.get_plugin_registry()
-    handle = registry.load_library(str(library))
-    if handle is None:
-        raise UserError(f"TensorRT could not load the plugin library {library}")
-    if registry.get_creator(PLUGIN_OP, PLUGIN_VERSION, PLUGIN_NAMESPACE) is None:
-        raise UserError(f"{library} registers no {PLUGIN_OP} v{PLUGIN_VERSION} ({PLUGIN_NAMESPACE}) creator")
-    log(f"plugin {PLUGIN_OP} v{PLUGIN_VERSION} from {library} (built against TensorRT {built_for})")
-
-
 def _network_flags(trt) -> int:
     """Strongly typed: a flag on TensorRT 10, the only mode (flag deprecated) on 11+."""
-    if _trt_major(trt.__version__) >= 11:
+    if trt_platform.tensorrt_major(trt.__version__) >= 11:
         return 0
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
@@ -313,6 +235,15 @@ def _parse_error(parser, logger) -> str:
             details.append(str(err))
     plugin_msgs = [m for m in logger.errors if PLUGIN_OP in m]
     return "; ".join((plugin_msgs + details)[:2]) or "no details"
+
+
+def _build_error(logger) -> str:
+    """The line that says why a build failed: the plugin's own error when it logged one (it names
+    itself), else TensorRT's first error (the later ones are consequences, the last one generic)."""
+    plugin_msgs = [m for m in logger.errors if PLUGIN_OP in m]
+    if plugin_msgs:
+        return plugin_msgs[0]
+    return logger.errors[0] if logger.errors else "see the messages above"
 
 
 def build_engine(
@@ -334,21 +265,21 @@ def build_engine(
     """
     onnx_path = Path(onnx_path)
     engine_path = Path(engine_path)
-    model, meta = read_onnx_metadata(onnx_path)
+    info, meta = read_onnx_metadata(onnx_path)
     if workspace_gib is not None and not (math.isfinite(workspace_gib) and workspace_gib > 0):
         raise UserError(f"--workspace must be a positive number of GiB, got {workspace_gib}")
     if engine_path.resolve() == onnx_path.resolve():
         raise UserError("the engine would overwrite the ONNX model: choose another -o")
     if engine_path.is_dir():
         raise UserError(f"output {engine_path} is a folder; give a file name")
-    n_plugin, problems = check_plugin_nodes(model)
+    n_plugin, problems = check_plugin_nodes(info)
     if problems:
         raise UserError(f"{onnx_path.name}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     library = _resolve_plugin_library(plugin_lib, needed=n_plugin > 0 or bool(meta.get("plugin")))
-    del model
 
-    trt = import_tensorrt()
-    devices, why = cuda_device_count()
+    # looked up on the module so that one stand-in (tests) serves build and runtime alike
+    trt = trt_platform.import_tensorrt()
+    devices, why = trt_platform.cuda_device_count()
     if devices < 1:
         raise UserError(f"building a TensorRT engine needs an NVIDIA GPU: {why}")
     check_writable(engine_path)  # before minutes of building; creates the folder if needed
@@ -356,11 +287,13 @@ def build_engine(
 
     t0 = time.perf_counter()
     logger = _make_logger(trt, verbose)
-    if library is not None:
-        _load_plugin(trt, library, log)
+    # The builder first: the first logger handed to TensorRT is the one the plugin registry (and the
+    # plugin) report to, so a failed load says why.
     builder = trt.Builder(logger)
     if builder is None:
         raise UserError(f"TensorRT could not start a builder: {'; '.join(logger.errors[-1:]) or 'no GPU?'}")
+    if library is not None:
+        log(trt_platform.load_plugin_library(trt, library, errors=lambda: list(logger.errors)))
     network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
@@ -395,7 +328,7 @@ def build_engine(
     if monitor is not None and monitor.interrupted:
         raise KeyboardInterrupt
     if serialized is None:
-        raise UserError(f"TensorRT could not build the engine: {logger.errors[-1] if logger.errors else 'see the messages above'}")
+        raise UserError(f"TensorRT could not build the engine: {_build_error(logger)}")
 
     sidecar = dict(meta)
     sidecar["tensorrt_version"] = str(trt.__version__)

@@ -19,13 +19,15 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if p.suffix.lower() in (".engine", ".plan", ".trt"):
         meta = read_sidecar(p)
     else:
-        import onnx
+        # the torch-free, onnx-free reader: engine builds and the runtime need no onnx
+        from mrcnn_edge.runtime.onnx_info import read_onnx_info
 
         try:
-            proto = onnx.load(str(p), load_external_data=False)
-        except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-            raise UserError(f"cannot read {p} as ONNX: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        meta = decode({m.key: m.value for m in proto.metadata_props})
+            meta = decode(read_onnx_info(p).metadata)
+        except UserError as exc:
+            raise UserError(f"cannot read {p} as ONNX: {exc}") from exc
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"{p}: its mrcnn-edge metadata is not valid JSON ({exc})") from exc
     missing = [k for k in ("input_size", "batch", "num_classes") if k not in meta]
     if missing:
         raise UserError(f"{p} carries no mrcnn-edge metadata ({', '.join(missing)} missing): export it with 'mrcnn-edge export'")

@@ -22,7 +22,6 @@ The build uses CMake (``plugins/CMakeLists.txt``) when ``cmake`` >= 3.18 is on `
 """
 from __future__ import annotations
 
-import ctypes
 import glob
 import importlib.util
 import os
@@ -35,6 +34,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
+
+from mrcnn_edge.runtime import trt_platform
 
 from ..atomic import atomic_output
 from ..errors import UserError
@@ -50,12 +51,14 @@ __all__ = [
     "tensorrt_header_version",
     "nvcc_archs",
     "resolve_cuda_archs",
+    "check_driver_supports_toolkit",
     "find_toolchain",
     "build_plugin_library",
     "plugin_library_tensorrt_version",
 ]
 
 from mrcnn_edge.paths import PLUGIN_LIBRARY_NAME as LIBRARY_NAME  # noqa: E402
+from mrcnn_edge.paths import plugin_build_log, plugin_library_path  # noqa: E402
 # Turing, Ampere (A100, RTX 30xx, Jetson Orin = 87), Ada, Hopper; then Blackwell and Thor (101 up to
 # CUDA 12.9, 110 from CUDA 13) where the toolkit has them. Keep in step with plugins/CMakeLists.txt.
 DEFAULT_CUDA_ARCHS = (75, 80, 86, 87, 89, 90, 100, 101, 110, 120)
@@ -94,8 +97,6 @@ class Toolchain:
 def default_plugin_path() -> Path:
     """Where ``mrcnn-edge build-plugin`` writes by default and ``mrcnn-edge build`` looks:
     ``$MRCNN_EDGE_CACHE/plugins/libmrcnn_edge_plugins.so`` (``~/.cache/mrcnn-edge`` by default)."""
-    from mrcnn_edge.paths import plugin_library_path
-
     return plugin_library_path()
 
 
@@ -295,17 +296,11 @@ def _find_cmake() -> Path | None:
 
 
 def _local_gpu_archs(known: Sequence[int]) -> list[int]:
-    """Architectures of this machine's GPUs: nvidia-smi on desktops, the SoC name on a Jetson."""
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        try:
-            out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)
-            caps = sorted({int(float(x) * 10 + 0.5) for x in re.findall(r"\d+\.\d+", out.stdout)})
-            if out.returncode == 0 and caps:
-                return caps
-        except (OSError, subprocess.SubprocessError, ValueError):
-            pass
+    """Architectures of this machine's GPUs, from the CUDA driver (a Jetson may have no nvidia-smi),
+    else from the SoC name on a Jetson whose driver cannot be reached; [] when there is no GPU."""
+    caps = sorted(set(trt_platform.cuda_driver().capabilities))
+    if caps:
+        return caps
     try:
         compatible = Path("/proc/device-tree/compatible").read_bytes().decode(errors="replace")
     except OSError:
@@ -317,6 +312,33 @@ def _local_gpu_archs(known: Sequence[int]) -> list[int]:
     return []
 
 
+def check_driver_supports_toolkit(cuda_version: str, driver: trt_platform.CudaDriver | None = None) -> str:
+    """One warning line (or "") about the toolkit and the driver; a ``UserError`` when the toolkit's
+    CUDA major is newer than the driver's: its static runtime would not start on this machine.
+
+    Within one major, CUDA's minor-version compatibility lets the library run; only PTX (used for
+    GPUs newer than the listed ones) needs a driver at least as new as the toolkit.
+    """
+    driver = driver if driver is not None else trt_platform.cuda_driver()
+    try:
+        toolkit = tuple(int(x) for x in cuda_version.split(".")[:2])
+    except ValueError:
+        return ""
+    if driver.cuda_version is None or len(toolkit) < 2:
+        return ""  # no driver here: building for another machine is fine
+    have = driver.cuda_version
+    if toolkit[0] > have[0]:
+        raise UserError(
+            f"the CUDA toolkit (nvcc {cuda_version}) is newer than this machine's driver, which supports CUDA "
+            f"{have[0]}.{have[1]}: the plugin would not load here; use a CUDA {have[0]}.x toolkit "
+            "(--cuda-home) or update the driver"
+        )
+    if toolkit > have:
+        return (f"note: nvcc {cuda_version} is newer than the driver (CUDA {have[0]}.{have[1]}): the library runs "
+                "(minor-version compatibility) but its PTX cannot be JIT-compiled on this driver")
+    return ""
+
+
 def resolve_cuda_archs(spec: str, nvcc: Path) -> list[int]:
     """``"auto"`` (this machine's GPU, else the default list), ``"all"`` (the default list), or
     ``"87"`` / ``"75,86,87"``; checked against what this nvcc can compile."""
@@ -324,6 +346,12 @@ def resolve_cuda_archs(spec: str, nvcc: Path) -> list[int]:
     spec = (spec or "auto").strip().lower()
     if spec in ("auto", "all"):
         archs = _local_gpu_archs(known) if spec == "auto" else []
+        unknown = [a for a in archs if known and a not in known]
+        if unknown:  # this machine's GPU, which this nvcc cannot compile for
+            raise UserError(
+                f"this machine's GPU is sm_{', sm_'.join(map(str, unknown))} but nvcc {nvcc} cannot compile for it "
+                f"(it knows {', '.join(map(str, known))}): use a CUDA toolkit that supports it (--cuda-home)"
+            )
         if not archs:
             archs = [a for a in DEFAULT_CUDA_ARCHS if not known or a in known]
             # 101 and 110 are the same chip (Thor) under two names; keep the toolkit's newer one
@@ -386,14 +414,7 @@ def _source_dir() -> Path:
 def plugin_library_tensorrt_version(library: str | os.PathLike) -> str | None:
     """TensorRT version (``"10.3.0"``) a plugin library was compiled against, read from the library
     itself; None when it is not one of ours or cannot be loaded."""
-    try:
-        lib = ctypes.CDLL(str(library))
-        fn = lib.mrcnnEdgePluginTensorRTVersion
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_int32
-    v = int(fn())
-    return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    return trt_platform.plugin_library_tensorrt_version(library)
 
 
 def build_plugin_library(
@@ -412,7 +433,7 @@ def build_plugin_library(
         raise UserError("--cmake: cmake >= 3.18 not found on PATH (or drop --cmake to build with nvcc directly)")
     jobs = jobs or os.cpu_count() or 1
     # the compiler's full output goes next to the default library, where the error message points
-    build_log = default_plugin_path().parent / "build-plugin.log"
+    build_log = plugin_build_log()
     build_log.parent.mkdir(parents=True, exist_ok=True)
     build_log.write_text("")
     work = Path(tempfile.mkdtemp(prefix="mrcnn-edge-plugin-"))

@@ -2,16 +2,18 @@
 
 Buffers are allocated once per I/O tensor (device memory plus a pinned host mirror) and bound with
 ``set_tensor_address``; ``infer`` copies inputs host->device, enqueues, copies outputs back and
-synchronises once. ``cuda_graph=True`` captures the enqueue in a CUDA graph after one warm-up run
-(falls back, with a warning, when the engine cannot be captured). The engine's sidecar
+synchronises once. ``cuda_graph=True`` captures the enqueue in a CUDA graph after one warm-up run;
+an engine with data-dependent shapes (TensorRT's NMS layer: every Mask R-CNN engine) cannot be
+captured, since its enqueue synchronises with the host, so that case runs without a graph after one
+warning line and TensorRT's errors from the attempt are kept off the console. The engine's sidecar
 (``model.engine.json``) gives its metadata, the TensorRT version it was built with and its plugin
 library; both are checked before TensorRT is asked to deserialise anything.
 """
 from __future__ import annotations
 
 import ctypes
-import importlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -19,7 +21,9 @@ import numpy as np
 
 from mrcnn_edge.errors import UserError
 from mrcnn_edge.metadata import read_sidecar
+from mrcnn_edge.paths import plugin_library_path
 
+from . import trt_platform
 from .backends import Backend, check_feed
 from .cuda_util import check, cuda_modules
 from .spec import TensorSpec
@@ -30,21 +34,17 @@ log = logging.getLogger(__name__)
 
 
 def import_tensorrt() -> Any:
+    """``import tensorrt``, or one line saying how to get it (or to run the .onnx instead)."""
     try:
-        return importlib.import_module("tensorrt")
-    except ImportError as exc:
+        return trt_platform.import_tensorrt()
+    except UserError as exc:
         raise UserError(
             "TensorRT's Python package is not installed: on Jetson it comes with JetPack "
             "(python3-libnvinfer), on a desktop pip install tensorrt; or run the .onnx with ONNX Runtime"
         ) from exc
 
 
-def _release(version: str) -> tuple[int, ...]:
-    parts = []
-    for p in str(version).split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
+_release = trt_platform.tensorrt_release
 
 
 def check_tensorrt_version(meta: Mapping[str, Any], installed: str, engine: str | Path) -> None:
@@ -64,10 +64,12 @@ def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: s
     """The plugin library to load: ``given``, else the sidecar's ``plugin_library`` (as recorded,
     relative to the engine's folder, or found by name next to the engine), else where
     ``mrcnn-edge build-plugin`` puts it. None when the engine needs no plugin."""
+    # Every candidate is made absolute: dlopen searches the library path, not the current folder,
+    # for a name without a slash ("model.engine" has parent ".", so "./lib.so" would become "lib.so").
     engine = Path(engine)
     plugin = meta.get("plugin")
     if given:
-        path = Path(given).expanduser()
+        path = trt_platform.absolute_library_path(given)
         if not path.is_file():
             raise UserError(f"plugin library {path} not found (from --plugin-lib)")
         return path
@@ -78,15 +80,10 @@ def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: s
     if recorded:
         rec = Path(str(recorded)).expanduser()
         candidates += [rec if rec.is_absolute() else engine.parent / rec, engine.parent / rec.name]
-    try:
-        from mrcnn_edge.export.plugin_build import default_plugin_path
-
-        candidates.append(default_plugin_path())
-    except ImportError:  # a runtime-only install
-        pass
+    candidates.append(plugin_library_path())
     for path in candidates:
         if path.is_file():
-            return path
+            return trt_platform.absolute_library_path(path)
     what = (f"the TensorRT plugin {plugin.get('name')} v{plugin.get('version')} ({plugin.get('namespace')})"
             if isinstance(plugin, dict) else "a TensorRT plugin")
     where = f" (looked for {', '.join(str(c) for c in dict.fromkeys(candidates))})" if candidates else ""
@@ -94,6 +91,29 @@ def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: s
         f"{engine.name} needs {what} but its library was not found{where}: "
         "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib PATH"
     )
+
+
+def _make_logger(trt: Any) -> Any:
+    """A TensorRT logger that prints warnings and errors, keeps the errors for our one-line messages,
+    and holds them back (``quiet``) while a CUDA graph capture is attempted."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.quiet = False
+
+        def log(self, severity: Any, msg: str) -> None:  # noqa: A003 - TensorRT's name
+            try:  # called from C++: nothing may raise out of here
+                error = int(severity) <= int(trt.ILogger.Severity.ERROR)
+                if error:
+                    self.errors.append(str(msg).strip())
+                if not self.quiet and int(severity) <= int(trt.ILogger.Severity.WARNING):
+                    print(f"[TensorRT] {'ERROR' if error else 'WARNING'}: {msg}", file=sys.stderr)
+            except BaseException:  # noqa: BLE001
+                pass
+
+    return _Logger()
 
 
 class TrtBackend(Backend):
@@ -126,17 +146,11 @@ class TrtBackend(Backend):
 
     def _open(self, trt: Any, cudart: Any, library: Path | None, device_id: int, cuda_graph: bool) -> None:
         check(cudart.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = _make_logger(trt)
         trt.init_libnvinfer_plugins(self._logger, "")
         if library is not None:
-            try:
-                handle = trt.get_plugin_registry().load_library(str(library))
-            except Exception as exc:  # noqa: BLE001 - TensorRT's binding raises generic errors
-                handle, why = None, str(exc)
-            else:
-                why = "no plugin creators registered"
-            if handle is None:
-                raise UserError(f"TensorRT could not load plugin library {library}: {why}")
+            # once per process, major checked, "creator already registered" counts as loaded
+            log.info("%s", trt_platform.load_plugin_library(trt, library, errors=lambda: list(self._logger.errors)))
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -145,6 +159,9 @@ class TrtBackend(Backend):
                 "or a plugin is missing): rebuild it on this device with 'mrcnn-edge build'"
             )
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # the binding's None for a null IExecutionContext*
+            why = self._logger.errors[-1] if self._logger.errors else "out of GPU memory?"
+            raise UserError(f"TensorRT could not create an execution context for {self.path.name}: {why}")
         self._stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self._bind(trt)
         if cuda_graph:
@@ -170,7 +187,10 @@ class TrtBackend(Backend):
             raw = (ctypes.c_uint8 * nbytes).from_address(host_ptr)
             self._host[name] = np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
             self._device[name] = device
-            self.context.set_tensor_address(name, device)
+            # "Return false if the provided name does not map to an input or output tensor"
+            if not self.context.set_tensor_address(name, device):
+                why = self._logger.errors[-1] if self._logger.errors else "refused"
+                raise UserError(f"TensorRT refused the buffer of tensor {name} of {self.path.name}: {why}")
             spec = TensorSpec(name, shape, dtype)
             if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                 self.inputs[name] = spec
@@ -184,23 +204,42 @@ class TrtBackend(Backend):
             raise RuntimeError(f"TensorRT failed to enqueue {self.path.name}")
 
     def _capture(self) -> None:
+        """Capture one enqueue in a CUDA graph, or say once why not and run without one.
+
+        Capture is refused by CUDA when the enqueue synchronises with the host, which TensorRT does
+        for data-dependent shapes (NMS); CUDA then ends the capture with a NULL graph ("If capture
+        was invalidated ... a NULL graph will be returned"). TensorRT's error lines from the
+        attempt are held back: the one warning below says what happened.
+        """
         cudart = self._cudart
         self._enqueue()  # warm-up outside the capture: TensorRT may allocate on its first run
         check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        graph = None
+        seen = len(self._logger.errors)
+        self._logger.quiet = True
         try:
             mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
             check(cudart.cudaStreamBeginCapture(self._stream, mode), "cudaStreamBeginCapture")
-            ok = self.context.execute_async_v3(int(self._stream))
-            graph = check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
-            if not ok:
-                raise RuntimeError("execute_async_v3 failed during capture")
-            self._graph = graph
+            try:
+                ok = self.context.execute_async_v3(int(self._stream))
+            finally:  # the capture is always ended, whatever happened in between
+                result = cudart.cudaStreamEndCapture(self._stream)
+            err, graph = result[0], (result[1] if len(result) > 1 else None)
+            if not ok or int(err) != 0 or not graph:
+                held = self._logger.errors[seen:]
+                raise RuntimeError(held[0] if held else f"cudaStreamEndCapture returned {err}")
             self._graph_exec = check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            self._graph, graph = graph, None
         except RuntimeError as exc:
-            cudart.cudaStreamEndCapture(self._stream)  # no-op when the capture already ended
-            cudart.cudaGetLastError()
+            cudart.cudaGetLastError()  # clear the capture error so later calls do not report it
             self._graph_exec = None
-            log.warning("CUDA graph capture of %s failed (%s); running without a graph", self.path.name, exc)
+            log.warning("--cuda-graph: %s cannot be captured in a CUDA graph (TensorRT's NMS has "
+                        "data-dependent shapes and synchronises; detail: %s); running without a graph",
+                        self.path.name, exc)
+        finally:
+            self._logger.quiet = False
+            if graph:  # captured but not kept: destroy it now rather than leak it
+                cudart.cudaGraphDestroy(graph)
 
     @property
     def stream(self) -> Any:

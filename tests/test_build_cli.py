@@ -3,22 +3,21 @@ and nothing on disk; with TensorRT and a GPU, an engine with the plugin matches 
 """
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fakes.fake_tensorrt import FakeProcess, write_plugin_library
 from mrcnn_edge.cli import main
-from mrcnn_edge.export import engine as engine_mod
 from mrcnn_edge.export import plugin_build
 from mrcnn_edge.export.plugin_host import multilevel_roi_align_host
 from mrcnn_edge.metadata import MODEL_KEYS, encode, read_sidecar, sidecar_path
+from mrcnn_edge.runtime import trt_platform
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
@@ -118,11 +117,12 @@ def test_build_needs_mrcnn_edge_metadata(tmp_path, capsys):
     "attrs,expect",
     [
         ({"output_size": 7}, "unknown attribute 'output_size'"),
-        ({"aligned": 2}, "'aligned' must be 0 or 1"),
+        ({"aligned": 2}, "aligned must be 0 or 1"),
         ({"output_height": 7.0}, "'output_height' must be an integer"),
         ({"spatial_scales": SCALES[:3]}, "4 feature maps but spatial_scales has 3 entries"),
         ({"plugin_namespace": "other"}, "'plugin_namespace' must be 'mrcnn_edge'"),
-        ({"spatial_scales": [0.25, 0.125, 0.0625, 4.0]}, "'spatial_scales' must be 1 to 8 floats in (0, 1]"),
+        ({"spatial_scales": [0.25, 0.125, 0.0625, 4.0]}, "spatial_scales must be in (0, 1]"),
+        ({"spatial_scales": [0.25, 0.125, 0.0625, 0.03]}, "spatial_scales must be powers of two"),
     ],
 )
 def test_build_refuses_bad_plugin_attributes(tmp_path, capsys, attrs, expect):
@@ -158,15 +158,15 @@ def test_build_without_gpu_is_one_line(tmp_path, capsys, monkeypatch):
     model = plugin_onnx(tmp_path / "m.onnx")
     lib = tmp_path / "libfake.so"
     lib.write_bytes(b"")
-    monkeypatch.setattr(engine_mod, "import_tensorrt", lambda: object())
-    monkeypatch.setattr(engine_mod, "cuda_device_count", lambda: (0, "no NVIDIA driver (libcuda.so.1 not found)"))
+    monkeypatch.setattr(trt_platform, "import_tensorrt", lambda: object())
+    monkeypatch.setattr(trt_platform, "cuda_device_count", lambda: (0, "no NVIDIA driver (libcuda.so.1 not found)"))
     assert main(["build", str(model), "--plugin-lib", str(lib)]) != 0
     assert "needs an NVIDIA GPU: no NVIDIA driver" in error_line(capsys)
     assert files_in(tmp_path) == {"m.onnx", "libfake.so"}
 
 
 def test_cuda_device_count_never_raises():
-    count, why = engine_mod.cuda_device_count()
+    count, why = trt_platform.cuda_device_count()
     assert count >= 0 and (count > 0 or why)
 
 
@@ -183,159 +183,34 @@ def test_build_cli_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
-# ---- build: the TensorRT calls, against a stand-in of the tensorrt module --------------------
-
-
-class _Severity(enum.Enum):
-    INTERNAL_ERROR = 0
-    ERROR = 1
-    WARNING = 2
-    INFO = 3
-    VERBOSE = 4
-
-    def __int__(self) -> int:
-        return self.value
-
-
-def fake_tensorrt(version="10.3.0", parse_ok=True, build_ok=True) -> types.ModuleType:
-    """The part of tensorrt's Python API that build_engine uses, recording what it is asked."""
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.calls = calls = {}
-
-    class ILogger:
-        Severity = _Severity
-
-        def __init__(self):
-            pass
-
-    class IProgressMonitor:
-        def __init__(self):
-            pass
-
-    class Registry:
-        def load_library(self, path):
-            calls["load_library"] = path
-            return object()
-
-        def get_creator(self, name, version, namespace):
-            return object() if (name, version, namespace) == ("MultilevelRoIAlign", "1", "mrcnn_edge") else None
-
-    class Cache:
-        def __init__(self, blob):
-            self.blob = bytes(blob)
-
-        def serialize(self):
-            return b"CACHE" + self.blob[:0]
-
-    class Config:
-        progress_monitor = None
-
-        def set_memory_pool_limit(self, pool, size):
-            calls["workspace"] = (pool, size)
-
-        def create_timing_cache(self, blob):
-            calls.setdefault("timing_blobs", []).append(bytes(blob))
-            return Cache(blob)
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.cache
-
-    class Input:
-        def __init__(self, name, shape):
-            self.name, self.shape = name, shape
-
-    class Network:
-        num_inputs = 1
-
-        def get_input(self, i):
-            return Input("rois", (1, 64, 4))
-
-    class ParserError:
-        def desc(self):
-            return "Could not create the plugin."
-
-        def node_name(self):
-            return "roi_pool"
-
-        def node_operator(self):
-            return "MultilevelRoIAlign"
-
-    class OnnxParser:
-        def __init__(self, network, logger):
-            self.logger = logger
-            self.num_errors = 0
-
-        def parse_from_file(self, path):
-            calls["parsed"] = path
-            if parse_ok:
-                return True
-            self.logger.log(_Severity.ERROR, "MultilevelRoIAlign 'roi_pool': feature map 3 has 4 channels "
-                                             "but feature map 0 has 8")
-            self.num_errors = 1
-            return False
-
-        def get_error(self, i):
-            return ParserError()
-
-    class Builder:
-        def __init__(self, logger):
-            self.logger = logger
-
-        def create_network(self, flags):
-            calls["network_flags"] = flags
-            return Network()
-
-        def create_builder_config(self):
-            return Config()
-
-        def build_serialized_network(self, network, config):
-            monitor = config.progress_monitor
-            if monitor is not None:
-                monitor.phase_start("Building engine", None, 2)
-                assert monitor.step_complete("Building engine", 0)
-                monitor.phase_finish("Building engine")
-            if not build_ok:
-                self.logger.log(_Severity.ERROR, "out of memory")
-                return None
-            return b"SERIALIZED-ENGINE"
-
-    trt.ILogger, trt.IProgressMonitor, trt.Builder, trt.OnnxParser = ILogger, IProgressMonitor, Builder, OnnxParser
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0 if version.startswith("11") else 1)
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    registry = Registry()
-    trt.get_plugin_registry = lambda: registry
-    return trt
+# ---- build: the TensorRT calls, against the stand-in TensorRT of tests/fakes ---------------------
 
 
 @pytest.fixture
-def fake_gpu_build(tmp_path, monkeypatch):
-    """A model, a plugin library file, a GPU and a TensorRT, all stand-ins."""
-    def setup(**kw):
-        trt = fake_tensorrt(**kw)
-        monkeypatch.setattr(engine_mod, "import_tensorrt", lambda: trt)
-        monkeypatch.setattr(engine_mod, "cuda_device_count", lambda: (1, ""))
-        monkeypatch.setattr(plugin_build, "plugin_library_tensorrt_version", lambda lib: kw.get("version", "10.3.0"))
-        lib = tmp_path / "libmrcnn_edge_plugins.so"
-        lib.write_bytes(b"")
+def fake_device(tmp_path, monkeypatch):
+    """A GPU, a TensorRT of the given version living in one fake process, and a plugin library file."""
+    def setup(version="10.3.0", built_for=None, self_registering=False, **builder_options):
+        proc = FakeProcess()
+        trt = proc.tensorrt(version, **builder_options)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(trt_platform, "_dlopen", proc.dlopen)
+        monkeypatch.setattr(trt_platform, "cuda_device_count", lambda: (1, ""))
+        lib = write_plugin_library(tmp_path / "libmrcnn_edge_plugins.so", built_for or version,
+                                   self_registering=self_registering)
         return trt, plugin_onnx(tmp_path / "m.onnx"), lib
     return setup
 
 
 @pytest.mark.parametrize("version,flags", [("10.3.0", 1 << 1), ("11.1.0", 0)])
-def test_build_drives_tensorrt(tmp_path, capsys, fake_gpu_build, version, flags):
-    trt, model, lib = fake_gpu_build(version=version)
+def test_build_drives_tensorrt(tmp_path, capsys, fake_device, version, flags):
+    trt, model, lib = fake_device(version=version)
     engine_path = tmp_path / "out" / "m.engine"
     cache = tmp_path / "timing.cache"
     assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib), "--workspace", "1.5",
                  "--timing-cache", str(cache)]) == 0
     assert trt.calls["network_flags"] == flags  # strongly typed: a flag on 10, the only mode on 11
     assert trt.calls["workspace"] == ("WORKSPACE", int(1.5 * 2**30))
-    assert trt.calls["load_library"] == str(lib.resolve())
+    assert trt.process.load_library_calls == [str(lib.resolve())]
     assert engine_path.read_bytes() == b"SERIALIZED-ENGINE" and cache.read_bytes() == b"CACHE"
     meta = read_sidecar(engine_path)
     assert set(MODEL_KEYS) <= set(meta) and meta["tensorrt_version"] == version
@@ -344,14 +219,34 @@ def test_build_drives_tensorrt(tmp_path, capsys, fake_gpu_build, version, flags)
     out = capsys.readouterr().out
     assert "Building engine ..." in out and "wrote" in out
     assert files_in(engine_path.parent) == {"m.engine", "m.engine.json"}
-    # a second build reads the timing cache back
+    # a second build in the same process reads the timing cache back and finds the plugin loaded
     assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib),
                  "--timing-cache", str(cache)]) == 0
     assert trt.calls["timing_blobs"][-1] == b"CACHE"
 
 
-def test_build_parse_failure_says_why_and_leaves_nothing(tmp_path, capsys, fake_gpu_build):
-    _, model, lib = fake_gpu_build(parse_ok=False)
+def test_build_twice_in_one_process_loads_the_plugin_once(tmp_path, capsys, fake_device):
+    """load_library fails when the creators are registered: `demo` builds, then builds again."""
+    trt, model, lib = fake_device()
+    for name in ("a.engine", "b.engine"):
+        assert main(["build", str(model), "-o", str(tmp_path / name), "--plugin-lib", str(lib),
+                     "--no-timing-cache"]) == 0, capsys.readouterr().err
+    assert len(trt.process.load_library_calls) == 1
+    assert (tmp_path / "b.engine").read_bytes() == b"SERIALIZED-ENGINE"
+
+
+def test_build_with_a_self_registering_plugin(tmp_path, capsys, fake_device):
+    """A library that registers itself at dlopen is loaded, not loaded again through TensorRT."""
+    trt, model, lib = fake_device(self_registering=True)
+    assert main(["build", str(model), "-o", str(tmp_path / "m.engine"), "--plugin-lib", str(lib),
+                 "--no-timing-cache"]) == 0, capsys.readouterr().err
+    assert trt.process.load_library_calls == []
+    assert trt.get_plugin_registry().get_creator("MultilevelRoIAlign", "1", "mrcnn_edge") is not None
+
+
+def test_build_parse_failure_says_why_and_leaves_nothing(tmp_path, capsys, fake_device):
+    _, model, lib = fake_device(parse_error="MultilevelRoIAlign 'roi_pool': feature map 3 has 4 channels "
+                                            "but feature map 0 has 8")
     engine_path = tmp_path / "m.engine"
     assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib), "--no-timing-cache"]) != 0
     last = capsys.readouterr().err.strip().splitlines()[-1]
@@ -359,20 +254,33 @@ def test_build_parse_failure_says_why_and_leaves_nothing(tmp_path, capsys, fake_
     assert files_in(tmp_path) == {"m.onnx", "libmrcnn_edge_plugins.so"}
 
 
-def test_build_failure_leaves_no_engine(tmp_path, capsys, fake_gpu_build):
-    _, model, lib = fake_gpu_build(build_ok=False)
+def test_build_failure_reports_the_plugin_error_and_leaves_no_engine(tmp_path, capsys, fake_device):
+    _, model, lib = fake_device(build_errors=[
+        (1, "MultilevelRoIAlign 'roi_pool': 1200 ROIs per image but at most 1000 are supported"),
+        (1, "[network.cpp::operator()::3212] Error Code 4: Internal Error (could not find any implementation)"),
+        (1, "IBuilder::buildSerializedNetwork: Error Code 4: API Usage Error (Engine could not be created)"),
+    ])
     engine_path = tmp_path / "m.engine"
     engine_path.write_bytes(b"OLD")  # an older engine stays as it was
     assert main(["build", str(model), "-o", str(engine_path), "--plugin-lib", str(lib), "--no-timing-cache"]) != 0
-    assert "could not build the engine: out of memory" in capsys.readouterr().err.strip().splitlines()[-1]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "could not build the engine: MultilevelRoIAlign 'roi_pool': 1200 ROIs" in last
     assert engine_path.read_bytes() == b"OLD" and not sidecar_path(engine_path).exists()
     assert files_in(tmp_path) == {"m.onnx", "libmrcnn_edge_plugins.so", "m.engine"}
 
 
-def test_portable_model_needs_no_plugin(tmp_path, fake_gpu_build, private_cache):
-    trt, _, _ = fake_gpu_build()
-    (private_cache / "plugins").mkdir(parents=True)
-    (private_cache / "plugins" / plugin_build.LIBRARY_NAME).write_bytes(b"stale")  # must not be loaded
+def test_build_library_that_is_not_a_plugin_says_why(tmp_path, capsys, fake_device):
+    _, model, _ = fake_device()
+    junk = tmp_path / "libjunk.so"
+    junk.write_bytes(b"\x7fELF not really")
+    assert main(["build", str(model), "--plugin-lib", str(junk), "--no-timing-cache"]) != 0
+    line = error_line(capsys)
+    assert f"cannot load the plugin library {junk}" in line and "invalid ELF header" in line
+
+
+def test_portable_model_needs_no_plugin(tmp_path, fake_device, private_cache):
+    trt, _, _ = fake_device(needs_plugin=False)
+    stale = write_plugin_library(private_cache / "plugins" / plugin_build.LIBRARY_NAME)  # must not be loaded
     x = helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 64, 96])
     y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 64, 96])
     graph = helper.make_graph([helper.make_node("Relu", ["images"], ["out"])], "portable", [x], [y])
@@ -380,16 +288,42 @@ def test_portable_model_needs_no_plugin(tmp_path, fake_gpu_build, private_cache)
     helper.set_model_props(model, encode(model_metadata(flavor="portable", plugin=None)))
     onnx.save(model, str(tmp_path / "p.onnx"))
     assert main(["build", str(tmp_path / "p.onnx"), "--no-timing-cache"]) == 0
-    assert "load_library" not in trt.calls
+    assert trt.process.load_library_calls == [] and str(stale.resolve()) not in trt.process.loaded
     assert read_sidecar(tmp_path / "p.engine")["plugin_library"] is None
 
 
-def test_build_refuses_a_plugin_of_another_tensorrt_major(tmp_path, capsys, fake_gpu_build, monkeypatch):
-    _, model, lib = fake_gpu_build(version="11.1.0")
-    monkeypatch.setattr(plugin_build, "plugin_library_tensorrt_version", lambda lib: "10.3.0")
+def test_build_refuses_a_plugin_of_another_tensorrt_major(tmp_path, capsys, fake_device):
+    _, model, lib = fake_device(version="11.1.0", built_for="10.3.0")
     assert main(["build", str(model), "--plugin-lib", str(lib)]) != 0
     line = error_line(capsys)
     assert "built against TensorRT 10.3.0 but TensorRT 11.1.0 is installed" in line and "build-plugin" in line
+
+
+_BLOCK = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "tensorrt"):
+            raise ImportError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_build_needs_neither_onnx_nor_torch(tmp_path):
+    """A base install on the device: `build` gets as far as asking for TensorRT."""
+    model = plugin_onnx(tmp_path / "m.onnx")
+    lib = write_plugin_library(tmp_path / "lib" / plugin_build.LIBRARY_NAME)
+    code = _BLOCK + ("from mrcnn_edge.cli import main\n"
+                     f"sys.exit(main(['build', {str(model)!r}, '-o', {str(tmp_path / 'out' / 'm.engine')!r}, "
+                     f"'--plugin-lib', {str(lib)!r}]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MRCNN_EDGE_CACHE"] = str(tmp_path / "cache")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode != 0
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mrcnn-edge: error: TensorRT is not installed"), out.stderr
+    assert files_in(tmp_path) == {"m.onnx", "lib", f"lib/{plugin_build.LIBRARY_NAME}"}
 
 
 # ---- build-plugin: bad input ------------------------------------------------------------------

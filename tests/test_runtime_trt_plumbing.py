@@ -1,6 +1,7 @@
-"""TrtBackend's plumbing without a GPU: fake ``tensorrt`` and ``cudart`` modules whose "device"
-memory is host memory and whose engine runs the same contract model in ONNX Runtime. This checks
-buffers, copies, tensor addresses, CUDA-graph fallback and cleanup; that the real APIs are called
+"""TrtBackend's plumbing without a GPU: the stand-in TensorRT of tests/fakes (its plugin registry and
+dlopen behave as documented) plus a ``cudart`` whose "device" memory is host memory and whose
+engine runs the same contract model in ONNX Runtime. This checks plugin loading, buffers, copies,
+tensor addresses, CUDA-graph capture and its refusal, and cleanup; that the real APIs are called
 correctly is for the ``tensorrt``-marked test on a GPU machine."""
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import types
 import numpy as np
 import pytest
 
+from fakes.fake_tensorrt import FakeProcess, Severity, write_plugin_library
+from mrcnn_edge.errors import UserError
 from mrcnn_edge.metadata import write_sidecar
-from mrcnn_edge.runtime import backend_trt
+from mrcnn_edge.runtime import backend_trt, trt_platform
 from mrcnn_edge.runtime.segmenter import Segmenter
 from mrcnn_edge.runtime.testing import contract_metadata, make_contract_model, moving_squares
 
@@ -29,11 +32,15 @@ class FakeCudart:
 
     def __init__(self):
         self.blocks, self.freed, self.capturing, self.captured, self.copies = {}, [], False, [], []
+        self.invalidated = False
+        self.graphs = 0
 
     def _alloc(self, n):
-        buf = ctypes.create_string_buffer(n)
-        self.blocks[ctypes.addressof(buf)] = buf
-        return 0, ctypes.addressof(buf)
+        # cudaMalloc: "The allocated memory is suitably aligned for any kind of variable" (256 bytes)
+        buf = ctypes.create_string_buffer(n + 256)
+        ptr = (ctypes.addressof(buf) + 255) // 256 * 256
+        self.blocks[ptr] = buf
+        return 0, ptr
 
     cudaMalloc = cudaMallocHost = _alloc
 
@@ -55,6 +62,11 @@ class FakeCudart:
         return 0, 0xABC
 
     def cudaStreamSynchronize(self, s):
+        if self.capturing:
+            # a synchronisation is illegal while capturing: it invalidates the capture sequence
+            # ("cudaStreamCaptureStatusInvalidated: ... an error has invalidated the capture sequence")
+            self.invalidated = True
+            return (900,)  # cudaErrorStreamCaptureUnsupported
         return (0,)
 
     def cudaStreamDestroy(self, s):
@@ -67,6 +79,12 @@ class FakeCudart:
 
     def cudaStreamEndCapture(self, s):
         self.capturing = False
+        if self.invalidated:
+            # "If capture was invalidated, due to a violation of the rules of stream capture, then
+            # a NULL graph will be returned."
+            self.invalidated = False
+            return 901, None  # cudaErrorStreamCaptureInvalidated
+        self.graphs += 1
         return 0, "graph"
 
     def cudaGraphInstantiate(self, graph, flags):
@@ -87,18 +105,12 @@ class FakeCudart:
         return (0,)
 
 
-def _fake_tensorrt(onnx_path, cudart, capture_ok=True):
+def _fake_tensorrt(proc, onnx_path, cudart, capture_ok=True, data_dependent=False, context_ok=True,
+                   version="10.3.0.26"):
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     io = [(a.name, tuple(a.shape), np.float32 if a.type == "tensor(float)" else np.int32, i < 1)
           for i, a in enumerate(session.get_inputs() + session.get_outputs())]
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.3.0.26"
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level=2: None})
-    trt.init_libnvinfer_plugins = lambda logger, ns: True
-    trt.nptype = lambda dtype: dtype
-    trt.loaded = []
-    trt.get_plugin_registry = lambda: types.SimpleNamespace(load_library=lambda p: trt.loaded.append(p) or "handle")
+    trt = proc.tensorrt(version)
 
     class Context:
         def __init__(self):
@@ -111,7 +123,13 @@ def _fake_tensorrt(onnx_path, cudart, capture_ok=True):
             raise AssertionError("static engine: no shapes to set")
 
         def set_tensor_address(self, name, ptr):
+            # setTensorAddress: "Return false if the provided name does not map to an input or output
+            # tensor." and "The pointer must have at least 256-byte alignment."
+            if all(n != name for n, _, _, _ in io) or ptr % 256:
+                proc.log(Severity.ERROR, f"IExecutionContext::setTensorAddress: bad address for {name}")
+                return False
             self.addresses[name] = ptr
+            return True
 
         def _run(self):
             n, shape, dtype, _ = io[0]
@@ -124,6 +142,13 @@ def _fake_tensorrt(onnx_path, cudart, capture_ok=True):
         def execute_async_v3(self, stream):
             assert isinstance(stream, int)
             if cudart.capturing:
+                if data_dependent:
+                    # data-dependent shapes (NMS): the enqueue waits for the sizes on the host,
+                    # which stream capture forbids; TensorRT reports it and fails the enqueue
+                    cudart.cudaStreamSynchronize(stream)
+                    proc.log(Severity.ERROR, "[executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime "
+                                             "(operation not permitted when stream is capturing)")
+                    return False
                 cudart.captured.append(self._run)
                 return capture_ok
             self._run()
@@ -145,11 +170,16 @@ def _fake_tensorrt(onnx_path, cudart, capture_ok=True):
             return next(d for n, _, d, _ in io if n == name)
 
         def create_execution_context(self):
+            # the binding's None for a null IExecutionContext* (no device memory for activations)
+            if not context_ok:
+                proc.log(Severity.ERROR, "Requested amount of GPU memory could not be allocated")
+                return None
             return Context()
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            if proc.logger is None:
+                proc.logger = logger
 
         def deserialize_cuda_engine(self, data):
             return Engine() if data == b"engine" else None
@@ -163,15 +193,18 @@ def fake_gpu(tmp_path, monkeypatch):
     onnx_path = make_contract_model(tmp_path / "model.onnx", mask_size=14)
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"engine")
-    (tmp_path / "libplugin.so").write_bytes(b"")
+    write_plugin_library(tmp_path / "libplugin.so", "10.3.0")
     meta = contract_metadata((128, 160), 1, ["__background__", "square", "disk"], 14, 5)
-    meta.update({"tensorrt_version": "10.3.0.26", "plugin_library": "libplugin.so"})
+    meta.update({"tensorrt_version": "10.3.0.26", "plugin_library": "libplugin.so",
+                 "plugin": {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"}})
     write_sidecar(engine, meta)
     cudart = FakeCudart()
     monkeypatch.setattr(backend_trt, "cuda_modules", lambda: (None, cudart, None))
+    proc = FakeProcess()  # one process for the whole test: its registry outlives each backend
+    monkeypatch.setattr(trt_platform, "_dlopen", proc.dlopen)
 
-    def install(capture_ok=True):
-        trt = _fake_tensorrt(onnx_path, cudart, capture_ok)
+    def install(**options):
+        trt = _fake_tensorrt(proc, onnx_path, cudart, **options)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
         return trt
 
@@ -186,7 +219,8 @@ def test_engine_path_gives_the_onnxruntime_results(fake_gpu, cuda_graph):
     with Segmenter.from_path(onnx_path, score_threshold=0.0) as ref:
         want = ref.batch(frames)
     seg = Segmenter.from_path(engine, score_threshold=0.0, device="cpu", cuda_graph=cuda_graph)
-    assert trt.loaded and trt.loaded[0].endswith("libplugin.so")  # the sidecar's plugin library
+    # the sidecar's plugin library, next to the engine
+    assert trt.process.load_library_calls == [str(engine.parent.resolve() / "libplugin.so")]
     assert seg.backend.description == ("tensorrt + CUDA graph" if cuda_graph else "tensorrt")
     got = seg.batch(frames)
     for g, w in zip(got, want):
@@ -198,17 +232,94 @@ def test_engine_path_gives_the_onnxruntime_results(fake_gpu, cuda_graph):
     assert (("graph" in cudart.freed) == cuda_graph)
 
 
-def test_failed_graph_capture_falls_back(fake_gpu, caplog):
+def test_failed_graph_capture_falls_back_and_frees_the_graph(fake_gpu, caplog):
     onnx_path, engine, cudart, install = fake_gpu
     install(capture_ok=False)
     with Segmenter.from_path(engine, device="cpu", cuda_graph=True, score_threshold=0.0) as seg:
         assert seg.backend.description == "tensorrt" and "running without a graph" in caplog.text
+        assert cudart.graphs == 1 and "graph" in cudart.freed  # destroyed now, not leaked
         assert len(seg(np.zeros((120, 160, 3), np.uint8))) == 3
 
 
-def test_engine_that_does_not_deserialize(fake_gpu):
-    from mrcnn_edge.errors import UserError
+def test_engine_with_data_dependent_shapes_is_not_captured(fake_gpu, caplog, capfd):
+    """NMS makes the enqueue synchronise: CUDA invalidates the capture. One warning, no TensorRT ERROR."""
+    _, engine, cudart, install = fake_gpu
+    install(data_dependent=True)
+    with Segmenter.from_path(engine, device="cpu", cuda_graph=True, score_threshold=0.0) as seg:
+        assert seg.backend.description == "tensorrt"
+        assert len(seg(np.zeros((120, 160, 3), np.uint8))) == 3
+    warnings = [r for r in caplog.records if "CUDA graph" in r.getMessage()]
+    assert len(warnings) == 1 and "data-dependent" in warnings[0].getMessage()
+    assert "ERROR" not in capfd.readouterr().err and "[E]" not in capfd.readouterr().err
 
+
+def test_two_engines_in_one_process(fake_gpu):
+    """`demo` validates then runs: the second load finds the plugin registered and does not fail."""
+    _, engine, _, install = fake_gpu
+    trt = install()
+    with Segmenter.from_path(engine, device="cpu"):
+        pass
+    with Segmenter.from_path(engine, device="cpu", score_threshold=0.0) as seg:
+        assert len(seg(np.zeros((120, 160, 3), np.uint8))) == 3
+    assert len(trt.process.load_library_calls) == 1
+
+
+def test_plugin_library_given_by_bare_name_in_the_engine_folder(fake_gpu, monkeypatch):
+    """`run model.engine --plugin-lib libplugin.so` from the engine's folder: dlopen must get a path."""
+    _, engine, _, install = fake_gpu
+    trt = install()
+    monkeypatch.chdir(engine.parent)
+    with Segmenter.from_path("model.engine", device="cpu", plugin_lib="libplugin.so"):
+        pass
+    assert trt.process.load_library_calls == [str(engine.parent.resolve() / "libplugin.so")]
+
+
+def test_sidecar_library_next_to_an_engine_named_relatively(fake_gpu, monkeypatch):
+    _, engine, _, install = fake_gpu
+    install()
+    monkeypatch.chdir(engine.parent)
+    with Segmenter.from_path("model.engine", device="cpu", score_threshold=0.0) as seg:
+        assert len(seg(np.zeros((120, 160, 3), np.uint8))) == 3
+
+
+def test_runtime_refuses_a_plugin_of_another_tensorrt_major(fake_gpu, tmp_path):
+    _, engine, cudart, install = fake_gpu
+    trt = install(version="11.1.0")
+    meta_path = engine.with_name("model.engine.json")
+    meta_path.write_text(meta_path.read_text().replace("10.3.0.26", "11.1.0"))
+    write_plugin_library(tmp_path / "libplugin.so", "10.3.0")
+    with pytest.raises(UserError, match="built against TensorRT 10.3.0 but TensorRT 11.1.0 is installed"):
+        Segmenter.from_path(engine, device="cpu")
+    assert trt.process.load_library_calls == [] and set(cudart.blocks) <= set(cudart.freed)
+
+
+def test_a_plugin_that_registers_itself_is_not_loaded_twice(fake_gpu, tmp_path):
+    _, engine, _, install = fake_gpu
+    trt = install()
+    write_plugin_library(tmp_path / "libplugin.so", "10.3.0", self_registering=True)
+    with Segmenter.from_path(engine, device="cpu", score_threshold=0.0) as seg:
+        assert len(seg(np.zeros((120, 160, 3), np.uint8))) == 3
+    assert trt.process.load_library_calls == []
+
+
+def test_execution_context_that_cannot_be_created(fake_gpu):
+    _, engine, cudart, install = fake_gpu
+    install(context_ok=False)
+    with pytest.raises(UserError, match="could not create an execution context.*GPU memory"):
+        Segmenter.from_path(engine, device="cpu")
+    assert set(cudart.blocks) <= set(cudart.freed)
+
+
+def test_refused_tensor_address_is_an_error(fake_gpu, monkeypatch):
+    _, engine, cudart, install = fake_gpu
+    install()
+    plain = cudart._alloc
+    monkeypatch.setattr(cudart, "cudaMalloc", lambda n: (0, plain(n)[1] + 4))  # misaligned device memory
+    with pytest.raises(UserError, match="refused the buffer of tensor images"):
+        Segmenter.from_path(engine, device="cpu")
+
+
+def test_engine_that_does_not_deserialize(fake_gpu):
     _, engine, cudart, install = fake_gpu
     install()
     engine.write_bytes(b"corrupt")
