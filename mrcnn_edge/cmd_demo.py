@@ -34,15 +34,15 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tensorrt_ready() -> str | None:
-    """None when TensorRT and a GPU are usable, else why not."""
+    """None when TensorRT and a GPU are usable, else why not (the driver is asked, not nvidia-smi)."""
     import importlib.util
-    import shutil
+
+    from .runtime.trt_platform import cuda_device_count
 
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
-    if shutil.which("nvidia-smi") is None:
-        return "no NVIDIA GPU"
-    return None
+    devices, why = cuda_device_count()
+    return None if devices else why
 
 
 def run_demo(args) -> int:

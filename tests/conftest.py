@@ -2,22 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
-import shutil
-import subprocess
 
 import pytest
 
 
 def _has_gpu() -> tuple[bool, str]:
-    if shutil.which("nvidia-smi") is None:
-        return False, "no NVIDIA GPU on this machine (nvidia-smi not found)"
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return False, f"nvidia-smi failed: {exc}"
-    if out.returncode != 0 or "GPU" not in out.stdout:
-        return False, "nvidia-smi lists no GPU"
-    return True, ""
+    """Ask the CUDA driver (a Jetson may have no nvidia-smi), as the tools themselves do."""
+    from mrcnn_edge.runtime.trt_platform import cuda_driver
+
+    info = cuda_driver()
+    return (True, "") if info.devices > 0 else (False, info.why or "no CUDA device")
 
 
 def _has_tensorrt() -> tuple[bool, str]:
