@@ -87,10 +87,12 @@ def _progress(line: str) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    # sources first: without OpenCV it raises the one-line OpenCVMissing, before the modules below
+    # (which import cv2 too) can fail with a bare ModuleNotFoundError
+    from .sources import check_source, open_source
     from .pipeline import Pipeline
     from .segmenter import Segmenter
     from .sinks import WindowSink, open_sink, window_unavailable
-    from .sources import open_source
 
     _setup_logging()
     log = logging.getLogger("mrcnn_edge.runtime")
@@ -98,6 +100,9 @@ def run_run(args: argparse.Namespace) -> int:
         raise UserError("--max-frames must be a positive number")
     if args.reconnect < 0:
         raise UserError("--reconnect must be 0 or more")
+    # a source that cannot work (unknown path, bad csi:// options, no GStreamer) is reported before
+    # the model loads: building an engine's context can take a minute on a Jetson
+    check_source(args.source)
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     sinks: list[Any] = []
     ok = False

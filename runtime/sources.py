@@ -19,15 +19,36 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
-import cv2
 import numpy as np
 
 from mrcnn_edge.errors import UserError
 
 __all__ = [
-    "Frame", "Source", "CaptureSource", "ImageSource", "ArraySource", "open_source", "csi_pipeline",
-    "parse_csi", "SOURCE_KINDS", "IMAGE_EXTS", "VIDEO_EXTS", "STREAM_SCHEMES",
+    "Frame", "Source", "CaptureSource", "ImageSource", "ArraySource", "open_source", "check_source",
+    "csi_pipeline", "parse_csi", "SOURCE_KINDS", "IMAGE_EXTS", "VIDEO_EXTS", "STREAM_SCHEMES",
+    "OpenCVMissing", "OPENCV_MISSING", "PIP_OPENCV_DISTS",
 ]
+
+# OpenCV is not a dependency of the base install: on a Jetson, pip's wheels would shadow JetPack's
+# GStreamer-enabled OpenCV. Where it is missing, say which package gives it.
+OPENCV_MISSING = (
+    "OpenCV (cv2) is not installed: on a Jetson use JetPack's (sudo apt install nvidia-opencv, in a venv made "
+    "with --system-site-packages); elsewhere pip install 'mrcnn-edge[opencv]'"
+)
+
+
+class OpenCVMissing(UserError, ImportError):
+    """cv2 cannot be imported. A UserError (one line from the CLI) that ``except ImportError`` also catches."""
+
+
+try:
+    import cv2
+except ImportError as _exc:
+    raise OpenCVMissing(OPENCV_MISSING) from _exc
+
+# pip distributions that install a ``cv2`` package; none of them is built with GStreamer
+PIP_OPENCV_DISTS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
+                    "opencv-contrib-python-headless")
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +251,33 @@ def _has_gstreamer() -> bool:
     return bool(re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()))
 
 
+def _installed_pip_opencv() -> list[str]:
+    """The pip OpenCV distributions installed where this interpreter looks (they shadow JetPack's cv2)."""
+    from importlib import metadata
+
+    found = []
+    for name in PIP_OPENCV_DISTS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def _no_gstreamer_message() -> str:
+    """One line: why csi:// cannot work with this OpenCV and the exact commands that fix it."""
+    where = f"OpenCV {cv2.__version__} from {Path(cv2.__file__).parent}"
+    pip_dists = _installed_pip_opencv()
+    if pip_dists:
+        return (f"csi:// cameras need an OpenCV built with GStreamer, and {where} (pip's "
+                f"{', '.join(pip_dists)}) has none: run 'pip uninstall -y {' '.join(pip_dists)}' so that "
+                "JetPack's OpenCV is used (sudo apt install nvidia-opencv; the venv must be made with "
+                "--system-site-packages)")
+    return (f"csi:// cameras need an OpenCV built with GStreamer, and {where} has none: on a Jetson "
+            "install JetPack's (sudo apt install nvidia-opencv), elsewhere build OpenCV with -DWITH_GSTREAMER=ON")
+
+
 # -- the table --------------------------------------------------------------------------------
 def _camera(spec: str, capture: Callable[..., Any], tries: int) -> Source:
     if spec.startswith("/dev/"):
@@ -243,8 +291,7 @@ def _camera(spec: str, capture: Callable[..., Any], tries: int) -> Source:
 def _csi(spec: str, capture: Callable[..., Any], tries: int) -> Source:
     pipeline = csi_pipeline(**parse_csi(spec))
     if capture is cv2.VideoCapture and not _has_gstreamer():
-        raise UserError("this OpenCV has no GStreamer support, which csi:// cameras need: on Jetson use "
-                        "JetPack's OpenCV (sudo apt install python3-opencv) instead of pip's opencv-python")
+        raise UserError(_no_gstreamer_message())
     return CaptureSource(lambda: capture(pipeline, cv2.CAP_GSTREAMER), f"CSI camera {spec}", True, tries)
 
 
@@ -304,6 +351,24 @@ def _kind(spec: str) -> str:
 SOURCE_KINDS: dict[str, Callable[[str, Callable[..., Any], int], Source]] = {
     "camera": _camera, "csi": _csi, "stream": _stream, "video": _video, "images": _images,
 }
+
+
+def check_source(spec: str | int) -> str:
+    """The kind of ``spec`` (a key of :data:`SOURCE_KINDS`), after every check that needs no device.
+
+    Raises :class:`UserError` for what is wrong before anything is opened: an empty or unknown
+    source, bad ``csi://`` options, a ``csi://`` camera with an OpenCV that has no GStreamer. The
+    CLI calls it before loading a model, which can take a minute for an engine.
+    """
+    spec = str(spec).strip()
+    if not spec:
+        raise UserError("empty --source")
+    kind = _kind(spec)
+    if kind == "csi":
+        parse_csi(spec)
+        if not _has_gstreamer():
+            raise UserError(_no_gstreamer_message())
+    return kind
 
 
 def open_source(spec: str | int, reconnect_tries: int = 5, capture: Callable[..., Any] = cv2.VideoCapture) -> Source:

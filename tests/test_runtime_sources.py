@@ -11,7 +11,7 @@ from mrcnn_edge.errors import UserError
 from mrcnn_edge.runtime import sources
 from mrcnn_edge.runtime.sinks import ImageFileSink, ImageFolderSink, VideoSink, WindowSink, open_sink, window_unavailable
 from mrcnn_edge.runtime.sources import ArraySource, Frame, csi_pipeline, open_source, parse_csi
-from mrcnn_edge.runtime.testing import moving_squares, write_video
+from mrcnn_edge.runtime.testing import make_contract_model, moving_squares, write_video
 
 
 class FakeCapture:
@@ -118,8 +118,71 @@ def test_csi_with_a_fake_capture_and_without_gstreamer(monkeypatch):
     src = open_source("csi://0?width=640&height=480", capture=factory)
     assert src.live and factory.calls[0][1] == cv2.CAP_GSTREAMER and "width=(int)640" in factory.calls[0][0]
     monkeypatch.setattr(sources, "_has_gstreamer", lambda: False)
-    with pytest.raises(UserError, match="no GStreamer support"):
+    with pytest.raises(UserError, match="need an OpenCV built with GStreamer"):
         open_source("csi://0")
+
+
+def _run_cli(argv, capsys):
+    from mrcnn_edge.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.skipif(sources._has_gstreamer(), reason="this OpenCV has GStreamer; the test needs pip's OpenCV without it")
+def test_run_csi_without_gstreamer_says_exactly_what_to_do(tmp_path, capsys):
+    """Through the CLI, with this machine's pip OpenCV (no GStreamer) and a working model."""
+    pytest.importorskip("onnxruntime", reason="the run command's model needs ONNX Runtime")
+    model = make_contract_model(tmp_path / "m.onnx")
+    out = tmp_path / "out.mp4"
+    code, err = _run_cli(["run", str(model), "--source", "csi://0", "--no-display", "--output", str(out)], capsys)
+    installed = sources._installed_pip_opencv()
+    assert code != 0 and len(err) == 1 and err[0].startswith("mrcnn-edge: error: csi:// cameras need an OpenCV built with GStreamer")
+    assert installed and f"pip uninstall -y {' '.join(installed)}" in err[0]
+    assert "sudo apt install nvidia-opencv" in err[0] and "--system-site-packages" in err[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_bad_source_is_reported_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """The source is checked first: a model that would take long to load is not even opened."""
+    from mrcnn_edge.runtime.segmenter import Segmenter
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the model was loaded before the source was checked")
+    monkeypatch.setattr(Segmenter, "from_path", must_not_load)
+    for source, words in [("csi://0?gain=3", "unknown option 'gain'"), (str(tmp_path / "nope.mp4"), "not found")]:
+        code, err = _run_cli(["run", "model.engine", "--source", source, "--no-display"], capsys)
+        assert code == 2 and len(err) == 1 and words in err[0]
+    monkeypatch.setattr(sources, "_has_gstreamer", lambda: False)
+    code, err = _run_cli(["run", "model.engine", "--source", "csi://0", "--no-display"], capsys)
+    assert code == 2 and len(err) == 1 and "GStreamer" in err[0]
+
+
+def test_check_source_without_opening_anything(monkeypatch):
+    monkeypatch.setattr(sources, "_has_gstreamer", lambda: True)
+    assert sources.check_source("csi://0?width=640") == "csi" and sources.check_source("7") == "camera"
+    with pytest.raises(UserError, match="empty --source"):
+        sources.check_source(" ")
+
+
+def test_without_opencv_the_runtime_names_what_to_install(tmp_path):
+    """No cv2 at all (a Jetson venv without --system-site-packages): one line, an apt package and an extra."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['cv2'] = None\n"
+            "from mrcnn_edge.cli import main\n"
+            f"sys.exit(main(['run', 'model.engine', '--source', {str(tmp_path)!r}, '--no-display']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0] == f"mrcnn-edge: error: {sources.OPENCV_MISSING}"
+    assert "sudo apt install nvidia-opencv" in lines[0] and "pip install 'mrcnn-edge[opencv]'" in lines[0]
+    # and code that guards the import the usual way still can
+    proc = subprocess.run([sys.executable, "-c", "import sys; sys.modules['cv2'] = None\n"
+                           "try:\n    import mrcnn_edge.runtime.sources\nexcept ImportError as e:\n    print(type(e).__name__)"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "OpenCVMissing", proc.stderr
 
 
 # -- live sources: reconnect ------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""``mrcnn-edge demo`` and ``mrcnn-edge benchmark`` through the CLI, at the smallest settings they take.
+
+The demo runs once per module (64x64 canvas, 2 frames, 1 validation image; its two exports take
+most of its time) and its portable ONNX is reused by the benchmark test. Bad input must be one
+line on stderr, a non-zero exit and nothing written.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch", reason="demo and benchmark need the [export] extra")
+pytest.importorskip("onnxruntime", reason="demo and benchmark need the [export] extra")
+
+from mrcnn_edge.cli import main  # noqa: E402 - after the skips
+
+CANVAS = "64x64"
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, list[str]]:
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip().splitlines()
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """Rows of the first markdown table in ``text`` whose header starts with ``| backend``, by backend."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| backend |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    captured: dict[str, object] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        import io
+        import sys
+
+        stdout, stderr = io.StringIO(), io.StringIO()
+        mp.setattr(sys, "stdout", stdout)
+        mp.setattr(sys, "stderr", stderr)
+        code = main(["demo", "--out", str(out), "--input-size", CANVAS, "--frames", "2", "--validate-images", "1"])
+    captured.update(code=code, out=out, stdout=stdout.getvalue(), stderr=stderr.getvalue())
+    return captured
+
+
+@pytest.mark.slow
+def test_demo_writes_every_artefact_and_a_report(demo_run):
+    out: Path = demo_run["out"]
+    assert demo_run["code"] == 0, demo_run["stderr"][-2000:]
+    for name in ("demo_tensorrt.onnx", "demo_portable.onnx", "synthetic.mp4", "segmented.mp4", "contact_sheet.png",
+                 "report.md", "validation_tensorrt.md", "validation_portable.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    import cv2
+
+    cap = cv2.VideoCapture(str(out / "segmented.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 2
+    cap.release()
+    assert cv2.imread(str(out / "contact_sheet.png")) is not None
+    report = (out / "report.md").read_text()
+    steps = dict(re.findall(r"^\| (load|export tensorrt|export portable|validate|segment video|sheet) \| ([^|]+) \|",
+                            report, re.M))
+    assert set(steps) == {"load", "export tensorrt", "export portable", "validate", "segment video", "sheet"}
+    assert all(float(sec) >= 0 for sec in steps.values())
+    assert "| validate |" in report and "PASS" in report and "canvas 64x64" in report
+    assert re.search(r"^demo finished in [\d.]+ min: .*report\.md", demo_run["stdout"], re.M)
+    # the validation table went to stdout too, both flavors
+    assert demo_run["stdout"].count("**PASS**") == 2
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--input-size", "100x64"], "multiples of 32"),
+    (["--frames", "0"], "--frames"),
+    (["--input-size", "big"], "is not HxW"),
+])
+def test_demo_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, words):
+    out = tmp_path / "out"
+    code, _, err = _cli(["demo", "--out", str(out), *argv], capsys)
+    assert code != 0 and len(err) == 1 and err[0].startswith("mrcnn-edge: error: ") and words in err[0]
+    assert not out.exists()
+
+
+def test_demo_refuses_a_file_as_its_folder(tmp_path, capsys):
+    out = tmp_path / "report.txt"
+    out.write_text("keep me")
+    code, _, err = _cli(["demo", "--out", str(out), "--input-size", CANVAS], capsys)
+    assert code != 0 and len(err) == 1 and "is not a folder" in err[0]
+    assert out.read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_benchmark_prints_and_writes_a_table_of_numbers(demo_run, tmp_path, capsys):
+    assert demo_run["code"] == 0
+    onnx = demo_run["out"] / "demo_portable.onnx"
+    js, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    code, stdout, err = _cli(["benchmark", "--input-size", CANVAS, "--runs", "2", "--warmup", "0",
+                              "--backends", "torchvision,edge,onnx", "--onnx", str(onnx),
+                              "--json", str(js), "--markdown", str(md)], capsys)
+    assert code == 0, err[-5:]
+    rows = _table_rows(stdout)
+    assert list(rows) == ["torchvision", "edge", "onnx"]
+    for name, cells in rows.items():
+        median, p90, low, fps, pre, model, post = (float(c) for c in cells[:7])
+        assert 0 < low <= median <= p90 and fps > 0 and model > 0 and pre >= 0 and post >= 0, (name, cells)
+        assert re.fullmatch(r"\d+\.\d\dx", cells[7]), cells[7]
+    assert rows["torchvision"][7] == "1.00x"
+    assert md.read_text() == stdout[stdout.index("| backend |"):].rstrip("\n") + "\n"
+    data = json.loads(js.read_text())
+    assert data["canvas"] == [64, 64] and data["runs"] == 2 and set(data["results"]) == set(rows)
+    for res in data["results"].values():
+        numbers = [res["fps"], *res["total_ms"].values(), *(v for st in res["stages_ms"].values() for v in st.values())]
+        assert all(isinstance(x, float) and math.isfinite(x) and x >= 0 for x in numbers)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--backends", "torchvision,gpu"], "unknown backends ['gpu']"),
+    (["--runs", "0"], "--runs"),
+    (["--input-size", "70x64"], "multiples of 32"),
+])
+def test_benchmark_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, words):
+    js, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    code, stdout, err = _cli(["benchmark", "--input-size", CANVAS, "--backends", "edge", *argv,
+                              "--json", str(js), "--markdown", str(md)], capsys)
+    assert code != 0 and len(err) == 1 and err[0].startswith("mrcnn-edge: error: ") and words in err[0], err
+    assert not js.exists() and not md.exists() and "| backend |" not in stdout
