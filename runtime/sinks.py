@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from mrcnn_edge.atomic import atomic_dir, atomic_output
 from mrcnn_edge.errors import UserError
 
+from .opencv import cv2
 from .sources import IMAGE_EXTS, VIDEO_EXTS, Frame, Source
 
 __all__ = ["Sink", "WindowSink", "VideoSink", "ImageFolderSink", "ImageFileSink", "open_sink", "window_unavailable"]

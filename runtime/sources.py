@@ -29,22 +29,7 @@ __all__ = [
     "OpenCVMissing", "OPENCV_MISSING", "PIP_OPENCV_DISTS",
 ]
 
-# OpenCV is not a dependency of the base install: on a Jetson, pip's wheels would shadow JetPack's
-# GStreamer-enabled OpenCV. Where it is missing, say which package gives it.
-OPENCV_MISSING = (
-    "OpenCV (cv2) is not installed: on a Jetson use JetPack's (sudo apt install nvidia-opencv, in a venv made "
-    "with --system-site-packages); elsewhere pip install 'mrcnn-edge[opencv]'"
-)
-
-
-class OpenCVMissing(UserError, ImportError):
-    """cv2 cannot be imported. A UserError (one line from the CLI) that ``except ImportError`` also catches."""
-
-
-try:
-    import cv2
-except ImportError as _exc:
-    raise OpenCVMissing(OPENCV_MISSING) from _exc
+from .opencv import OPENCV_MISSING, OpenCVMissing, cv2  # noqa: F401  (re-exported)
 
 # pip distributions that install a ``cv2`` package; none of them is built with GStreamer
 PIP_OPENCV_DISTS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
