@@ -12,7 +12,10 @@ from typing import Any
 
 from mrcnn_edge.errors import UserError
 
-__all__ = ["cuda_modules", "check", "device_compute_capability"]
+__all__ = [
+    "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",
+    "version_problem", "check_versions",
+]
 
 _MODULES: tuple[ModuleType, ModuleType, ModuleType] | None = None
 
@@ -78,3 +81,74 @@ def device_compute_capability(device: int = 0) -> tuple[int, int]:
     major = check(runtime.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device), "query")
     minor = check(runtime.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device), "query")
     return int(major), int(minor)
+
+
+def bindings_version() -> str | None:
+    """The installed cuda-python bindings' version ("13.0.1"), or None when unknown."""
+    from importlib import metadata
+
+    for dist in ("cuda-bindings", "cuda-python"):  # cuda-python >= 12.8 is a metapackage of cuda-bindings
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def nvrtc_wheel(cuda_major: int) -> str:
+    """The pip requirement that provides NVRTC for a CUDA major version.
+
+    CUDA 12's wheels carry a ``-cu12`` suffix; from CUDA 13 on the name has none (PyPI:
+    ``nvidia-cuda-nvrtc`` 13.x).
+    """
+    if cuda_major <= 12:
+        return f"'nvidia-cuda-nvrtc-cu{cuda_major}=={cuda_major}.*'"
+    return f"'nvidia-cuda-nvrtc=={cuda_major}.*'"
+
+
+def _cuda_python_pin(cuda_major: int) -> str:
+    return "'cuda-python>=12.6,<13'" if cuda_major == 12 else f"'cuda-python>={cuda_major},<{cuda_major + 1}'"
+
+
+def version_problem(bindings: str | None, driver_cuda: int, nvrtc: tuple[int, int] | None) -> str | None:
+    """One line saying what to install when cuda-python, the driver and NVRTC do not fit, else None.
+
+    ``driver_cuda``: ``cudaDriverGetVersion`` (1000*major + 10*minor of the newest CUDA the driver
+    runs; 0 without a driver, which the device query reports instead). cuda-python's major must not
+    exceed the driver's (cuda.bindings 13 needs a CUDA 13 driver, r580+: JetPack 7; JetPack 6 has
+    CUDA 12.6 and needs cuda-python 12.x), and NVRTC's major must equal cuda-python's (the bindings
+    load ``libnvrtc.so.<major>``).
+    """
+    if not bindings or not driver_cuda:
+        return None
+    try:
+        major = int(bindings.split(".")[0])
+    except ValueError:
+        return None
+    drv_major, drv_minor = driver_cuda // 1000, (driver_cuda % 1000) // 10
+    if major > drv_major:
+        newer = " (r580 or newer)" if major == 13 else ""
+        return (f"cuda-python {bindings} needs an NVIDIA driver for CUDA {major}{newer}, but this driver runs "
+                f"CUDA {drv_major}.{drv_minor} at most: pip install {_cuda_python_pin(drv_major)} "
+                f"(JetPack 6 is CUDA 12.6), or update the driver")
+    if nvrtc is not None and nvrtc[0] != major:
+        return (f"cuda-python {bindings} needs NVRTC {major}, but NVRTC {nvrtc[0]}.{nvrtc[1]} was found: "
+                f"pip install {nvrtc_wheel(major)}")
+    return None
+
+
+def check_versions() -> None:
+    """Raise one ``UserError`` line when cuda-python, the driver and NVRTC do not fit (see version_problem)."""
+    _, runtime, nvrtc = cuda_modules()
+    try:
+        driver_cuda = int(check(runtime.cudaDriverGetVersion(), "cudaDriverGetVersion") or 0)
+    except RuntimeError:
+        driver_cuda = 0
+    try:
+        found = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+        nvrtc_version: tuple[int, int] | None = (int(found[0]), int(found[1]))
+    except Exception:  # noqa: BLE001 - a missing libnvrtc raises the loader's own error; kernel_build says what to install
+        nvrtc_version = None
+    problem = version_problem(bindings_version(), driver_cuda, nvrtc_version)
+    if problem:
+        raise UserError(problem)

@@ -33,7 +33,7 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 # kernel file stem -> entry points it defines (extern "C", looked up by name after loading)
 KERNELS: dict[str, tuple[str, ...]] = {
     "preprocess": ("letterbox_f32", "letterbox_f16"),
-    "postprocess": ("paste_masks_u8", "instance_map", "overlay"),
+    "postprocess": ("paste_mask_u8", "instance_map", "overlay"),
 }
 # No fast math and no FMA contraction: the device rounds like the host build and the reference.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17", "--fmad=false", "-default-device")
@@ -60,10 +60,14 @@ def _nvrtc_version() -> tuple[int, int]:
     _, _, nvrtc = cuda_modules()
     try:
         return tuple(check(nvrtc.nvrtcVersion(), "nvrtcVersion"))  # type: ignore[return-value]
-    except RuntimeError as exc:  # the library itself is missing
+    except Exception as exc:  # noqa: BLE001 - a missing library raises the loader's own error type
+        from .cuda_util import bindings_version, nvrtc_wheel
+
+        version = bindings_version() or ""
+        major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 12
         raise UserError(
-            f"NVRTC (the CUDA runtime compiler) is unavailable: {exc}; "
-            "install the CUDA toolkit or pip install nvidia-cuda-nvrtc"
+            f"NVRTC {major} (the CUDA runtime compiler that cuda-python {version or major} loads) is "
+            f"unavailable: {exc}; pip install {nvrtc_wheel(major)} or install the CUDA {major} toolkit"
         ) from exc
 
 

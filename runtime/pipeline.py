@@ -94,7 +94,14 @@ class RunStats:
 
 
 class Pipeline:
-    """Run ``segmenter`` on ``source`` into ``sinks``; see the module docstring."""
+    """Run ``segmenter`` on ``source`` into ``sinks``; see the module docstring.
+
+    ``join_timeout``: seconds :meth:`run` waits, in all, for the stage threads to stop. A stage still busy
+    then (a model call that does not return) is left running with a warning; the segmenter's
+    ``close()`` waits for it before freeing device memory.
+    """
+
+    join_timeout = 30.0
 
     def __init__(self, segmenter: Segmenter, source: Source, sinks: Sequence[Sink] = (),
                  max_frames: int | None = None, render: bool | None = None,
@@ -248,8 +255,13 @@ class Pipeline:
             self.stats.interrupted = True
         finally:
             self.stop()
+            deadline = time.monotonic() + self.join_timeout
             for t in threads:
-                t.join(timeout=30)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            stuck = [t.name for t in threads if t.is_alive()]
+            if stuck:
+                log.warning("%s still running %.0f s after the stop; the model is released when it returns",
+                            ", ".join(stuck), self.join_timeout)
             self.stats.elapsed = time.perf_counter() - self._start if self._start else 0.0
             self.stats.dropped = getattr(self._slot, "dropped", 0)
         if self._errors:

@@ -4,15 +4,20 @@ A call runs three stages, also exposed separately for the real-time pipeline (ea
 own thread): :meth:`Segmenter.prepare` (check/convert frames, letterbox on the CPU),
 :meth:`Segmenter.infer` (letterbox on the GPU when it runs there, then the backend) and
 :meth:`Segmenter.finish` (boxes back to frame pixels, score threshold, ``Detections``).
+
+Closing waits for stage calls still running in other threads (a pipeline worker that outlived its
+join) before it frees device memory, and refuses new ones; ``Detections`` made before the close
+stay usable (their mask operations fall back to the CPU reference).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -25,12 +30,15 @@ from .postprocess import MASK_THRESHOLD, ReferenceOps
 from .preprocess import Letterbox, letterbox_into, normalization
 from .spec import INPUT_NAME, ModelSpec, model_spec
 
-__all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "DEVICES"]
+__all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "DEVICES", "CLOSE_WAIT_S"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORE_THRESHOLD = 0.5
 DEVICES = ("auto", "cpu", "cuda")
+# How long close() waits for stage calls still running in other threads before it gives up and
+# leaves their device memory allocated (freeing it under a running kernel would crash the process).
+CLOSE_WAIT_S = 60.0
 
 
 @dataclass
@@ -71,6 +79,27 @@ class Segmenter:
         # in page faults than the letterbox itself
         self._pool: list[np.ndarray] = []
         self._pool_lock = threading.Lock()
+        self._busy = 0                         # stage calls running now, in any thread
+        self._closed = False
+        self._idle = threading.Condition()
+        self._local = threading.local()        # per thread: stage calls nested in this one
+
+    @contextlib.contextmanager
+    def _stage(self) -> Iterator[None]:
+        """Count a running stage call so that close() does not free what it uses."""
+        depth = getattr(self._local, "depth", 0)
+        with self._idle:
+            if self._closed and depth == 0:  # a call already running (__call__, batch) may finish
+                raise RuntimeError("this Segmenter is closed")
+            self._busy += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
 
     def _choose_ops(self, device: str) -> Any:
         # ONNX Runtime takes and returns host arrays: its pre/post-processing stays on the CPU
@@ -80,7 +109,9 @@ class Segmenter:
         try:
             from .cuda_ops import CudaOps
 
-            return CudaOps(stream=self.backend.stream)  # type: ignore[attr-defined]
+            # the backend's GPU: its stream and buffers live there (device 0 unless it says otherwise)
+            device_id = int(getattr(self.backend, "device_id", 0) or 0)
+            return CudaOps(device_id=device_id, stream=self.backend.stream)  # type: ignore[attr-defined]
         except (UserError, RuntimeError, OSError) as exc:
             if device == "cuda":
                 raise UserError(f"CUDA pre/post-processing is unavailable: {exc}") from exc
@@ -120,18 +151,26 @@ class Segmenter:
         t0 = time.perf_counter()
         if not 0 < len(frames) <= self.spec.batch:
             raise ValueError(f"prepare() takes 1..{self.spec.batch} frames, got {len(frames)}")
-        work = Work([as_bgr8(f) for f in frames])
-        if self.ops.name == "cpu":
-            work.tensor = self._take_buffer()
-            work.letterboxes = [letterbox_into(f, work.tensor[i], self._mul, self._add)
-                                for i, f in enumerate(work.frames)]
-            work.tensor[len(frames):] = 0  # padding slots of a partial batch
+        with self._stage():
+            work = Work([as_bgr8(f) for f in frames])
+            if self.ops.name == "cpu":
+                work.tensor = self._take_buffer()
+                work.letterboxes = [letterbox_into(f, work.tensor[i], self._mul, self._add)
+                                    for i, f in enumerate(work.frames)]
+                work.tensor[len(frames):] = 0  # padding slots of a partial batch
         work.timings["pre"] = time.perf_counter() - t0
         return work
 
     def infer(self, work: Work) -> Work:
         """Run the model on a prepared batch; keeps a copy of the outputs in ``work.outputs``."""
         t0 = time.perf_counter()
+        with self._stage():
+            outputs = self._run_model(work)
+            work.outputs = {k: np.array(v, copy=True) for k, v in outputs.items()}
+        work.timings["infer"] = time.perf_counter() - t0
+        return work
+
+    def _run_model(self, work: Work) -> dict[str, np.ndarray]:
         if self.ops.name != "cpu":  # GPU pre-processing straight into the engine's input buffer
             base = self.backend.device_pointer(INPUT_NAME)  # type: ignore[attr-defined]
             h, w = self.spec.input_hw
@@ -141,16 +180,13 @@ class Segmenter:
                                 for i, f in enumerate(work.frames)]
             if len(work.frames) < self.spec.batch:
                 self.ops.zero(base + len(work.frames) * item, (self.spec.batch - len(work.frames)) * item)
-            outputs = self.backend.execute()  # type: ignore[attr-defined]  (time includes the letterbox)
-        else:
-            if work.tensor is None:
-                raise ValueError("infer() needs a Work from prepare() that was not run yet")
-            outputs = self.backend.infer({INPUT_NAME: work.tensor})
-            self._give_back(work.tensor)
-            work.tensor = None
-        work.outputs = {k: np.array(v, copy=True) for k, v in outputs.items()}
-        work.timings["infer"] = time.perf_counter() - t0
-        return work
+            return self.backend.execute()  # type: ignore[attr-defined]  (time includes the letterbox)
+        if work.tensor is None:
+            raise ValueError("infer() needs a Work from prepare() that was not run yet")
+        outputs = self.backend.infer({INPUT_NAME: work.tensor})
+        self._give_back(work.tensor)
+        work.tensor = None
+        return outputs
 
     def _take_buffer(self) -> np.ndarray:
         with self._pool_lock:
@@ -171,35 +207,40 @@ class Segmenter:
         out = work.outputs
         if out is None:
             raise ValueError("finish() needs a Work that went through infer()")
-        k = out["scores"].shape[1]
-        results = []
-        for b, (frame, box) in enumerate(zip(work.frames, work.letterboxes)):
-            n = int(np.clip(out["num_detections"][b], 0, k))
-            scores = out["scores"][b, :n].astype(np.float32)
-            classes = out["classes"][b, :n].astype(np.int32)
-            boxes = out["boxes"][b, :n].astype(np.float32)
-            keep = (classes > 0) & (scores >= self.score_threshold) & np.isfinite(boxes).all(axis=1)
-            keep &= np.isfinite(scores)
-            results.append(Detections(
-                box.boxes_to_frame(boxes[keep]), scores[keep], classes[keep],
-                [self.spec.class_name(int(c)) for c in classes[keep]],
-                out["masks"][b, :n][keep].astype(np.float32), frame.shape[:2], self.ops, self.mask_threshold,
-                paste_boxes=box.boxes_to_frame(boxes[keep], clip=False),
-            ))
+        with self._stage():
+            k = out["scores"].shape[1]
+            results = []
+            for b, (frame, box) in enumerate(zip(work.frames, work.letterboxes)):
+                n = int(np.clip(out["num_detections"][b], 0, k))
+                scores = out["scores"][b, :n].astype(np.float32)
+                classes = out["classes"][b, :n].astype(np.int32)
+                boxes = out["boxes"][b, :n].astype(np.float32)
+                keep = (classes > 0) & (scores >= self.score_threshold) & np.isfinite(boxes).all(axis=1)
+                keep &= np.isfinite(scores)
+                results.append(Detections(
+                    box.boxes_to_frame(boxes[keep]), scores[keep], classes[keep],
+                    [self.spec.class_name(int(c)) for c in classes[keep]],
+                    out["masks"][b, :n][keep].astype(np.float32), frame.shape[:2], self.ops, self.mask_threshold,
+                    paste_boxes=box.boxes_to_frame(boxes[keep], clip=False),
+                ))
         work.timings["post"] = time.perf_counter() - t0
         return results
 
     # -- one-call API ---------------------------------------------------------------------------
     def __call__(self, frame: Any) -> Detections:
         """Segment one ``H×W×3`` uint8 BGR frame (other layouts: see ``frames.as_bgr8``)."""
-        return self.finish(self.infer(self.prepare([frame])))[0]
+        with self._stage():
+            return self.finish(self.infer(self.prepare([frame])))[0]
 
     def batch(self, frames: Iterable[Any]) -> list[Detections]:
         """Segment many frames, ``spec.batch`` at a time (a last partial batch is zero-padded)."""
         frames = list(frames)
         results: list[Detections] = []
-        for i in range(0, len(frames), self.spec.batch):
-            results += self.finish(self.infer(self.prepare(frames[i:i + self.spec.batch])))
+        if not frames:
+            return results
+        with self._stage():
+            for i in range(0, len(frames), self.spec.batch):
+                results += self.finish(self.infer(self.prepare(frames[i:i + self.spec.batch])))
         return results
 
     def warmup(self, runs: int = 1) -> None:
@@ -208,7 +249,21 @@ class Segmenter:
         for _ in range(runs):
             self.batch([np.zeros((h, w, 3), np.uint8)] * self.spec.batch)
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
+        """Release the backend and the GPU pre/post-processing, once.
+
+        Waits up to ``wait`` seconds (default :data:`CLOSE_WAIT_S`) for stage calls running in
+        other threads; if one is still running then, its memory is left allocated (with an error
+        logged) rather than freed under it.
+        """
+        with self._idle:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._busy == 0, CLOSE_WAIT_S if wait is None else wait):
+                log.error("a Segmenter stage is still running after %.0f s; leaving its GPU memory allocated",
+                          CLOSE_WAIT_S if wait is None else wait)
+                return
         if hasattr(self.ops, "close"):
             self.ops.close()
         self.backend.close()

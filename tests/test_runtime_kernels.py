@@ -33,6 +33,7 @@ def compiled(tmp_path_factory):
     return cache, {(k, a): compile_kernel(k, a, cache) for k in KERNELS for a in ARCHS}
 
 
+@pytest.mark.slow
 def test_every_kernel_compiles_for_jetson_and_desktop(compiled):
     _, images = compiled
     for (kernel, arch), c in images.items():
@@ -46,6 +47,7 @@ def test_every_kernel_compiles_for_jetson_and_desktop(compiled):
                 assert f".entry {entry}" in text
 
 
+@pytest.mark.slow
 def test_compiled_kernels_are_cached_per_source(compiled, monkeypatch):
     cache, _ = compiled
     calls = []
@@ -57,6 +59,7 @@ def test_compiled_kernels_are_cached_per_source(compiled, monkeypatch):
     assert not compile_kernel("preprocess", "sm_87", cache).from_cache and calls
 
 
+@pytest.mark.slow
 def test_compile_errors_are_reported_with_the_log(tmp_path, monkeypatch):
     _nvrtc_or_skip()
     (tmp_path / "broken.cu").write_text('extern "C" __global__ void k() { not_a_function(); }\n')
@@ -73,19 +76,32 @@ def test_arch_choice_falls_back_to_ptx_for_unknown_gpus():
     assert kernel_build.pick_arch(99, 9) == f"compute_{max(archs)}"
 
 
-def _ptx_parameters(ptx: str) -> dict[str, list[int]]:
-    """Entry point -> byte size of each parameter, from NVRTC's PTX."""
+def _ptx_parameters(ptx: str) -> dict[str, list[tuple[str, int]]]:
+    """Entry point -> (PTX type, byte size) of each parameter, from NVRTC's PTX."""
     import re
 
-    sizes = {"u64": 8, "b64": 8, "s64": 8, "f64": 8, "u32": 4, "b32": 4, "s32": 4, "f32": 4}
+    sizes = {"u64": 8, "b64": 8, "s64": 8, "f64": 8, "u32": 4, "b32": 4, "s32": 4, "f32": 4, "b8": 1}
     entries = {}
     for name, params in re.findall(r"\.entry\s+(\w+)\s*\(([^)]*)\)", ptx):
-        entries[name] = [int(n) if n else sizes[t] for t, n in
+        entries[name] = [(t, int(n) if n else sizes[t]) for t, n in
                          re.findall(r"\.param\s+(?:\.align\s+\d+\s+)?\.(\w+)\s+\w+(?:\[(\d+)\])?", params)]
     return entries
 
 
+# what each SIGNATURES kind compiles to: PTX parameter types, and the C types in the .cu source
+_PTX_TYPES = {"ptr": {"u64", "b64"}, "int": {"u32", "s32", "b32"}, "float": {"f32"}}
+_SOURCE_KINDS = {"ptr": "ptr", "int": "int", "float": "float"}
+
+
+def _expected(kind) -> tuple[set[str], int]:
+    if isinstance(kind, str):
+        return _PTX_TYPES[kind], {"ptr": 8, "int": 4, "float": 4}[kind]
+    return {"b8"}, ctypes.sizeof(kind)  # a struct by value is a byte array in PTX
+
+
+@pytest.mark.slow
 def test_launch_signatures_match_the_compiled_kernels(compiled):
+    """Types, not only sizes: an int passed where the kernel takes a float (both 4 bytes) fails."""
     from mrcnn_edge.runtime.cuda_ops import SIGNATURES
 
     _, images = compiled
@@ -94,8 +110,22 @@ def test_launch_signatures_match_the_compiled_kernels(compiled):
         compiled_params.update(_ptx_parameters(images[(kernel, "compute_87")].image.decode(errors="replace")))
     assert set(compiled_params) == set(SIGNATURES) == {e for entries in KERNELS.values() for e in entries}
     for name, signature in SIGNATURES.items():
-        expected = [{"ptr": 8, "int": 4, "float": 4}[k] if isinstance(k, str) else ctypes.sizeof(k) for k in signature]
-        assert compiled_params[name] == expected, name
+        assert len(compiled_params[name]) == len(signature), name
+        for i, (kind, (ptx_type, size)) in enumerate(zip(signature, compiled_params[name])):
+            types, nbytes = _expected(kind)
+            assert ptx_type in types and size == nbytes, f"{name} parameter {i}: {kind} vs .{ptx_type} ({size} B)"
+
+
+def test_launch_signatures_match_the_kernel_sources():
+    """The same check against the C parameter lists in runtime/kernels/*.cu (no NVRTC needed)."""
+    from mrcnn_edge.runtime.cuda_ops import SIGNATURES
+    from fakes.fake_cuda import kernel_signatures
+
+    source = kernel_signatures(KERNEL_DIR)
+    assert set(source) == set(SIGNATURES)
+    for name, signature in SIGNATURES.items():
+        want = [_SOURCE_KINDS[k] if isinstance(k, str) else f"mre::{k.__name__}" for k in signature]
+        assert source[name] == want, name
 
 
 def test_kernel_arguments_are_packed_by_address():
@@ -241,3 +271,154 @@ def test_cuda_ops_match_the_reference_on_a_gpu():
         assert np.array_equal(ops.overlay(frame, ids, colours, 0.4), overlay(frame, ids, colours, 0.4))
     finally:
         ops.close()
+
+
+# -- CudaOps on the stand-in cuda-python (tests/fakes/fake_cuda.py: the kernels' host build) -------
+@pytest.fixture(scope="module")
+def fake_dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("fake-cuda"), tmp_path_factory.mktemp("kernel-cache")
+
+
+@pytest.fixture
+def fake(fake_dirs, monkeypatch):
+    from fakes.fake_cuda import FakeCuda
+
+    build, cache = fake_dirs
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(cache))  # NVRTC compiles once per module
+    return FakeCuda.install(monkeypatch, build)
+
+
+def test_cuda_ops_on_the_stand_in_equal_the_reference(fake):
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+
+    ops = CudaOps()
+    try:
+        masks, boxes, scores, hw = _paste_case(11, hw=(90, 120))
+        assert np.array_equal(ops.paste_masks(masks, boxes, hw), paste_probabilities(masks, boxes, hw) > 0.5)
+        ids = ops.instance_map(masks, boxes, scores, hw)
+        assert ids.any() and np.array_equal(ids, instance_map(masks, boxes, scores, hw))
+        frame = np.random.default_rng(3).integers(0, 256, size=(*hw, 3), dtype=np.uint8)
+        colours = np.random.default_rng(4).integers(0, 256, size=(len(masks), 3), dtype=np.uint8)
+        assert np.array_equal(ops.overlay(frame, ids, colours, 0.4), overlay(frame, ids, colours, 0.4))
+    finally:
+        ops.close()
+    assert fake.errors == [] and fake.stats["launches"]["paste_mask_u8"] > 0
+
+
+def test_cuda_ops_close_is_idempotent_and_falls_back_to_the_reference(fake):
+    """Issue 9 item 12: a second close destroyed the streams twice; ops used after close launched
+    on unloaded modules."""
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+
+    ops = CudaOps()
+    masks, boxes, scores, hw = _paste_case(12, n=4, hw=(60, 80))
+    ops.close()
+    ops.close()
+    assert fake.errors == []  # no stream destroyed twice, no buffer freed twice
+    launches = sum(fake.stats["launches"].values())
+    assert np.array_equal(ops.paste_masks(masks, boxes, hw), paste_probabilities(masks, boxes, hw) > 0.5)
+    assert np.array_equal(ops.instance_map(masks, boxes, scores, hw), instance_map(masks, boxes, scores, hw))
+    assert sum(fake.stats["launches"].values()) == launches and fake.live_device_bytes() == 0
+
+
+def test_paste_memory_follows_the_boxes_not_n_by_frame(fake, monkeypatch):
+    """Issue 9 item 13: 40 small boxes in a 480x640 frame used to stage 40x480x640 bytes on the device
+    and again pinned; now each round stages the boxes' areas, and a buffer grown past the staging
+    size for one big box is freed after the call."""
+    from mrcnn_edge.runtime import cuda_ops
+
+    ops = cuda_ops.CudaOps()
+    try:
+        n, hw = 40, (480, 640)
+        rng = np.random.default_rng(13)
+        masks = rng.random((n, 28, 28)).astype(np.float32)
+        x1, y1 = rng.uniform(0, 600, n), rng.uniform(0, 440, n)
+        boxes = np.stack([x1, y1, x1 + 30, y1 + 30], 1).astype(np.float32)
+        pasted = ops.paste_masks(masks, boxes, hw)
+        assert np.array_equal(pasted, paste_probabilities(masks, boxes, hw) > 0.5)
+        region_bytes = int(np.prod(np.diff(expand_boxes(boxes, 28).reshape(n, 2, 2), axis=1) + 1, axis=-1).sum())
+        print(f"peak device bytes {fake.stats['peak_device_bytes']}, boxes {region_bytes}, N*H*W {n * hw[0] * hw[1]}")
+        assert fake.stats["peak_device_bytes"] <= region_bytes + masks.nbytes + n * 16 + 4096
+        # one box larger than the staging size: its buffers do not stay
+        monkeypatch.setattr(cuda_ops, "PASTE_STAGING_BYTES", 1024)
+        big = ops.paste_masks(masks[:2], np.array([[0, 0, 600, 400], [10, 10, 40, 40]], np.float32), hw)
+        assert np.array_equal(big, paste_probabilities(masks[:2], np.array([[0, 0, 600, 400], [10, 10, 40, 40]],
+                                                                            np.float32), hw) > 0.5)
+        assert ops._dev["paste"].size == 0 and ops._host["paste"].size == 0
+    finally:
+        ops.close()
+    assert fake.errors == []
+
+
+def test_cuda_ops_on_device_1_work_from_another_thread(fake_dirs, monkeypatch):
+    """Issue 9 item 14: a worker thread's current device is 0 until it sets one."""
+    import threading
+
+    from fakes.fake_cuda import FakeCuda
+
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(fake_dirs[1]))
+    fake = FakeCuda.install(monkeypatch, fake_dirs[0], devices=((8, 7), (8, 9)))
+    ops = CudaOps(device_id=1)
+    masks, boxes, scores, hw = _paste_case(14, hw=(60, 80))
+    got = {}
+
+    def worker():
+        try:
+            got["ids"] = ops.instance_map(masks, boxes, scores, hw)
+            got["masks"] = ops.paste_masks(masks, boxes, hw)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            got["error"] = exc
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    try:
+        assert "error" not in got, got.get("error")
+        assert np.array_equal(got["ids"], instance_map(masks, boxes, scores, hw))
+        assert np.array_equal(got["masks"], paste_probabilities(masks, boxes, hw) > 0.5)
+        assert fake.live_device_bytes(0) == 0 and fake.live_device_bytes(1) > 0
+        assert all(s.device == 1 for s in fake.streams)
+    finally:
+        ops.close()
+    assert fake.errors == []
+
+
+# -- cuda-python / driver / NVRTC versions (issue 9 item 9) ---------------------------------------
+@pytest.mark.parametrize("bindings,driver,nvrtc,words", [
+    ("13.0.1", 12060, (13, 0), ["CUDA 13 (r580 or newer)", "CUDA 12.6", "pip install 'cuda-python>=12.6,<13'"]),
+    ("13.0.1", 13000, (12, 6), ["needs NVRTC 13", "pip install 'nvidia-cuda-nvrtc==13.*'"]),
+    ("12.6.2", 12060, (13, 0), ["needs NVRTC 12", "pip install 'nvidia-cuda-nvrtc-cu12==12.*'"]),
+])
+def test_version_mismatches_name_what_to_install(bindings, driver, nvrtc, words):
+    from mrcnn_edge.runtime.cuda_util import version_problem
+
+    line = version_problem(bindings, driver, nvrtc)
+    assert line is not None and "\n" not in line
+    for w in words:
+        assert w in line, line
+
+
+@pytest.mark.parametrize("bindings,driver,nvrtc", [
+    ("12.6.2", 12060, (12, 6)),    # JetPack 6.x
+    ("13.0.1", 13020, (13, 0)),    # JetPack 7.2, desktop r580+
+    ("12.9.0", 13000, (12, 9)),    # an older cuda-python on a newer driver is fine
+    ("13.0.1", 0, None),           # no driver at all: the device query says so instead
+])
+def test_matching_versions_pass(bindings, driver, nvrtc):
+    from mrcnn_edge.runtime.cuda_util import version_problem
+
+    assert version_problem(bindings, driver, nvrtc) is None
+
+
+def test_cuda_ops_refuse_a_driver_older_than_cuda_python(fake, monkeypatch):
+    from mrcnn_edge.errors import UserError
+    from mrcnn_edge.runtime import cuda_util
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+
+    monkeypatch.setattr(cuda_util, "bindings_version", lambda: "13.0.1")
+    fake.driver_version = 12060  # JetPack 6
+    with pytest.raises(UserError, match="cuda-python>=12.6,<13"):
+        CudaOps()
+    assert fake.live_device_bytes() == 0 and not fake.streams

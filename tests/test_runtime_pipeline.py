@@ -56,7 +56,9 @@ def test_files_process_every_frame_in_order(model):
     with Segmenter.from_path(model, score_threshold=0.0) as seg:
         stats = Pipeline(seg, ArraySource(_marked(30)), [sink], queue_size=1).run()
     assert sink.frames == list(range(30)) and stats.frames == 30 and stats.dropped == 0
-    assert [int(img[0, 0, 0]) != 255 for img in sink.images]  # rendered frames came back
+    # rendered frames came back: each one the source frame with the detections drawn on it
+    assert len(sink.images) == 30
+    assert all(img is not None and img.shape == (60, 80, 3) and (img != 40).any() for img in sink.images)
     medians = stats.median_ms()
     assert {"capture", "pre", "infer", "post", "render", "write"} <= set(medians)
     assert "30 frames in" in stats.summary() and "infer" in stats.summary()
@@ -204,3 +206,41 @@ def test_run_command_reports_a_lost_stream(model, capsys, monkeypatch):
     monkeypatch.setattr(sources, "open_source", lost)
     assert main(["run", str(model), "--source", "rtsp://cam/x", "--no-display"]) == 2
     assert capsys.readouterr().err.strip().endswith("check the network")
+
+
+def test_a_stage_that_outlives_the_join_keeps_the_model_until_it_returns(model, monkeypatch):
+    """Issue 9 item 15: after a join timeout, closing the segmenter freed its (GPU) memory while the
+    infer thread was still using it. Now close() waits for the running stage."""
+    release, started = threading.Event(), threading.Event()
+    events = []
+    seg = Segmenter.from_path(model)
+    infer = seg.backend.infer
+    calls = []
+
+    def slow_infer(feed):
+        calls.append(1)
+        if len(calls) == 2:  # the second batch hangs until released
+            started.set()
+            release.wait(60)  # longer than any join timeout: the test releases it
+            events.append("infer returned")
+        return infer(feed)
+
+    close = seg.backend.close
+    monkeypatch.setattr(seg.backend, "infer", slow_infer)
+    monkeypatch.setattr(seg.backend, "close", lambda: (events.append("backend closed"), close()))
+    class StopOnceInferHangs(Recorder):
+        def write(self, image, frame):
+            started.wait(30)  # stop only while the second infer is running
+            return False
+
+    pipeline = Pipeline(seg, ArraySource(_marked(3)), [StopOnceInferHangs()], queue_size=1)
+    pipeline.join_timeout = 0.2
+    pipeline.run()
+    assert started.is_set() and not release.is_set()  # run() returned with the second infer running
+    closer = threading.Thread(target=seg.close)
+    closer.start()
+    closer.join(0.5)  # long enough for a close that does not wait to finish
+    release.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    assert events == ["infer returned", "backend closed"]

@@ -209,3 +209,122 @@ def test_empty_detections_behave(three):
     dets = three(np.zeros((50, 60, 3), np.uint8))[[]]
     assert len(dets) == 0 and dets.masks.shape == (0, 50, 60) and not dets.instance_map().any()
     assert dets.to_coco(1) == [] and dets.draw(np.zeros((50, 60, 3), np.uint8)).shape == (50, 60, 3)
+
+
+# -- the GPU branch (CudaOps) on the stand-in cuda-python: it must equal the CPU branch -----------
+@pytest.fixture(scope="module")
+def fake_dirs(tmp_path_factory):
+    return tmp_path_factory.mktemp("fake-cuda"), tmp_path_factory.mktemp("kernel-cache")
+
+
+def _install_fake(fake_dirs, monkeypatch, **kwargs):
+    from fakes.fake_cuda import FakeCuda
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(fake_dirs[1]))
+    return FakeCuda.install(monkeypatch, fake_dirs[0], **kwargs)
+
+
+def _same(a, b, frame):
+    assert a.frame_shape == b.frame_shape and len(a) == len(b) > 0
+    assert np.array_equal(a.boxes, b.boxes) and np.array_equal(a.scores, b.scores)
+    assert np.array_equal(a.masks, b.masks) and np.array_equal(a.instance_map(), b.instance_map())
+    assert np.array_equal(a.draw(frame), b.draw(frame))
+
+
+@pytest.mark.parametrize("batch,precision", [(1, "fp32"), (2, "fp32"), (2, "fp16")])
+def test_gpu_branch_equals_cpu_branch(tmp, fake_dirs, monkeypatch, batch, precision):
+    from fakes.fake_cuda import DeviceBackend
+
+    fake = _install_fake(fake_dirs, monkeypatch)
+    path = make_contract_model(tmp / f"gpu-b{batch}-{precision}.onnx", batch=batch, mask_size=28,
+                               precision=precision)
+    rng = np.random.default_rng(batch)
+    frames = [rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8) for hw in [(240, 320), (97, 61), (50, 300)]]
+    frames[0][60:180, 80:240] = 255  # something to segment
+    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+            Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+        assert gpu.ops.name == "cuda" and cpu.ops.name == "cpu"
+        for a, b, f in zip(gpu.batch(frames), cpu.batch(frames), frames):  # with batch 2: a padded partial batch
+            _same(a, b, f)
+        _same(gpu(frames[1]), cpu(frames[1]), frames[1])
+    kernel = "letterbox_f16" if precision == "fp16" else "letterbox_f32"
+    assert fake.stats["launches"][kernel] == len(frames) + 1  # one per frame: the batches and the single call
+    assert fake.errors == []
+
+
+def test_detections_outlive_their_segmenter_and_close_is_once(tmp, fake_dirs, monkeypatch):
+    """Issue 9 item 12: ``with ... as seg: d = seg(f)`` then ``d.draw(f)`` launched on destroyed
+    streams and unloaded modules; a second close destroyed them twice."""
+    from fakes.fake_cuda import DeviceBackend
+
+    fake = _install_fake(fake_dirs, monkeypatch)
+    path = make_contract_model(tmp / "gpu-close.onnx", mask_size=28)
+    frame, _ = _square((240, 320), (60, 100), (90, 120))
+    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as seg:
+        dets = seg(frame)
+    seg.close()
+    with Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+        _same(dets, cpu(frame), frame)  # pasted, mapped and drawn after the close: on the CPU
+    assert fake.errors == [] and fake.live_device_bytes() == 0 and not fake.streams
+    with pytest.raises(RuntimeError, match="closed"):
+        seg(frame)
+
+
+def test_gpu_branch_on_device_1_from_a_worker_thread(tmp, fake_dirs, monkeypatch):
+    """Issue 9 item 14: the ops must follow the backend's device, in every thread."""
+    import threading
+
+    from fakes.fake_cuda import DeviceBackend
+
+    fake = _install_fake(fake_dirs, monkeypatch, devices=((8, 7), (8, 7)))
+    path = make_contract_model(tmp / "gpu-dev1.onnx", mask_size=28)
+    frame, _ = _square((120, 200), (30, 40), (60, 100))
+    got = {}
+    with Segmenter(DeviceBackend(fake, path, device_id=1), score_threshold=0.0, device="cuda") as seg:
+        def worker():
+            try:
+                d = seg(frame)
+                got["dets"], got["drawn"] = d, d.draw(frame)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                got["error"] = exc
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert "error" not in got, got.get("error")
+        assert fake.live_device_bytes(0) == 0 and all(s.device == 1 for s in fake.streams)
+    with Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+        _same(got["dets"], cpu(frame), frame)
+        assert np.array_equal(got["drawn"], cpu(frame).draw(frame))
+    assert fake.errors == []
+
+
+def test_close_waits_for_a_stage_running_in_another_thread(tmp, monkeypatch):
+    """Issue 9 item 15: closing freed the backend under an infer still running in a worker."""
+    import threading
+
+    path = make_contract_model(tmp / "close-wait.onnx")
+    seg = Segmenter.from_path(path)
+    release, started, events = threading.Event(), threading.Event(), []
+    infer, close = seg.backend.infer, seg.backend.close
+
+    def hanging_infer(feed):
+        started.set()
+        release.wait(30)
+        events.append("infer returned")
+        return infer(feed)
+
+    monkeypatch.setattr(seg.backend, "infer", hanging_infer)
+    monkeypatch.setattr(seg.backend, "close", lambda: (events.append("backend closed"), close()))
+    got = []
+    worker = threading.Thread(target=lambda: got.append(seg(np.zeros((60, 80, 3), np.uint8))))
+    worker.start()
+    assert started.wait(30)
+    closer = threading.Thread(target=seg.close)
+    closer.start()
+    closer.join(0.5)  # long enough for a close that does not wait to finish
+    release.set()
+    worker.join(30)
+    closer.join(30)
+    assert events == ["infer returned", "backend closed"]
+    assert len(got) == 1 and got[0].frame_shape == (60, 80)  # the call that was running finished

@@ -1,10 +1,60 @@
-// Host build of the kernels' per-pixel arithmetic, for the tests (not shipped, not used at run
-// time): the same headers the CUDA kernels include, driven by plain loops. Build:
+// Host build of the kernels, for the tests (not shipped, not used at run time). Two layers:
+// - host_* functions: the per-pixel arithmetic of the headers, driven by plain loops;
+// - host_launch: the .cu kernels themselves, compiled for the host with the CUDA built-ins
+//   (blockIdx, blockDim, threadIdx, gridDim) emulated, run thread by thread over a launch grid
+//   from cuLaunchKernel-style packed arguments (void* per parameter). The stand-in cuda-python
+//   (tests/fakes/fake_cuda.py) launches through it. Kernels that need __syncthreads or shared
+//   memory could not run this way; ours are one independent thread per pixel.
+// Build:
 //   g++ -O2 -std=c++17 -ffp-contract=off -shared -fPIC host_build.cpp -o libmre_host.so
 #include <cstddef>
+#include <cstring>
+#include <type_traits>
+#include <utility>
 
 #include "preprocess.cuh"
 #include "postprocess.cuh"
+
+namespace mre_host {
+struct Dim3 {
+    unsigned int x, y, z;
+};
+}  // namespace mre_host
+
+// The built-ins a kernel body reads; thread_local so that two Python threads may launch at once.
+static thread_local mre_host::Dim3 blockIdx, blockDim, threadIdx, gridDim;
+
+#define __global__
+#include "preprocess.cu"
+#include "postprocess.cu"
+#undef __global__
+
+namespace mre_host {
+
+// Call kernel k with its parameters read from params[i] (each a pointer to the i-th value, the
+// layout cuLaunchKernel's kernelParams has).
+template <typename... Args, std::size_t... I>
+void call_packed(void (*k)(Args...), void** params, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<Args>>*>(params[I])...);
+}
+
+template <typename... Args>
+void run_grid(void (*k)(Args...), Dim3 grid, Dim3 block, void** params) {
+    gridDim = grid;
+    blockDim = block;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx)
+                for (unsigned tz = 0; tz < block.z; ++tz)
+                    for (unsigned ty = 0; ty < block.y; ++ty)
+                        for (unsigned tx = 0; tx < block.x; ++tx) {
+                            blockIdx = Dim3{bx, by, bz};
+                            threadIdx = Dim3{tx, ty, tz};
+                            call_packed(k, params, std::index_sequence_for<Args...>{});
+                        }
+}
+
+}  // namespace mre_host
 
 extern "C" {
 
@@ -55,6 +105,20 @@ void host_overlay(unsigned char* frame, int pitch, const int* ids, const unsigne
             const unsigned char* c = colours + 3 * (id - 1);
             for (int k = 0; k < 3; ++k) px[k] = mre::blend_channel(px[k], c[k], alpha);
         }
+}
+
+// Run kernel `name` over grid x block, parameters packed as for cuLaunchKernel. Returns 0, or -1
+// for a name that is not a kernel of runtime/kernels.
+int host_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                unsigned bz, void** params) {
+    mre_host::Dim3 grid{gx, gy, gz}, block{bx, by, bz};
+    if (!std::strcmp(name, "letterbox_f32")) mre_host::run_grid(letterbox_f32, grid, block, params);
+    else if (!std::strcmp(name, "letterbox_f16")) mre_host::run_grid(letterbox_f16, grid, block, params);
+    else if (!std::strcmp(name, "paste_mask_u8")) mre_host::run_grid(paste_mask_u8, grid, block, params);
+    else if (!std::strcmp(name, "instance_map")) mre_host::run_grid(instance_map, grid, block, params);
+    else if (!std::strcmp(name, "overlay")) mre_host::run_grid(overlay, grid, block, params);
+    else return -1;
+    return 0;
 }
 
 }  // extern "C"

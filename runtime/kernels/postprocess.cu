@@ -2,16 +2,18 @@
 // Compiled at run time by NVRTC (runtime/cuda_ops.py). One thread per frame pixel.
 #include "postprocess.cuh"
 
-// out[i, y, x] = 1 where detection i's pasted probability > threshold. Grid z = detection.
-extern "C" __global__ void paste_masks_u8(const float* masks, const mre::PasteBox* boxes, int n,
-                                          int m, int height, int width, float threshold,
-                                          unsigned char* out) {
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int y = blockIdx.y * blockDim.y + threadIdx.y;
-    int i = blockIdx.z;
-    if (x >= width || y >= height || i >= n) return;
-    float v = mre::paste_value(masks + (long long)i * m * m, m, boxes[i], x, y);
-    out[((long long)i * height + y) * width + x] = v > threshold ? 1 : 0;
+// One detection's pasted binary mask, only over its box: out[r * cols + c] = 1 where detection i's
+// pasted probability at frame pixel (x0 + c, y0 + r) > threshold. (x0, y0, rows, cols) is the
+// box clipped to the frame (the host computes it), so memory and work scale with the box, not
+// with the frame times the number of detections.
+extern "C" __global__ void paste_mask_u8(const float* masks, const mre::PasteBox* boxes, int i, int m,
+                                         int x0, int y0, int rows, int cols, float threshold,
+                                         unsigned char* out) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int r = blockIdx.y * blockDim.y + threadIdx.y;
+    if (c >= cols || r >= rows) return;
+    float v = mre::paste_value(masks + (long long)i * m * m, m, boxes[i], x0 + c, y0 + r);
+    out[(long long)r * cols + c] = v > threshold ? 1 : 0;
 }
 
 extern "C" __global__ void instance_map(const float* masks, const mre::PasteBox* boxes,

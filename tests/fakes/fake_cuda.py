@@ -1,0 +1,641 @@
+"""A stand-in cuda-python (``cuda.bindings`` driver + runtime, real NVRTC) that runs the runtime's
+kernels on the CPU, for tests on machines without a GPU.
+
+"Device memory" is real host memory, so a device pointer is a real address and the kernels' host
+build (``runtime/kernels/host_build.cpp``, compiled with g++: the ``.cu`` kernels themselves with
+the CUDA built-ins emulated) reads and writes it directly. Work enqueued on a stream runs when the
+stream is synchronised, as on a GPU, so a missing synchronisation reads stale memory here too.
+
+Every behaviour the runtime relies on follows the CUDA Runtime / Driver API documentation, quoted
+next to it. Where the real API's behaviour is undefined (a copy in the wrong direction, a kernel
+reading freed memory) this stand-in refuses with an error instead: stricter, never laxer.
+It counts bytes copied each way and kernel launches (:attr:`FakeCuda.stats`).
+
+Use: ``fake = FakeCuda.install(monkeypatch, tmp_path)``: ``cuda_util.cuda_modules()`` then returns
+``(fake.driver, fake.runtime, nvrtc)`` with the real NVRTC (it needs no GPU).
+"""
+from __future__ import annotations
+
+import ctypes
+import enum
+import itertools
+import re
+import shutil
+import subprocess
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "runtime" / "kernels"
+
+
+class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name (cuda_util reads it)
+    cudaSuccess = 0
+    cudaErrorInvalidValue = 1
+    cudaErrorInvalidDevicePointer = 17
+    cudaErrorInvalidMemcpyDirection = 21
+    cudaErrorInvalidDevice = 101
+    cudaErrorInvalidResourceHandle = 400
+    cudaErrorIllegalAddress = 700
+
+
+class CUresult(enum.IntEnum):  # noqa: N801
+    CUDA_SUCCESS = 0
+    CUDA_ERROR_INVALID_VALUE = 1
+    CUDA_ERROR_INVALID_IMAGE = 200
+    CUDA_ERROR_INVALID_CONTEXT = 201
+    CUDA_ERROR_INVALID_HANDLE = 400
+    CUDA_ERROR_NOT_FOUND = 500
+    CUDA_ERROR_ILLEGAL_ADDRESS = 700
+
+
+class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+    cudaMemcpyHostToHost = 0
+    cudaMemcpyHostToDevice = 1
+    cudaMemcpyDeviceToHost = 2
+    cudaMemcpyDeviceToDevice = 3
+    cudaMemcpyDefault = 4
+
+
+class cudaDeviceAttr(enum.IntEnum):  # noqa: N801
+    cudaDevAttrComputeCapabilityMajor = 75
+    cudaDevAttrComputeCapabilityMinor = 76
+
+
+# -- handles ---------------------------------------------------------------------------------------
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Context:
+    device: int
+    handle: int = field(default_factory=lambda: next(_ids))
+
+    def __int__(self) -> int:
+        return self.handle
+
+
+@dataclass(eq=False)
+class Stream:
+    device: int
+    pending: list = field(default_factory=list)
+    destroyed: bool = False
+    handle: int = field(default_factory=lambda: next(_ids))
+
+    def __int__(self) -> int:  # TensorRT takes int(stream)
+        return self.handle
+
+
+@dataclass(eq=False)
+class Module:
+    context: Context
+    entries: frozenset
+    unloaded: bool = False
+
+
+@dataclass(eq=False)
+class Function:
+    module: Module
+    name: str
+
+
+@dataclass
+class Allocation:
+    buffer: Any          # the ctypes array that owns the memory
+    size: int
+    device: int          # -1: pinned host memory
+
+
+def kernel_signatures(kernel_dir: Path = KERNEL_DIR) -> dict[str, list[str]]:
+    """Kernel name -> parameter kinds ("ptr", "int", "float" or the struct's C type), from the .cu sources."""
+    out = {}
+    for path in sorted(kernel_dir.glob("*.cu")):
+        text = re.sub(r"//[^\n]*", "", path.read_text())
+        for name, params in re.findall(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', text):
+            kinds = []
+            for decl in params.split(","):
+                decl = " ".join(decl.split())
+                ctype = decl.rsplit(" ", 1)[0].replace("const ", "").strip()
+                kinds.append("ptr" if "*" in decl else ctype)
+            out[name] = kinds
+    return out
+
+
+def build_host_library(out_dir: Path) -> ctypes.CDLL:
+    """Compile the kernels' host build (g++) into ``out_dir``; one build per directory."""
+    lib = out_dir / "libmre_host.so"
+    if not lib.exists():
+        gxx = shutil.which("g++")
+        if gxx is None:
+            raise FileNotFoundError("g++ is needed to build the host version of the kernels")
+        cmd = [gxx, "-O2", "-std=c++17", "-ffp-contract=off", "-Wall", "-Werror", "-shared", "-fPIC",
+               str(KERNEL_DIR / "host_build.cpp"), "-o", str(lib)]
+        subprocess.run(cmd, check=True, capture_output=True)
+    host = ctypes.CDLL(str(lib))
+    host.host_launch.argtypes = [ctypes.c_char_p] + [ctypes.c_uint] * 6 + [ctypes.c_void_p]
+    host.host_launch.restype = ctypes.c_int
+    return host
+
+
+class FakeCuda:
+    """The state of the fake GPU(s) plus the ``runtime`` and ``driver`` namespaces cuda-python has."""
+
+    def __init__(self, host_library: ctypes.CDLL, devices: tuple[tuple[int, int], ...] = ((8, 7),),
+                 driver_version: int = 13000) -> None:
+        self.host = host_library
+        self.devices = devices
+        self.driver_version = driver_version
+        self.signatures = kernel_signatures()
+        self.primary = [Context(d) for d in range(len(devices))]
+        self.allocations: dict[int, Allocation] = {}
+        self.streams: list[Stream] = []
+        self.modules: list[Module] = []
+        self.stats = {"htod_bytes": 0, "dtoh_bytes": 0, "dtod_bytes": 0, "launches": Counter(),
+                      "launch_args": [], "peak_device_bytes": 0}
+        # every call that returned an error, as (function, error): the real API returns these
+        # codes too, and code that ignores them (a second cudaStreamDestroy) shows up here
+        self.errors: list[tuple[str, Any]] = []
+        self._local = threading.local()
+        self._lock = threading.RLock()
+        self.runtime = self._recorded(self._runtime_namespace())
+        self.driver = self._recorded(self._driver_namespace())
+
+    @classmethod
+    def install(cls, monkeypatch: Any, build_dir: Path, **kwargs: Any) -> "FakeCuda":
+        """Make ``cuda_util.cuda_modules()`` return this stand-in (driver, runtime) and the real NVRTC."""
+        import pytest
+
+        from mrcnn_edge.runtime import cuda_util
+
+        nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="the stand-in compiles with the real NVRTC")
+        try:
+            nvrtc.nvrtcVersion()
+        except Exception as exc:  # noqa: BLE001 - the library itself is missing
+            pytest.skip(f"NVRTC is not available here: {exc}")
+        try:
+            host = build_host_library(build_dir)
+        except (FileNotFoundError, subprocess.CalledProcessError) as exc:
+            pytest.skip(f"cannot build the kernels' host version: {exc}")
+        fake = cls(host, **kwargs)
+        monkeypatch.setattr(cuda_util, "_MODULES", (fake.driver, fake.runtime, nvrtc))
+        return fake
+
+    def struct_size(self, ctype: str) -> int:
+        """Size of a by-value struct parameter, from the host build's layout probes."""
+        probes = {"mre::LetterboxParams": self.host.host_sizeof_letterbox_params}
+        if ctype not in probes:
+            raise NotImplementedError(f"the stand-in does not know the layout of {ctype}; add a probe")
+        return int(probes[ctype]())
+
+    # -- context and memory bookkeeping -------------------------------------------------------
+    @property
+    def current(self) -> Context | None:
+        return getattr(self._local, "ctx", None)
+
+    def _runtime_context(self) -> Context:
+        # Runtime API, "Interactions with the CUDA Driver API": "If a context is created and made
+        # current via the driver API, subsequent runtime calls will pick up this context instead of
+        # creating a new one." Without one, the runtime initialises device 0's primary context
+        # ("Device 0 is used by default" when cudaSetDevice was never called in the thread).
+        if self.current is None:
+            self._local.ctx = self.primary[0]
+        return self.current
+
+    def find(self, address: int, size: int = 1) -> Allocation | None:
+        """The live allocation holding ``[address, address+size)``, or None."""
+        with self._lock:
+            for base, alloc in self.allocations.items():
+                if base <= address and address + size <= base + alloc.size:
+                    return alloc
+        return None
+
+    def is_device(self, address: int) -> bool:
+        alloc = self.find(address)
+        return alloc is not None and alloc.device >= 0
+
+    def live_device_bytes(self, device: int | None = None) -> int:
+        return sum(a.size for a in self.allocations.values() if a.device >= 0 and device in (None, a.device))
+
+    def live_pinned_bytes(self) -> int:
+        return sum(a.size for a in self.allocations.values() if a.device < 0)
+
+    def _allocate(self, nbytes: int, device: int) -> int:
+        buf = (ctypes.c_uint8 * max(int(nbytes), 1))()
+        ptr = ctypes.addressof(buf)
+        with self._lock:
+            self.allocations[ptr] = Allocation(buf, int(nbytes), device)
+            self.stats["peak_device_bytes"] = max(self.stats["peak_device_bytes"], self.live_device_bytes())
+        return ptr
+
+    def _recorded(self, namespace: SimpleNamespace) -> SimpleNamespace:
+        """Wrap each API function so that an error it returns is also appended to ``errors``."""
+        def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def call(*args: Any) -> Any:
+                result = fn(*args)
+                err = result[0] if isinstance(result, tuple) else result
+                if int(err) != 0:
+                    self.errors.append((name, err))
+                return result
+            return call
+        for name, value in vars(namespace).items():
+            if callable(value) and not isinstance(value, type):
+                setattr(namespace, name, wrap(name, value))
+        return namespace
+
+    # -- streams ------------------------------------------------------------------------------
+    def _stream(self, stream: Any) -> Stream | None | cudaError_t:
+        """A live Stream, None for the default stream, or the error for a destroyed/foreign handle."""
+        if stream is None or (not isinstance(stream, Stream) and int(stream) == 0):
+            return None
+        if not isinstance(stream, Stream) or stream.destroyed:
+            # cudaStreamDestroy: "Destroys and cleans up the asynchronous stream specified by
+            # stream."; a destroyed handle is invalid: cudaErrorInvalidResourceHandle.
+            return cudaError_t.cudaErrorInvalidResourceHandle
+        return stream
+
+    def _enqueue(self, stream: Stream | None, work: Callable[[], Any]) -> Any:
+        if stream is None:
+            # "The legacy default stream is an implicit stream which synchronizes with all other
+            # blocking streams in the same CUcontext": run everything before it, then it.
+            self._flush_all()
+            return work()
+        stream.pending.append(work)
+        return 0
+
+    @staticmethod
+    def _flush(stream: Stream) -> int:
+        err = 0
+        while stream.pending:
+            result = stream.pending.pop(0)()
+            err = err or int(result or 0)
+        return err
+
+    def _flush_all(self) -> int:
+        err = 0
+        for s in list(self.streams):
+            err = err or self._flush(s)
+        return err
+
+    # -- runtime API --------------------------------------------------------------------------
+    def _runtime_namespace(self) -> SimpleNamespace:
+        fake = self
+        ok = cudaError_t.cudaSuccess
+
+        def cudaGetDeviceCount():
+            return ok, len(fake.devices)
+
+        def cudaDriverGetVersion():
+            return ok, fake.driver_version
+
+        def cudaSetDevice(device):
+            # "Sets device as the current device for the calling host thread. [...] Any device
+            # memory subsequently allocated from this host thread using cudaMalloc() [...] will be
+            # physically resident on device. [...] Any streams or events created from this host
+            # thread will be associated with device."
+            if not 0 <= int(device) < len(fake.devices):
+                return (cudaError_t.cudaErrorInvalidDevice,)
+            fake._local.ctx = fake.primary[int(device)]
+            return (ok,)
+
+        def cudaGetDevice():
+            return ok, fake._runtime_context().device
+
+        def cudaDeviceGetAttribute(attr, device):
+            if not 0 <= int(device) < len(fake.devices):
+                return cudaError_t.cudaErrorInvalidDevice, None
+            major, minor = fake.devices[int(device)]
+            return ok, {cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor: major,
+                        cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor: minor}[cudaDeviceAttr(int(attr))]
+
+        def cudaMalloc(nbytes):
+            return ok, fake._allocate(nbytes, fake._runtime_context().device)
+
+        def cudaMallocHost(nbytes):
+            fake._runtime_context()
+            return ok, fake._allocate(nbytes, -1)
+
+        def _free(ptr, pinned):
+            ptr = int(ptr)
+            # cudaFree: "If devPtr is 0, no operation is performed."
+            if ptr == 0:
+                fake._runtime_context()
+                return (ok,)
+            fake._flush_all()  # freeing waits for the work that may still use the memory
+            with fake._lock:
+                alloc = fake.allocations.get(ptr)
+                # "[devPtr] must have been returned by a previous call to [cudaMalloc ...].
+                # Otherwise, or if cudaFree(devPtr) has already been called before, an error is
+                # returned." (cudaErrorInvalidValue); cudaFreeHost likewise for cudaMallocHost.
+                if alloc is None or (alloc.device < 0) != pinned:
+                    return (cudaError_t.cudaErrorInvalidValue,)
+                del fake.allocations[ptr]
+            return (ok,)
+
+        def cudaFree(ptr):
+            return _free(ptr, False)
+
+        def cudaFreeHost(ptr):
+            return _free(ptr, True)
+
+        def cudaStreamCreate():
+            # the stream belongs to the calling thread's current device (cudaSetDevice, above)
+            s = Stream(fake._runtime_context().device)
+            with fake._lock:
+                fake.streams.append(s)
+            return ok, s
+
+        def cudaStreamDestroy(stream):
+            s = fake._stream(stream)
+            if s is None:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            if isinstance(s, cudaError_t):
+                return (s,)
+            # "In case the device is still doing work in the stream stream when cudaStreamDestroy()
+            # is called, the function will return immediately and the resources associated with
+            # stream will be released automatically once the device has completed all work"
+            fake._flush(s)
+            s.destroyed = True
+            with fake._lock:
+                fake.streams.remove(s)
+            return (ok,)
+
+        def cudaStreamSynchronize(stream):
+            s = fake._stream(stream)
+            if isinstance(s, cudaError_t):
+                return (s,)
+            err = fake._flush_all() if s is None else fake._flush(s)
+            return (cudaError_t(err) if err else ok,)
+
+        def cudaDeviceSynchronize():
+            err = fake._flush_all()
+            return (cudaError_t(err) if err else ok,)
+
+        def _copy_check(dst, src, count, kind):
+            """The error of a copy, or None. Directions are checked against the fake's allocations."""
+            kind = cudaMemcpyKind(int(kind))
+            # "kind specifies the direction of the copy, and must be one of cudaMemcpyHostToHost,
+            # cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, or
+            # cudaMemcpyDefault." "Calling cudaMemcpyAsync() with dst and src pointers that do not
+            # match the direction of the copy results in an undefined behavior": refused here.
+            dev_dst = kind in (cudaMemcpyKind.cudaMemcpyHostToDevice, cudaMemcpyKind.cudaMemcpyDeviceToDevice)
+            dev_src = kind in (cudaMemcpyKind.cudaMemcpyDeviceToHost, cudaMemcpyKind.cudaMemcpyDeviceToDevice)
+            if kind == cudaMemcpyKind.cudaMemcpyDefault:
+                return None
+            for ptr, on_device in ((dst, dev_dst), (src, dev_src)):
+                alloc = fake.find(ptr, count)
+                if on_device and (alloc is None or alloc.device < 0):
+                    return cudaError_t.cudaErrorInvalidValue if fake.find(ptr) else cudaError_t.cudaErrorInvalidDevicePointer
+                if not on_device and alloc is not None and alloc.device >= 0:
+                    return cudaError_t.cudaErrorInvalidMemcpyDirection
+            return None
+
+        def _count(kind, count):
+            key = {1: "htod_bytes", 2: "dtoh_bytes", 3: "dtod_bytes"}.get(int(kind))
+            if key:
+                with fake._lock:
+                    fake.stats[key] += int(count)
+
+        def cudaMemcpyAsync(dst, src, count, kind, stream):
+            dst, src, count = int(dst), int(src), int(count)
+            err = _copy_check(dst, src, count, kind)
+            if err is not None:
+                return (err,)
+            s = fake._stream(stream)
+            if isinstance(s, cudaError_t):
+                return (s,)
+            _count(kind, count)
+            pinned_src = fake.find(src, count) is not None
+            pinned_dst = fake.find(dst, count) is not None
+            if int(kind) == cudaMemcpyKind.cudaMemcpyHostToDevice and not pinned_src:
+                # API sync behaviour: "For transfers from pageable host memory to device memory,
+                # a stream sync is performed before the copy is initiated. The function will return
+                # once the pageable buffer has been copied to the staging memory": the data is
+                # taken now.
+                staged = ctypes.string_at(src, count)
+                fake._enqueue(s, lambda: ctypes.memmove(dst, staged, count) and 0)
+                return (ok,)
+            if int(kind) == cudaMemcpyKind.cudaMemcpyDeviceToHost and not pinned_dst:
+                # "For transfers from device memory to pageable host memory, the function will
+                # return only once the copy has completed."
+                if s is not None:
+                    fake._flush(s)
+                fake._enqueue(None, lambda: ctypes.memmove(dst, src, count) and 0)
+                return (ok,)
+            fake._enqueue(s, lambda: ctypes.memmove(dst, src, count) and 0)
+            return (ok,)
+
+        def cudaMemcpy(dst, src, count, kind):
+            # synchronous: the legacy default stream
+            return cudaMemcpyAsync(dst, src, count, kind, 0)
+
+        def cudaMemsetAsync(ptr, value, count, stream):
+            ptr, count = int(ptr), int(count)
+            alloc = fake.find(ptr, count)
+            if alloc is None or alloc.device < 0:
+                return (cudaError_t.cudaErrorInvalidValue,)
+            s = fake._stream(stream)
+            if isinstance(s, cudaError_t):
+                return (s,)
+            fake._enqueue(s, lambda: ctypes.memset(ptr, int(value), count) and 0)
+            return (ok,)
+
+        def cudaGetErrorString(err):
+            return ok, cudaError_t(int(err)).name.encode()
+
+        return SimpleNamespace(
+            cudaError_t=cudaError_t, cudaMemcpyKind=cudaMemcpyKind,
+            cudaDeviceAttr=cudaDeviceAttr, cudaGetDeviceCount=cudaGetDeviceCount,
+            cudaDriverGetVersion=cudaDriverGetVersion, cudaSetDevice=cudaSetDevice, cudaGetDevice=cudaGetDevice,
+            cudaDeviceGetAttribute=cudaDeviceGetAttribute, cudaMalloc=cudaMalloc, cudaMallocHost=cudaMallocHost,
+            cudaFree=cudaFree, cudaFreeHost=cudaFreeHost, cudaStreamCreate=cudaStreamCreate,
+            cudaStreamDestroy=cudaStreamDestroy, cudaStreamSynchronize=cudaStreamSynchronize,
+            cudaDeviceSynchronize=cudaDeviceSynchronize, cudaMemcpyAsync=cudaMemcpyAsync, cudaMemcpy=cudaMemcpy,
+            cudaMemsetAsync=cudaMemsetAsync, cudaGetErrorString=cudaGetErrorString,
+        )
+
+    # -- driver API ---------------------------------------------------------------------------
+    def _driver_namespace(self) -> SimpleNamespace:
+        fake = self
+        ok = CUresult.CUDA_SUCCESS
+
+        def cuCtxGetCurrent():
+            # "Returns in *pctx the CUDA context bound to the calling CPU thread. If no context is
+            # bound to the calling CPU thread then *pctx is set to NULL"
+            return ok, fake.current
+
+        def cuCtxSetCurrent(ctx):
+            # "Binds the specified CUDA context to the calling CPU thread."
+            if ctx is not None and ctx not in fake.primary:
+                return (CUresult.CUDA_ERROR_INVALID_CONTEXT,)
+            fake._local.ctx = ctx
+            return (ok,)
+
+        def cuModuleLoadData(image):
+            # "Takes a pointer image and loads the corresponding module module into the current
+            # context." No current context: CUDA_ERROR_INVALID_CONTEXT.
+            if fake.current is None:
+                return CUresult.CUDA_ERROR_INVALID_CONTEXT, None
+            data = bytes(image)
+            if data[:4] == b"\x7fELF":  # CUBIN: entry names are in the string table
+                entries = {n for n in fake.signatures if b"\0" + n.encode() + b"\0" in data}
+            elif data.endswith(b"\0") and b".entry" in data:  # PTX, NUL-terminated text
+                entries = set(re.findall(r"\.entry\s+(\w+)", data.decode(errors="replace")))
+            else:
+                return CUresult.CUDA_ERROR_INVALID_IMAGE, None
+            module = Module(fake.current, frozenset(entries))
+            fake.modules.append(module)
+            return ok, module
+
+        def cuModuleGetFunction(module, name):
+            if not isinstance(module, Module) or module.unloaded:
+                return CUresult.CUDA_ERROR_INVALID_HANDLE, None
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            # "CUDA_ERROR_NOT_FOUND: [...] a function with name name [does not exist]"
+            if name not in module.entries:
+                return CUresult.CUDA_ERROR_NOT_FOUND, None
+            return ok, Function(module, name)
+
+        def cuModuleUnload(module):
+            # "Unloads a module hmod from the current context." Twice: an invalid handle.
+            if not isinstance(module, Module) or module.unloaded:
+                return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+            fake._flush_all()
+            module.unloaded = True
+            return (ok,)
+
+        def cuLaunchKernel(f, gx, gy, gz, bx, by, bz, shared, stream, params, extra):
+            ctx = fake.current
+            if ctx is None:
+                return (CUresult.CUDA_ERROR_INVALID_CONTEXT,)
+            if not isinstance(f, Function) or f.module.unloaded:
+                return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+            if f.module.context is not ctx:  # a function belongs to the context its module was loaded in
+                return (CUresult.CUDA_ERROR_INVALID_CONTEXT,)
+            s = fake._stream(stream)
+            if isinstance(s, cudaError_t):
+                return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+            # Programming Guide, "Stream and Event Behavior": "A kernel launch will fail if it is
+            # issued to a stream that is not associated to the current device"
+            if s is not None and s.device != ctx.device:
+                return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
+            if min(gx, gy, gz, bx, by, bz) < 1 or bx * by * bz > 1024:
+                return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+            address = int(params)
+            pointers = (ctypes.c_void_p * len(fake.signatures[f.name])).from_address(address)
+            decoded = []
+            for i, kind in enumerate(fake.signatures[f.name]):
+                if kind == "ptr":
+                    value = ctypes.c_void_p.from_address(pointers[i]).value or 0
+                    alloc = fake.find(value)
+                    # a kernel dereferencing an address that is not device memory of this device
+                    # faults ("an illegal memory access was encountered", reported at the next
+                    # synchronisation on a GPU); the stand-in refuses the launch instead
+                    if alloc is None or alloc.device != ctx.device:
+                        return (CUresult.CUDA_ERROR_ILLEGAL_ADDRESS,)
+                elif kind == "int":
+                    value = ctypes.c_int.from_address(pointers[i]).value
+                elif kind == "float":
+                    value = ctypes.c_float.from_address(pointers[i]).value
+                else:
+                    value = kind
+                decoded.append(value)
+            with fake._lock:
+                fake.stats["launches"][f.name] += 1
+                fake.stats["launch_args"].append((f.name, (gx, gy, gz), tuple(decoded)))
+            # cuLaunchKernel: the parameter values are read at launch ("kernelParams [...] each of
+            # kernelParams[0] through kernelParams[N-1] must point to a region of memory from which
+            # the actual kernel parameter will be copied"): copy them now, run at the sync.
+            copies = []
+            for i, kind in enumerate(fake.signatures[f.name]):
+                size = 8 if kind == "ptr" else 4 if kind in ("int", "float") else fake.struct_size(kind)
+                copies.append(ctypes.create_string_buffer(ctypes.string_at(pointers[i], size), size))
+            packed = (ctypes.c_void_p * len(copies))(*[ctypes.addressof(c) for c in copies])
+
+            def run(keep=(copies, packed)) -> int:
+                rc = fake.host.host_launch(f.name.encode(), gx, gy, gz, bx, by, bz, ctypes.addressof(keep[1]))
+                return 0 if rc == 0 else int(cudaError_t.cudaErrorIllegalAddress)
+
+            fake._enqueue(s, run)
+            return (ok,)
+
+        def cuGetErrorString(err):
+            return ok, CUresult(int(err)).name.encode()
+
+        return SimpleNamespace(
+            CUresult=CUresult, cuCtxGetCurrent=cuCtxGetCurrent, cuCtxSetCurrent=cuCtxSetCurrent,
+            cuModuleLoadData=cuModuleLoadData, cuModuleGetFunction=cuModuleGetFunction,
+            cuModuleUnload=cuModuleUnload, cuLaunchKernel=cuLaunchKernel, cuGetErrorString=cuGetErrorString,
+        )
+
+
+class DeviceBackend:
+    """A TensorRT-shaped backend (``device_pointer``, ``stream``, ``execute``, ``device_id``) on the
+    stand-in GPU: its ``images`` buffer is fake device memory that the GPU pre-processing writes,
+    and ``execute`` runs the ONNX model in ONNX Runtime on what is there. For Segmenter tests."""
+
+    name = "fake-tensorrt"
+
+    def __init__(self, fake: FakeCuda, onnx_path: Path, device_id: int = 0) -> None:
+        from mrcnn_edge.runtime.backend_ort import OrtBackend
+        from mrcnn_edge.runtime.cuda_util import check
+
+        self._check, self._fake, self.device_id = check, fake, device_id
+        self.inner = OrtBackend(onnx_path, device="cpu")
+        self.path, self.metadata = self.inner.path, self.inner.metadata
+        self.inputs, self.outputs = self.inner.inputs, self.inner.outputs
+        (self._input_name, spec), = self.inputs.items()
+        self._shape, self._dtype = tuple(spec.shape), np_dtype(spec.dtype)
+        self._nbytes = int(np_prod(self._shape)) * self._dtype.itemsize
+        rt = fake.runtime
+        check(rt.cudaSetDevice(device_id), "cudaSetDevice")
+        self.stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
+        self._ptr = check(rt.cudaMalloc(self._nbytes), "cudaMalloc")
+        self.closed = False
+        self.events: list[str] = []
+
+    @property
+    def description(self) -> str:
+        return self.name
+
+    def device_pointer(self, name: str) -> int:
+        assert name == self._input_name, name
+        return self._ptr
+
+    def execute(self) -> dict:
+        import numpy as np
+
+        rt, check = self._fake.runtime, self._check
+        check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")
+        host = np.empty(self._shape, self._dtype)
+        check(rt.cudaMemcpyAsync(host.ctypes.data, self._ptr, self._nbytes,
+                                 rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "copy images")
+        return self.inner.infer({self._input_name: host})
+
+    def infer(self, feed: dict) -> dict:
+        return self.inner.infer(feed)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.events.append("close")
+        rt = self._fake.runtime
+        rt.cudaSetDevice(self.device_id)
+        rt.cudaFree(self._ptr)
+        rt.cudaStreamDestroy(self.stream)
+        self.inner.close()
+
+
+def np_dtype(dtype: Any) -> Any:
+    import numpy as np
+
+    return np.dtype(dtype)
+
+
+def np_prod(shape: Any) -> int:
+    import numpy as np
+
+    return int(np.prod(shape))
