@@ -25,7 +25,7 @@ from mrcnn_edge.paths import plugin_library_path
 
 from . import trt_platform
 from .backends import Backend, check_feed
-from .cuda_util import check, cuda_modules
+from .cuda_util import check, check_versions, cuda_modules
 from .spec import TensorSpec
 
 __all__ = ["TrtBackend", "import_tensorrt", "check_tensorrt_version", "resolve_plugin_library"]
@@ -124,6 +124,7 @@ class TrtBackend(Backend):
     def __init__(self, path: str | Path, plugin_lib: str | Path | None = None, cuda_graph: bool = False,
                  device_id: int = 0) -> None:
         self.path = Path(path)
+        self.device_id = int(device_id)  # Segmenter runs its CUDA pre/post on this GPU too
         self._buffers: list[tuple[int, int]] = []  # (device ptr, host ptr) to free
         self._graph_exec = None
         self._graph = None
@@ -145,6 +146,7 @@ class TrtBackend(Backend):
             raise
 
     def _open(self, trt: Any, cudart: Any, library: Path | None, device_id: int, cuda_graph: bool) -> None:
+        check_versions()  # cuda-python vs driver vs NVRTC: one line saying what to install
         check(cudart.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
         self._logger = _make_logger(trt)
         trt.init_libnvinfer_plugins(self._logger, "")

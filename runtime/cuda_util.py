@@ -31,7 +31,9 @@ def cuda_modules() -> tuple[ModuleType, ModuleType, ModuleType]:
                 mods = tuple(importlib.import_module(f"cuda.{m}") for m in ("cuda", "cudart", "nvrtc"))
             except ImportError as exc:
                 raise UserError(
-                    "cuda-python is not installed (needed for the GPU runtime): pip install 'mrcnn-edge[gpu]'"
+                    "cuda-python is not installed (needed for the GPU runtime): on a Jetson pip install "
+                    "'mrcnn-edge[jetpack6]' (JetPack 6) or 'mrcnn-edge[jetpack7]' (JetPack 7); on a desktop "
+                    "'mrcnn-edge[cuda12]', or 'mrcnn-edge[cuda13]' with a driver of r580 or newer"
                 ) from exc
         _MODULES = mods  # type: ignore[assignment]
     return _MODULES  # type: ignore[return-value]
