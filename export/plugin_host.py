@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..contract import PLUGIN_MAX_LEVELS, fpn_level_range
 from ..errors import UserError
 
 __all__ = [
@@ -37,8 +38,8 @@ __all__ = [
 ]
 
 DEFAULT_SPATIAL_SCALES = (1 / 4, 1 / 8, 1 / 16, 1 / 32)
-MAX_LEVELS = 8
-_ABI_VERSION = 1
+MAX_LEVELS = PLUGIN_MAX_LEVELS
+_ABI_VERSION = 2
 _SOURCES = ("roi_align_math.h", "roi_align_host.cpp")
 _LIB_STEM = "libmrcnn_edge_roi_align_host"
 # -ffp-contract=off: no fused multiply-adds, so the float32 results follow torchvision's CPU kernel
@@ -70,8 +71,8 @@ class _Params(ctypes.Structure):
         ("aligned", ctypes.c_int32),
         ("canonical_scale", ctypes.c_float),
         ("canonical_level", ctypes.c_int32),
-        ("first_level", ctypes.c_int32),
-        ("reserved", ctypes.c_int32),
+        ("level_min", ctypes.c_int32),
+        ("level_max", ctypes.c_int32),
     ]
 
 
@@ -154,7 +155,9 @@ def _compile(compiler: str, out: Path) -> None:
 def host_library_path() -> Path:
     """Path of the cached CPU library for the current sources (built if missing)."""
     compiler = _find_compiler()
-    path = cache_dir() / "host" / f"{_LIB_STEM}-{_build_key(compiler)}.so"
+    from mrcnn_edge.paths import host_library_dir
+
+    path = host_library_dir() / f"{_LIB_STEM}-{_build_key(compiler)}.so"
     if not path.is_file():
         _compile(compiler, path)
     return path
@@ -198,26 +201,21 @@ def _as_rois(rois: np.ndarray) -> np.ndarray:
 
 def _level_rule(
     spatial_scales: Sequence[float], canonical_scale: float, canonical_level: int
-) -> tuple[list[float], int]:
+) -> tuple[list[float], int, int]:
+    """Checked scales and torchvision LevelMapper's ``(k_min, k_max)`` for them; ``ValueError``, one line."""
     scales = [float(s) for s in spatial_scales]
-    if not 1 <= len(scales) <= MAX_LEVELS:
-        raise ValueError(f"spatial_scales must have 1 to {MAX_LEVELS} entries, got {len(scales)}")
-    if not all(math.isfinite(s) and s > 0 for s in scales):
-        raise ValueError(f"spatial_scales must be positive finite numbers, got {scales}")
+    k_min, k_max = fpn_level_range(scales)
     if not (math.isfinite(canonical_scale) and canonical_scale > 0):
         raise ValueError(f"canonical_scale must be a positive finite number, got {canonical_scale}")
     if int(canonical_level) != canonical_level:
         raise ValueError(f"canonical_level must be an integer, got {canonical_level}")
-    # level of the finest map, as the plugin computes it: lroundf(-log2f(scale)), 2 for 1/4
-    v = -math.log2(float(np.float32(scales[0])))
-    first_level = int(math.copysign(math.floor(abs(v) + 0.5), v))
-    return scales, first_level
+    return scales, k_min, k_max
 
 
 def _params(
     rois: np.ndarray,
     scales: list[float],
-    first_level: int,
+    level_range: tuple[int, int],
     canonical_scale: float,
     canonical_level: int,
 ) -> _Params:
@@ -229,7 +227,7 @@ def _params(
         p.spatial_scales[i] = s
     p.canonical_scale = float(canonical_scale)
     p.canonical_level = int(canonical_level)
-    p.first_level = first_level
+    p.level_min, p.level_max = level_range
     p.output_height = p.output_width = 1
     return p
 
@@ -253,16 +251,18 @@ def multilevel_roi_align_host(
         output_height, output_width: bins per ROI.
         sampling_ratio: samples per bin side; ``<= 0`` adaptive, ``ceil(roi_size / bins)``.
         aligned: 1 shifts by -0.5 pixel (Detectron2); 0 is torchvision's Mask R-CNN.
-        spatial_scales: feature pixels per canvas pixel, one per level.
+        spatial_scales: feature pixels per canvas pixel, one per level, each a power of two (1/4, 1/8, ...).
         canonical_scale, canonical_level: FPN level rule,
-            ``floor(canonical_level + log2(sqrt(w*h) / canonical_scale) + 1e-6)`` clamped to the levels.
+            ``floor(canonical_level + log2(sqrt(w*h) / canonical_scale) + 1e-6)`` clamped to
+            ``[k_min, k_max]`` (levels of the first and the last scale, torchvision's ``LevelMapper``),
+            minus ``k_min``: two 1/32 maps pool every ROI from the first.
 
     Returns:
         ``[B, R, C, output_height, output_width]`` in the features' dtype, accumulated in float32.
         ROIs with negative area or non-finite coordinates pool to zeros.
     """
     rois = _as_rois(rois)
-    scales, first_level = _level_rule(spatial_scales, canonical_scale, canonical_level)
+    scales, k_min, k_max = _level_rule(spatial_scales, canonical_scale, canonical_level)
     feats = list(features)
     if len(feats) != len(scales):
         raise ValueError(f"{len(feats)} feature maps given but {len(scales)} spatial_scales")
@@ -292,7 +292,7 @@ def multilevel_roi_align_host(
     if out.size == 0:
         return out.astype(dtype, copy=False)
     lib = _load()
-    p = _params(rois, scales, first_level, canonical_scale, canonical_level)
+    p = _params(rois, scales, (k_min, k_max), canonical_scale, canonical_level)
     p.channels = channels
     p.output_height, p.output_width = int(output_height), int(output_width)
     p.sampling_ratio, p.aligned = int(sampling_ratio), int(aligned)
@@ -315,11 +315,11 @@ def level_of_rois(
 ) -> np.ndarray:
     """Level index (0 = finest map) each ROI is pooled from, ``[B, R]`` int32; -1 for none."""
     rois = _as_rois(rois)
-    scales, first_level = _level_rule(spatial_scales, canonical_scale, canonical_level)
+    scales, k_min, k_max = _level_rule(spatial_scales, canonical_scale, canonical_level)
     levels = np.empty(rois.shape[:2], dtype=np.int32)
     if levels.size == 0:
         return levels
-    p = _params(rois, scales, first_level, canonical_scale, canonical_level)
+    p = _params(rois, scales, (k_min, k_max), canonical_scale, canonical_level)
     if _load().mre_host_roi_levels(ctypes.byref(p), levels.ctypes.data) != 0:
         raise ValueError("MultilevelRoIAlign: invalid level parameters")
     return levels

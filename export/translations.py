@@ -17,11 +17,13 @@ from typing import Callable, Sequence
 import onnxscript
 from onnxscript import opset18 as op
 
+from ..contract import PLUGIN_DOMAIN, fpn_level_range, plugin_identity
+
 __all__ = ["PLUGIN", "OPSET", "translation_table", "register_schema"]
 
 OPSET = 18
-PLUGIN = {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"}
-_custom = onnxscript.values.Opset(PLUGIN["namespace"], 1)
+PLUGIN = plugin_identity()
+_custom = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
 
 
 def register_schema() -> None:
@@ -29,12 +31,12 @@ def register_schema() -> None:
     import onnx
     from onnx import defs
 
-    if defs.has(PLUGIN["name"], PLUGIN["namespace"]):
+    if defs.has(PLUGIN["name"], PLUGIN_DOMAIN):
         return
     A = defs.OpSchema.AttrType
     schema = defs.OpSchema(
         PLUGIN["name"],
-        PLUGIN["namespace"],
+        PLUGIN_DOMAIN,
         1,
         doc="Multi-level ROIAlign (FPN level per ROI); TensorRT plugin of mrcnn-edge.",
         # One heterogeneous variadic input (rois [B,R,4] float32, then features [B,C,H_l,W_l] finest
@@ -87,8 +89,7 @@ def _roi_align_trt(rois, features: Sequence, output_size: Sequence[int], samplin
 def _roi_align_portable(rois, features: Sequence, output_size: Sequence[int], sampling_ratio: int, aligned: bool,
                         spatial_scales: Sequence[float], canonical_scale: float, canonical_level: int):
     oh, ow = int(output_size[0]), int(output_size[1])
-    k_min = round(-math.log2(spatial_scales[0]))
-    k_max = round(-math.log2(spatial_scales[-1]))
+    k_min, k_max = fpn_level_range(spatial_scales)  # torchvision's LevelMapper, refuses non-powers of two
     shape = op.Shape(rois)
     B = op.Slice(shape, [0], [1])
     R = op.Slice(shape, [1], [2])

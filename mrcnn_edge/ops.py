@@ -11,19 +11,25 @@ node sequence per flavor (``mrcnn_edge.export.translations``).
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 import torchvision
 from torch import Tensor
 
+from .contract import fpn_level_range
+
 __all__ = ["multilevel_roi_align", "padded_nms", "roi_levels", "level_range"]
 
 
 def level_range(spatial_scales: Sequence[float]) -> tuple[int, int]:
-    """(k_min, k_max): the FPN levels of the finest and coarsest map, ``-log2(scale)``."""
-    return round(-math.log2(spatial_scales[0])), round(-math.log2(spatial_scales[-1]))
+    """(k_min, k_max) of torchvision's ``LevelMapper``: ``-log2`` of the first and of the last scale.
+
+    One definition for the op, the plugin's CPU build and the portable flavor:
+    ``mrcnn_edge.contract.fpn_level_range`` (``ValueError``, one line, for scales that are not powers
+    of two). Two 1/32 maps (MobileNetV3-FPN) give (5, 5): every ROI pools from the first map.
+    """
+    return fpn_level_range(spatial_scales)
 
 
 def roi_levels(rois: Tensor, spatial_scales: Sequence[float], canonical_scale: float = 224.0, canonical_level: int = 4) -> Tensor:

@@ -149,9 +149,16 @@ std::string checkAttributes(RoIAlignAttributes const& a)
     {
         for (float scale : a.spatialScales)
         {
+            int32_t level = 0;
             if (!(isFiniteFloat(scale) && scale > 0.0F && scale <= 1.0F))
             {
                 s << "spatial_scales must be in (0, 1] (feature pixels per canvas pixel, e.g. 0.25), got " << scale;
+                break;
+            }
+            if (!fpnLevelOfScale(scale, level))
+            {
+                // torchvision's LevelMapper takes k_min/k_max as -log2 of the first/last scale
+                s << "spatial_scales must be powers of two (1/4, 1/8, ...) as FPN maps are, got " << scale;
                 break;
             }
         }

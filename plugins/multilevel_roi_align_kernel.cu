@@ -84,7 +84,7 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
         float const y2 = __ldg(roi + 3);
 
         float result = 0.0f;
-        int32_t const level = roiLevel(x1, y1, x2, y2, p.canonicalScale, p.canonicalLevel, p.firstLevel, p.numLevels);
+        int32_t const level = roiLevel(x1, y1, x2, y2, p.canonicalScale, p.canonicalLevel, p.levelMin, p.levelMax, p.numLevels);
         if (level >= 0)
         {
             RoIGeometry const g = roiGeometry(

@@ -1,14 +1,16 @@
 // MultilevelRoIAlign: IPluginV3 plugin and creator. See multilevel_roi_align_plugin.h and README.md.
 //
-// Every method TensorRT calls is noexcept and catches everything: problems come back as return
-// codes (build phase), through the execution context's error recorder (runtime) and as a log line
-// naming the layer and what is wrong.
+// Every method TensorRT calls is noexcept and catches everything, in one place (guarded() /
+// catchAll()): problems come back as return codes (build phase), through the execution context's
+// error recorder (runtime) and as a log line naming the layer and what is wrong. The I/O checks of
+// every phase go through one checker, checkInputs().
 #include "multilevel_roi_align_plugin.h"
 
 #include <cstring>
 #include <exception>
 #include <new>
 #include <sstream>
+#include <stdexcept>
 #include <utility>
 
 #include "multilevel_roi_align_kernel.h"
@@ -51,22 +53,54 @@ std::string dataTypeName(DataType type)
     }
 }
 
-std::string dimsToString(Dims const& dims)
+bool known(int64_t d)
+{
+    return d >= 0;
+}
+
+std::string factsToString(TensorFacts const& t)
 {
     std::ostringstream s;
     s << "[";
-    for (int32_t i = 0; i < dims.nbDims; ++i)
+    for (int32_t i = 0; i < t.rank; ++i)
     {
-        s << (i ? ", " : "") << dims.d[i];
+        s << (i ? ", " : "") << t.dims[i];
     }
     s << "]";
     return s.str();
 }
 
-// Integer value of element i of field f; false when f is not an integer field.
-bool known(int64_t d)
+TensorFacts factsOf(Dims const& dims, DataType type)
 {
-    return d >= 0;
+    TensorFacts t;
+    t.rank = dims.nbDims;
+    for (int32_t i = 0; i < dims.nbDims && i < Dims::MAX_DIMS; ++i)
+    {
+        t.dims[i] = dims.d[i];
+    }
+    t.typeKnown = true;
+    t.type = type;
+    return t;
+}
+
+TensorFacts factsOf(DimsExprs const& dims)
+{
+    TensorFacts t;
+    t.rank = dims.nbDims;
+    for (int32_t i = 0; i < dims.nbDims && i < Dims::MAX_DIMS; ++i)
+    {
+        nvinfer1::IDimensionExpr const* e = dims.d[i];
+        t.dims[i] = e != nullptr && e->isConstant() ? e->getConstantValue() : -1;
+    }
+    return t;
+}
+
+TensorFacts factsOf(DataType type)
+{
+    TensorFacts t;
+    t.typeKnown = true;
+    t.type = type;
+    return t;
 }
 } // namespace
 
@@ -75,9 +109,14 @@ bool known(int64_t d)
 
 MultilevelRoIAlignPlugin::MultilevelRoIAlignPlugin(RoIAlignAttributes attrs, std::string layerName)
     : mAttrs(std::move(attrs))
-    , mFirstLevel(levelOfScale(mAttrs.spatialScales.at(0)))
     , mLayerName(std::move(layerName))
 {
+    int32_t const levels = numLevels();
+    if (levels < 1 || levels > kMaxLevels
+        || fpnLevelRange(mAttrs.spatialScales.data(), levels, mLevelMin, mLevelMax) != nullptr)
+    {
+        throw std::invalid_argument("spatial_scales did not pass parseAttributes()");
+    }
 }
 
 void MultilevelRoIAlignPlugin::report(ErrorCode code, char const* what, char const* detail) const noexcept
@@ -87,7 +126,7 @@ void MultilevelRoIAlignPlugin::report(ErrorCode code, char const* what, char con
         std::string message = std::string(kPluginName) + " '" + mLayerName + "': " + (what != nullptr ? what : "");
         if (detail != nullptr)
         {
-            message += detail;
+            message += std::string(what != nullptr && *what != '\0' ? " failed: " : "") + detail;
         }
         if (mErrorRecorder != nullptr)
         {
@@ -99,6 +138,16 @@ void MultilevelRoIAlignPlugin::report(ErrorCode code, char const* what, char con
     {
         logMessage(ILogger::Severity::kERROR, what != nullptr ? what : "MultilevelRoIAlign: error");
     }
+}
+
+int32_t MultilevelRoIAlignPlugin::verdict(std::string const& problem) const noexcept
+{
+    if (problem.empty())
+    {
+        return 0;
+    }
+    report(ErrorCode::kINVALID_ARGUMENT, problem.c_str());
+    return 1;
 }
 
 IPluginCapability* MultilevelRoIAlignPlugin::getCapabilityInterface(PluginCapabilityType type) noexcept
@@ -114,21 +163,11 @@ IPluginCapability* MultilevelRoIAlignPlugin::getCapabilityInterface(PluginCapabi
 
 IPluginV3* MultilevelRoIAlignPlugin::clone() noexcept
 {
-    try
-    {
+    return guarded("clone", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         auto* copy = new MultilevelRoIAlignPlugin(mAttrs, mLayerName);
         copy->mErrorRecorder = mErrorRecorder;
         return copy;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "clone failed: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "clone failed");
-    }
-    return nullptr;
+    });
 }
 
 char const* MultilevelRoIAlignPlugin::getPluginName() const noexcept
@@ -146,9 +185,10 @@ char const* MultilevelRoIAlignPlugin::getPluginNamespace() const noexcept
     return kPluginNamespace;
 }
 
-std::string MultilevelRoIAlignPlugin::checkIO(PluginTensorDesc const* in, int32_t nbInputs, int32_t nbOutputs) const
+std::string MultilevelRoIAlignPlugin::checkInputs(std::vector<TensorFacts> const& in, int32_t nbOutputs) const
 {
     int32_t const levels = numLevels();
+    int32_t const nbInputs = static_cast<int32_t>(in.size());
     std::ostringstream s;
     if (nbOutputs != 1)
     {
@@ -161,53 +201,56 @@ std::string MultilevelRoIAlignPlugin::checkIO(PluginTensorDesc const* in, int32_
           << " entries (inputs: rois, then one feature map per scale)";
         return s.str();
     }
-    Dims const& roiDims = in[0].dims;
-    if (roiDims.nbDims != 3 || (known(roiDims.d[2]) && roiDims.d[2] != 4))
+    TensorFacts const& rois = in[0];
+    if (rois.rank >= 0 && (rois.rank != 3 || (known(rois.dims[2]) && rois.dims[2] != 4)))
     {
-        s << "rois must have shape [B, R, 4], got " << dimsToString(roiDims);
+        s << "rois must have shape [B, R, 4], got " << factsToString(rois);
         return s.str();
     }
-    if (in[0].type != DataType::kFLOAT)
+    if (rois.typeKnown && rois.type != DataType::kFLOAT)
     {
-        s << "rois must be float32, got " << dataTypeName(in[0].type);
+        s << "rois must be float32, got " << dataTypeName(rois.type);
         return s.str();
     }
-    DataType const featureType = in[1].type;
-    if (featureType != DataType::kFLOAT && featureType != DataType::kHALF)
+    TensorFacts const& first = in[1];
+    if (first.typeKnown && first.type != DataType::kFLOAT && first.type != DataType::kHALF)
     {
-        s << "feature maps must be float32 or float16, got " << dataTypeName(featureType);
+        s << "feature maps must be float32 or float16, got " << dataTypeName(first.type);
         return s.str();
     }
     for (int32_t l = 0; l < levels; ++l)
     {
-        Dims const& d = in[1 + l].dims;
-        if (d.nbDims != 4)
+        TensorFacts const& d = in[1 + l];
+        if (d.rank >= 0 && d.rank != 4)
         {
-            s << "feature map " << l << " must have shape [B, C, H, W], got " << dimsToString(d);
+            s << "feature map " << l << " must have shape [B, C, H, W], got " << factsToString(d);
             return s.str();
         }
-        if (in[1 + l].type != featureType)
+        if (d.typeKnown && first.typeKnown && d.type != first.type)
         {
-            s << "feature map " << l << " is " << dataTypeName(in[1 + l].type) << " but feature map 0 is "
-              << dataTypeName(featureType) << " (all must have one dtype)";
+            s << "feature map " << l << " is " << dataTypeName(d.type) << " but feature map 0 is "
+              << dataTypeName(first.type) << " (all must have one dtype)";
             return s.str();
         }
-        Dims const& d0 = in[1].dims;
-        if (known(d.d[1]) && known(d0.d[1]) && d.d[1] != d0.d[1])
+        if (d.rank != 4 || first.rank != 4)
         {
-            s << "feature map " << l << " has " << d.d[1] << " channels but feature map 0 has " << d0.d[1];
+            continue; // dtypes only
+        }
+        if (known(d.dims[1]) && known(first.dims[1]) && d.dims[1] != first.dims[1])
+        {
+            s << "feature map " << l << " has " << d.dims[1] << " channels but feature map 0 has " << first.dims[1];
             return s.str();
         }
-        if (known(d.d[0]) && known(roiDims.d[0]) && d.d[0] != roiDims.d[0])
+        if (rois.rank == 3 && known(d.dims[0]) && known(rois.dims[0]) && d.dims[0] != rois.dims[0])
         {
-            s << "feature map " << l << " has batch " << d.d[0] << " but rois have batch " << roiDims.d[0];
+            s << "feature map " << l << " has batch " << d.dims[0] << " but rois have batch " << rois.dims[0];
             return s.str();
         }
         for (int32_t k = 0; k < 4; ++k)
         {
-            if (known(d.d[k]) && d.d[k] > INT32_MAX)
+            if (known(d.dims[k]) && d.dims[k] > INT32_MAX)
             {
-                s << "feature map " << l << " dimension " << k << " is too large: " << d.d[k];
+                s << "feature map " << l << " dimension " << k << " is too large: " << d.dims[k];
                 return s.str();
             }
         }
@@ -215,15 +258,23 @@ std::string MultilevelRoIAlignPlugin::checkIO(PluginTensorDesc const* in, int32_
     return std::string();
 }
 
+std::string MultilevelRoIAlignPlugin::checkIO(PluginTensorDesc const* in, int32_t nbInputs, int32_t nbOutputs) const
+{
+    std::vector<TensorFacts> facts;
+    for (int32_t i = 0; i < nbInputs; ++i)
+    {
+        facts.push_back(factsOf(in[i].dims, in[i].type));
+    }
+    return checkInputs(facts, nbOutputs);
+}
+
 int32_t MultilevelRoIAlignPlugin::configurePlugin(
     DynamicPluginTensorDesc const* in, int32_t nbInputs, DynamicPluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
-    try
-    {
+    return guarded("configurePlugin", int32_t{1}, [&]() {
         if (in == nullptr || nbInputs < 1 || (nbOutputs > 0 && out == nullptr))
         {
-            report(ErrorCode::kINVALID_ARGUMENT, "configurePlugin got no tensor descriptions");
-            return 1;
+            return verdict("configurePlugin got no tensor descriptions");
         }
         std::vector<PluginTensorDesc> descs;
         for (int32_t i = 0; i < nbInputs; ++i)
@@ -235,149 +286,50 @@ int32_t MultilevelRoIAlignPlugin::configurePlugin(
         {
             problem = "the output must have the feature maps' dtype";
         }
-        if (!problem.empty())
-        {
-            report(ErrorCode::kINVALID_ARGUMENT, problem.c_str());
-            return 1;
-        }
-        return 0;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "internal error: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kUNSPECIFIED_ERROR, "unknown exception in configurePlugin");
-    }
-    return 1;
+        return verdict(problem);
+    });
 }
 
 int32_t MultilevelRoIAlignPlugin::getOutputDataTypes(
     DataType* outputTypes, int32_t nbOutputs, DataType const* inputTypes, int32_t nbInputs) const noexcept
 {
-    try
-    {
-        int32_t const levels = numLevels();
-        std::ostringstream s;
-        if (nbOutputs != 1 || outputTypes == nullptr)
+    return guarded("getOutputDataTypes", int32_t{1}, [&]() {
+        if (outputTypes == nullptr || inputTypes == nullptr || nbInputs < 2)
         {
-            s << "has one output (pooled), got " << nbOutputs;
+            return verdict("getOutputDataTypes got no data types");
         }
-        else if (nbInputs != 1 + levels || inputTypes == nullptr)
+        std::vector<TensorFacts> facts;
+        for (int32_t i = 0; i < nbInputs; ++i)
         {
-            s << "got " << nbInputs - 1 << " feature maps but spatial_scales has " << levels
-              << " entries (inputs: rois, then one feature map per scale)";
+            facts.push_back(factsOf(inputTypes[i]));
         }
-        else if (inputTypes[0] != DataType::kFLOAT)
+        int32_t const status = verdict(checkInputs(facts, nbOutputs));
+        if (status == 0)
         {
-            s << "rois must be float32, got " << dataTypeName(inputTypes[0]);
+            outputTypes[0] = inputTypes[1];
         }
-        else if (inputTypes[1] != DataType::kFLOAT && inputTypes[1] != DataType::kHALF)
-        {
-            s << "feature maps must be float32 or float16, got " << dataTypeName(inputTypes[1]);
-        }
-        else
-        {
-            for (int32_t l = 1; l < levels; ++l)
-            {
-                if (inputTypes[1 + l] != inputTypes[1])
-                {
-                    s << "feature map " << l << " is " << dataTypeName(inputTypes[1 + l]) << " but feature map 0 is "
-                      << dataTypeName(inputTypes[1]) << " (all must have one dtype)";
-                    break;
-                }
-            }
-        }
-        std::string const problem = s.str();
-        if (!problem.empty())
-        {
-            report(ErrorCode::kINVALID_ARGUMENT, problem.c_str());
-            return 1;
-        }
-        outputTypes[0] = inputTypes[1];
-        return 0;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "internal error: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kUNSPECIFIED_ERROR, "unknown exception in getOutputDataTypes");
-    }
-    return 1;
+        return status;
+    });
 }
 
 int32_t MultilevelRoIAlignPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbInputs,
     DimsExprs const* /*shapeInputs*/, int32_t /*nbShapeInputs*/, DimsExprs* outputs, int32_t nbOutputs,
     IExprBuilder& exprBuilder) noexcept
 {
-    try
-    {
-        int32_t const levels = numLevels();
-        auto constant = [](nvinfer1::IDimensionExpr const* e, int64_t& v) {
-            if (e != nullptr && e->isConstant())
-            {
-                v = e->getConstantValue();
-                return true;
-            }
-            return false;
-        };
-        std::ostringstream s;
-        if (nbOutputs != 1 || outputs == nullptr)
+    return guarded("getOutputShapes", int32_t{1}, [&]() {
+        if (inputs == nullptr || outputs == nullptr || nbInputs < 2)
         {
-            s << "has one output (pooled), got " << nbOutputs;
+            return verdict("getOutputShapes got no input shapes");
         }
-        else if (nbInputs != 1 + levels || inputs == nullptr)
+        std::vector<TensorFacts> facts;
+        for (int32_t i = 0; i < nbInputs; ++i)
         {
-            s << "got " << nbInputs - 1 << " feature maps but spatial_scales has " << levels
-              << " entries (inputs: rois, then one feature map per scale)";
+            facts.push_back(factsOf(inputs[i]));
         }
-        else if (inputs[0].nbDims != 3)
+        int32_t const status = verdict(checkInputs(facts, nbOutputs));
+        if (status != 0)
         {
-            s << "rois must have shape [B, R, 4], got rank " << inputs[0].nbDims;
-        }
-        else
-        {
-            int64_t v = 0;
-            int64_t c0 = 0;
-            int64_t b0 = 0;
-            if (constant(inputs[0].d[2], v) && v != 4)
-            {
-                s << "rois must have shape [B, R, 4], last dimension is " << v;
-            }
-            bool const roiBatchKnown = constant(inputs[0].d[0], b0);
-            for (int32_t l = 0; l < levels && s.tellp() == 0; ++l)
-            {
-                DimsExprs const& d = inputs[1 + l];
-                if (d.nbDims != 4)
-                {
-                    s << "feature map " << l << " must have shape [B, C, H, W], got rank " << d.nbDims;
-                    break;
-                }
-                if (l == 0)
-                {
-                    if (!constant(d.d[1], c0))
-                    {
-                        c0 = -1;
-                    }
-                }
-                else if (c0 >= 0 && constant(d.d[1], v) && v != c0)
-                {
-                    s << "feature map " << l << " has " << v << " channels but feature map 0 has " << c0;
-                }
-                if (s.tellp() == 0 && roiBatchKnown && constant(d.d[0], v) && v != b0)
-                {
-                    s << "feature map " << l << " has batch " << v << " but rois have batch " << b0;
-                }
-            }
-        }
-        std::string const problem = s.str();
-        if (!problem.empty())
-        {
-            report(ErrorCode::kINVALID_ARGUMENT, problem.c_str());
-            return 1;
+            return status;
         }
         DimsExprs& out = outputs[0];
         out.nbDims = 5;
@@ -387,16 +339,7 @@ int32_t MultilevelRoIAlignPlugin::getOutputShapes(DimsExprs const* inputs, int32
         out.d[3] = exprBuilder.constant(mAttrs.outputHeight);
         out.d[4] = exprBuilder.constant(mAttrs.outputWidth);
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "internal error: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kUNSPECIFIED_ERROR, "unknown exception in getOutputShapes");
-    }
-    return 1;
+    });
 }
 
 bool MultilevelRoIAlignPlugin::supportsFormatCombination(
@@ -435,56 +378,33 @@ size_t MultilevelRoIAlignPlugin::getWorkspaceSize(DynamicPluginTensorDesc const*
 
 char const* MultilevelRoIAlignPlugin::getMetadataString() noexcept
 {
-    try
-    {
+    return guarded("getMetadataString", static_cast<char const*>(nullptr), [&]() {
         std::ostringstream s;
         s << "output " << mAttrs.outputHeight << "x" << mAttrs.outputWidth << ", sampling_ratio "
-          << mAttrs.samplingRatio << ", aligned " << mAttrs.aligned << ", " << numLevels()
-          << " levels from P" << mFirstLevel << ", canonical " << mAttrs.canonicalScale << " at P"
+          << mAttrs.samplingRatio << ", aligned " << mAttrs.aligned << ", " << numLevels() << " maps, levels P"
+          << mLevelMin << "..P" << mLevelMax << ", canonical " << mAttrs.canonicalScale << " at P"
           << mAttrs.canonicalLevel;
         mMetadata = s.str();
         return mMetadata.c_str();
-    }
-    catch (...)
-    {
-        return nullptr;
-    }
+    });
 }
 
 int32_t MultilevelRoIAlignPlugin::onShapeChange(
     PluginTensorDesc const* in, int32_t nbInputs, PluginTensorDesc const* out, int32_t nbOutputs) noexcept
 {
-    try
-    {
+    return guarded("onShapeChange", int32_t{1}, [&]() {
         if (in == nullptr || nbInputs < 1 || out == nullptr)
         {
-            report(ErrorCode::kINVALID_ARGUMENT, "onShapeChange got no tensor descriptions");
-            return 1;
+            return verdict("onShapeChange got no tensor descriptions");
         }
-        std::string const problem = checkIO(in, nbInputs, nbOutputs);
-        if (!problem.empty())
-        {
-            report(ErrorCode::kINVALID_ARGUMENT, problem.c_str());
-            return 1;
-        }
-        return 0;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "internal error: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kUNSPECIFIED_ERROR, "unknown exception in onShapeChange");
-    }
-    return 1;
+        return verdict(checkIO(in, nbInputs, nbOutputs));
+    });
 }
 
 int32_t MultilevelRoIAlignPlugin::enqueue(PluginTensorDesc const* inputDesc, PluginTensorDesc const* /*outputDesc*/,
     void const* const* inputs, void* const* outputs, void* /*workspace*/, cudaStream_t stream) noexcept
 {
-    try
-    {
+    return guarded("enqueue", int32_t{1}, [&]() {
         int32_t const levels = numLevels();
         MultilevelRoIAlignParams p{};
         Dims const& roiDims = inputDesc[0].dims;
@@ -494,8 +414,7 @@ int32_t MultilevelRoIAlignPlugin::enqueue(PluginTensorDesc const* inputDesc, Plu
         {
             if (v < 0 || v > INT32_MAX)
             {
-                report(ErrorCode::kINVALID_ARGUMENT, "batch, ROI or channel count out of range");
-                return 1;
+                return verdict("batch, ROI or channel count out of range");
             }
         }
         p.rois = static_cast<float const*>(inputs[0]);
@@ -518,56 +437,36 @@ int32_t MultilevelRoIAlignPlugin::enqueue(PluginTensorDesc const* inputDesc, Plu
         p.aligned = mAttrs.aligned;
         p.canonicalScale = mAttrs.canonicalScale;
         p.canonicalLevel = mAttrs.canonicalLevel;
-        p.firstLevel = mFirstLevel;
+        p.levelMin = mLevelMin;
+        p.levelMax = mLevelMax;
         if (char const* problem = validateParams(p))
         {
-            report(ErrorCode::kINVALID_ARGUMENT, problem);
-            return 1;
+            return verdict(problem);
         }
         FeatureType const type = inputDesc[1].type == DataType::kHALF ? FeatureType::kFLOAT16 : FeatureType::kFLOAT32;
         cudaError_t const status = launchMultilevelRoIAlign(p, type, stream);
         if (status != cudaSuccess)
         {
             std::string const detail = std::string(cudaGetErrorName(status)) + ": " + cudaGetErrorString(status);
-            report(ErrorCode::kFAILED_EXECUTION, "kernel launch failed: ", detail.c_str());
+            report(ErrorCode::kFAILED_EXECUTION, "kernel launch", detail.c_str());
             return 1;
         }
         return 0;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "internal error: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kUNSPECIFIED_ERROR, "unknown exception in enqueue");
-    }
-    return 1;
+    });
 }
 
 IPluginV3* MultilevelRoIAlignPlugin::attachToContext(nvinfer1::IPluginResourceContext* context) noexcept
 {
-    try
-    {
+    return guarded("attachToContext", static_cast<IPluginV3*>(nullptr), [&]() -> IPluginV3* {
         auto* copy = new MultilevelRoIAlignPlugin(mAttrs, mLayerName);
         copy->mErrorRecorder = context != nullptr ? context->getErrorRecorder() : nullptr;
         return copy;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "attachToContext failed: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "attachToContext failed");
-    }
-    return nullptr;
+    });
 }
 
 PluginFieldCollection const* MultilevelRoIAlignPlugin::getFieldsToSerialize() noexcept
 {
-    try
-    {
+    return guarded("getFieldsToSerialize", static_cast<PluginFieldCollection const*>(nullptr), [&]() {
         mSerialFields.clear();
         mSerialFields.emplace_back("output_height", &mAttrs.outputHeight, PluginFieldType::kINT32, 1);
         mSerialFields.emplace_back("output_width", &mAttrs.outputWidth, PluginFieldType::kINT32, 1);
@@ -579,17 +478,8 @@ PluginFieldCollection const* MultilevelRoIAlignPlugin::getFieldsToSerialize() no
         mSerialFields.emplace_back("canonical_level", &mAttrs.canonicalLevel, PluginFieldType::kINT32, 1);
         mSerialCollection.nbFields = static_cast<int32_t>(mSerialFields.size());
         mSerialCollection.fields = mSerialFields.data();
-        return &mSerialCollection;
-    }
-    catch (std::exception const& e)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "serialization failed: ", e.what());
-    }
-    catch (...)
-    {
-        report(ErrorCode::kINTERNAL_ERROR, "serialization failed");
-    }
-    return nullptr;
+        return static_cast<PluginFieldCollection const*>(&mSerialCollection);
+    });
 }
 
 // -------------------------------------------------------------------------------------------------
@@ -600,29 +490,31 @@ MultilevelRoIAlignCreator::MultilevelRoIAlignCreator() noexcept = default;
 IPluginV3* MultilevelRoIAlignCreator::createPlugin(
     char const* name, PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
 {
-    try
-    {
-        std::string const layer = name != nullptr ? name : "";
-        RoIAlignAttributes attrs;
-        std::string const problem = parseAttributes(fc, attrs);
-        if (!problem.empty())
+    std::string layer;
+    auto onError = [&layer](char const* why) noexcept {
+        try
         {
-            std::string const message = std::string(kPluginName) + " '" + layer + "': " + problem;
+            std::string const message = std::string(kPluginName) + " '" + layer + "': " + why;
             logMessage(ILogger::Severity::kERROR, message.c_str());
-            return nullptr;
         }
-        return new MultilevelRoIAlignPlugin(std::move(attrs), layer);
-    }
-    catch (std::exception const& e)
-    {
-        logMessage(ILogger::Severity::kERROR, "MultilevelRoIAlign: createPlugin failed (exception)");
-        logMessage(ILogger::Severity::kERROR, e.what());
-    }
-    catch (...)
-    {
-        logMessage(ILogger::Severity::kERROR, "MultilevelRoIAlign: createPlugin failed");
-    }
-    return nullptr;
+        catch (...)
+        {
+            logMessage(ILogger::Severity::kERROR, why);
+        }
+    };
+    return catchAll(static_cast<IPluginV3*>(nullptr),
+        [&]() -> IPluginV3* {
+            layer = name != nullptr ? name : "";
+            RoIAlignAttributes attrs;
+            std::string const problem = parseAttributes(fc, attrs);
+            if (!problem.empty())
+            {
+                onError(problem.c_str());
+                return nullptr;
+            }
+            return new MultilevelRoIAlignPlugin(std::move(attrs), layer);
+        },
+        onError);
 }
 
 PluginFieldCollection const* MultilevelRoIAlignCreator::getFieldNames() noexcept

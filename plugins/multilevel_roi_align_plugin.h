@@ -9,6 +9,7 @@
 
 #include <NvInferRuntime.h>
 
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -47,13 +48,44 @@ void logMessage(nvinfer1::ILogger::Severity severity, char const* message) noexc
 //! Remember TensorRT's logger finder (called by the exported setLoggerFinder()).
 void setPluginLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept;
 
+//! Run `body` and return its result; on an exception, call `onError(what)` and return `fallback`.
+//! The one place where the plugin's noexcept methods catch: no exception crosses into TensorRT.
+template <typename Result, typename Body, typename OnError>
+Result catchAll(Result fallback, Body&& body, OnError&& onError) noexcept
+{
+    try
+    {
+        return body();
+    }
+    catch (std::exception const& e)
+    {
+        onError(e.what());
+    }
+    catch (...)
+    {
+        onError("unknown exception");
+    }
+    return fallback;
+}
+
+//! What the input checker knows of one input tensor: rank and dims (-1: unknown), dtype if known.
+//! Built from DataType arrays, PluginTensorDesc and DimsExprs alike, so one checker serves them all.
+struct TensorFacts
+{
+    int32_t rank{-1};
+    int64_t dims[nvinfer1::Dims::MAX_DIMS]{};
+    bool typeKnown{false};
+    nvinfer1::DataType type{nvinfer1::DataType::kFLOAT};
+};
+
 class MultilevelRoIAlignPlugin final : public nvinfer1::IPluginV3,
                                        public nvinfer1::IPluginV3OneCore,
                                        public nvinfer1::IPluginV3OneBuild,
                                        public nvinfer1::IPluginV3OneRuntime
 {
 public:
-    //! `attrs` must have passed parseAttributes(); `layerName` only names the layer in messages.
+    //! `attrs` must have passed parseAttributes() (else std::invalid_argument); `layerName` only
+    //! names the layer in messages.
     MultilevelRoIAlignPlugin(RoIAlignAttributes attrs, std::string layerName);
     ~MultilevelRoIAlignPlugin() override = default;
 
@@ -93,17 +125,31 @@ public:
     nvinfer1::PluginFieldCollection const* getFieldsToSerialize() noexcept override;
 
 private:
-    //! Check counts, ranks, dtypes and known dimensions (-1: unknown) of the I/O. "" when fine.
+    //! The one input checker: counts, ranks, dtypes and known dimensions (-1: unknown) of the I/O.
+    //! Returns "" when fine, else one sentence.
+    std::string checkInputs(std::vector<TensorFacts> const& in, int32_t nbOutputs) const;
     std::string checkIO(nvinfer1::PluginTensorDesc const* in, int32_t nbInputs, int32_t nbOutputs) const;
     //! Report `what` + `detail` through the execution context's error recorder when attached, and log.
     void report(nvinfer1::ErrorCode code, char const* what, char const* detail = nullptr) const noexcept;
+    //! 0 when `problem` is empty, else report it (kINVALID_ARGUMENT) and return 1.
+    int32_t verdict(std::string const& problem) const noexcept;
+    //! catchAll() that reports "<method> failed: <exception>" as an internal error.
+    template <typename Result, typename Body>
+    Result guarded(char const* method, Result fallback, Body&& body) const noexcept
+    {
+        return catchAll(fallback, body, [this, method](char const* why) noexcept {
+            report(nvinfer1::ErrorCode::kINTERNAL_ERROR, method, why);
+        });
+    }
     int32_t numLevels() const noexcept
     {
         return static_cast<int32_t>(mAttrs.spatialScales.size());
     }
 
     RoIAlignAttributes mAttrs;
-    int32_t mFirstLevel;
+    //! torchvision LevelMapper's k_min, k_max: FPN levels of the first and the last scale.
+    int32_t mLevelMin{0};
+    int32_t mLevelMax{0};
     std::string mLayerName;
     nvinfer1::IErrorRecorder* mErrorRecorder{nullptr};
     std::vector<nvinfer1::PluginField> mSerialFields;

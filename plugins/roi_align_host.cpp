@@ -47,7 +47,7 @@ void poolRoi(MultilevelRoIAlignParams const& p, int64_t roiIndex, std::vector<Sa
     int64_t const outCount = binsPerChannel * p.channels;
     float const* roi = p.rois + roiIndex * 4;
     int32_t const level = mrcnn_edge::roiLevel(
-        roi[0], roi[1], roi[2], roi[3], p.canonicalScale, p.canonicalLevel, p.firstLevel, p.numLevels);
+        roi[0], roi[1], roi[2], roi[3], p.canonicalScale, p.canonicalLevel, p.levelMin, p.levelMax, p.numLevels);
     RoIGeometry g{};
     if (level >= 0)
     {
@@ -148,7 +148,7 @@ bool poolAll(MultilevelRoIAlignParams const& p, float* output) noexcept
 //! Version of this C ABI; the Python loader refuses a library with another.
 MRE_HOST_EXPORT int32_t mre_host_abi_version()
 {
-    return 1;
+    return 2; // 2: levelMin/levelMax (torchvision's k_min/k_max) replace firstLevel
 }
 
 //! sizeof(MultilevelRoIAlignParams), checked against the ctypes mirror.
@@ -216,7 +216,7 @@ MRE_HOST_EXPORT int32_t mre_host_roi_levels(MultilevelRoIAlignParams const* para
     {
         float const* roi = params->rois + i * 4;
         levels[i] = mrcnn_edge::roiLevel(roi[0], roi[1], roi[2], roi[3], params->canonicalScale,
-            params->canonicalLevel, params->firstLevel, params->numLevels);
+            params->canonicalLevel, params->levelMin, params->levelMax, params->numLevels);
     }
     return 0;
 }

@@ -62,9 +62,10 @@ struct MultilevelRoIAlignParams
     int32_t aligned;
     float canonicalScale;
     int32_t canonicalLevel;
-    //! FPN level of features[0], round(-log2(spatialScales[0])): 2 for a stride-4 map.
-    int32_t firstLevel;
-    int32_t reserved;
+    //! torchvision LevelMapper's k_min and k_max: -log2 of the first and of the last spatial scale
+    //! (2 and 5 for 1/4 .. 1/32; 5 and 5 for MobileNetV3-FPN's two 1/32 maps). See fpnLevelRange().
+    int32_t levelMin;
+    int32_t levelMax;
 };
 
 //! Bits of a float are finite (not inf, not NaN); immune to -ffast-math folding.
@@ -112,11 +113,15 @@ MRE_HD float halfBitsToFloat(uint16_t h)
 
 //! FPN level index in [0, numLevels) of an ROI, or -1 when it belongs to no level.
 //!
-//! floor(canonicalLevel + log2(sqrt(w*h) / canonicalScale) + 1e-6), clamped to the levels given,
-//! as torchvision's LevelMapper. An ROI with negative area has a NaN level there and is pooled by
-//! no level (its output stays zero); non-finite coordinates get the same treatment here.
+//! torchvision's LevelMapper: floor(canonicalLevel + log2(sqrt(w*h) / canonicalScale) + 1e-6),
+//! clamped to [levelMin, levelMax] (k_min, k_max: from the first and the last scale, not from the
+//! number of maps), minus levelMin. The clamp is torch.clamp's, max(min(.)) in that order, so that
+//! levelMin > levelMax (scales given coarse first) gives what torchvision gives. An index past the
+//! last map (levels that skip a power of two) is pooled by no map, as in MultiScaleRoIAlign, whose
+//! per-level loop never reaches it. An ROI with negative area has a NaN level there and is pooled
+//! by no level (its output stays zero); non-finite coordinates get the same treatment here.
 MRE_HD int32_t roiLevel(float x1, float y1, float x2, float y2, float canonicalScale, int32_t canonicalLevel,
-    int32_t firstLevel, int32_t numLevels)
+    int32_t levelMin, int32_t levelMax, int32_t numLevels)
 {
     if (!(isFiniteFloat(x1) && isFiniteFloat(y1) && isFiniteFloat(x2) && isFiniteFloat(y2)))
     {
@@ -133,10 +138,12 @@ MRE_HD int32_t roiLevel(float x1, float y1, float x2, float y2, float canonicalS
     {
         return -1; // NaN: negative area
     }
-    float const lowest = static_cast<float>(firstLevel);
-    float const highest = static_cast<float>(firstLevel + numLevels - 1);
-    float const clamped = level < lowest ? lowest : (level > highest ? highest : level);
-    return static_cast<int32_t>(clamped) - firstLevel;
+    float const lowest = static_cast<float>(levelMin);
+    float const highest = static_cast<float>(levelMax);
+    float clamped = level < lowest ? lowest : level;
+    clamped = clamped > highest ? highest : clamped;
+    int32_t const index = static_cast<int32_t>(clamped) - levelMin;
+    return index >= 0 && index < numLevels ? index : -1;
 }
 
 //! Where an ROI's bins lie on its feature map and how densely they are sampled.
@@ -264,10 +271,43 @@ MRE_HD bool bilinearTap(float y, float x, int32_t height, int32_t width, Bilinea
     return true;
 }
 
-//! FPN level of a map of stride 1/scale: round(-log2(scale)); 2 for 1/4.
-inline int32_t levelOfScale(float scale)
+//! FPN level of a map of scale 1/2^k: k, in `level`. False when `scale` is not a power of two in
+//! (0, 1] (within 1e-6 in log2, as mrcnn_edge.contract.fpn_level_range), or not finite.
+inline bool fpnLevelOfScale(float scale, int32_t& level)
 {
-    return static_cast<int32_t>(lroundf(-log2f(scale)));
+    if (!(isFiniteFloat(scale) && scale > 0.0f && scale <= 1.0f))
+    {
+        return false;
+    }
+    double const k = -log2(static_cast<double>(scale));
+    double const rounded = floor(k + 0.5);
+    if (fabs(k - rounded) > 1e-6)
+    {
+        return false;
+    }
+    level = static_cast<int32_t>(rounded);
+    return true;
+}
+
+//! torchvision LevelMapper's (k_min, k_max) of `scales[0 .. numLevels)`: the levels of the first and
+//! of the last map. nullptr on success, else why not (a static string).
+inline char const* fpnLevelRange(float const* scales, int32_t numLevels, int32_t& levelMin, int32_t& levelMax)
+{
+    if (numLevels < 1 || numLevels > kMaxLevels)
+    {
+        return "spatial_scales must have 1 to 8 entries";
+    }
+    for (int32_t l = 0; l < numLevels; ++l)
+    {
+        int32_t unused = 0;
+        if (!fpnLevelOfScale(scales[l], unused))
+        {
+            return "spatial_scales must be powers of two (1/4, 1/8, ...) in (0, 1], as FPN maps are";
+        }
+    }
+    fpnLevelOfScale(scales[0], levelMin);
+    fpnLevelOfScale(scales[numLevels - 1], levelMax);
+    return nullptr;
 }
 
 //! Number of output elements, B * R * C * outputHeight * outputWidth (0 for any negative size).
@@ -313,6 +353,16 @@ inline char const* validateParams(MultilevelRoIAlignParams const& p)
         {
             return "spatial_scales must be positive finite numbers";
         }
+    }
+    int32_t levelMin = 0;
+    int32_t levelMax = 0;
+    if (char const* problem = fpnLevelRange(p.spatialScales, p.numLevels, levelMin, levelMax))
+    {
+        return problem;
+    }
+    if (levelMin != p.levelMin || levelMax != p.levelMax)
+    {
+        return "levelMin and levelMax must be the FPN levels of the first and the last spatial scale";
     }
     if (outputElementCount(p) == 0)
     {

@@ -76,3 +76,23 @@ def test_fake_implementations_give_shapes():
         keep = torch.ops.mrcnn_edge.padded_nms(rois, torch.empty(2, 10), 0.5, 0.0, 5)
     assert tuple(out.shape) == (2, 10, 8, 7, 7)
     assert tuple(keep.shape) == (2, 5) and keep.dtype == torch.int64
+
+
+def test_two_maps_at_one_scale_equal_multiscale_roi_align():
+    """MobileNetV3-FPN's two 1/32 maps: torchvision's LevelMapper has k_min = k_max = 5."""
+    gen = torch.Generator().manual_seed(9)
+    B, C, H, W = 1, 3, 256, 320
+    feats = OrderedDict((n, torch.randn(B, C, H // 32, W // 32, generator=gen)) for n in ("0", "1"))
+    boxes = [_boxes(200, 256, gen)]
+    ref = MultiScaleRoIAlign(list(feats), 7, 2)(feats, boxes, [(H, W)])
+    got = torch.ops.mrcnn_edge.multilevel_roi_align(boxes[0][None], list(feats.values()), [7, 7], 2, False,
+                                                    [1 / 32, 1 / 32], 224.0, 4)
+    assert torch.allclose(got[0], ref, atol=1e-6)
+    assert ops.level_range([1 / 8, 1 / 16, 1 / 32]) == (3, 5)
+
+
+@pytest.mark.parametrize("scales", [[0.25, 0.1], [1 / 3]])
+def test_level_range_refuses_scales_that_are_not_powers_of_two(scales):
+    with pytest.raises(ValueError, match="powers of two") as err:
+        ops.level_range(scales)
+    assert "\n" not in str(err.value)

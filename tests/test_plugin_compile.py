@@ -1,19 +1,21 @@
 """The plugin compiles: the kernel with plain nvcc (no TensorRT), the plugin class against every set
 of TensorRT headers found, and the whole library with CMake. No GPU needed.
 
-TensorRT headers come from ``$MRCNN_EDGE_TENSORRT_INCLUDE`` (several folders separated by
-``os.pathsep``, e.g. the ``include/`` of TensorRT 10.3 and 11.x) and the usual install places;
-the tests that need them skip with the reason where there are none.
+TensorRT headers: ``$MRCNN_EDGE_TRT_HEADERS`` (a folder of header sets, ``<dir>/<version>/include``;
+``.ci/run`` points it at ``shared/tensorrt-headers``, which holds 10.3, 10.16 and 11.1), or
+``$MRCNN_EDGE_TENSORRT_INCLUDE`` (``include`` folders separated by ``os.pathsep``), or an installed
+TensorRT; the tests that need them skip with the reason where there are none.
 
 Each compiled plugin class also runs plugins/tests/plugin_selftest.cpp: the creator, attribute
 checks, serialisation and the build/runtime checks through TensorRT's interfaces, on the CPU.
+Compiles happen once per process and header set (mrcnn_edge.plugins._testbuild) and are shared
+with tests/test_plugin_registration.py and tests/test_plugin_attributes.py.
 """
 from __future__ import annotations
 
 import ctypes
 import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -22,63 +24,39 @@ import pytest
 
 from mrcnn_edge.export import plugin_build
 from mrcnn_edge.plugins import SOURCE_DIR
+from mrcnn_edge.plugins import _testbuild
 
-NVCC = plugin_build.find_nvcc()
-CUDA_HOME = plugin_build._nvcc_cuda_home(NVCC) if NVCC else None
-CXX = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+NVCC = _testbuild.nvcc()
+CUDA_HOME = _testbuild.cuda_home()
+CXX = _testbuild.cxx()
 NO_NVCC = "nvcc not found (install the CUDA toolkit or set CUDA_HOME)"
 # Orin, and desktop Turing, Ada and Hopper: compile only, in one nvcc call.
 KERNEL_ARCHS = (75, 87, 89, 90)
-
-
-def _tensorrt_include_dirs() -> list[Path]:
-    dirs = [Path(p) for p in os.environ.get("MRCNN_EDGE_TENSORRT_INCLUDE", "").split(os.pathsep) if p]
-    auto = plugin_build.find_tensorrt_include()
-    if auto is not None:
-        dirs.append(auto)
-    found = {}
-    for d in dirs:
-        if (d / "NvInferRuntime.h").is_file():
-            found.setdefault(d.resolve(), None)
-    return list(found)
-
-
-TRT_DIRS = _tensorrt_include_dirs()
-NO_TRT = ("TensorRT headers not found: set MRCNN_EDGE_TENSORRT_INCLUDE=DIR[:DIR...] "
-          "(folders with NvInferRuntime.h) or install libnvinfer-dev")
+TRT_DIRS = _testbuild.tensorrt_include_dirs()
+NO_TRT = ("TensorRT headers not found: set MRCNN_EDGE_TRT_HEADERS=DIR (folders DIR/<version>/include), "
+          "MRCNN_EDGE_TENSORRT_INCLUDE=DIR[:DIR...] (folders with NvInferRuntime.h) or install libnvinfer-dev")
 
 
 def _trt_id(d: Path | None) -> str:
     return f"trt{plugin_build.tensorrt_header_version(d)}" if d else "no-trt-headers"
 
 
-def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
 
 
-def _cudart_static() -> Path | None:
-    if CUDA_HOME is None:
-        return None
-    hits = sorted(CUDA_HOME.glob("lib*/libcudart_static.a")) + sorted(CUDA_HOME.glob("targets/*/lib/libcudart_static.a"))
-    return hits[0] if hits else None
-
-
-@pytest.fixture(scope="session")
-def kernel_object(tmp_path_factory):
+@pytest.fixture(scope="module")
+def kernel_object():
     """The kernel compiled once for every architecture in KERNEL_ARCHS (plain nvcc, -c)."""
     if NVCC is None:
         pytest.skip(NO_NVCC)
-    out = tmp_path_factory.mktemp("kernel") / "multilevel_roi_align_kernel.o"
-    cmd = [NVCC, "-c", "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-Wall,-Wextra", "-Xptxas", "-v",
-           "-I", SOURCE_DIR]
-    for a in KERNEL_ARCHS:
-        cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     t0 = time.perf_counter()
-    proc = _run([*cmd, SOURCE_DIR / "multilevel_roi_align_kernel.cu", "-o", out])
+    proc, out = _testbuild.kernel_object(KERNEL_ARCHS)
     print(f"nvcc kernel for sm_{', sm_'.join(map(str, KERNEL_ARCHS))}: {time.perf_counter() - t0:.1f} s")
     return proc, out
 
 
+@pytest.mark.slow
 def test_kernel_compiles_with_plain_nvcc_for_orin_and_desktop(kernel_object):
     proc, out = kernel_object
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,7 +79,7 @@ def test_kernel_has_no_tensorrt_dependency():
 def test_shared_header_is_plain_cpp_without_cuda(tmp_path):
     """roi_align_math.h compiles as ordinary C++ with no CUDA headers anywhere on the path."""
     src = tmp_path / "use_header.cpp"
-    src.write_text('#include "roi_align_math.h"\nint main() { return mrcnn_edge::roiLevel(0, 0, 10, 10, 224.f, 4, 2, 4); }\n')
+    src.write_text('#include "roi_align_math.h"\nint main() { return mrcnn_edge::roiLevel(0, 0, 10, 10, 224.f, 4, 2, 5, 4); }\n')
     proc = _run([CXX, "-std=c++17", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", SOURCE_DIR, src,
                  "-o", tmp_path / "a.out"])
     assert proc.returncode == 0, proc.stderr
@@ -109,30 +87,19 @@ def test_shared_header_is_plain_cpp_without_cuda(tmp_path):
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trt_include", TRT_DIRS or [None], ids=_trt_id)
-def test_plugin_class_compiles_and_passes_selftest(trt_include, kernel_object, tmp_path):
+def test_plugin_class_compiles_and_passes_selftest(trt_include, kernel_object):
     if trt_include is None:
         pytest.skip(NO_TRT)
     if CXX is None:
         pytest.skip("no C++ compiler (g++) on this machine")
-    cudart = _cudart_static()
-    if cudart is None:
+    if _testbuild.cudart_static() is None:
         pytest.skip(f"libcudart_static.a not found under {CUDA_HOME}")
     proc, kernel = kernel_object
     assert proc.returncode == 0, proc.stderr[-2000:]
-    flags = ["-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", SOURCE_DIR,
-             "-isystem", trt_include, "-isystem", CUDA_HOME / "include"]
     t0 = time.perf_counter()
-    objects = []
-    for name in ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp"):
-        obj = tmp_path / (name + ".o")
-        proc = _run([CXX, *flags, "-c", SOURCE_DIR / name, "-o", obj])
-        assert proc.returncode == 0, f"{name} against {trt_include}:\n{proc.stderr[-4000:]}"
-        objects.append(obj)
-    exe = tmp_path / "plugin_selftest"
-    proc = _run([CXX, *flags, SOURCE_DIR / "tests" / "plugin_selftest.cpp", *objects, kernel, cudart,
-                 "-ldl", "-lpthread", "-lrt", "-o", exe])
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    exe = _testbuild.selftest_executable(trt_include, kernel)  # the objects compile with -Werror
     print(f"plugin class against TensorRT {plugin_build.tensorrt_header_version(trt_include)} headers: "
           f"{time.perf_counter() - t0:.1f} s")
     run = _run([exe], timeout=120)
@@ -141,8 +108,10 @@ def test_plugin_class_compiles_and_passes_selftest(trt_include, kernel_object, t
     # the refusals said why, one line each
     assert "unknown attribute 'output_size'" in run.stderr
     assert "feature map 3 has 128 channels but feature map 0 has 256" in run.stderr
+    assert "spatial_scales must be powers of two (1/4, 1/8, ...) as FPN maps are, got 0.1" in run.stderr
 
 
+@pytest.mark.slow
 def test_cmake_builds_the_library(tmp_path):
     if NVCC is None:
         pytest.skip(NO_NVCC)
@@ -177,3 +146,4 @@ def test_cmake_builds_the_library(tmp_path):
     assert plugin_build.plugin_library_tensorrt_version(lib_path) == plugin_build.tensorrt_header_version(trt)
     lib.mrcnnEdgePluginDescription.restype = ctypes.c_char_p
     assert lib.mrcnnEdgePluginDescription() == b"MultilevelRoIAlign/1@mrcnn_edge"
+    assert lib.mrcnnEdgePluginSelfRegistered() == 0  # no TensorRT in this process to register with

@@ -9,7 +9,10 @@
 // getOutputShapes needs an IExprBuilder, which only TensorRT implements; the stand-in below wraps
 // TensorRT's internal apiv::VExprBuilder interface, unchanged from 10.3 to 11.x. Test code only.
 //
-// Prints one line per failed check and exits with the number of failures.
+// Prints one line per failed check and exits with the number of failures. With --fields it prints
+// instead what the creator advertises (getFieldNames: "field NAME TYPE LENGTH", TYPE the
+// PluginFieldType number) and the values of a plugin created with no field ("default NAME V..."),
+// which tests/test_plugin_attributes.py holds against mrcnn_edge.contract.PLUGIN_ATTRIBUTES.
 #include <NvInferRuntime.h>
 
 #include <cmath>
@@ -244,12 +247,57 @@ IPluginV3* create(IPluginCreatorV3One* creator, Fields const& f, TensorRTPhase p
     return creator->createPlugin("roi_pool", &fc, phase);
 }
 
+//! --fields: the creator's advertised fields and a default plugin's values, one line each.
+int printFields(IPluginCreatorV3One* creator)
+{
+    PluginFieldCollection const* names = creator->getFieldNames();
+    for (int32_t i = 0; names != nullptr && i < names->nbFields; ++i)
+    {
+        PluginField const& f = names->fields[i];
+        std::printf("field %s %d %d\n", f.name, static_cast<int>(f.type), static_cast<int>(f.length));
+    }
+    PluginFieldCollection const empty{0, nullptr};
+    std::unique_ptr<IPluginV3> plugin(creator->createPlugin("defaults", &empty, TensorRTPhase::kBUILD));
+    if (!plugin)
+    {
+        return 1;
+    }
+    auto* runtime = static_cast<IPluginV3OneRuntime*>(plugin->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* values = runtime->getFieldsToSerialize();
+    for (int32_t i = 0; values != nullptr && i < values->nbFields; ++i)
+    {
+        PluginField const& f = values->fields[i];
+        std::printf("default %s", f.name);
+        for (int32_t k = 0; k < f.length; ++k)
+        {
+            if (f.type == PluginFieldType::kINT32)
+            {
+                std::printf(" %d", static_cast<int32_t const*>(f.data)[k]);
+            }
+            else if (f.type == PluginFieldType::kFLOAT32)
+            {
+                std::printf(" %.9g", static_cast<double>(static_cast<float const*>(f.data)[k]));
+            }
+            else
+            {
+                std::printf(" ?");
+            }
+        }
+        std::printf("\n");
+    }
+    return 0;
+}
+
 } // namespace
 
-int main()
+int main(int argc, char** argv)
 {
     int32_t nbCreators = -1;
     IPluginCreatorInterface* const* creators = getCreators(nbCreators);
+    if (argc > 1 && std::strcmp(argv[1], "--fields") == 0)
+    {
+        return nbCreators == 1 ? printFields(static_cast<IPluginCreatorV3One*>(creators[0])) : 1;
+    }
     check(nbCreators == 1 && creators != nullptr && creators[0] != nullptr, "getCreators returns one creator");
     if (gFailures)
     {
@@ -303,6 +351,7 @@ int main()
     int64_t const seven64 = 7;
     double const scales64[4] = {0.25, 0.125, 0.0625, 0.03125};
     char const text[] = "0.25";
+    float const notPowerOfTwo[2] = {0.25F, 0.1F};
     struct BadCase
     {
         char const* what;
@@ -320,6 +369,7 @@ int main()
         {"two values for an int", PluginField("output_height", scales, PluginFieldType::kINT32, 2)},
         {"no data", PluginField("output_height", nullptr, PluginFieldType::kINT32, 1)},
         {"scale above 1", PluginField("spatial_scales", &floatSeven, PluginFieldType::kFLOAT32, 1)},
+        {"a scale that is not a power of two", PluginField("spatial_scales", notPowerOfTwo, PluginFieldType::kFLOAT32, 2)},
     };
     for (BadCase const& c : badCases)
     {
@@ -338,6 +388,11 @@ int main()
             PluginField("spatial_scales", scales64, PluginFieldType::kFLOAT64, 4)};
         std::unique_ptr<IPluginV3> q(create(creator, wide));
         check(q != nullptr, "createPlugin takes INT64 and FLOAT64 fields");
+        float const twoAt32[2] = {0.03125F, 0.03125F};
+        Fields mobile;
+        mobile.list = {PluginField("spatial_scales", twoAt32, PluginFieldType::kFLOAT32, 2)};
+        std::unique_ptr<IPluginV3> m(create(creator, mobile));
+        check(m != nullptr, "createPlugin takes two maps at 1/32 (MobileNetV3-FPN)");
     }
 
     // ---- capabilities and serialisation round trip -------------------------------------------

@@ -1,0 +1,173 @@
+"""Builds of the plugin for the CPU-only tests: compiled once per process and per header set.
+
+The tests of the plugin class (tests/test_plugin_compile.py), of its self-registration
+(tests/test_plugin_registration.py) and of its attribute table (tests/test_plugin_attributes.py)
+need the same objects; each is compiled here on first request into one temporary folder and reused
+by every later request in the same pytest process. Test support only: nothing in mrcnn-edge's
+commands imports this module.
+
+TensorRT headers: ``$MRCNN_EDGE_TRT_HEADERS`` names a folder of header sets (``<dir>/<version>/include``,
+as ``shared/tensorrt-headers`` in CI, which ``.ci/run`` points it at), ``$MRCNN_EDGE_TENSORRT_INCLUDE``
+lists ``include`` folders (``os.pathsep``-separated), and an installed TensorRT is found too.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from . import SOURCE_DIR
+
+__all__ = [
+    "tensorrt_include_dirs", "nvcc", "cuda_home", "cxx", "cudart_static", "kernel_object", "plugin_objects",
+    "selftest_executable", "plugin_library", "standin_nvinfer", "BuildError",
+]
+
+PLUGIN_SOURCES = ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp")
+_cache: dict[tuple, object] = {}
+_work: Path | None = None
+
+
+class BuildError(RuntimeError):
+    """A compile or link step failed; the message holds the command's output."""
+
+
+def _workdir() -> Path:
+    global _work
+    if _work is None:
+        _work = Path(tempfile.mkdtemp(prefix="mrcnn-edge-plugin-tests-"))
+        atexit.register(shutil.rmtree, _work, True)
+    return _work
+
+
+def _run(cmd: Sequence[object], what: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"{what} failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return proc
+
+
+def tensorrt_include_dirs() -> list[Path]:
+    """Every distinct folder with ``NvInferRuntime.h`` named by the environment or installed."""
+    from mrcnn_edge.export import plugin_build
+
+    dirs: list[Path] = []
+    sets = os.environ.get("MRCNN_EDGE_TRT_HEADERS")
+    if sets:
+        dirs += sorted(Path(sets).glob("*/include"))
+    dirs += [Path(p) for p in os.environ.get("MRCNN_EDGE_TENSORRT_INCLUDE", "").split(os.pathsep) if p]
+    auto = plugin_build.find_tensorrt_include()
+    if auto is not None:
+        dirs.append(auto)
+    found: dict[Path, None] = {}
+    for d in dirs:
+        if (d / "NvInferRuntime.h").is_file():
+            found.setdefault(d.resolve(), None)
+    return list(found)
+
+
+def nvcc() -> Path | None:
+    from mrcnn_edge.export import plugin_build
+
+    return plugin_build.find_nvcc()
+
+
+def cuda_home() -> Path | None:
+    from mrcnn_edge.export import plugin_build
+
+    found = nvcc()
+    return plugin_build._nvcc_cuda_home(found) if found else None
+
+
+def cxx() -> str | None:
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+
+
+def cudart_static() -> Path | None:
+    home = cuda_home()
+    if home is None:
+        return None
+    hits = sorted(home.glob("lib*/libcudart_static.a")) + sorted(home.glob("targets/*/lib/libcudart_static.a"))
+    return hits[0] if hits else None
+
+
+def kernel_object(archs: Sequence[int]) -> tuple[subprocess.CompletedProcess, Path]:
+    """The CUDA kernel compiled with plain nvcc (``-c``, ``-Xptxas -v``) for ``archs``; the process
+    is returned whatever its exit status (the compile test reads its warnings and spills)."""
+    key = ("kernel", tuple(archs))
+    if key not in _cache:
+        out = _workdir() / f"kernel-{'-'.join(map(str, archs))}.o"
+        cmd = [nvcc(), "-c", "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-Wall,-Wextra", "-Xptxas", "-v",
+               "-I", SOURCE_DIR]
+        for a in archs:
+            cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        proc = subprocess.run([str(c) for c in [*cmd, SOURCE_DIR / "multilevel_roi_align_kernel.cu", "-o", out]],
+                              capture_output=True, text=True)
+        _cache[key] = (proc, out)
+    return _cache[key]  # type: ignore[return-value]
+
+
+def _flags(include: Path) -> list[object]:
+    return ["-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", SOURCE_DIR,
+            "-isystem", include, "-isystem", cuda_home() / "include"]
+
+
+def plugin_objects(include: Path) -> list[Path]:
+    """The plugin class, attribute and entry files compiled against one header set (-Werror)."""
+    key = ("objects", include)
+    if key not in _cache:
+        folder = _workdir() / f"objects-{len(_cache)}"
+        folder.mkdir()
+        objects = []
+        for name in PLUGIN_SOURCES:
+            obj = folder / (name + ".o")
+            _run([cxx(), *_flags(include), "-c", SOURCE_DIR / name, "-o", obj], f"{name} against {include}")
+            objects.append(obj)
+        _cache[key] = objects
+    return _cache[key]  # type: ignore[return-value]
+
+
+def selftest_executable(include: Path, kernel: Path) -> Path:
+    """plugins/tests/plugin_selftest.cpp linked with the plugin's objects (no TensorRT library)."""
+    key = ("selftest", include, kernel)
+    if key not in _cache:
+        exe = _workdir() / f"plugin_selftest-{len(_cache)}"
+        _run([cxx(), *_flags(include), SOURCE_DIR / "tests" / "plugin_selftest.cpp", *plugin_objects(include), kernel,
+              cudart_static(), "-ldl", "-lpthread", "-lrt", "-o", exe], f"plugin self-test against {include}")
+        _cache[key] = exe
+    return _cache[key]  # type: ignore[return-value]
+
+
+def plugin_library(include: Path, kernel: Path) -> Path:
+    """libmrcnn_edge_plugins.so as the real build links it (static cudart, every symbol resolved)."""
+    key = ("library", include, kernel)
+    if key not in _cache:
+        folder = _workdir() / f"library-{len(_cache)}"
+        folder.mkdir()
+        lib = folder / "libmrcnn_edge_plugins.so"
+        _run([cxx(), "-shared", "-fvisibility=hidden", *plugin_objects(include), kernel, cudart_static(),
+              "-Wl,--no-undefined", "-ldl", "-lpthread", "-lrt", "-o", lib], f"plugin library against {include}")
+        _cache[key] = lib
+    return _cache[key]  # type: ignore[return-value]
+
+
+def standin_nvinfer(include: Path) -> Path:
+    """plugins/tests/standin_nvinfer.cpp as ``<folder>/libnvinfer.so.<major>`` (soname alike)."""
+    from mrcnn_edge.export import plugin_build
+
+    key = ("standin", include)
+    if key not in _cache:
+        major = (plugin_build.tensorrt_header_version(include) or "10").split(".")[0]
+        folder = _workdir() / f"standin-{len(_cache)}"
+        folder.mkdir()
+        name = f"libnvinfer.so.{major}"
+        lib = folder / name
+        _run([cxx(), "-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-isystem", include,
+              "-isystem", cuda_home() / "include", SOURCE_DIR / "tests" / "standin_nvinfer.cpp",
+              f"-Wl,-soname,{name}", "-ldl", "-o", lib], f"stand-in libnvinfer against {include}")
+        _cache[key] = lib
+    return _cache[key]  # type: ignore[return-value]
