@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-plugin": ("mrcnn_edge.export.build_cli", "compile the MultilevelRoIAlign TensorRT plugin library"),
     "build": ("mrcnn_edge.export.build_cli", "build a TensorRT engine from an exported ONNX model"),
     "run": ("mrcnn_edge.runtime.cli", "segment a camera, video, images or a stream with a model"),
+    "serve": ("mrcnn_edge.export.serve_cli", "write a Triton model repository or a DeepStream nvinfer setup"),
     "benchmark": ("mrcnn_edge.cmd_demo", "time torchvision, the edge graph, ONNX Runtime and TensorRT"),
     "inspect": ("mrcnn_edge.cmd_model", "print a checkpoint's architecture, classes and normalisation"),
     "train": ("mrcnn_edge.cmd_model", "train a Mask R-CNN on a COCO-format dataset (CPU is fine)"),

@@ -25,7 +25,7 @@ from mrcnn_edge.errors import UserError
 
 from .spec import TensorSpec
 
-__all__ = ["Backend", "BackendEntry", "BACKENDS", "backend_for", "open_backend", "check_feed"]
+__all__ = ["Backend", "BackendEntry", "BACKENDS", "backend_for", "open_backend", "check_feed", "url_scheme"]
 
 
 class Backend(abc.ABC):
@@ -73,6 +73,7 @@ class BackendEntry:
     cls: str
     extra: str                  # pip extra that brings its dependencies
     help: str
+    schemes: tuple[str, ...] = ()  # URL schemes it serves (``triton://...``): no file on disk
 
 
 BACKENDS: dict[str, BackendEntry] = {
@@ -84,11 +85,29 @@ BACKENDS: dict[str, BackendEntry] = {
         "tensorrt", ENGINE_SUFFIXES, "mrcnn_edge.runtime.backend_trt", "TrtBackend", "gpu",
         "TensorRT engine with cuda-python buffers, one stream, optional CUDA graph",
     ),
+    "triton": BackendEntry(
+        "triton", (), "mrcnn_edge.runtime.backend_triton", "TritonBackend", "triton",
+        "Triton Inference Server (triton://host:8001/model): gRPC, pre/post-processing on this machine",
+        schemes=("triton",),
+    ),
 }
 
 
+def url_scheme(path: str | Path) -> str | None:
+    """``"triton"`` for ``"triton://host:8001/model"``; None for a file path (a Path never is a URL:
+    ``Path("triton://h/m")`` collapses the ``//``)."""
+    if isinstance(path, Path):
+        return None
+    head, sep, _ = str(path).partition("://")
+    # a one-letter "scheme" is a Windows drive, not a URL
+    return head.lower() if sep and len(head) > 1 and head.replace("+", "").isalnum() else None
+
+
 def backend_for(path: str | Path, backend: str | None = None) -> BackendEntry:
-    """The backend entry for ``path`` (by suffix), or the one named, checked against the file."""
+    """The backend entry for ``path`` (by URL scheme, else by suffix), or the one named, checked against it."""
+    scheme = url_scheme(path)
+    if scheme is not None:
+        return _entry_for_scheme(scheme, str(path), backend)
     path = Path(path)
     suffix = path.suffix.lower()
     if backend not in (None, "auto"):
@@ -104,11 +123,32 @@ def backend_for(path: str | Path, backend: str | None = None) -> BackendEntry:
         if suffix in entry.suffixes:
             return entry
     known = ", ".join(s for e in BACKENDS.values() for s in e.suffixes)
-    raise UserError(f"don't know how to run {path.name}: expected a model file ending in {known}")
+    urls = ", ".join(f"{s}://..." for e in BACKENDS.values() for s in e.schemes)
+    raise UserError(f"don't know how to run {path.name}: expected a model file ending in {known}"
+                    + (f", or {urls}" if urls else ""))
+
+
+def _entry_for_scheme(scheme: str, url: str, backend: str | None) -> BackendEntry:
+    owners = [e for e in BACKENDS.values() if scheme in e.schemes]
+    if not owners:
+        urls = ", ".join(f"{s}://" for e in BACKENDS.values() for s in e.schemes)
+        raise UserError(f"don't know how to run {url}: the URL schemes known are {urls or 'none'}")
+    if backend not in (None, "auto"):
+        if backend not in BACKENDS:
+            raise UserError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        if BACKENDS[backend] not in owners:
+            raise UserError(f"the {backend} backend runs model files, not {url}")
+        return BACKENDS[backend]
+    return owners[0]
 
 
 def open_backend(path: str | Path, backend: str | None = None, **options: Any) -> Backend:
-    """Open ``path`` with its backend (see :data:`BACKENDS`); options go to the backend class."""
+    """Open ``path`` (a model file or a URL such as ``triton://host:8001/model``) with its backend
+    (see :data:`BACKENDS`); options go to the backend class."""
+    if url_scheme(path) is not None:
+        entry = backend_for(path, backend)
+        cls = getattr(importlib.import_module(entry.module), entry.cls)
+        return cls(str(path), **options)
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model {path} not found")
