@@ -62,8 +62,13 @@ def run_export(args) -> int:
 def add_validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="the PyTorch checkpoint the model was exported from")
     p.add_argument("--model", required=True, help="exported model: .onnx or .engine")
-    p.add_argument("--images", default=None, help="folder, image file or glob (default: 8 synthetic images)")
-    p.add_argument("--annotations", default=None, help="COCO annotations (folder with annotations.json, or the file): adds AP")
+    p.add_argument("--images", default=None,
+                   help="images to run: a folder of images, a dataset folder (its images/ subfolder, as "
+                        "'mrcnn-edge synth' writes), an image file or a glob (default: 8 synthetic images); "
+                        "with --annotations, where the annotated images are if not next to the annotations")
+    p.add_argument("--annotations", default=None,
+                   help="COCO annotations, a dataset folder (annotations.json + images/) or the .json file: "
+                        "runs the annotated images and adds box and mask AP per backend")
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     p.add_argument("--report", default=None, help="write the markdown report here")
     p.add_argument("--json", default=None, help="write the full report as JSON here")

@@ -29,8 +29,16 @@ _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 # (reference, candidate) -> what must hold. "exact" pairs: every detection matched one to one.
 TOLERANCES: dict[str, dict[str, float]] = {
-    "torchvision->edge": {"min_score": 0.3, "iou": 0.98, "matched_frac": 0.99, "mask_iou": 0.98},
-    "exact-fp32": {"min_score": 0.0, "iou": 0.9, "box": 0.01, "score": 1e-4, "mask": 1e-3, "matched_frac": 1.0},
+    # edge_clip_exempt: unmatched detections at the image region's border are the documented
+    # clip-to-canvas difference (edge.py); reported, not failed
+    "torchvision->edge": {"min_score": 0.3, "iou": 0.98, "matched_frac": 0.99, "mask_iou": 0.98, "edge_clip_exempt": 1},
+    # Masks: two correct float32 evaluations differ by rounding that grows with depth and activation
+    # size (torch vs ONNX Runtime on ResNet-50-FPN at 800x1344: max 5e-3 in one pixel, p99 of the
+    # per-mask max 1.2e-3, mean 2e-4, mask IoU mean 0.9996). Judged on the p99 of the per-mask max,
+    # a loose max that still stops a wrong level or weight (which move whole masks: > 0.05), and
+    # mask IoU (a pasted mask only flips where a probability sits within rounding of 0.5).
+    "exact-fp32": {"min_score": 0.0, "iou": 0.9, "box": 0.01, "score": 1e-4, "mask": 1e-2, "mask_p99": 2e-3,
+                   "mask_iou": 0.99, "matched_frac": 1.0},
     # fp16: a few boxes move by a pixel or two and drag their 28x28 grid along: judged on p99 and mask IoU
     "exact-fp16": {"min_score": 0.3, "iou": 0.9, "box_p99": 0.5, "score": 2e-2, "mask_iou": 0.98, "matched_frac": 0.95},
 }
@@ -99,18 +107,45 @@ def _stats(values: list[float]) -> dict[str, float]:
     return {"max": float(v.max()), "mean": float(v.mean()), "p99": float(np.percentile(v, 99))}
 
 
-def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: dict[str, float], canvas_hw: tuple[int, int]) -> dict[str, Any]:
-    """Statistics of ``cand`` against ``ref`` over images, and whether they are within ``tol``."""
+EDGE_CLIP = "edge clip (canvas vs image)"
+
+
+def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: dict[str, float], canvas_hw: tuple[int, int],
+            regions: Sequence[tuple[int, int]] | None = None, clip_twin: Sequence[Dets] | None = None) -> dict[str, Any]:
+    """Statistics of ``cand`` against ``ref`` over images, and whether they are within ``tol``.
+
+    ``clip_twin``: per image, the reference computed clipping boxes at the canvas instead of the
+    image (torchvision given the canvas size). An unmatched reference detection that the twin
+    lacks too, and an unmatched candidate detection that the twin has, differ only because of
+    where boxes are clipped (edge.py's clip-to-canvas difference, whose boxes reach into the
+    padding and change NMS around them): they are listed apart as ``EDGE_CLIP`` and, where
+    ``tol["edge_clip_exempt"]`` is set, do not count against the matched fraction.
+    ``regions``: per image, ``(resized_h, resized_w)`` of the letterboxed image, for the report.
+    """
     from mrcnn_edge.runtime.postprocess import paste_masks
 
     n_ref = n_cand = n_matched = n_cand_matched = 0
     box_d, score_d, mask_d, ious, mask_ious = [], [], [], [], []
-    for r, c in zip(ref, cand):
+    clipped: list[dict[str, Any]] = []
+    for k, (r, c) in enumerate(zip(ref, cand)):
         pairs = match(r, c, tol["iou"], tol["min_score"])
         n_ref += int((r.scores >= tol["min_score"]).sum())
         n_cand += int((c.scores >= tol["min_score"]).sum())
         n_matched += len(pairs)
         n_cand_matched += sum(1 for _, j, _ in pairs if c.scores[j] >= tol["min_score"])
+        if clip_twin is not None:
+            twin = clip_twin[k]
+            in_twin = {p[0] for p in match(r, twin, tol["iou"], tol["min_score"])}
+            from_twin = {p[1] for p in match(twin, c, tol["iou"], 0.0)}
+            taken_r, taken_c = {p[0] for p in pairs}, {p[1] for p in pairs}
+            region = list(regions[k]) if regions is not None else None
+            for side, d, taken, explained in (("reference", r, taken_r, lambda i: i not in in_twin),
+                                              ("candidate", c, taken_c, lambda j: j in from_twin)):
+                for i in range(len(d.scores)):
+                    if i not in taken and d.scores[i] >= tol["min_score"] and explained(i):
+                        clipped.append({"image": k, "side": side, "class": int(d.classes[i]),
+                                        "score": float(d.scores[i]), "box": [round(float(v), 2) for v in d.boxes[i]],
+                                        "region_hw": region})
         if not pairs:
             continue
         ri = np.array([p[0] for p in pairs])
@@ -122,18 +157,25 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: dict[str, float], ca
         pr = paste_masks(r.masks[ri], r.boxes[ri], canvas_hw)
         pc = paste_masks(c.masks[ci], c.boxes[ci], canvas_hw)
         mask_ious += [_mask_iou(a, b) for a, b in zip(pr, pc)]
+    clip_ref = sum(1 for d in clipped if d["side"] == "reference")
+    clip_cand = len(clipped) - clip_ref
     frac = n_matched / n_ref if n_ref else 1.0
+    exempt = bool(tol.get("edge_clip_exempt"))
+    judged = n_ref - (clip_ref if exempt else 0)
+    judged_frac = min(1.0, n_matched / judged) if judged > 0 else 1.0
     res = {
         "reference_detections": n_ref, "candidate_detections": n_cand, "matched": n_matched,
         "unmatched_reference": n_ref - n_matched, "unmatched_candidate": n_cand - n_cand_matched,
-        "matched_fraction": frac, "box_iou_min": min(ious) if ious else 1.0,
+        "edge_clip_reference": clip_ref, "edge_clip_candidate": clip_cand, "edge_clip": clipped,
+        "matched_fraction": frac, "judged_matched_fraction": judged_frac, "box_iou_min": min(ious) if ious else 1.0,
         "box_abs_diff": _stats(box_d), "score_abs_diff": _stats(score_d), "mask_prob_abs_diff": _stats(mask_d),
         "mask_iou_mean": float(np.mean(mask_ious)) if mask_ious else 1.0,
         "mask_iou_min": float(np.min(mask_ious)) if mask_ious else 1.0,
     }
     fails = []
-    if frac < tol["matched_frac"]:
-        fails.append(f"matched {frac:.3f} < {tol['matched_frac']}")
+    if judged_frac < tol["matched_frac"]:
+        what = f" (without {clip_ref} {EDGE_CLIP})" if exempt and clip_ref else ""
+        fails.append(f"matched {judged_frac:.3f}{what} < {tol['matched_frac']}")
     if "mask_iou" in tol and res["mask_iou_mean"] < tol["mask_iou"]:
         fails.append(f"mean mask IoU {res['mask_iou_mean']:.4f} < {tol['mask_iou']}")
     for key, stat in (("box", "box_abs_diff"), ("score", "score_abs_diff"), ("mask", "mask_prob_abs_diff")):
@@ -156,7 +198,7 @@ def collect_images(spec: str | None, annotations: str | None, limit: int | None)
     dataset = None
     items: list[tuple[Any, np.ndarray]] = []
     if annotations:
-        from mrcnn_edge.coco import load_dataset
+        from mrcnn_edge.data.coco import load_dataset
 
         dataset = load_dataset(annotations)
         if spec:  # images elsewhere than next to the annotations
@@ -165,7 +207,7 @@ def collect_images(spec: str | None, annotations: str | None, limit: int | None)
             items.append((image_id, dataset.read_image(image_id)))
         return items, dataset
     if spec is None:
-        from mrcnn_edge.synth import image_rng, render_sample
+        from mrcnn_edge.data.shapes import image_rng, render_sample
 
         for i in range(limit or 8):
             items.append((f"synthetic-{i}", render_sample(image_rng(12345, i), (320, 320))[0]))
@@ -173,12 +215,15 @@ def collect_images(spec: str | None, annotations: str | None, limit: int | None)
     p = Path(spec)
     if p.is_dir():
         paths = sorted(q for q in p.iterdir() if q.suffix.lower() in _IMAGE_EXT)
+        if not paths and (p / "images").is_dir():  # a dataset folder (mrcnn-edge synth, COCO layout)
+            paths = sorted(q for q in (p / "images").iterdir() if q.suffix.lower() in _IMAGE_EXT)
     elif p.is_file():
         paths = [p]
     else:
         paths = sorted(Path(q) for q in glob.glob(spec) if Path(q).suffix.lower() in _IMAGE_EXT)
     if not paths:
-        raise UserError(f"no images found at {spec} (a folder, an image file or a glob like 'dir/*.jpg')")
+        raise UserError(f"no images found at {spec} (a folder of images, a dataset folder with images/, "
+                        "an image file or a glob like 'dir/*.jpg')")
     for q in paths[:limit]:
         img = cv2.imread(str(q), cv2.IMREAD_COLOR)
         if img is None:
@@ -190,21 +235,28 @@ def collect_images(spec: str | None, annotations: str | None, limit: int | None)
 # ---------------------------------------------------------------------------------------- backends
 
 
-def _torchvision_runner(model) -> Callable[[np.ndarray, list], list[Dets]]:
+def _torchvision_runner(model, twins: list) -> Callable[[np.ndarray, list], list[Dets]]:
+    """torchvision eager given each image's own size (what the user's model does). Appends to
+    ``twins`` the same run given the canvas size instead, i.e. clipping where the graph clips: the
+    detections that differ between the two are the clip-to-canvas difference, and nothing else."""
     import torch
     from torchvision.models.detection.image_list import ImageList
+
+    def heads(feats, t, hw) -> Dets:
+        il = ImageList(t, [hw])
+        props, _ = model.rpn(il, feats)
+        det = model.roi_heads(feats, props, il.image_sizes)[0][0]
+        return Dets(det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy(), det["masks"][:, 0].numpy())
 
     def run(batch: np.ndarray, boxes_info: list) -> list[Dets]:
         out = []
         with torch.inference_mode():
             for x, lb in zip(batch, boxes_info):
                 t = torch.from_numpy(x).float()[None]
-                il = ImageList(t, [(lb.resized_h, lb.resized_w)])
-                feats = model.backbone(il.tensors)
-                props, _ = model.rpn(il, feats)
-                det = model.roi_heads(feats, props, il.image_sizes)[0][0]
-                out.append(Dets(det["boxes"].numpy(), det["scores"].numpy(), det["labels"].numpy(),
-                                det["masks"][:, 0].numpy()))
+                feats = model.backbone(t)
+                out.append(heads(feats, t, (lb.resized_h, lb.resized_w)))
+                same = (lb.resized_h, lb.resized_w) == tuple(t.shape[-2:])
+                twins.append(out[-1] if same else heads(feats, t, tuple(t.shape[-2:])))
         return out
 
     return run
@@ -232,17 +284,10 @@ def _edge_infer(edge):
 
 
 def _ort_infer(path: str):
-    from .ort_custom import make_session
+    from .ort_custom import make_session, run_session
 
     sess = make_session(path)
-    in_type = sess.get_inputs()[0].type
-
-    def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
-        x = batch.astype(np.float16 if "float16" in in_type else np.float32)
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(None, {"images": x})))
-
-    return infer
+    return lambda batch: run_session(sess, batch)
 
 
 def validate(
@@ -271,7 +316,8 @@ def validate(
     items, dataset = collect_images(images, annotations, limit)
     log(f"[validate] {len(items)} images, canvas {H}x{W}, batch {B}, {precision}")
 
-    runners: dict[str, Callable] = {"torchvision": _torchvision_runner(model)}
+    canvas_clipped: list[Dets] = []  # torchvision clipping at the canvas, as the graph does
+    runners: dict[str, Callable] = {"torchvision": _torchvision_runner(model, canvas_clipped)}
     import copy
 
     runners["edge"] = _graph_runner(_edge_infer(build_edge(copy.deepcopy(model), cfg, opts)))
@@ -299,12 +345,15 @@ def validate(
         batch = np.stack(xs)
         for name, run in runners.items():
             results[name] += run(batch, lbs)[: len(chunk)]
+        del canvas_clipped[len(results["torchvision"]):]  # padding rows of a partial batch
         letterboxes += lbs
         log(f"[validate] {min(start + B, len(items))}/{len(items)} images")
 
     exact = "exact-fp16" if precision == "fp16" else "exact-fp32"
-    comparisons = {"torchvision -> edge": compare(results["torchvision"], results["edge"], TOLERANCES["torchvision->edge"], (H, W))}
-    comparisons[f"edge -> {kind}"] = compare(results["edge"], results[kind], TOLERANCES[exact], (H, W))
+    regions = [(lb.resized_h, lb.resized_w) for lb in letterboxes]
+    comparisons = {"torchvision -> edge": compare(results["torchvision"], results["edge"], TOLERANCES["torchvision->edge"],
+                                                  (H, W), regions, canvas_clipped)}
+    comparisons[f"edge -> {kind}"] = compare(results["edge"], results[kind], TOLERANCES[exact], (H, W), regions)
     report: dict[str, Any] = {"model": str(model_path), "checkpoint": str(checkpoint), "images": len(items),
                               "canvas": [H, W], "precision": precision, "flavor": meta.get("flavor"),
                               "comparisons": comparisons}
@@ -315,7 +364,7 @@ def validate(
 
 
 def _ap(dataset, image_ids, dets: list[Dets], letterboxes) -> dict[str, float]:
-    from mrcnn_edge.coco import ImageDetections, evaluate_detections
+    from mrcnn_edge.data.coco import ImageDetections, evaluate_detections
     from mrcnn_edge.runtime.postprocess import paste_masks
 
     out = []
@@ -332,16 +381,25 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"# Validation of `{report['model']}`", "",
              f"{report['images']} images, canvas {report['canvas'][0]}x{report['canvas'][1]}, {report['precision']}, "
              f"flavor {report.get('flavor')}", "",
-             "| pair | ref dets | matched | unmatched ref/cand | box diff max / mean / p99 (px) | score diff max | "
+             "| pair | ref dets | matched | unmatched ref/cand (of which edge clip) | box diff max / mean / p99 (px) | score diff max | "
              "mask prob diff max | mask IoU mean / min | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, c in report["comparisons"].items():
         b = c["box_abs_diff"]
         lines.append(
             f"| {name} | {c['reference_detections']} | {c['matched']} ({100 * c['matched_fraction']:.1f}%) | "
-            f"{c['unmatched_reference']}/{c['unmatched_candidate']} | {b['max']:.4f} / {b['mean']:.4f} / {b['p99']:.4f} | "
+            f"{c['unmatched_reference']}/{c['unmatched_candidate']} ({c['edge_clip_reference']}/{c['edge_clip_candidate']}) | {b['max']:.4f} / {b['mean']:.4f} / {b['p99']:.4f} | "
             f"{c['score_abs_diff']['max']:.2e} | {c['mask_prob_abs_diff']['max']:.2e} | "
             f"{c['mask_iou_mean']:.4f} / {c['mask_iou_min']:.4f} | {'ok' if c['ok'] else 'FAIL: ' + '; '.join(c['failures'])} |")
+    for name, c in report["comparisons"].items():
+        if c["edge_clip"]:
+            counted = "not counted as failures" if c["tolerance"].get("edge_clip_exempt") else "counted"
+            lines += ["", f"{name}: {len(c['edge_clip'])} unmatched detections are {EDGE_CLIP}: torchvision clipping "
+                      f"at the canvas, as the graph does, gives the same difference ({counted}):"]
+            lines += [f"- image {d['image']} {d['side']}: class {d['class']}, score {d['score']:.3f}, box {d['box']}, "
+                      f"image region {d['region_hw']}" for d in c["edge_clip"][:20]]
+            if len(c["edge_clip"]) > 20:
+                lines.append(f"- ... {len(c['edge_clip']) - 20} more in the JSON report")
     lines += ["", "Tolerances: " + "; ".join(
         f"{n}: " + ", ".join(f"{k}={v}" for k, v in c["tolerance"].items()) for n, c in report["comparisons"].items())]
     if "ap" in report:

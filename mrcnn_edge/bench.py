@@ -70,7 +70,7 @@ def run_benchmark(args) -> int:
     from .edge import OUTPUT_NAMES, EdgeMaskRCNN
     from .runtime.postprocess import paste_masks
     from .runtime.preprocess import letterbox
-    from .synth import image_rng, render_sample
+    from .data.shapes import image_rng, render_sample
 
     H, W = parse_hw(args.input_size, multiple_of=32, minimum=32)
     if args.runs < 1 or args.warmup < 0:

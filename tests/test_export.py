@@ -26,7 +26,7 @@ VARIANTS = [((64, 96), "tensorrt", "fp32"), ((96, 64), "portable", "fp16")]
 # rounding between ONNX Runtime and torch grows to ~1e-3 in mask probabilities; still one to one.
 # The README's tolerances (box 0.01 px, score 1e-4, mask 1e-3) are asserted on the trained demo
 # model in test_parity.py.
-RANDOM_WEIGHTS_TOL = {**TOLERANCES["exact-fp32"], "box": 0.05, "score": 1e-3, "mask": 1e-2}
+RANDOM_WEIGHTS_TOL = {**TOLERANCES["exact-fp32"], "box": 0.05, "score": 1e-3, "mask": 1e-2, "mask_p99": 1e-2, "mask_iou": 0.95}
 
 
 def _tame(model):

@@ -14,7 +14,7 @@ import pytest
 import mrcnn_edge
 from mrcnn_edge.cli import main
 from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
-from mrcnn_edge.export.validate import validate
+from mrcnn_edge.export.validate import TOLERANCES, validate
 
 CANVAS = (320, 320)
 
@@ -30,7 +30,7 @@ def demo():
 def exported(demo, tmp_path_factory):
     d = tmp_path_factory.mktemp("onnx")
     paths = {}
-    for flavor, precision in (("tensorrt", "fp32"), ("portable", "fp32"), ("portable", "fp16")):
+    for flavor, precision in (("tensorrt", "fp32"), ("portable", "fp32"), ("portable", "fp16"), ("tensorrt", "fp16")):
         p = d / f"{flavor}-{precision}.onnx"
         export_onnx(None, p, ExportOptions(input_size=CANVAS, flavor=flavor, precision=precision),
                     model_and_config=demo, log=lambda s: None)
@@ -42,7 +42,7 @@ def exported(demo, tmp_path_factory):
 def images(tmp_path_factory):
     import cv2
 
-    from mrcnn_edge.synth import image_rng, render_sample
+    from mrcnn_edge.data.shapes import image_rng, render_sample
 
     d = tmp_path_factory.mktemp("img")
     for i in range(4):
@@ -69,6 +69,23 @@ def test_fp16_onnx_is_close(exported, images):
     c = rep["comparisons"]["edge -> onnx"]  # fp16 model against the float32 graph
     assert c["matched_fraction"] >= 0.95 and c["mask_iou_mean"] >= 0.98 and c["box_abs_diff"]["p99"] <= 0.5, c
     assert rep["ok"], c["failures"]
+
+
+@pytest.mark.slow
+def test_fp16_tensorrt_flavor_validates(exported, images):
+    """The README's combination runs in ONNX Runtime through the plugin's fp16 path and passes validate
+    (it used to abort the process inside onnxruntime-extensions: hence the subprocess)."""
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-m", "mrcnn_edge", "validate", "--checkpoint", str(mrcnn_edge.demo_checkpoint()),
+                            "--model", str(exported[("tensorrt", "fp16")]), "--images", str(images), "--limit", "2"],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, (child.stdout + child.stderr)[-2000:]
+    assert "| edge -> onnx |" in child.stdout and "**PASS**" in child.stdout
+    c = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[("tensorrt", "fp16")]), images=str(images),
+                 log=lambda s: None)["comparisons"]["edge -> onnx"]
+    assert c["tolerance"] == TOLERANCES["exact-fp16"] and c["ok"], c["failures"]
 
 
 @pytest.mark.slow
@@ -111,7 +128,7 @@ def test_validate_unreadable_images_and_mismatched_annotations(exported, tmp_pat
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert main(["validate", "--checkpoint", ck, "--model", model, "--images", str(tmp_path)]) == 2
     assert "cannot read image" in capsys.readouterr().err
-    from mrcnn_edge.synth import generate_dataset
+    from mrcnn_edge.data.dataset import generate_dataset
 
     ds = generate_dataset(tmp_path / "ds", 2, 5, size=(64, 64), progress=False)
     ann = json.loads((ds / "annotations.json").read_text())
@@ -133,3 +150,64 @@ def test_tensorrt_engine_of_the_demo_model(demo, images, tmp_path, precision):
     assert main(["build", str(onnx_path), "-o", str(engine), "--plugin-lib", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0
     rep = validate(str(mrcnn_edge.demo_checkpoint()), str(engine), images=str(images), log=lambda s: None)
     assert rep["ok"], rep["comparisons"]
+
+
+# ------------------------------------------------------------------ named differences (edge.py docstring)
+
+
+@pytest.mark.slow
+def test_candidate_cap_drops_only_detections_below_the_cap_score():
+    """``candidate cap`` (edge.py): with R x (classes-1) > 5000 candidates, class-aware NMS sees the
+    ``box_candidates`` best scores only. Without the cap the graph returns torchvision's detections;
+    with it, torchvision's detections down to the cap's score cut and none below it."""
+    import copy
+
+    import torch
+    from torchvision.models.detection.image_list import ImageList
+
+    from mrcnn_edge.checkpoint import ModelConfig, build_model
+    from mrcnn_edge.contract import TRT_NMS_MAX_BOXES
+    from mrcnn_edge.edge import EdgeMaskRCNN
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="resnet18_fpn", num_classes=91)).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.mul_(4)  # graded scores, no ties
+    # a low threshold and many rows, so that far more than box_candidates scores compete
+    model.roi_heads.score_thresh, model.roi_heads.detections_per_img = 0.001, 3000
+    size = (128, 128)  # the canvas is the image: no clip-to-canvas difference
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(3))
+
+    def edge_dets(box_candidates: int):
+        edge = EdgeMaskRCNN(model, size, 1, box_candidates=box_candidates)
+        with torch.inference_mode():
+            feats = edge.backbone(x)
+            props, valid = edge.proposals(feats)
+            num, boxes, scores, classes = edge.detect(feats, props, valid)
+        assert props.shape[1] * (edge.num_classes - 1) > TRT_NMS_MAX_BOXES  # the cap path runs
+        n = int(num[0])
+        return boxes[0, :n].numpy(), scores[0, :n].numpy(), classes[0, :n].numpy()
+
+    with torch.inference_mode():  # torchvision eager, box head only (no masks for 3000 rows)
+        feats = model.backbone(x)
+        il = ImageList(x, [size])
+        props, _ = model.rpn(il, feats)
+        heads = copy.deepcopy(model.roi_heads)
+        heads.mask_roi_pool = None
+        tv = heads(feats, props, il.image_sizes)[0][0]
+    tv_boxes, tv_scores, tv_classes = tv["boxes"].numpy(), tv["scores"].numpy(), tv["labels"].numpy()
+
+    def same(a, b) -> bool:
+        if len(a[1]) != len(b[1]):
+            return False
+        # equal scores (one proposal, two classes) may come in either order: compare sorted
+        a, b = ([v[np.lexsort((d[0][:, 0], d[2], -d[1]))] for v in d] for d in (a, b))
+        return np.array_equal(a[2], b[2]) and np.allclose(a[0], b[0], atol=1e-3) and np.allclose(a[1], b[1], atol=1e-6)
+
+    uncapped = edge_dets(10 ** 6)
+    assert same(uncapped, (tv_boxes, tv_scores, tv_classes))
+    capped = edge_dets(EdgeMaskRCNN(model, size, 1).box_candidates)
+    n = len(capped[1])
+    assert 0 < n < len(tv_scores)  # the cap does change the answer here ...
+    assert same(capped, (tv_boxes[:n], tv_scores[:n], tv_classes[:n]))  # ... only by what it drops:
+    assert tv_scores[n:].max() <= capped[1].min()  # torchvision's detections below the cut
