@@ -1,32 +1,48 @@
 """GPU pre/post-processing: the NVRTC-compiled kernels of ``runtime/kernels`` behind small methods.
 
 :class:`CudaOps` has the methods of ``postprocess.ReferenceOps`` (``paste_masks``,
-``instance_map``, ``overlay``), host arrays in and out, plus :meth:`CudaOps.letterbox`, which
-writes the model input straight into a device buffer (the TensorRT backend's ``images``), so only
-the uint8 frame crosses the bus. Kernels are compiled once per GPU architecture and cached on disk
-(``kernel_build``). Device buffers grow to the largest frame seen and are then reused; the mask
-paste works one box at a time through a staging buffer of bounded size, so its memory follows the
-boxes, not ``N x H x W``.
+``instance_map``, ``overlay``, ``render``), host arrays in and out, plus the device-resident path
+the ``Segmenter`` uses:
 
-Threads: every public method makes the ops' device (and its primary context) current in the
-calling thread first, so a pipeline's worker threads work on ``device_id``, not on device 0.
-After :meth:`CudaOps.close` (idempotent) the post-processing methods run the CPU reference, so
-``Detections`` outlive their ``Segmenter``.
+- :meth:`CudaOps.upload` puts a frame in one of a few device *frame slots* (through a pinned
+  staging buffer of that slot) and returns a :class:`DeviceFrame`; :meth:`CudaOps.letterbox_from`
+  writes the model input from it straight into the engine's input buffer;
+- :meth:`CudaOps.keep_masks` copies the engine's ``masks`` output for those frames into their
+  slots on the device (before the next inference overwrites it);
+- :meth:`CudaOps.render` draws the detections from the slot (masks pasted, thresholded, culled
+  per tile, blended) into a new frame on the device and downloads it once.
+
+Per drawn frame the bus then carries the frame up, the drawn frame down and the compact outputs
+(boxes, scores, classes, ``M x M`` masks); ``tests/test_runtime_budget.py`` holds it to that.
+A slot is reused round-robin; a ``DeviceFrame`` whose slot was reused (or a frame that is not the
+one uploaded) falls back to uploading again, so results never depend on it.
+
+Nothing here blocks inside a cuda-python call: waits record an event and poll it
+(``cuda_util.wait_event``). Threads: every public method makes the ops' device current in the
+calling thread first. After :meth:`CudaOps.close` (idempotent) the post-processing methods run
+the CPU reference, so ``Detections`` outlive their ``Segmenter``.
 """
 from __future__ import annotations
 
 import ctypes
 import threading
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from .cuda_util import check, check_versions, cuda_modules, device_compute_capability
+from .cuda_util import DeviceBuffer, check, check_versions, cuda_modules, device_compute_capability, wait_event
 from .kernel_build import KERNELS, compile_kernel, pick_arch
 from .postprocess import MASK_THRESHOLD, ReferenceOps, expand_boxes, paint_order
 from .preprocess import Letterbox
 
-__all__ = ["CudaOps", "LetterboxParams", "SIGNATURES", "pack_arguments"]
+__all__ = ["CudaOps", "DeviceFrame", "InstanceParams", "LetterboxParams", "SIGNATURES", "pack_arguments",
+           "FRAME_SLOTS", "TILE"]
+
+# Frame slots in the ring: enough for the frames a pipeline has between upload and render (one in
+# inference, one waiting, one being drawn) plus a batch; more only costs memory.
+FRAME_SLOTS = 4
+TILE = (32, 8)  # the tiled kernels' block: mre::TILE_W x mre::TILE_H
 
 
 class LetterboxParams(ctypes.Structure):
@@ -48,6 +64,14 @@ class LetterboxParams(ctypes.Structure):
                    (ctypes.c_float * 3)(*map(float, mul)), (ctypes.c_float * 3)(*map(float, add)))
 
 
+class InstanceParams(ctypes.Structure):
+    """Mirror of ``mre::InstanceParams`` (kernels/postprocess.cuh); 4-byte fields, no padding."""
+
+    _fields_ = [("n", ctypes.c_int), ("m", ctypes.c_int), ("height", ctypes.c_int), ("width", ctypes.c_int),
+                ("src_pitch", ctypes.c_int), ("dst_pitch", ctypes.c_int),
+                ("threshold", ctypes.c_float), ("alpha", ctypes.c_float)]
+
+
 # Parameters of each kernel entry point, in order ("ptr": device address, "int", "float", or a
 # ctypes Structure passed by value). Launches are packed from this table; a test checks it
 # against the parameter lists in the PTX that NVRTC compiles.
@@ -55,13 +79,16 @@ SIGNATURES: dict[str, tuple[Any, ...]] = {
     "letterbox_f32": ("ptr", LetterboxParams, "ptr"),
     "letterbox_f16": ("ptr", LetterboxParams, "ptr"),
     "paste_mask_u8": ("ptr", "ptr", "int", "int", "int", "int", "int", "int", "float", "ptr"),
-    "instance_map": ("ptr", "ptr", "ptr", "int", "int", "int", "int", "float", "ptr"),
+    "instance_map": ("ptr", "ptr", "ptr", InstanceParams, "ptr"),
+    "render_instances": ("ptr", "ptr", "ptr", "ptr", "ptr", InstanceParams, "ptr"),
     "overlay": ("ptr", "int", "ptr", "ptr", "int", "int", "float"),
 }
 _SCALARS = {"ptr": ctypes.c_void_p, "int": ctypes.c_int, "float": ctypes.c_float}
 # Bytes of pasted mask staged per round trip (device and pinned each); a box larger than this gets
 # a buffer of its own size, freed again after the call.
 PASTE_STAGING_BYTES = 8 << 20
+# Frame-sized buffers grow to this multiple of the largest frame seen (a regrowth syncs the device).
+HEADROOM = 1.25
 
 
 def pack_arguments(kernel: str, args: Sequence[Any]) -> tuple[Any, list[Any]]:
@@ -80,29 +107,34 @@ def pack_arguments(kernel: str, args: Sequence[Any]) -> tuple[Any, list[Any]]:
     return (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders]), holders
 
 
-class _Buffer:
-    """Device (or pinned host) memory that grows on demand and is otherwise reused."""
+class _Slot:
+    """One frame on the device: its pinned staging, the uploaded BGR frame and the engine's masks."""
 
-    def __init__(self, cudart: Any, pinned: bool = False) -> None:
-        self._cudart, self._pinned, self.ptr, self.size = cudart, pinned, 0, 0
+    def __init__(self, cudart: Any, event: Any) -> None:
+        self.pinned = DeviceBuffer(cudart, pinned=True, headroom=HEADROOM)
+        self.frame = DeviceBuffer(cudart, headroom=HEADROOM)
+        self.masks = DeviceBuffer(cudart)
+        self.event = event            # recorded after the last copy into this slot
+        self.generation = 0
+        self.host: np.ndarray | None = None  # the frame uploaded (identity: draw() must get this one)
+        self.mask_shape: tuple[int, int] | None = None  # (rows, M) of the masks kept, None: none
 
-    def ensure(self, nbytes: int) -> int:
-        if nbytes > self.size:
-            self.free()
-            alloc = self._cudart.cudaMallocHost if self._pinned else self._cudart.cudaMalloc
-            self.ptr = int(check(alloc(max(nbytes, 256)), "cuda allocation"))
-            self.size = max(nbytes, 256)
-        return self.ptr
+    def buffers(self) -> tuple[DeviceBuffer, ...]:
+        return self.pinned, self.frame, self.masks
 
-    def view(self, shape: Sequence[int], dtype: Any) -> np.ndarray:
-        count = int(np.prod(shape))
-        raw = (ctypes.c_uint8 * (count * np.dtype(dtype).itemsize)).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
 
-    def free(self) -> None:
-        if self.ptr:
-            (self._cudart.cudaFreeHost if self._pinned else self._cudart.cudaFree)(self.ptr)
-            self.ptr, self.size = 0, 0
+@dataclass(frozen=True, eq=False)
+class DeviceFrame:
+    """A frame in a device slot of ``ops`` (valid while the slot holds ``generation``).
+
+    ``rows``: int32 ``[N]``, the engine output rows of the detections that use it (set by
+    ``Segmenter.finish``; their masks are those rows of the slot's copy of ``masks``).
+    """
+
+    ops: "CudaOps"
+    slot: int
+    generation: int
+    rows: np.ndarray | None = None
 
 
 class CudaOps:
@@ -111,7 +143,7 @@ class CudaOps:
 
     name = "cuda"
 
-    def __init__(self, device_id: int = 0, stream: Any = None) -> None:
+    def __init__(self, device_id: int = 0, stream: Any = None, slots: int = FRAME_SLOTS) -> None:
         driver, cudart, _ = cuda_modules()
         self._driver, self._cudart = driver, cudart
         self.device_id = int(device_id)
@@ -120,9 +152,11 @@ class CudaOps:
         self._own_stream = stream is None
         self._pre_stream: Any = stream
         self._post_stream: Any = None
-        self._staging: tuple[_Buffer, ...] = ()
-        self._dev: dict[str, _Buffer] = {}
-        self._host: dict[str, _Buffer] = {}
+        self._events: list[Any] = []
+        self._slots: list[_Slot] = []
+        self._next_slot = 0
+        self._dev: dict[str, DeviceBuffer] = {}
+        self._host: dict[str, DeviceBuffer] = {}
         self._lock = threading.Lock()
         self._reference = ReferenceOps()
         check_versions()
@@ -141,12 +175,19 @@ class CudaOps:
             if self._own_stream:
                 self._pre_stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
             self._post_stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+            # "Events created with this flag [cudaEventDisableTiming] specified and the
+            # cudaEventBlockingSync flag not specified will provide the best performance when used
+            # with cudaStreamWaitEvent() and cudaEventQuery()"
+            for _ in range(max(int(slots), 1) + 1):
+                self._events.append(check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+                                          "cudaEventCreateWithFlags"))
         except BaseException:
             self.close()
             raise
-        self._staging = (_Buffer(cudart, pinned=True), _Buffer(cudart))  # frame upload: pinned, device
-        self._dev = {k: _Buffer(cudart) for k in ("frame", "masks", "boxes", "order", "ids", "paste", "colours")}
-        self._host = {k: _Buffer(cudart, pinned=True) for k in ("frame", "ids", "paste")}
+        self._slots = [_Slot(cudart, ev) for ev in self._events[:-1]]
+        self._dev = {k: DeviceBuffer(cudart, headroom=HEADROOM if k in ("frame", "ids", "render") else 1.0)
+                     for k in ("frame", "masks", "boxes", "order", "ids", "paste", "colours", "render")}
+        self._host = {k: DeviceBuffer(cudart, pinned=True, headroom=HEADROOM) for k in ("frame", "ids", "paste", "render")}
 
     @property
     def closed(self) -> bool:
@@ -164,7 +205,7 @@ class CudaOps:
 
     def _launch(self, name: str, grid: tuple[int, int, int], args: Sequence[Any], stream: Any) -> None:
         pointers, holders = pack_arguments(name, args)
-        check(self._driver.cuLaunchKernel(self._fn[name], grid[0], grid[1], grid[2], 32, 8, 1, 0, stream,
+        check(self._driver.cuLaunchKernel(self._fn[name], grid[0], grid[1], grid[2], TILE[0], TILE[1], 1, 0, stream,
                                           ctypes.addressof(pointers), 0), f"launch {name}")
         del holders  # the driver copied the values at launch
 
@@ -173,17 +214,22 @@ class CudaOps:
         check(self._cudart.cudaMemcpyAsync(dst, src, nbytes, k, stream), f"cudaMemcpyAsync {kind}")
 
     def _upload(self, key: str, array: np.ndarray, stream: Any) -> int:
+        """Copy a small host array up. Pageable source: cudaMemcpyAsync stages it before returning
+        ("the function will return once the pageable buffer has been copied to the staging memory")."""
         array = np.ascontiguousarray(array)
         ptr = self._dev[key].ensure(array.nbytes)
         self._copy(ptr, array.ctypes.data, array.nbytes, "HostToDevice", stream)
         return ptr
 
-    def _sync(self, stream: Any) -> None:
-        check(self._cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+    def _finish(self, stream: Any, what: str) -> None:
+        """Wait for everything enqueued on ``stream`` so far (event + poll, never a blocking call)."""
+        event = self._events[-1]  # the ops' own event; each slot has its own
+        check(self._cudart.cudaEventRecord(event, stream), "cudaEventRecord")
+        wait_event(self._cudart, event, what)
 
     @staticmethod
     def _grid(height: int, width: int, depth: int = 1) -> tuple[int, int, int]:
-        return (width + 31) // 32, (height + 7) // 8, depth
+        return (width + TILE[0] - 1) // TILE[0], (height + TILE[1] - 1) // TILE[1], depth
 
     def _open(self) -> None:
         if self._closed:
@@ -191,21 +237,42 @@ class CudaOps:
         self._bind()
 
     # -- pre-processing -----------------------------------------------------------------------
+    def upload(self, frame: np.ndarray) -> DeviceFrame:
+        """Enqueue a BGR uint8 ``H×W×3`` frame into the next device slot (one copy up, async)."""
+        with self._lock:
+            self._open()
+            index = self._next_slot
+            self._next_slot = (index + 1) % len(self._slots)
+            slot = self._slots[index]
+            # the slot's last copies may still be in flight (its pinned staging is their source)
+            wait_event(self._cudart, slot.event, "wait for a frame slot")
+            slot.generation += 1
+            slot.host, slot.mask_shape = frame, None
+            slot.pinned.ensure(frame.nbytes)
+            np.copyto(slot.pinned.view(frame.shape, np.uint8), frame)
+            self._copy(slot.frame.ensure(frame.nbytes), slot.pinned.ptr, frame.nbytes, "HostToDevice", self._pre_stream)
+            check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
+            return DeviceFrame(self, index, slot.generation)
+
+    def letterbox_from(self, dframe: DeviceFrame, dst_ptr: int, canvas_hw: Sequence[int], mul: np.ndarray,
+                       add: np.ndarray, fp16: bool) -> Letterbox:
+        """Enqueue the model input ``[3,H,W]`` at ``dst_ptr`` from an uploaded frame (async)."""
+        with self._lock:
+            self._open()
+            slot = self._slots[dframe.slot]
+            if slot.generation != dframe.generation or slot.host is None:
+                raise RuntimeError("letterbox_from() got a frame whose device slot was reused")
+            frame = slot.host
+            box = Letterbox.fit(frame.shape[:2], canvas_hw)
+            params = LetterboxParams.make(box, frame.shape[1] * 3, mul, add)
+            self._launch("letterbox_f16" if fp16 else "letterbox_f32", self._grid(box.canvas_h, box.canvas_w),
+                         [slot.frame.ptr, params, dst_ptr], self._pre_stream)
+            return box
+
     def letterbox(self, frame: np.ndarray, dst_ptr: int, canvas_hw: Sequence[int], mul: np.ndarray,
                   add: np.ndarray, fp16: bool) -> Letterbox:
         """Enqueue the model input of one BGR uint8 frame into ``[3,H,W]`` at ``dst_ptr`` (async)."""
-        box = Letterbox.fit(frame.shape[:2], canvas_hw)
-        with self._lock:
-            self._open()
-            pinned, device = self._staging
-            self._sync(self._pre_stream)  # the staging may still be in flight
-            pinned.ensure(frame.nbytes)
-            np.copyto(pinned.view(frame.shape, np.uint8), frame)
-            self._copy(device.ensure(frame.nbytes), pinned.ptr, frame.nbytes, "HostToDevice", self._pre_stream)
-            params = LetterboxParams.make(box, frame.shape[1] * 3, mul, add)
-            self._launch("letterbox_f16" if fp16 else "letterbox_f32", self._grid(box.canvas_h, box.canvas_w),
-                         [device.ptr, params, dst_ptr], self._pre_stream)
-        return box
+        return self.letterbox_from(self.upload(frame), dst_ptr, canvas_hw, mul, add, fp16)
 
     def zero(self, dst_ptr: int, nbytes: int) -> None:
         """Enqueue zeroing of device memory (the unused slots of a partial batch)."""
@@ -213,20 +280,39 @@ class CudaOps:
             self._open()
             check(self._cudart.cudaMemsetAsync(dst_ptr, 0, nbytes, self._pre_stream), "cudaMemsetAsync")
 
-    # -- post-processing (the ReferenceOps interface) -------------------------------------------
-    def _masks_and_boxes(self, masks: np.ndarray, pboxes: np.ndarray) -> tuple[int, int, int]:
-        masks = np.ascontiguousarray(masks, dtype=np.float32)
-        mp = self._upload("masks", masks, self._post_stream)
-        bp = self._upload("boxes", np.ascontiguousarray(pboxes, dtype=np.int32), self._post_stream)
-        return mp, bp, masks.shape[-1]
+    def keep_masks(self, frames: Sequence[DeviceFrame], masks_ptr: int, rows: int, mask_size: int) -> None:
+        """Copy the engine's float32 ``masks`` output ``[B,rows,M,M]`` at ``masks_ptr`` into the
+        frames' slots, on the device (async, on the engine's stream: ordered before its next run)."""
+        item = rows * mask_size * mask_size * 4
+        with self._lock:
+            self._open()
+            for b, dframe in enumerate(frames):
+                slot = self._slots[dframe.slot]
+                if slot.generation != dframe.generation:
+                    continue
+                self._copy(slot.masks.ensure(item), masks_ptr + b * item, item, "DeviceToDevice", self._pre_stream)
+                slot.mask_shape = (rows, mask_size)
+                check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
 
-    def paste_masks(self, masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
-                    threshold: float = MASK_THRESHOLD) -> np.ndarray:
-        """bool ``[N,h,w]``, as ``ReferenceOps.paste_masks``; the GPU computes each box's region only."""
+    def _resident(self, dframe: DeviceFrame | None, image: np.ndarray | None, m: int) -> _Slot | None:
+        """The slot still holding ``dframe`` (and ``image`` itself, when given) with its masks, else None."""
+        if dframe is None or dframe.ops is not self:
+            return None
+        slot = self._slots[dframe.slot]
+        if slot.generation != dframe.generation or slot.mask_shape is None or slot.mask_shape[1] != m:
+            return None
+        if image is not None and image is not slot.host:
+            return None
+        return slot
+
+    # -- post-processing (the ReferenceOps interface) -------------------------------------------
+    def paste_regions(self, masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
+                      threshold: float = MASK_THRESHOLD) -> list[tuple[int, int, np.ndarray] | None]:
+        """Per detection ``(y0, x0, bool [rows, cols])``: its pasted mask over its box clipped to the
+        frame (None when the box misses it), as ``ReferenceOps.paste_regions``. Memory follows the boxes."""
         h, w = int(frame_hw[0]), int(frame_hw[1])
         n = len(masks)
-        # zero pages are mapped lazily: only the box regions written below cost memory
-        out = np.zeros((n, h, w), dtype=bool)
+        out: list[tuple[int, int, np.ndarray] | None] = [None] * n
         if n == 0:
             return out
         pboxes = expand_boxes(boxes, np.asarray(masks).shape[-1])
@@ -240,9 +326,12 @@ class CudaOps:
             return out
         with self._lock:
             if self._closed:
-                return self._reference.paste_masks(masks, boxes, frame_hw, threshold)
+                return self._reference.paste_regions(masks, boxes, frame_hw, threshold)
             self._bind()
-            mp, bp, m = self._masks_and_boxes(masks, pboxes)
+            masks = np.ascontiguousarray(masks, dtype=np.float32)
+            mp = self._upload("masks", masks, self._post_stream)
+            bp = self._upload("boxes", pboxes, self._post_stream)
+            m = masks.shape[-1]
             areas = [r * c for _, _, _, r, c in regions]
             # all boxes in one round when they fit the staging size; one box never splits
             budget = max(min(PASTE_STAGING_BYTES, sum(areas)), max(areas))
@@ -253,8 +342,8 @@ class CudaOps:
                 start = 0
                 while start < len(regions):  # rounds of boxes that fit the staging buffer together
                     end, used = start, 0
-                    while end < len(regions) and used + regions[end][3] * regions[end][4] <= budget:
-                        used += regions[end][3] * regions[end][4]
+                    while end < len(regions) and used + areas[end] <= budget:
+                        used += areas[end]
                         end += 1
                     offset = 0
                     for i, x0, y0, rows, cols in regions[start:end]:
@@ -263,19 +352,53 @@ class CudaOps:
                                      self._post_stream)
                         offset += rows * cols
                     self._copy(host.ptr, dev.ptr, used, "DeviceToHost", self._post_stream)
-                    self._sync(self._post_stream)
+                    self._finish(self._post_stream, "paste masks")
                     staged = host.view((used,), np.uint8)
                     offset = 0
                     for i, x0, y0, rows, cols in regions[start:end]:
-                        out[i, y0:y0 + rows, x0:x0 + cols] = staged[offset:offset + rows * cols].reshape(rows, cols)
+                        out[i] = (y0, x0, staged[offset:offset + rows * cols].reshape(rows, cols).astype(bool))
                         offset += rows * cols
                     start = end
             finally:
                 if dev.size > PASTE_STAGING_BYTES:  # one huge box: do not keep its buffers
-                    self._sync(self._post_stream)
+                    self._finish(self._post_stream, "paste masks")
                     dev.free()
                     host.free()
         return out
+
+    def paste_masks(self, masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
+                    threshold: float = MASK_THRESHOLD) -> np.ndarray:
+        """bool ``[N,h,w]``, as ``ReferenceOps.paste_masks``; the GPU computes each box's region only."""
+        # zero pages are mapped lazily: only the box regions written below cost memory
+        out = np.zeros((len(masks), int(frame_hw[0]), int(frame_hw[1])), dtype=bool)
+        for i, region in enumerate(self.paste_regions(masks, boxes, frame_hw, threshold)):
+            if region is not None:
+                y0, x0, crop = region
+                out[i, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+        return out
+
+    def _instances(self, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                   dframe: DeviceFrame | None, image: np.ndarray | None) -> tuple[int, int, int, Any]:
+        """Enqueue what the tiled kernels read: ``(masks, boxes, order, slot)`` device pointers.
+
+        Masks come from the frame's slot when it still holds them (``dframe.rows``: the engine
+        rows these detections are), else they are uploaded. Boxes are indexed like the masks.
+        """
+        m = np.asarray(masks).shape[-1]
+        pboxes = expand_boxes(boxes, m)
+        order = paint_order(scores)
+        slot = self._resident(dframe, image, m) if dframe is not None else None
+        rows = getattr(dframe, "rows", None) if slot is not None else None
+        if slot is not None and rows is not None and len(rows) == len(pboxes):
+            # boxes and order in engine rows: the masks are used where the engine left them
+            all_rows = slot.mask_shape[0]
+            full = np.zeros((all_rows, 4), np.int32)
+            full[rows] = pboxes
+            check(self._cudart.cudaStreamWaitEvent(self._post_stream, slot.event, 0), "cudaStreamWaitEvent")
+            return (slot.masks.ptr, self._upload("boxes", full, self._post_stream),
+                    self._upload("order", np.asarray(rows, np.int32)[order], self._post_stream), slot)
+        mp = self._upload("masks", np.ascontiguousarray(masks, dtype=np.float32), self._post_stream)
+        return mp, self._upload("boxes", pboxes, self._post_stream), self._upload("order", order, self._post_stream), None
 
     def instance_map(self, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray, frame_hw: Sequence[int],
                      threshold: float = MASK_THRESHOLD) -> np.ndarray:
@@ -287,16 +410,49 @@ class CudaOps:
             if self._closed:
                 return self._reference.instance_map(masks, boxes, scores, frame_hw, threshold)
             self._bind()
-            mp, bp, m = self._masks_and_boxes(masks, expand_boxes(boxes, np.asarray(masks).shape[-1]))
-            op = self._upload("order", paint_order(scores), self._post_stream)
+            mp, bp, op, _ = self._instances(masks, boxes, scores, None, None)
             ids = self._dev["ids"].ensure(h * w * 4)
-            self._launch("instance_map", self._grid(h, w),
-                         [mp, bp, op, n, m, h, w, threshold, ids], self._post_stream)
+            params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, 0, 0, threshold, 0.0)
+            self._launch("instance_map", self._grid(h, w), [mp, bp, op, params, ids], self._post_stream)
             host = self._host["ids"]
             host.ensure(h * w * 4)
             self._copy(host.ptr, ids, h * w * 4, "DeviceToHost", self._post_stream)
-            self._sync(self._post_stream)
+            self._finish(self._post_stream, "instance map")
             return host.view((h, w), np.int32).copy()
+
+    def render(self, frame: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+               colours: np.ndarray, alpha: float = 0.5, threshold: float = MASK_THRESHOLD,
+               device: DeviceFrame | None = None) -> np.ndarray:
+        """New BGR uint8 frame with the masks blended in (= ``overlay(frame, instance_map(...))``).
+
+        With ``device`` still resident and ``frame`` the very array uploaded, the frame and masks
+        are read where they are on the device; the drawn frame comes down once.
+        """
+        h, w = frame.shape[:2]
+        n = len(masks)
+        if n == 0:
+            return frame.copy()
+        with self._lock:
+            if self._closed:
+                return self._reference.render(frame, masks, boxes, scores, colours, alpha, threshold)
+            self._bind()
+            mp, bp, op, slot = self._instances(masks, boxes, scores, device, frame)
+            colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+            if slot is not None:  # colours indexed like the engine rows, as boxes and masks
+                full = np.zeros((slot.mask_shape[0], 3), np.uint8)
+                full[device.rows] = colours  # type: ignore[union-attr]
+                colours, src = full, slot.frame.ptr
+            else:
+                src = self._upload("frame", frame, self._post_stream)
+            cp = self._upload("colours", colours, self._post_stream)
+            dst = self._dev["render"].ensure(frame.nbytes)
+            params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, w * 3, w * 3, threshold, alpha)
+            self._launch("render_instances", self._grid(h, w), [src, mp, bp, op, cp, params, dst], self._post_stream)
+            host = self._host["render"]
+            host.ensure(frame.nbytes)
+            self._copy(host.ptr, dst, frame.nbytes, "DeviceToHost", self._post_stream)
+            self._finish(self._post_stream, "render")
+            return host.view(frame.shape, np.uint8).copy()
 
     def overlay(self, frame: np.ndarray, ids: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         h, w = ids.shape
@@ -309,32 +465,38 @@ class CudaOps:
             fp = self._upload("frame", frame, self._post_stream)
             ip = self._upload("ids", ids.astype(np.int32), self._post_stream)
             cp = self._upload("colours", np.asarray(colours, dtype=np.uint8).reshape(-1, 3), self._post_stream)
-            self._launch("overlay", self._grid(h, w),
-                         [fp, w * 3, ip, cp, h, w, alpha], self._post_stream)
+            self._launch("overlay", self._grid(h, w), [fp, w * 3, ip, cp, h, w, alpha], self._post_stream)
             host = self._host["frame"]
             host.ensure(frame.nbytes)
             self._copy(host.ptr, fp, frame.nbytes, "DeviceToHost", self._post_stream)
-            self._sync(self._post_stream)
+            self._finish(self._post_stream, "overlay")
             return host.view(frame.shape, np.uint8).copy()
 
     def close(self) -> None:
-        """Free buffers, streams and modules once; later calls do nothing. Waits for a method
-        running in another thread (the lock) and for the work still queued on the streams."""
+        """Free buffers, events, streams and modules once; later calls do nothing. Waits for a
+        method running in another thread (the lock) and for the work still queued on the streams."""
         with self._lock:
-            if not self._modules and self._post_stream is None and not self._dev:
+            if not self._modules and self._post_stream is None and not self._dev and not self._events:
                 self._closed = True
                 return
             self._closed = True
             try:
                 self._bind()
                 for stream in (self._pre_stream, self._post_stream):
-                    if stream is not None:
-                        self._cudart.cudaStreamSynchronize(stream)
+                    if stream is not None and self._events:
+                        self._finish(stream, "close")
             except RuntimeError:
                 pass  # a broken context: still release what can be released
-            for buf in (*self._staging, *self._dev.values(), *self._host.values()):
+            for slot in self._slots:
+                slot.host = None
+                for buf in slot.buffers():
+                    buf.free()
+            for buf in (*self._dev.values(), *self._host.values()):
                 buf.free()
-            self._staging, self._dev, self._host = (), {}, {}
+            self._slots, self._dev, self._host = [], {}, {}
+            for event in self._events:
+                self._cudart.cudaEventDestroy(event)
+            self._events = []
             if self._post_stream is not None:
                 self._cudart.cudaStreamDestroy(self._post_stream)
                 self._post_stream = None

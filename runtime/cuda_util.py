@@ -6,15 +6,19 @@ Everything here is imported lazily: ``import mrcnn_edge.runtime`` works without 
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
+import time
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 from mrcnn_edge.errors import UserError
 
 __all__ = [
     "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",
-    "version_problem", "check_versions",
+    "version_problem", "check_versions", "DeviceBuffer", "wait_event", "EVENT_POLL_S",
 ]
 
 _MODULES: tuple[ModuleType, ModuleType, ModuleType] | None = None
@@ -154,3 +158,63 @@ def check_versions() -> None:
     problem = version_problem(bindings_version(), driver_cuda, nvrtc_version)
     if problem:
         raise UserError(problem)
+
+
+# How long wait_event sleeps between polls: short against a frame (a 1080p render is ~1 ms on an
+# Orin), long enough that a waiting thread leaves the CPU and the GIL to the others.
+EVENT_POLL_S = 0.0002
+
+
+def wait_event(cudart: ModuleType, event: Any, what: str) -> None:
+    """Wait for the work captured by ``event`` without blocking inside a cuda-python call.
+
+    cuda-python before 12.9.1 holds the GIL for the whole of every call, cudaStreamSynchronize
+    included, so a thread that synchronises stalls every other Python thread of the pipeline.
+    cudaEventQuery returns at once: "Returns cudaSuccess if all captured work has been completed,
+    or cudaErrorNotReady if any captured work is incomplete"; between polls the thread sleeps,
+    which releases the GIL.
+    """
+    not_ready = int(cudart.cudaError_t.cudaErrorNotReady)
+    while True:
+        result = cudart.cudaEventQuery(event)
+        err = result[0] if isinstance(result, tuple) else result
+        if int(err) != not_ready:
+            check(err, what)
+            return
+        time.sleep(EVENT_POLL_S)
+
+
+class DeviceBuffer:
+    """Device (or pinned host) memory that grows on demand and is otherwise reused.
+
+    A regrowth frees the old block, and cudaFree synchronises the device, so a buffer grows to
+    ``headroom`` times the request (rounded up to 64 KiB): a stream whose frames change size pays
+    for that a few times, not per frame.
+    """
+
+    def __init__(self, cudart: Any, pinned: bool = False, headroom: float = 1.0) -> None:
+        self._cudart, self._pinned, self._headroom = cudart, pinned, float(headroom)
+        self.ptr, self.size, self.grown = 0, 0, 0
+
+    def ensure(self, nbytes: int) -> int:
+        if nbytes > self.size:
+            self.free()
+            size = max(int(nbytes * self._headroom), nbytes, 256)
+            if self._headroom > 1.0:
+                size = (size + 65535) // 65536 * 65536
+            alloc = self._cudart.cudaMallocHost if self._pinned else self._cudart.cudaMalloc
+            self.ptr = int(check(alloc(size), "cuda allocation"))
+            self.size = size
+            self.grown += 1
+        return self.ptr
+
+    def view(self, shape: Any, dtype: Any) -> np.ndarray:
+        """A numpy view of pinned memory (host-accessible); ``shape`` must fit ``size``."""
+        count = int(np.prod(shape))
+        raw = (ctypes.c_uint8 * (count * np.dtype(dtype).itemsize)).from_address(self.ptr)
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def free(self) -> None:
+        if self.ptr:
+            (self._cudart.cudaFreeHost if self._pinned else self._cudart.cudaFree)(self.ptr)
+            self.ptr, self.size = 0, 0

@@ -3,6 +3,8 @@
 Built by ``Segmenter`` from the flat output tensors; masks are kept at model resolution (``M×M``
 probabilities) and pasted into the frame only when asked for (``masks``, ``instance_map()``,
 ``to_coco()``, ``draw()``), on the CPU or on the GPU depending on the segmenter's ``ops``.
+``to_coco()`` pastes box by box (memory follows the boxes); with GPU post-processing ``draw()``
+renders on the device from the frame and masks already there (``device``).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 
 from mrcnn_edge.errors import UserError
 
-from .coco import rle_encode
+from .coco import rle_string
 from .frames import as_bgr8
 from .postprocess import MASK_THRESHOLD, ReferenceOps, class_colour
 
@@ -36,7 +38,8 @@ class Detections:
 
     def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, class_names: Sequence[str],
                  mask_probs: np.ndarray, frame_shape: Sequence[int], ops: Any = None,
-                 mask_threshold: float = MASK_THRESHOLD, paste_boxes: np.ndarray | None = None) -> None:
+                 mask_threshold: float = MASK_THRESHOLD, paste_boxes: np.ndarray | None = None,
+                 device: Any = None) -> None:
         self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         # the boxes the masks were computed on (frame pixels); differ from `boxes` only where the
         # model's box reached into the letterbox padding, which `boxes` clips away
@@ -56,6 +59,9 @@ class Detections:
         self._ops = ops or ReferenceOps()
         self._masks: np.ndarray | None = None
         self._ids: np.ndarray | None = None
+        # cuda_ops.DeviceFrame (with the engine rows of these detections) or None: what draw()
+        # may render from on the device; a subset drops it (its rows would need remapping)
+        self.device = device
 
     @classmethod
     def empty(cls, frame_shape: Sequence[int], mask_size: int = 28) -> "Detections":
@@ -84,6 +90,16 @@ class Detections:
             self._masks = self._ops.paste_masks(self.mask_probs, self.paste_boxes, self.frame_shape, self.mask_threshold)
         return self._masks
 
+    def mask_regions(self) -> list[tuple[int, int, np.ndarray] | None]:
+        """Per detection ``(y0, x0, bool [rows, cols])``, its mask over its box clipped to the frame
+        (None when the box misses the frame): ``masks[i]`` without the frame-sized zeros."""
+        if self._masks is not None:  # already pasted: crop, do not paste again
+            return [_crop(m) for m in self._masks]
+        paste = getattr(self._ops, "paste_regions", None)
+        if paste is None:
+            return [_crop(m) for m in self.masks]
+        return paste(self.mask_probs, self.paste_boxes, self.frame_shape, self.mask_threshold)
+
     def instance_map(self) -> np.ndarray:
         """int32 ``[h,w]``: 0 where no mask, ``i+1`` for detection ``i``; overlaps go to the higher score."""
         if self._ids is None:
@@ -102,6 +118,7 @@ class Detections:
         its categories differently. ``segmentation`` is COCO compressed RLE (pycocotools reads it).
         """
         results = []
+        regions = self.mask_regions()
         for i in range(len(self)):
             x1, y1, x2, y2 = (float(v) for v in self.boxes[i])
             cid = int(self.class_ids[i])
@@ -110,7 +127,7 @@ class Detections:
                 "category_id": int(category_map[cid]) if category_map is not None else cid,
                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
                 "score": round(float(self.scores[i]), 5),
-                "segmentation": rle_encode(self.masks[i]),
+                "segmentation": _region_rle(regions[i], self.frame_shape),
             })
         return results
 
@@ -121,7 +138,14 @@ class Detections:
             raise UserError(f"draw() got a {image.shape[1]}x{image.shape[0]} frame for detections "
                             f"of a {self.frame_shape[1]}x{self.frame_shape[0]} one")
         colours = self.colours()
-        out = self._ops.overlay(image, self.instance_map(), colours, alpha) if len(self) else image.copy()
+        if not len(self):
+            out = image.copy()
+        elif self._ids is None and getattr(self._ops, "name", "cpu") != "cpu":
+            # GPU: paste, cull, threshold and blend in one kernel, no frame-sized id map on the bus
+            out = self._ops.render(image, self.mask_probs, self.paste_boxes, self.scores, colours, alpha,
+                                   self.mask_threshold, device=self.device)
+        else:
+            out = self._ops.overlay(image, self.instance_map(), colours, alpha)
         thick = max(1, round(min(self.frame_shape) / 320))
         scale = max(0.35, min(self.frame_shape) / 900)
         for i in range(len(self)):
@@ -136,3 +160,32 @@ class Detections:
                 cv2.rectangle(out, (x1, ty - th - 2), (x1 + tw + 2, ty + base), colour, -1)
                 cv2.putText(out, text, (x1 + 1, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
         return out
+
+
+def _crop(mask: np.ndarray) -> tuple[int, int, np.ndarray] | None:
+    """A full-frame bool mask -> ``(y0, x0, crop)`` over its set pixels, or None when empty."""
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(ys):
+        return None
+    return int(ys[0]), int(xs[0]), mask[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1]
+
+
+def _region_rle(region: tuple[int, int, np.ndarray] | None, frame_shape: tuple[int, int]) -> dict:
+    """COCO compressed RLE of a frame-sized mask that is ``region`` and 0 elsewhere, without
+    building the frame-sized mask (= ``coco.rle_encode`` of it; a test compares the two)."""
+    h, w = frame_shape
+    if region is None or not region[2].any():
+        return {"size": [h, w], "counts": rle_string([h * w])}
+    y0, x0, crop = region
+    # column-major positions of the set pixels: COCO flattens in Fortran order
+    cols, rows = np.nonzero(crop.T)
+    pos = (x0 + cols).astype(np.int64) * h + (y0 + rows)
+    breaks = np.flatnonzero(np.diff(pos) != 1) + 1
+    starts = pos[np.concatenate(([0], breaks))]
+    ends = pos[np.concatenate((breaks - 1, [len(pos) - 1]))] + 1
+    counts = np.empty(2 * len(starts) + 1, dtype=np.int64)
+    counts[0::2] = np.concatenate((starts, [h * w])) - np.concatenate(([0], ends))
+    counts[1::2] = ends - starts
+    if counts[-1] == 0:  # a mask that ends set has no closing run of zeros
+        counts = counts[:-1]
+    return {"size": [h, w], "counts": rle_string(counts.tolist())}

@@ -33,7 +33,7 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 # kernel file stem -> entry points it defines (extern "C", looked up by name after loading)
 KERNELS: dict[str, tuple[str, ...]] = {
     "preprocess": ("letterbox_f32", "letterbox_f16"),
-    "postprocess": ("paste_mask_u8", "instance_map", "overlay"),
+    "postprocess": ("paste_mask_u8", "instance_map", "render_instances", "overlay"),
 }
 # No fast math and no FMA contraction: the device rounds like the host build and the reference.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17", "--fmad=false", "-default-device")

@@ -1,8 +1,11 @@
 """The real-time pipeline: capture -> pre -> infer -> post/render -> sinks, one thread per stage.
 
-Stages are connected by bounded queues. Capture never waits for inference on a live source: it
-writes into a one-frame slot where the newest frame replaces an unprocessed one (counted as
-dropped). From files every frame is processed, in order (capture blocks on a full queue instead).
+From a live source every stage boundary (capture -> pre -> infer -> post -> sinks) is a one-item
+slot where the newest frame replaces one the next stage has not taken yet (counted as dropped,
+per boundary): no stage ever waits for a slower one, so a frame reaches the sink about one model
+time after capture instead of several. From files every frame is processed, in order (stages
+are connected by bounded queues and block on a full one instead). Capture-to-sink latency
+(capture finished -> sinks written) is reported as p50/p95 beside FPS and the per-stage times.
 A frame that cannot be read or converted is skipped with a warning. Sinks run on the calling
 thread (OpenCV windows must). With GPU pre-processing (TensorRT) the letterbox runs in the
 infer stage, whose time then includes the frame upload and the kernel. An error in any stage stops all of them and is re-raised by
@@ -51,7 +54,8 @@ class LatestSlot:
             if item is _END:
                 self._ended = True
             else:
-                self.dropped += int(self._full)
+                if self._full:
+                    self.dropped += _frames_in(self._item)
                 self._item, self._full = item, True
             self._cond.notify()
 
@@ -65,15 +69,31 @@ class LatestSlot:
             return item
 
 
+def _frames_in(item: Any) -> int:
+    """Frames an item between stages carries: a Frame, a (frames, work) pair or a list of results."""
+    if isinstance(item, tuple) and item and isinstance(item[0], list):
+        return len(item[0])
+    if isinstance(item, list):
+        return len(item)
+    return 1
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
 @dataclass
 class RunStats:
     frames: int = 0           # frames processed and written
-    dropped: int = 0          # live frames replaced by newer ones before processing
+    dropped: int = 0          # live frames replaced by newer ones before processing (all boundaries)
     skipped: int = 0          # unreadable or invalid frames
     elapsed: float = 0.0      # seconds from the first frame read to the end
     interrupted: bool = False
     batch: int = 1
     samples: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=5000) for s in STAGES})
+    latency: deque = field(default_factory=lambda: deque(maxlen=5000))  # capture -> sinks, seconds
+    dropped_at: dict[str, int] = field(default_factory=dict)  # boundary -> frames dropped there
 
     @property
     def fps(self) -> float:
@@ -86,10 +106,24 @@ class RunStats:
         unit = "ms" if self.batch == 1 else f"ms per batch of {self.batch}"
         return " ".join(f"{s} {ms:.1f}" for s, ms in self.median_ms().items()) + f" {unit} (median)"
 
+    def latency_ms(self) -> tuple[float, float] | None:
+        """(p50, p95) capture-to-sink latency in ms, None before the first frame."""
+        if not self.latency:
+            return None
+        values = list(self.latency)
+        return 1000 * _percentile(values, 0.5), 1000 * _percentile(values, 0.95)
+
+    def latency_line(self) -> str:
+        lat = self.latency_ms()
+        return f"latency p50 {lat[0]:.1f} ms p95 {lat[1]:.1f} ms" if lat else "latency -"
+
     def summary(self) -> str:
-        extra = f", dropped {self.dropped}" if self.dropped else ""
+        extra = ""
+        if self.dropped:
+            where = ", ".join(f"{k} {v}" for k, v in self.dropped_at.items() if v)
+            extra = f", dropped {self.dropped} ({where})"
         extra += f", skipped {self.skipped}" if self.skipped else ""
-        return (f"{self.frames} frames in {self.elapsed:.1f} s: {self.fps:.2f} fps{extra}; "
+        return (f"{self.frames} frames in {self.elapsed:.1f} s: {self.fps:.2f} fps, {self.latency_line()}{extra}; "
                 f"per stage: {self.stage_line()}")
 
 
@@ -113,8 +147,11 @@ class Pipeline:
         self.progress, self.progress_every = progress, progress_every
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
-        self._slot: Any = LatestSlot() if source.live else queue.Queue(maxsize=queue_size)
-        self._queues = [queue.Queue(maxsize=queue_size) for _ in range(3)]  # pre->infer->post->main
+        live = source.live
+        self._slot: Any = LatestSlot() if live else queue.Queue(maxsize=queue_size)
+        # pre->infer, infer->post, post->sinks: latest-frame slots when live, queues from files
+        self._queues = [LatestSlot() if live else queue.Queue(maxsize=queue_size) for _ in range(3)]
+        self._captured: dict[int, float] = {}  # id(frame) -> capture time, until its sinks are written
         self.stats = RunStats(batch=segmenter.spec.batch)
         self._lock = threading.Lock()
         self._start = 0.0
@@ -175,11 +212,14 @@ class Pipeline:
                 return
             if not self._start:
                 self._start = t0
-            self._record("capture", time.perf_counter() - t0)
+            done = time.perf_counter()
+            self._record("capture", done - t0)
             if frame.image is None:
                 self._skip(frame, frame.problem or "unreadable")
                 continue
             read += 1
+            with self._lock:  # bounded: a slot drops the oldest and its entry goes in _forget
+                self._captured[id(frame)] = done
             if self.source.live:
                 self._slot.put(frame)
             elif not self._put(self._slot, frame):
@@ -244,7 +284,14 @@ class Pipeline:
                 for frame, detections, image in item:
                     t0 = time.perf_counter()
                     keep_going = all([sink.write(image, frame) for sink in self.sinks]) if image is not None else True
-                    self._record("write", time.perf_counter() - t0)
+                    t1 = time.perf_counter()
+                    self._record("write", t1 - t0)
+                    with self._lock:
+                        captured = self._captured.pop(id(frame), None)
+                        if len(self._captured) > 64:  # frames dropped on the way never reach here
+                            self._captured = dict(list(self._captured.items())[-16:])
+                        if captured is not None:
+                            self.stats.latency.append(t1 - captured)
                     self.stats.frames += 1
                     if not keep_going or (self.max_frames and self.stats.frames >= self.max_frames):
                         self.stop()
@@ -263,7 +310,10 @@ class Pipeline:
                 log.warning("%s still running %.0f s after the stop; the model is released when it returns",
                             ", ".join(stuck), self.join_timeout)
             self.stats.elapsed = time.perf_counter() - self._start if self._start else 0.0
-            self.stats.dropped = getattr(self._slot, "dropped", 0)
+            names = ("capture", "pre", "infer", "post")
+            slots = [self._slot, *self._queues]
+            self.stats.dropped_at = {n: getattr(q, "dropped", 0) for n, q in zip(names, slots)}
+            self.stats.dropped = sum(self.stats.dropped_at.values())
         if self._errors:
             raise self._errors[0]
         return self.stats
@@ -277,5 +327,8 @@ class Pipeline:
             head = f"[{s.frames:>{len(str(total))}}/{total} {100 * s.frames / total:3.0f}%]"
         else:
             head = f"[frame {s.frames}]"
-        drops = f" | dropped {getattr(self._slot, 'dropped', 0)}" if self.source.live else ""
-        return f"{head} {fps:.1f} fps | {s.stage_line()}{drops}"
+        dropped = sum(getattr(q, "dropped", 0) for q in (self._slot, *self._queues))
+        drops = f" | dropped {dropped}" if self.source.live else ""
+        with self._lock:
+            lat = s.latency_line()
+        return f"{head} {fps:.1f} fps | {lat} | {s.stage_line()}{drops}"

@@ -23,6 +23,7 @@ __all__ = [
     "paste_region",
     "paste_probabilities",
     "paste_masks",
+    "paste_regions",
     "paint_order",
     "instance_map",
     "overlay",
@@ -101,6 +102,21 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
     return out
 
 
+def paste_regions(masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
+                  threshold: float = MASK_THRESHOLD) -> list[tuple[int, int, np.ndarray] | None]:
+    """Per detection ``(y0, x0, bool [rows, cols])``: the pasted mask over its box clipped to the
+    frame, or None where the box misses the frame. Memory follows the boxes, not ``N×H×W``."""
+    masks = np.asarray(masks, dtype=np.float32)
+    out: list[tuple[int, int, np.ndarray] | None] = [None] * len(masks)
+    if len(masks):
+        for i, box in enumerate(expand_boxes(boxes, masks.shape[-1])):
+            region = paste_region(masks[i], box, frame_hw)
+            if region is not None:
+                y0, _, x0, _, probs = region
+                out[i] = (y0, x0, probs > np.float32(threshold))
+    return out
+
+
 def paint_order(scores: np.ndarray) -> np.ndarray:
     """Detection indices, highest score first (ties: lower index first)."""
     return np.argsort(-np.asarray(scores, dtype=np.float32), kind="stable").astype(np.int32)
@@ -157,5 +173,17 @@ class ReferenceOps:
                      frame_hw: Sequence[int], threshold: float = MASK_THRESHOLD) -> np.ndarray:
         return instance_map(masks, boxes, scores, frame_hw, threshold)
 
+    def paste_regions(self, masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
+                      threshold: float = MASK_THRESHOLD) -> list[tuple[int, int, np.ndarray] | None]:
+        return paste_regions(masks, boxes, frame_hw, threshold)
+
     def overlay(self, frame: np.ndarray, ids: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         return overlay(frame, ids, colours, alpha)
+
+    def render(self, frame: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+               colours: np.ndarray, alpha: float = 0.5, threshold: float = MASK_THRESHOLD,
+               device: object = None) -> np.ndarray:
+        """``frame`` with the masks blended in: ``overlay(frame, instance_map(...))`` (``device`` unused)."""
+        if len(masks) == 0:
+            return frame.copy()
+        return overlay(frame, instance_map(masks, boxes, scores, frame.shape[:2], threshold), colours, alpha)

@@ -12,6 +12,7 @@ stay usable (their mask operations fall back to the CPU reference).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -49,6 +50,7 @@ class Work:
     letterboxes: list[Letterbox] = field(default_factory=list)
     tensor: np.ndarray | None = None               # [B,3,H,W] model input (CPU pre-processing)
     outputs: dict[str, np.ndarray] | None = None   # copies of the model outputs
+    device: list[Any] = field(default_factory=list)  # GPU: cuda_ops.DeviceFrame per frame (frame + masks there)
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds
 
 
@@ -176,17 +178,35 @@ class Segmenter:
             h, w = self.spec.input_hw
             item = 3 * h * w * self.spec.input_dtype.itemsize
             fp16 = self.spec.input_dtype == np.float16
-            work.letterboxes = [self.ops.letterbox(f, base + i * item, (h, w), self._mul, self._add, fp16)
-                                for i, f in enumerate(work.frames)]
+            # the frame goes up once, into a device slot that draw() renders from later
+            work.device = [self.ops.upload(f) for f in work.frames]
+            work.letterboxes = [self.ops.letterbox_from(d, base + i * item, (h, w), self._mul, self._add, fp16)
+                                for i, d in enumerate(work.device)]
             if len(work.frames) < self.spec.batch:
                 self.ops.zero(base + len(work.frames) * item, (self.spec.batch - len(work.frames)) * item)
-            return self.backend.execute()  # type: ignore[attr-defined]  (time includes the letterbox)
+            outputs = self.backend.execute()  # type: ignore[attr-defined]  (time includes the letterbox)
+            self._keep_device_masks(work)
+            return outputs
         if work.tensor is None:
             raise ValueError("infer() needs a Work from prepare() that was not run yet")
         outputs = self.backend.infer({INPUT_NAME: work.tensor})
         self._give_back(work.tensor)
         work.tensor = None
         return outputs
+
+    def _keep_device_masks(self, work: Work) -> None:
+        """Copy the engine's masks into the frames' slots on the device, before the next run
+        overwrites them (float32 masks from a backend that exposes its output buffers only)."""
+        masks = self.backend.outputs.get("masks")
+        try:
+            ptr = self.backend.device_pointer("masks")  # type: ignore[attr-defined]
+        except (KeyError, AssertionError, AttributeError):
+            ptr = None
+        if masks is None or not ptr or np.dtype(masks.dtype) != np.float32:
+            work.device = []  # draw() uploads the masks it has on the host instead
+            return
+        shape = tuple(masks.shape)  # [B,K,M,M]
+        self.ops.keep_masks(work.device, int(ptr), int(shape[1]), int(shape[-1]))
 
     def _take_buffer(self) -> np.ndarray:
         with self._pool_lock:
@@ -217,11 +237,14 @@ class Segmenter:
                 boxes = out["boxes"][b, :n].astype(np.float32)
                 keep = (classes > 0) & (scores >= self.score_threshold) & np.isfinite(boxes).all(axis=1)
                 keep &= np.isfinite(scores)
+                device = None
+                if b < len(work.device):  # the engine rows these detections are, for draw() on the device
+                    device = dataclasses.replace(work.device[b], rows=np.flatnonzero(keep).astype(np.int32))
                 results.append(Detections(
                     box.boxes_to_frame(boxes[keep]), scores[keep], classes[keep],
                     [self.spec.class_name(int(c)) for c in classes[keep]],
                     out["masks"][b, :n][keep].astype(np.float32), frame.shape[:2], self.ops, self.mask_threshold,
-                    paste_boxes=box.boxes_to_frame(boxes[keep], clip=False),
+                    paste_boxes=box.boxes_to_frame(boxes[keep], clip=False), device=device,
                 ))
         work.timings["post"] = time.perf_counter() - t0
         return results

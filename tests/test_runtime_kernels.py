@@ -305,6 +305,40 @@ def test_cuda_ops_on_the_stand_in_equal_the_reference(fake):
     assert fake.errors == [] and fake.stats["launches"]["paste_mask_u8"] > 0
 
 
+@pytest.mark.parametrize("n,hw", [(12, (90, 120)), (300, (70, 100))])
+def test_tiled_instance_map_and_render_equal_the_reference(fake, n, hw):
+    """Issue 11: instance_map culls boxes per 32x8 tile (hits kept in shared memory in rank order,
+    rounds of 256 ranks: 300 boxes take two) and render_instances draws the frame in one pass;
+    both must equal the every-box reference, overlaps going to the higher score."""
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+    from mrcnn_edge.runtime.postprocess import ReferenceOps
+
+    masks, boxes, scores, hw = _paste_case(20 + n, n=n, hw=hw)
+    scores[::7] = scores[0]  # ties: the lower index wins, in both
+    frame = np.random.default_rng(5).integers(0, 256, size=(*hw, 3), dtype=np.uint8)
+    colours = np.random.default_rng(6).integers(0, 256, size=(n, 3), dtype=np.uint8)
+    ops = CudaOps()
+    try:
+        ids = ops.instance_map(masks, boxes, scores, hw)
+        want = instance_map(masks, boxes, scores, hw)
+        assert len(np.unique(want)) > 5 and np.array_equal(ids, want)
+        drawn = ops.render(frame, masks, boxes, scores, colours, 0.6)
+        assert np.array_equal(drawn, overlay(frame, want, colours, 0.6))
+        assert np.array_equal(drawn, ReferenceOps().render(frame, masks, boxes, scores, colours, 0.6))
+        regions = ops.paste_regions(masks, boxes, hw)
+        assert [r is None for r in regions] == [r is None for r in ReferenceOps().paste_regions(masks, boxes, hw)]
+    finally:
+        ops.close()
+    assert fake.stats["launches"]["render_instances"] == 1 and fake.errors == []
+    tiles = [a for name, a, _ in fake.stats["launch_args"] if name == "instance_map"]
+    assert tiles == [((hw[1] + 31) // 32, (hw[0] + 7) // 8, 1)]
+
+
+def test_tiled_kernels_refuse_other_blocks(host):
+    """The tiled kernels' shared lists hold 32x8 ranks: the host build refuses other blocks."""
+    assert host.host_launch(b"instance_map", 1, 1, 1, 16, 16, 1, None) == -2
+
+
 def test_cuda_ops_close_is_idempotent_and_falls_back_to_the_reference(fake):
     """Issue 9 item 12: a second close destroyed the streams twice; ops used after close launched
     on unloaded modules."""

@@ -88,6 +88,36 @@ def test_live_source_drops_frames_when_inference_is_slow(model):
     assert sink.frames == sorted(sink.frames)  # newest frame wins, never an older one after a newer
 
 
+def test_live_boundaries_are_latest_frame_slots_and_latency_is_reported(model):
+    """Issue 11: with a live source a frame must not wait in a queue behind older ones at any
+    boundary (pre -> infer included): a slow model makes frames drop there too, counted per
+    boundary; every written frame has a capture-to-sink latency, reported as p50/p95."""
+    class Camera(Source):
+        live, description = True, "fake camera"
+
+        def __init__(self, n):
+            self.i, self.n = 0, n
+
+        def read(self):
+            if self.i >= self.n:
+                return None
+            time.sleep(0.002)
+            self.i += 1
+            return sources.Frame(self.i - 1, np.full((60, 80, 3), 50, np.uint8), f"f{self.i}")
+
+    sink = Recorder()
+    with Segmenter.from_path(model) as seg:
+        infer, prepare = seg.infer, seg.prepare
+        seg.infer = lambda work: (time.sleep(0.03), infer(work))[1]      # the model is the bottleneck
+        seg.prepare = lambda frames: (time.sleep(0.01), prepare(frames))[1]  # pre faster than it
+        stats = Pipeline(seg, Camera(120), [sink]).run()
+    assert stats.dropped_at["pre"] > 0  # a queue there would have kept them, waiting
+    assert stats.dropped == sum(stats.dropped_at.values())
+    assert stats.frames + stats.dropped + 1 >= 120 >= stats.frames + stats.dropped - 1
+    assert len(stats.latency) == stats.frames and stats.latency_ms() is not None
+    assert "latency p50" in stats.summary() and "p95" in stats.summary()
+
+
 def test_latest_slot_keeps_the_newest_and_the_end_never_replaces_a_frame():
     from mrcnn_edge.runtime.pipeline import _END
 
@@ -154,6 +184,7 @@ def test_run_command_on_a_video(model, video, tmp_path, capsys):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "24 frames in" in captured.out and "fps" in captured.out
+    assert "latency p50" in captured.out and "p95" in captured.out  # capture-to-sink, beside the fps
     assert "model: model.onnx: onnxruntime (CPUExecutionProvider)" in captured.err
     cap = cv2.VideoCapture(str(out))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 24

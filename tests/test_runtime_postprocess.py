@@ -119,3 +119,21 @@ def test_rle_is_byte_identical_to_pycocotools(seed, shape, p):
     ref = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     assert ours["size"] == list(ref["size"]) and ours["counts"] == ref["counts"].decode()
     assert np.array_equal(mask_utils.decode(ours).astype(bool), mask)
+
+
+def test_coco_rle_from_box_regions_equals_the_full_mask_encoding():
+    """Issue 11: to_coco() encodes each mask from its box region, never a frame-sized mask."""
+    from mrcnn_edge.runtime.coco import rle_encode
+    from mrcnn_edge.runtime.detections import _region_rle
+    from mrcnn_edge.runtime.postprocess import paste_masks, paste_regions
+
+    rng = np.random.default_rng(7)
+    hw = (37, 53)
+    masks = rng.random((6, 28, 28)).astype(np.float32)
+    boxes = np.array([[0, 0, 53, 37], [5, 4, 20, 30], [-9, -9, 4, 4], [40, 20, 80, 60], [60, 60, 70, 70],
+                      [10, 10, 10.5, 10.5]], np.float32)
+    full = paste_masks(masks, boxes, hw)
+    regions = paste_regions(masks, boxes, hw)
+    assert regions[4] is None and full[0].any()
+    for i in range(len(masks)):
+        assert _region_rle(regions[i], hw) == rle_encode(full[i]), i

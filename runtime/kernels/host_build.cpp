@@ -3,8 +3,11 @@
 // - host_launch: the .cu kernels themselves, compiled for the host with the CUDA built-ins
 //   (blockIdx, blockDim, threadIdx, gridDim) emulated, run thread by thread over a launch grid
 //   from cuLaunchKernel-style packed arguments (void* per parameter). The stand-in cuda-python
-//   (tests/fakes/fake_cuda.py) launches through it. Kernels that need __syncthreads or shared
-//   memory could not run this way; ours are one independent thread per pixel.
+//   (tests/fakes/fake_cuda.py) launches through it. The tiled kernels (instance_map,
+//   render_instances) synchronise their block, which a thread-by-thread loop cannot; for them
+//   run_tiled below runs the same phase functions (postprocess.cuh) phase by phase over a block's
+//   threads, which is what __syncthreads() guarantees on the device; only the few lines of
+//   their __global__ bodies are not compiled here.
 // Build:
 //   g++ -O2 -std=c++17 -ffp-contract=off -shared -fPIC host_build.cpp -o libmre_host.so
 #include <cstddef>
@@ -25,6 +28,7 @@ struct Dim3 {
 static thread_local mre_host::Dim3 blockIdx, blockDim, threadIdx, gridDim;
 
 #define __global__
+#define MRE_HOST_BUILD
 #include "preprocess.cu"
 #include "postprocess.cu"
 #undef __global__
@@ -54,6 +58,60 @@ void run_grid(void (*k)(Args...), Dim3 grid, Dim3 block, void** params) {
                         }
 }
 
+// A tiled kernel (TILE_W x TILE_H blocks): ids of every pixel of each block through the four
+// phases of tiled_instance_id in postprocess.cu, then emit(x, y, id) for the pixels in the frame.
+template <typename Emit>
+void run_tiled(Dim3 grid, Dim3 block, const float* masks, const mre::PasteBox* boxes, const int* order,
+               const mre::InstanceParams& p, Emit emit) {
+    static thread_local mre::TileShared s;
+    int ids[mre::TILE_CAP];
+    for (unsigned by = 0; by < grid.y; ++by)
+        for (unsigned bx = 0; bx < grid.x; ++bx) {
+            mre::TileRect tile = mre::tile_rect((int)bx, (int)by, p.width, p.height);
+            for (int t = 0; t < mre::TILE_CAP; ++t) ids[t] = 0;
+            for (int base = 0; base < p.n; base += mre::TILE_CAP) {
+                for (int t = 0; t < mre::TILE_CAP; ++t) mre::tile_flag(s, t, base, order, boxes, p.n, tile);
+                for (int t = 0; t < mre::TILE_CAP; ++t) mre::tile_count(s, t);
+                for (int t = 0; t < mre::TILE_CAP; ++t) mre::tile_compact(s, t, base, order);
+                for (int t = 0; t < mre::TILE_CAP; ++t) {
+                    int x = (int)bx * (int)block.x + t % (int)block.x, y = (int)by * (int)block.y + t / (int)block.x;
+                    if (x < p.width && y < p.height) ids[t] = mre::tile_pixel(s, masks, boxes, p.m, p.threshold, x, y, ids[t]);
+                }
+            }
+            for (int t = 0; t < mre::TILE_CAP; ++t) {
+                int x = (int)bx * (int)block.x + t % (int)block.x, y = (int)by * (int)block.y + t / (int)block.x;
+                if (x < p.width && y < p.height) emit(x, y, ids[t]);
+            }
+        }
+}
+
+// The tiled kernels need exactly TILE_W x TILE_H blocks (their shared lists hold TILE_CAP ranks).
+int launch_tiled(const char* name, Dim3 grid, Dim3 block, void** params) {
+    if (block.x != (unsigned)mre::TILE_W || block.y != (unsigned)mre::TILE_H || block.z != 1) return -2;
+    if (!std::strcmp(name, "instance_map")) {
+        const float* masks = *static_cast<const float**>(params[0]);
+        const mre::PasteBox* boxes = *static_cast<const mre::PasteBox**>(params[1]);
+        const int* order = *static_cast<const int**>(params[2]);
+        const mre::InstanceParams p = *static_cast<mre::InstanceParams*>(params[3]);
+        int* ids = *static_cast<int**>(params[4]);
+        run_tiled(grid, block, masks, boxes, order, p,
+                  [&](int x, int y, int id) { ids[(long long)y * p.width + x] = id; });
+        return 0;
+    }
+    const unsigned char* src = *static_cast<const unsigned char**>(params[0]);
+    const float* masks = *static_cast<const float**>(params[1]);
+    const mre::PasteBox* boxes = *static_cast<const mre::PasteBox**>(params[2]);
+    const int* order = *static_cast<const int**>(params[3]);
+    const unsigned char* colours = *static_cast<const unsigned char**>(params[4]);
+    const mre::InstanceParams p = *static_cast<mre::InstanceParams*>(params[5]);
+    unsigned char* dst = *static_cast<unsigned char**>(params[6]);
+    run_tiled(grid, block, masks, boxes, order, p, [&](int x, int y, int id) {
+        mre::render_pixel(src + (long long)y * p.src_pitch + 3 * x, dst + (long long)y * p.dst_pitch + 3 * x,
+                          colours, id, p.alpha);
+    });
+    return 0;
+}
+
 }  // namespace mre_host
 
 extern "C" {
@@ -62,6 +120,7 @@ extern "C" {
 int host_sizeof_letterbox_params() { return (int)sizeof(mre::LetterboxParams); }
 int host_offsetof_letterbox_add() { return (int)offsetof(mre::LetterboxParams, add); }
 int host_sizeof_paste_box() { return (int)sizeof(mre::PasteBox); }
+int host_sizeof_instance_params() { return (int)sizeof(mre::InstanceParams); }
 
 void host_letterbox_f32(const unsigned char* src, const mre::LetterboxParams* p, float* dst) {
     long long plane = (long long)p->dst_h * p->dst_w;
@@ -107,15 +166,16 @@ void host_overlay(unsigned char* frame, int pitch, const int* ids, const unsigne
         }
 }
 
-// Run kernel `name` over grid x block, parameters packed as for cuLaunchKernel. Returns 0, or -1
-// for a name that is not a kernel of runtime/kernels.
+// Run kernel `name` over grid x block, parameters packed as for cuLaunchKernel. Returns 0, -1
+// for a name that is not a kernel of runtime/kernels, -2 for a tiled kernel on other blocks.
 int host_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
                 unsigned bz, void** params) {
     mre_host::Dim3 grid{gx, gy, gz}, block{bx, by, bz};
     if (!std::strcmp(name, "letterbox_f32")) mre_host::run_grid(letterbox_f32, grid, block, params);
     else if (!std::strcmp(name, "letterbox_f16")) mre_host::run_grid(letterbox_f16, grid, block, params);
     else if (!std::strcmp(name, "paste_mask_u8")) mre_host::run_grid(paste_mask_u8, grid, block, params);
-    else if (!std::strcmp(name, "instance_map")) mre_host::run_grid(instance_map, grid, block, params);
+    else if (!std::strcmp(name, "instance_map") || !std::strcmp(name, "render_instances"))
+        return mre_host::launch_tiled(name, grid, block, params);
     else if (!std::strcmp(name, "overlay")) mre_host::run_grid(overlay, grid, block, params);
     else return -1;
     return 0;

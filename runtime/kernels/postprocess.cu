@@ -16,14 +16,54 @@ extern "C" __global__ void paste_mask_u8(const float* masks, const mre::PasteBox
     out[(long long)r * cols + c] = v > threshold ? 1 : 0;
 }
 
+#ifndef MRE_HOST_BUILD
+// Instance id of this thread's pixel with the tile culling of postprocess.cuh (block = one
+// TILE_W x TILE_H tile; every thread of the block must call it: it synchronises the block).
+// host_build.cpp runs the same four phases over a block's threads (it has no __syncthreads).
+__device__ int tiled_instance_id(mre::TileShared& s, const float* masks, const mre::PasteBox* boxes,
+                                 const int* order, const mre::InstanceParams& p, int x, int y) {
+    int t = threadIdx.y * blockDim.x + threadIdx.x;
+    mre::TileRect tile = mre::tile_rect(blockIdx.x, blockIdx.y, p.width, p.height);
+    bool inside = x < p.width && y < p.height;
+    int id = 0;
+    for (int base = 0; base < p.n; base += mre::TILE_CAP) {  // block-uniform: the syncs are safe
+        mre::tile_flag(s, t, base, order, boxes, p.n, tile);
+        __syncthreads();
+        mre::tile_count(s, t);
+        __syncthreads();
+        mre::tile_compact(s, t, base, order);
+        __syncthreads();
+        if (inside) id = mre::tile_pixel(s, masks, boxes, p.m, p.threshold, x, y, id);
+        __syncthreads();  // the next round overwrites the shared lists
+    }
+    return id;
+}
+
+// ids[y * width + x] = instance id (0 = none). Launch: blocks of TILE_W x TILE_H over the frame.
 extern "C" __global__ void instance_map(const float* masks, const mre::PasteBox* boxes,
-                                        const int* order, int n, int m, int height, int width,
-                                        float threshold, int* out) {
+                                        const int* order, mre::InstanceParams p, int* ids) {
+    __shared__ mre::TileShared s;
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
-    if (x >= width || y >= height) return;
-    out[(long long)y * width + x] = mre::instance_at(masks, boxes, order, n, m, threshold, x, y);
+    int id = tiled_instance_id(s, masks, boxes, order, p, x, y);
+    if (x < p.width && y < p.height) ids[(long long)y * p.width + x] = id;
 }
+
+// The drawn frame in one pass: dst = src with colours[id - 1] (BGR) blended in where a mask is,
+// src copied elsewhere. src is the frame the letterbox already uploaded; dst is what goes down.
+extern "C" __global__ void render_instances(const unsigned char* src, const float* masks,
+                                            const mre::PasteBox* boxes, const int* order,
+                                            const unsigned char* colours, mre::InstanceParams p,
+                                            unsigned char* dst) {
+    __shared__ mre::TileShared s;
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    int id = tiled_instance_id(s, masks, boxes, order, p, x, y);
+    if (x >= p.width || y >= p.height) return;
+    mre::render_pixel(src + (long long)y * p.src_pitch + 3 * x, dst + (long long)y * p.dst_pitch + 3 * x,
+                      colours, id, p.alpha);
+}
+#endif
 
 // Blend colours[id - 1] (BGR) into the BGR frame where the instance map is non-zero, in place.
 extern "C" __global__ void overlay(unsigned char* frame, int pitch, const int* ids,

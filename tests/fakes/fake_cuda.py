@@ -39,6 +39,7 @@ class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name (cuda_util r
     cudaErrorInvalidMemcpyDirection = 21
     cudaErrorInvalidDevice = 101
     cudaErrorInvalidResourceHandle = 400
+    cudaErrorNotReady = 600
     cudaErrorIllegalAddress = 700
 
 
@@ -86,6 +87,19 @@ class Stream:
     handle: int = field(default_factory=lambda: next(_ids))
 
     def __int__(self) -> int:  # TensorRT takes int(stream)
+        return self.handle
+
+
+@dataclass(eq=False)
+class Event:
+    device: int
+    stream: "Stream | None" = None   # where it was last recorded
+    marker: Any = None               # the pending item that completes it
+    done: bool = True                # "Before the first call to cudaEventRecord(), an event
+    destroyed: bool = False          #  represents an empty set of work"
+    handle: int = field(default_factory=lambda: next(_ids))
+
+    def __int__(self) -> int:
         return self.handle
 
 
@@ -154,7 +168,8 @@ class FakeCuda:
         self.streams: list[Stream] = []
         self.modules: list[Module] = []
         self.stats = {"htod_bytes": 0, "dtoh_bytes": 0, "dtod_bytes": 0, "launches": Counter(),
-                      "launch_args": [], "peak_device_bytes": 0}
+                      "launch_args": [], "peak_device_bytes": 0, "htod_copies": [], "dtoh_copies": [],
+                      "stream_syncs": Counter(), "event_polls": 0}
         # every call that returned an error, as (function, error): the real API returns these
         # codes too, and code that ignores them (a second cudaStreamDestroy) shows up here
         self.errors: list[tuple[str, Any]] = []
@@ -185,7 +200,8 @@ class FakeCuda:
 
     def struct_size(self, ctype: str) -> int:
         """Size of a by-value struct parameter, from the host build's layout probes."""
-        probes = {"mre::LetterboxParams": self.host.host_sizeof_letterbox_params}
+        probes = {"mre::LetterboxParams": self.host.host_sizeof_letterbox_params,
+                  "mre::InstanceParams": self.host.host_sizeof_instance_params}
         if ctype not in probes:
             raise NotImplementedError(f"the stand-in does not know the layout of {ctype}; add a probe")
         return int(probes[ctype]())
@@ -236,7 +252,8 @@ class FakeCuda:
             def call(*args: Any) -> Any:
                 result = fn(*args)
                 err = result[0] if isinstance(result, tuple) else result
-                if int(err) != 0:
+                # cudaErrorNotReady from cudaEventQuery is a status ("work is incomplete"), not a failure
+                if int(err) != 0 and not (name == "cudaEventQuery" and int(err) == cudaError_t.cudaErrorNotReady):
                     self.errors.append((name, err))
                 return result
             return call
@@ -366,6 +383,8 @@ class FakeCuda:
             s = fake._stream(stream)
             if isinstance(s, cudaError_t):
                 return (s,)
+            with fake._lock:  # blocking calls, per stream: the runtime's own streams poll events instead
+                fake.stats["stream_syncs"][0 if s is None else s.handle] += 1
             err = fake._flush_all() if s is None else fake._flush(s)
             return (cudaError_t(err) if err else ok,)
 
@@ -397,6 +416,8 @@ class FakeCuda:
             if key:
                 with fake._lock:
                     fake.stats[key] += int(count)
+                    if key != "dtod_bytes":  # each copy's size: the budget test names the big ones
+                        fake.stats[key.replace("bytes", "copies")].append(int(count))
 
         def cudaMemcpyAsync(dst, src, count, kind, stream):
             dst, src, count = int(dst), int(src), int(count)
@@ -442,6 +463,77 @@ class FakeCuda:
             fake._enqueue(s, lambda: ctypes.memset(ptr, int(value), count) and 0)
             return (ok,)
 
+        def cudaEventCreateWithFlags(flags):
+            # "Creates an event object for the current device with the specified flags."
+            return ok, Event(fake._runtime_context().device)
+
+        def _event(event):
+            if not isinstance(event, Event) or event.destroyed:
+                return None
+            return event
+
+        def cudaEventRecord(event, stream):
+            e, s = _event(event), fake._stream(stream)
+            if e is None:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            if isinstance(s, cudaError_t):
+                return (s,)
+            # "event and stream must be on the same CUDA context"
+            if s is not None and s.device != e.device:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            # "Captures in event the contents of stream at the time of this call. [...] can be
+            # called multiple times on the same event and will overwrite the previously captured state"
+            e.stream, e.done = s, False
+
+            def marker() -> int:
+                e.done = True
+                return 0
+            e.marker = marker
+            if s is None:
+                fake._enqueue(None, marker)
+            else:
+                s.pending.append(marker)
+            return (ok,)
+
+        def _complete(e):
+            """Run the captured work (everything before the marker on its stream) now."""
+            s = e.stream
+            while not e.done and s is not None and s.pending:
+                s.pending.pop(0)()
+
+        def cudaEventQuery(event):
+            e = _event(event)
+            if e is None:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            with fake._lock:
+                fake.stats["event_polls"] += 1
+            if e.done:
+                return (ok,)
+            # "Returns cudaSuccess if all captured work has been completed, or cudaErrorNotReady if
+            # any captured work is incomplete": the stand-in's GPU makes progress between two polls,
+            # so a caller that does not poll again never sees the work done
+            _complete(e)
+            return (cudaError_t.cudaErrorNotReady,)
+
+        def cudaStreamWaitEvent(stream, event, flags):
+            e, s = _event(event), fake._stream(stream)
+            if e is None:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            if isinstance(s, cudaError_t):
+                return (s,)
+            # "Makes all future work submitted to stream wait for all work captured in event":
+            # running the captured work now orders it before anything enqueued on stream later
+            _complete(e)
+            return (ok,)
+
+        def cudaEventDestroy(event):
+            e = _event(event)
+            if e is None:
+                return (cudaError_t.cudaErrorInvalidResourceHandle,)
+            # "An event may be destroyed before it is complete [...] the call does not block"
+            e.destroyed = True
+            return (ok,)
+
         def cudaGetErrorString(err):
             return ok, cudaError_t(int(err)).name.encode()
 
@@ -454,6 +546,9 @@ class FakeCuda:
             cudaStreamDestroy=cudaStreamDestroy, cudaStreamSynchronize=cudaStreamSynchronize,
             cudaDeviceSynchronize=cudaDeviceSynchronize, cudaMemcpyAsync=cudaMemcpyAsync, cudaMemcpy=cudaMemcpy,
             cudaMemsetAsync=cudaMemsetAsync, cudaGetErrorString=cudaGetErrorString,
+            cudaEventCreateWithFlags=cudaEventCreateWithFlags, cudaEventRecord=cudaEventRecord,
+            cudaEventQuery=cudaEventQuery, cudaStreamWaitEvent=cudaStreamWaitEvent,
+            cudaEventDestroy=cudaEventDestroy, cudaEventDisableTiming=2,
         )
 
     # -- driver API ---------------------------------------------------------------------------
@@ -523,6 +618,10 @@ class FakeCuda:
                 return (CUresult.CUDA_ERROR_INVALID_HANDLE,)
             if min(gx, gy, gz, bx, by, bz) < 1 or bx * by * bz > 1024:
                 return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+            # not an API rule but the kernels' own: the tiled ones size their shared lists for
+            # 32 x 8 blocks (mre::TILE_W x TILE_H); other blocks would overrun them on a GPU
+            if f.name in ("instance_map", "render_instances") and (bx, by, bz) != (32, 8, 1):
+                return (CUresult.CUDA_ERROR_INVALID_VALUE,)
             address = int(params)
             pointers = (ctypes.c_void_p * len(fake.signatures[f.name])).from_address(address)
             decoded = []
@@ -572,13 +671,18 @@ class FakeCuda:
 
 
 class DeviceBackend:
-    """A TensorRT-shaped backend (``device_pointer``, ``stream``, ``execute``, ``device_id``) on the
-    stand-in GPU: its ``images`` buffer is fake device memory that the GPU pre-processing writes,
-    and ``execute`` runs the ONNX model in ONNX Runtime on what is there. For Segmenter tests."""
+    """A TensorRT-shaped backend (``device_pointer``, ``stream``, ``execute``, ``device_id``,
+    ``outputs``) on the stand-in GPU, laid out as ``backend_trt.TrtBackend``: every input and
+    output has a device buffer; ``execute`` is the engine (it runs the ONNX model in ONNX Runtime
+    on the ``images`` device memory, in place, as the engine reads its bindings without a copy)
+    and then copies each output to the host on its stream, as ``TrtBackend.execute`` does. So the
+    bytes the stand-in counts are the bytes the real backend moves. For Segmenter tests."""
 
     name = "fake-tensorrt"
 
     def __init__(self, fake: FakeCuda, onnx_path: Path, device_id: int = 0) -> None:
+        import numpy as np
+
         from mrcnn_edge.runtime.backend_ort import OrtBackend
         from mrcnn_edge.runtime.cuda_util import check
 
@@ -588,31 +692,50 @@ class DeviceBackend:
         self.inputs, self.outputs = self.inner.inputs, self.inner.outputs
         (self._input_name, spec), = self.inputs.items()
         self._shape, self._dtype = tuple(spec.shape), np_dtype(spec.dtype)
-        self._nbytes = int(np_prod(self._shape)) * self._dtype.itemsize
         rt = fake.runtime
         check(rt.cudaSetDevice(device_id), "cudaSetDevice")
         self.stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
-        self._ptr = check(rt.cudaMalloc(self._nbytes), "cudaMalloc")
+        self._device: dict[str, int] = {}
+        self._host: dict[str, Any] = {}
+        for name, tensor in {**self.inputs, **self.outputs}.items():
+            nbytes = max(int(np_prod(tensor.shape)) * np_dtype(tensor.dtype).itemsize, 1)
+            self._device[name] = check(rt.cudaMalloc(nbytes), "cudaMalloc")
+            if name in self.outputs:
+                self._host[name] = np.empty(tuple(tensor.shape), np_dtype(tensor.dtype))
         self.closed = False
         self.events: list[str] = []
+        self.delay_s = 0.0  # a slower "engine", for pipeline tests
 
     @property
     def description(self) -> str:
         return self.name
 
     def device_pointer(self, name: str) -> int:
-        assert name == self._input_name, name
-        return self._ptr
+        return self._device[name]
 
     def execute(self) -> dict:
+        import time
+
         import numpy as np
 
         rt, check = self._fake.runtime, self._check
         check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")
-        host = np.empty(self._shape, self._dtype)
-        check(rt.cudaMemcpyAsync(host.ctypes.data, self._ptr, self._nbytes,
-                                 rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), "copy images")
-        return self.inner.infer({self._input_name: host})
+        # the engine runs on its stream after what was enqueued there (the letterbox)
+        check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        n = int(np_prod(self._shape))
+        raw = (ctypes.c_uint8 * (n * self._dtype.itemsize)).from_address(self._device[self._input_name])
+        images = np.frombuffer(raw, self._dtype, n).reshape(self._shape).copy()
+        results = self.inner.infer({self._input_name: images})
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        for name, value in results.items():  # the engine writes its output bindings on the device
+            value = np.ascontiguousarray(value, dtype=self._host[name].dtype)
+            ctypes.memmove(self._device[name], value.ctypes.data, value.nbytes)
+        for name, host in self._host.items():  # TrtBackend.execute: each output down, then a sync
+            check(rt.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes,
+                                     rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), f"copy {name}")
+        check(rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return dict(self._host)
 
     def infer(self, feed: dict) -> dict:
         return self.inner.infer(feed)
@@ -624,7 +747,8 @@ class DeviceBackend:
         self.events.append("close")
         rt = self._fake.runtime
         rt.cudaSetDevice(self.device_id)
-        rt.cudaFree(self._ptr)
+        for ptr in self._device.values():
+            rt.cudaFree(ptr)
         rt.cudaStreamDestroy(self.stream)
         self.inner.close()
 
