@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "DESCRIPTION_BUILD_PLUGIN",

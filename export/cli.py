@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 DESCRIPTION_EXPORT = (
     "Export a Mask R-CNN checkpoint to a static-shape ONNX model: input 'images' [B,3,H,W], outputs "
@@ -36,7 +36,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_hw(text: str) -> tuple[int, int]:
-    from mrcnn_edge.cliutil import parse_hw
+    from mrcnn_edge.commands.cliutil import parse_hw
 
     return parse_hw(text, multiple_of=32, minimum=32)
 
@@ -49,7 +49,7 @@ def run_export(args) -> int:
                          score_threshold=args.score_threshold, rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
                          rpn_post_nms_top_n=args.rpn_post_nms_top_n)
     opts.validate()  # before the (slow) checkpoint load
-    from mrcnn_edge.checkpoint import load_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes, class_names=args.class_names)
     rep = export_onnx(args.checkpoint, args.output, opts, model_and_config=loaded)
@@ -75,7 +75,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_validate(args) -> int:
-    from mrcnn_edge.atomic import atomic_output, check_writable
+    from mrcnn_edge.core.atomic import atomic_output, check_writable
 
     from .validate import format_report, validate
 

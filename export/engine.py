@@ -22,19 +22,19 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from mrcnn_edge.contract import (
+from mrcnn_edge.core.contract import (
     PLUGIN_ATTRIBUTES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_plugin_attributes,
 )
-from mrcnn_edge.paths import plugin_library_path, timing_cache_path
+from mrcnn_edge.core.paths import plugin_library_path, timing_cache_path
 from mrcnn_edge.runtime import trt_platform
 from mrcnn_edge.runtime.onnx_info import (
     ATTR_FLOAT, ATTR_FLOATS, ATTR_INT, ATTR_STRING, OnnxInfo, read_onnx_info,
 )
 from mrcnn_edge.runtime.trt_platform import TENSORRT_MISSING, cuda_device_count, import_tensorrt
 
-from ..atomic import atomic_output, check_writable
-from ..errors import UserError
-from ..metadata import MODEL_KEYS, decode, sidecar_path, write_sidecar
+from mrcnn_edge.core.atomic import atomic_output, check_writable
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import MODEL_KEYS, decode, sidecar_path, write_sidecar
 
 __all__ = [
     "PLUGIN_OP",
@@ -88,7 +88,7 @@ def read_onnx_metadata(path: str | os.PathLike) -> tuple[OnnxInfo, dict[str, Any
 def check_plugin_nodes(info: OnnxInfo) -> tuple[int, list[str]]:
     """(number of MultilevelRoIAlign nodes, problems found in them), without TensorRT.
 
-    The rules of ``mrcnn_edge.contract.PLUGIN_ATTRIBUTES`` (the plugin creator's), said before the
+    The rules of ``mrcnn_edge.core.contract.PLUGIN_ATTRIBUTES`` (the plugin creator's), said before the
     build rather than by TensorRT's parser (which reports only "could not create the plugin").
     """
     problems: list[str] = []

@@ -5,8 +5,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mrcnn_edge.errors import UserError
-from mrcnn_edge.metadata import MODEL_KEYS, decode, read_sidecar
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import MODEL_KEYS, decode, read_sidecar
 
 __all__ = ["read_model_metadata"]
 

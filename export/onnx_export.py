@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["FLAVORS", "PRECISIONS", "ExportOptions", "export_onnx", "check_model", "tensorrt_compatibility"]
 
@@ -71,7 +71,7 @@ class ExportOptions:
 
 def build_edge(model, cfg, opts: ExportOptions):
     """The ``EdgeMaskRCNN`` for these options (ValueError from the graph becomes a UserError)."""
-    from mrcnn_edge.edge import EdgeMaskRCNN
+    from mrcnn_edge.model.edge import EdgeMaskRCNN
 
     try:
         return EdgeMaskRCNN(
@@ -120,16 +120,16 @@ def export_onnx(
     import onnx
     import torch
 
-    from mrcnn_edge.atomic import atomic_output, check_writable
-    from mrcnn_edge.edge import OUTPUT_NAMES
-    from mrcnn_edge.metadata import encode
+    from mrcnn_edge.core.atomic import atomic_output, check_writable
+    from mrcnn_edge.model.edge import OUTPUT_NAMES
+    from mrcnn_edge.core.metadata import encode
 
     from .translations import register_schema, translation_table
 
     opts.validate()
     out = check_writable(out)
     if model_and_config is None:
-        from mrcnn_edge.checkpoint import load_checkpoint
+        from mrcnn_edge.model.checkpoint import load_checkpoint
 
         model_and_config = load_checkpoint(checkpoint)
     model, cfg = model_and_config
@@ -168,7 +168,7 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
     """onnx.checker + full shape inference + I/O contract + TensorRT compatibility; UserError on failure."""
     import onnx
 
-    from mrcnn_edge.edge import OUTPUT_NAMES
+    from mrcnn_edge.model.edge import OUTPUT_NAMES
 
     from .translations import register_schema
 
@@ -194,7 +194,7 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
 
 def tensorrt_compatibility(proto, flavor: str) -> list[str]:
     """Problems that would stop TensorRT's ONNX parser: unknown ops, dynamic I/O shapes, oversize NMS."""
-    from mrcnn_edge.edge import TRT_NMS_MAX_BOXES
+    from mrcnn_edge.model.edge import TRT_NMS_MAX_BOXES
 
     problems = []
     for node in proto.graph.node:

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_edge.contract import (INPUT_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION,
+from mrcnn_edge.core.contract import (INPUT_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION,
                                  check_plugin_attributes)
-from mrcnn_edge.errors import UserError, require
+from mrcnn_edge.core.errors import UserError, require
 
 __all__ = ["has_plugin_nodes", "make_session", "run_session", "reference_roi_align", "reference_implementation"]
 

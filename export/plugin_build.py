@@ -37,8 +37,8 @@ from typing import Callable, Sequence
 
 from mrcnn_edge.runtime import trt_platform
 
-from ..atomic import atomic_output
-from ..errors import UserError
+from mrcnn_edge.core.atomic import atomic_output
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "LIBRARY_NAME",
@@ -57,8 +57,8 @@ __all__ = [
     "plugin_library_tensorrt_version",
 ]
 
-from mrcnn_edge.paths import PLUGIN_LIBRARY_NAME as LIBRARY_NAME  # noqa: E402
-from mrcnn_edge.paths import plugin_build_log, plugin_library_path  # noqa: E402
+from mrcnn_edge.core.paths import PLUGIN_LIBRARY_NAME as LIBRARY_NAME  # noqa: E402
+from mrcnn_edge.core.paths import plugin_build_log, plugin_library_path  # noqa: E402
 # Turing, Ampere (A100, RTX 30xx, Jetson Orin = 87), Ada, Hopper; then Blackwell and Thor (101 up to
 # CUDA 12.9, 110 from CUDA 13) where the toolkit has them. Keep in step with plugins/CMakeLists.txt.
 DEFAULT_CUDA_ARCHS = (75, 80, 86, 87, 89, 90, 100, 101, 110, 120)

@@ -25,8 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..contract import PLUGIN_MAX_LEVELS, fpn_level_range
-from ..errors import UserError
+from mrcnn_edge.core.contract import PLUGIN_MAX_LEVELS, fpn_level_range
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "DEFAULT_SPATIAL_SCALES",
@@ -78,7 +78,7 @@ class _Params(ctypes.Structure):
 
 def cache_dir() -> Path:
     """Root of mrcnn-edge's build cache: ``$MRCNN_EDGE_CACHE`` or ``~/.cache/mrcnn-edge``."""
-    from mrcnn_edge.paths import cache_root
+    from mrcnn_edge.core.paths import cache_root
 
     return cache_root()
 
@@ -155,7 +155,7 @@ def _compile(compiler: str, out: Path) -> None:
 def host_library_path() -> Path:
     """Path of the cached CPU library for the current sources (built if missing)."""
     compiler = _find_compiler()
-    from mrcnn_edge.paths import host_library_dir
+    from mrcnn_edge.core.paths import host_library_dir
 
     path = host_library_dir() / f"{_LIB_STEM}-{_build_key(compiler)}.so"
     if not path.is_file():

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrcnn_edge.contract import ENGINE_SUFFIXES, INPUT_NAME, ONNX_SUFFIXES, OUTPUT_NAMES
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.contract import ENGINE_SUFFIXES, INPUT_NAME, ONNX_SUFFIXES, OUTPUT_NAMES
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "DESCRIPTION_SERVE", "ServeTarget", "SERVE_TARGETS", "IOTensor", "ServedModel", "read_served_model",
@@ -145,7 +145,7 @@ def _onnx_io_dtypes(path: Path, meta: dict[str, Any]) -> dict[str, str] | None:
 
 def _check_plugin(model: ServedModel, given: str | None) -> None:
     """Find the plugin library the model needs and check the TensorRT major it was built for."""
-    from mrcnn_edge.paths import plugin_library_path
+    from mrcnn_edge.core.paths import plugin_library_path
     from mrcnn_edge.runtime import trt_platform
 
     if not model.needs_plugin:
@@ -183,7 +183,7 @@ def read_served_model(path: str | os.PathLike, plugin_lib: str | None = None) ->
     path = Path(path).expanduser().resolve()
     suffix = path.suffix.lower()
     if suffix in ENGINE_SUFFIXES:
-        from mrcnn_edge.metadata import read_sidecar
+        from mrcnn_edge.core.metadata import read_sidecar
 
         if not path.is_file():
             raise UserError(f"engine {path} not found")

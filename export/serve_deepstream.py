@@ -27,8 +27,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from mrcnn_edge.atomic import atomic_dir
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.atomic import atomic_dir
+from mrcnn_edge.core.errors import UserError
 
 from .serve_cli import ServedModel
 

@@ -33,8 +33,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mrcnn_edge.atomic import atomic_dir
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.atomic import atomic_dir
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.backend_triton import DEFAULT_GRPC_PORT, PARAMETER_PREFIX, encode_parameters
 
 from .serve_cli import ServedModel

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import onnxscript
 from onnxscript import opset18 as op
 
-from ..contract import PLUGIN_DOMAIN, fpn_level_range, plugin_identity
+from mrcnn_edge.core.contract import PLUGIN_DOMAIN, fpn_level_range, plugin_identity
 
 __all__ = ["PLUGIN", "OPSET", "translation_table", "register_schema"]
 

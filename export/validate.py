@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["Dets", "match", "compare", "TOLERANCES", "validate", "collect_images"]
 
@@ -273,7 +273,7 @@ def _graph_runner(infer: Callable[[np.ndarray], dict[str, np.ndarray]]) -> Calla
 def _edge_infer(edge):
     import torch
 
-    from mrcnn_edge.edge import OUTPUT_NAMES
+    from mrcnn_edge.model.edge import OUTPUT_NAMES
 
     def infer(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
@@ -295,7 +295,7 @@ def validate(
     limit: int | None = None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict[str, Any]:
     """Run every backend on the same images; returns the report (``report["ok"]`` overall)."""
-    from mrcnn_edge.checkpoint import load_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
     from mrcnn_edge.runtime.preprocess import letterbox
 
     from .model_info import read_model_metadata

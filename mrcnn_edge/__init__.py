@@ -12,13 +12,13 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; imported on first attribute access
 _LAZY = {
-    "load_checkpoint": "mrcnn_edge.checkpoint",
-    "save_checkpoint": "mrcnn_edge.checkpoint",
-    "build_model": "mrcnn_edge.checkpoint",
-    "ModelConfig": "mrcnn_edge.checkpoint",
-    "EdgeMaskRCNN": "mrcnn_edge.edge",
-    "demo_checkpoint": "mrcnn_edge.assets",
-    "UserError": "mrcnn_edge.errors",
+    "load_checkpoint": "mrcnn_edge.model.checkpoint",
+    "save_checkpoint": "mrcnn_edge.model.checkpoint",
+    "build_model": "mrcnn_edge.model.checkpoint",
+    "ModelConfig": "mrcnn_edge.core.config",
+    "EdgeMaskRCNN": "mrcnn_edge.model.edge",
+    "demo_checkpoint": "mrcnn_edge.model.assets",
+    "UserError": "mrcnn_edge.core.errors",
 }
 
 __all__ = ["__version__", *_LAZY]

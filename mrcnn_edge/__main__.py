@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from mrcnn_edge.commands.cli import main
 
 sys.exit(main())

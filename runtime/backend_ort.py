@@ -14,9 +14,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError, require
-from mrcnn_edge.metadata import decode
-from mrcnn_edge.paths import ort_tensorrt_cache_dir
+from mrcnn_edge.core.errors import UserError, require
+from mrcnn_edge.core.metadata import decode
+from mrcnn_edge.core.paths import ort_tensorrt_cache_dir
 
 from .backends import Backend, check_feed
 from .onnx_info import read_onnx_info

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError, require
+from mrcnn_edge.core.errors import UserError, require
 
 from .backends import Backend, check_feed
 from .spec import TensorSpec

@@ -19,9 +19,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError
-from mrcnn_edge.metadata import read_sidecar
-from mrcnn_edge.paths import plugin_library_path
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import read_sidecar
+from mrcnn_edge.core.paths import plugin_library_path
 
 from . import trt_platform
 from .backends import Backend, check_feed

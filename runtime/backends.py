@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mrcnn_edge.contract import ENGINE_SUFFIXES, ONNX_SUFFIXES
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.contract import ENGINE_SUFFIXES, ONNX_SUFFIXES
+from mrcnn_edge.core.errors import UserError
 
 from .spec import TensorSpec
 

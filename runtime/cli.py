@@ -1,6 +1,6 @@
 """``mrcnn-edge run MODEL --source SRC``: segment a camera, video, images or a stream in real time.
 
-Imported by ``mrcnn_edge.cli`` to build its parser: cheap to import (no torch, no onnxruntime,
+Imported by ``mrcnn_edge.commands.cli`` to build its parser: cheap to import (no torch, no onnxruntime,
 no TensorRT, no cuda-python at module level).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import Any
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 from .backends import BACKENDS
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 import cv2
 import numpy as np
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 from .coco import rle_string
 from .frames import as_bgr8

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["as_bgr8"]
 

@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrcnn_edge.atomic import atomic_output
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.atomic import atomic_output
+from mrcnn_edge.core.errors import UserError
 
 from .cuda_util import check, cuda_modules
 
@@ -51,7 +51,7 @@ class CompiledKernel:
 def cache_dir() -> Path:
     """``$MRCNN_EDGE_CACHE``, else ``~/.cache/mrcnn-edge``: the project's one cache root (the plugin
     library and TensorRT timing cache live there too)."""
-    from mrcnn_edge.paths import cache_root
+    from mrcnn_edge.core.paths import cache_root
 
     return cache_root()
 

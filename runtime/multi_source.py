@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["SourceRun", "run_sources"]
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from mrcnn_edge.contract import PLUGIN_NAME
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.contract import PLUGIN_NAME
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["OnnxInfo", "PluginNode", "read_onnx_info", "STANDARD_DOMAINS", "ATTR_FLOAT", "ATTR_INT",
            "ATTR_STRING", "ATTR_FLOATS", "ATTR_INTS"]

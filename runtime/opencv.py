@@ -5,7 +5,7 @@ GStreamer-enabled OpenCV. Every runtime module takes ``cv2`` from here.
 """
 from __future__ import annotations
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["cv2", "OpenCVMissing", "OPENCV_MISSING"]
 

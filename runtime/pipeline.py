@@ -22,7 +22,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 from .frames import as_bgr8
 from .segmenter import Segmenter

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 from .backends import Backend, backend_for, open_backend
 from .detections import Detections

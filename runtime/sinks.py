@@ -1,6 +1,6 @@
 """Where rendered frames go: a window, a video file, an image folder or one image file.
 
-File outputs are atomic (``mrcnn_edge.atomic``): they are written under a temporary name and
+File outputs are atomic (``mrcnn_edge.core.atomic``): they are written under a temporary name and
 renamed into place by ``close(ok=True)``; ``close(ok=False)`` (an error) leaves nothing behind.
 A video keeps the size of its first frame (later frames of another size are resized).
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_edge.atomic import atomic_dir, atomic_output
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.atomic import atomic_dir, atomic_output
+from mrcnn_edge.core.errors import UserError
 
 from .opencv import cv2
 from .sources import IMAGE_EXTS, VIDEO_EXTS, Frame, Source

@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "Frame", "Source", "CaptureSource", "ImageSource", "ArraySource", "open_source", "check_source",

@@ -12,8 +12,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mrcnn_edge.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_KEYS
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_KEYS
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "REQUIRED_KEYS", "TensorSpec", "ModelSpec", "model_spec"]
 

@@ -32,8 +32,8 @@ DEFAULT_BOXES = ((8.0, 8.0, 88.0, 72.0), (64.0, 40.0, 152.0, 120.0), (0.0, 0.0, 
 def contract_metadata(canvas_hw: Sequence[int], batch: int, class_names: Sequence[str], mask_size: int,
                       max_detections: int, precision: str = "fp32", flavor: str = "portable",
                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
-    """Every key of ``mrcnn_edge.metadata.MODEL_KEYS`` for a synthetic model."""
-    from mrcnn_edge.contract import plugin_identity
+    """Every key of ``mrcnn_edge.core.metadata.MODEL_KEYS`` for a synthetic model."""
+    from mrcnn_edge.core.contract import plugin_identity
 
     plugin = plugin_identity() if flavor == "tensorrt" else None
     return {
@@ -55,8 +55,8 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mrcnn_edge.contract import PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
-    from mrcnn_edge.metadata import encode
+    from mrcnn_edge.core.contract import PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from mrcnn_edge.core.metadata import encode
 
     h, w = int(canvas_hw[0]), int(canvas_hw[1])
     n, k, m, b = len(boxes), int(max_detections), int(mask_size), int(batch)

@@ -22,8 +22,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from mrcnn_edge.contract import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.contract import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "TENSORRT_MISSING",

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from fakes.fake_tensorrt import FakeProcess, write_plugin_library
-from mrcnn_edge.cli import main
+from mrcnn_edge.commands.cli import main
 from mrcnn_edge.export import plugin_build
 from mrcnn_edge.export.plugin_host import multilevel_roi_align_host
-from mrcnn_edge.metadata import MODEL_KEYS, encode, read_sidecar, sidecar_path
+from mrcnn_edge.core.metadata import MODEL_KEYS, encode, read_sidecar, sidecar_path
 from mrcnn_edge.runtime import trt_platform
 
 onnx = pytest.importorskip("onnx")
@@ -177,7 +177,7 @@ def test_build_bad_workspace(tmp_path, capsys):
 
 
 def test_build_cli_imports_nothing_heavy():
-    code = ("import sys, mrcnn_edge.cli as c; c._build_parser(); "
+    code = ("import sys, mrcnn_edge.commands.cli as c; c._build_parser(); "
             "print(sorted(m for m in ('tensorrt', 'torch', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
@@ -314,7 +314,7 @@ def test_build_needs_neither_onnx_nor_torch(tmp_path):
     """A base install on the device: `build` gets as far as asking for TensorRT."""
     model = plugin_onnx(tmp_path / "m.onnx")
     lib = write_plugin_library(tmp_path / "lib" / plugin_build.LIBRARY_NAME)
-    code = _BLOCK + ("from mrcnn_edge.cli import main\n"
+    code = _BLOCK + ("from mrcnn_edge.commands.cli import main\n"
                      f"sys.exit(main(['build', {str(model)!r}, '-o', {str(tmp_path / 'out' / 'm.engine')!r}, "
                      f"'--plugin-lib', {str(lib)!r}]))\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

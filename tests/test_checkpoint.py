@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mrcnn_edge.checkpoint import ARCHS, ModelConfig, build_model, infer_config, load_checkpoint, save_checkpoint
-from mrcnn_edge.cli import main
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.model.checkpoint import ARCHS, ModelConfig, build_model, infer_config, load_checkpoint, save_checkpoint
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mrcnn_edge.cli import main
+from mrcnn_edge.commands.cli import main
 
 
 @pytest.mark.parametrize(

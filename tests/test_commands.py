@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("torch", reason="demo and benchmark need the [export] extra")
 pytest.importorskip("onnxruntime", reason="demo and benchmark need the [export] extra")
 
-from mrcnn_edge.cli import main  # noqa: E402 - after the skips
+from mrcnn_edge.commands.cli import main  # noqa: E402 - after the skips
 
 CANVAS = "64x64"
 

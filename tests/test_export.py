@@ -13,13 +13,13 @@ import onnx
 import pytest
 import torch
 
-from mrcnn_edge.checkpoint import ARCHS, ModelConfig, build_model, save_checkpoint
-from mrcnn_edge.cli import main
-from mrcnn_edge.edge import EdgeMaskRCNN, OUTPUT_NAMES
+from mrcnn_edge.model.checkpoint import ARCHS, ModelConfig, build_model, save_checkpoint
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.model.edge import EdgeMaskRCNN, OUTPUT_NAMES
 from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx, nms_box_counts, tensorrt_compatibility
 from mrcnn_edge.export.ort_custom import make_session
 from mrcnn_edge.export.validate import TOLERANCES, Dets, compare
-from mrcnn_edge.metadata import MODEL_KEYS, decode
+from mrcnn_edge.core.metadata import MODEL_KEYS, decode
 
 VARIANTS = [((64, 96), "tensorrt", "fp32"), ((96, 64), "portable", "fp16")]
 # Random weights (BatchNorm statistics untouched) give large activations in deep trunks, so float

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from mrcnn_edge.cli import main
+from mrcnn_edge.commands.cli import main
 from mrcnn_edge.runtime.segmenter import Segmenter
 from mrcnn_edge.runtime.testing import make_contract_model
 

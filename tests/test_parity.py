@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 import mrcnn_edge
-from mrcnn_edge.cli import main
+from mrcnn_edge.commands.cli import main
 from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
 from mrcnn_edge.export.validate import TOLERANCES, validate
 
@@ -21,7 +21,7 @@ CANVAS = (320, 320)
 
 @pytest.fixture(scope="module")
 def demo():
-    from mrcnn_edge.checkpoint import load_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
 
     return load_checkpoint(mrcnn_edge.demo_checkpoint())
 
@@ -165,9 +165,9 @@ def test_candidate_cap_drops_only_detections_below_the_cap_score():
     import torch
     from torchvision.models.detection.image_list import ImageList
 
-    from mrcnn_edge.checkpoint import ModelConfig, build_model
-    from mrcnn_edge.contract import TRT_NMS_MAX_BOXES
-    from mrcnn_edge.edge import EdgeMaskRCNN
+    from mrcnn_edge.model.checkpoint import ModelConfig, build_model
+    from mrcnn_edge.core.contract import TRT_NMS_MAX_BOXES
+    from mrcnn_edge.model.edge import EdgeMaskRCNN
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="resnet18_fpn", num_classes=91)).eval()

@@ -1,4 +1,4 @@
-"""One attribute table: what the C++ creator advertises equals mrcnn_edge.contract.PLUGIN_ATTRIBUTES.
+"""One attribute table: what the C++ creator advertises equals mrcnn_edge.core.contract.PLUGIN_ATTRIBUTES.
 
 The plugin self-test binary (plugins/tests/plugin_selftest.cpp, ``--fields``) prints the creator's
 getFieldNames() (name, PluginFieldType, length) and the values of a plugin created with no field
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrcnn_edge.contract import PLUGIN_ATTRIBUTES
+from mrcnn_edge.core.contract import PLUGIN_ATTRIBUTES
 from mrcnn_edge.export import plugin_build
 from mrcnn_edge.plugins import _testbuild
 

@@ -18,7 +18,7 @@ torchvision = pytest.importorskip("torchvision")
 from torchvision.ops import MultiScaleRoIAlign, roi_align  # noqa: E402
 from torchvision.ops.poolers import initLevelMapper  # noqa: E402
 
-from mrcnn_edge.errors import UserError  # noqa: E402
+from mrcnn_edge.core.errors import UserError  # noqa: E402
 from mrcnn_edge.export import plugin_host  # noqa: E402
 from mrcnn_edge.export.plugin_host import (  # noqa: E402
     half_to_float_host,

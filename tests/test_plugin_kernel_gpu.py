@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrcnn_edge.contract import PLUGIN_MAX_LEVELS, fpn_level_range
+from mrcnn_edge.core.contract import PLUGIN_MAX_LEVELS, fpn_level_range
 from mrcnn_edge.export import plugin_build
 
 PLUGIN_DIR = Path(__file__).resolve().parents[1] / "plugins"

@@ -9,8 +9,8 @@ import types
 import numpy as np
 import pytest
 
-from mrcnn_edge.errors import UserError
-from mrcnn_edge.metadata import write_sidecar
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import write_sidecar
 from mrcnn_edge.runtime.backends import BACKENDS, backend_for, open_backend
 from mrcnn_edge.runtime.onnx_info import read_onnx_info
 from mrcnn_edge.runtime.spec import TensorSpec, model_spec

@@ -74,7 +74,7 @@ def test_run_command_works_where_torch_cannot_be_imported(tmp_path):
     model = make_contract_model(tmp_path / "m.onnx")
     video = write_video(tmp_path / "v.avi", moving_squares(5, hw=(60, 80)))
     code = _NO_TORCH + (
-        "from mrcnn_edge.cli import main\n"
+        "from mrcnn_edge.commands.cli import main\n"
         f"sys.exit(main(['run', {str(model)!r}, '--source', {str(video)!r}, '--no-display', '--quiet',"
         f" '--output', {str(tmp_path / 'o.avi')!r}]))\n"
     )

@@ -447,7 +447,7 @@ def test_matching_versions_pass(bindings, driver, nvrtc):
 
 
 def test_cuda_ops_refuse_a_driver_older_than_cuda_python(fake, monkeypatch):
-    from mrcnn_edge.errors import UserError
+    from mrcnn_edge.core.errors import UserError
     from mrcnn_edge.runtime import cuda_util
     from mrcnn_edge.runtime.cuda_ops import CudaOps
 

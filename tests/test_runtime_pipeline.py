@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from mrcnn_edge.cli import main
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime import sources
 from mrcnn_edge.runtime.pipeline import LatestSlot, Pipeline
 from mrcnn_edge.runtime.segmenter import Segmenter

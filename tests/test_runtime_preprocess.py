@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.frames import as_bgr8
 from mrcnn_edge.runtime.preprocess import Letterbox, bilinear_taps, letterbox, normalization
 

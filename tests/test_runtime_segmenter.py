@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.segmenter import Segmenter
 from mrcnn_edge.runtime.testing import make_contract_model
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime import sources
 from mrcnn_edge.runtime.sinks import ImageFileSink, ImageFolderSink, VideoSink, WindowSink, open_sink, window_unavailable
 from mrcnn_edge.runtime.sources import ArraySource, Frame, csi_pipeline, open_source, parse_csi
@@ -123,7 +123,7 @@ def test_csi_with_a_fake_capture_and_without_gstreamer(monkeypatch):
 
 
 def _run_cli(argv, capsys):
-    from mrcnn_edge.cli import main
+    from mrcnn_edge.commands.cli import main
 
     code = main(argv)
     return code, capsys.readouterr().err.strip().splitlines()
@@ -171,7 +171,7 @@ def test_without_opencv_the_runtime_names_what_to_install(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['cv2'] = None\n"
-            "from mrcnn_edge.cli import main\n"
+            "from mrcnn_edge.commands.cli import main\n"
             f"sys.exit(main(['run', 'model.engine', '--source', {str(tmp_path)!r}, '--no-display']))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()

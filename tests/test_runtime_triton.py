@@ -21,8 +21,8 @@ cv2 = pytest.importorskip("cv2")
 
 from kserve_server import KServeServer  # noqa: E402
 
-from mrcnn_edge.cli import main  # noqa: E402
-from mrcnn_edge.errors import UserError  # noqa: E402
+from mrcnn_edge.commands.cli import main  # noqa: E402
+from mrcnn_edge.core.errors import UserError  # noqa: E402
 from mrcnn_edge.export import serve_triton  # noqa: E402
 from mrcnn_edge.export.serve_cli import read_served_model  # noqa: E402
 from mrcnn_edge.runtime.backends import backend_for  # noqa: E402

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from fakes.fake_tensorrt import FakeProcess, Severity, write_plugin_library
-from mrcnn_edge.errors import UserError
-from mrcnn_edge.metadata import write_sidecar
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import write_sidecar
 from mrcnn_edge.runtime import backend_trt, trt_platform
 from mrcnn_edge.runtime.segmenter import Segmenter
 from mrcnn_edge.runtime.testing import contract_metadata, make_contract_model, moving_squares
@@ -340,7 +340,7 @@ def test_auto_device_falls_back_to_cpu_pre_post_without_a_usable_gpu(fake_gpu, c
     monkeypatch.setattr(cuda_ops.CudaOps, "__init__", no_gpu)
     with Segmenter.from_path(engine) as seg:
         assert seg.ops.name == "cpu" and "using the CPU reference" in caplog.text
-    from mrcnn_edge.errors import UserError
+    from mrcnn_edge.core.errors import UserError
 
     with pytest.raises(UserError, match="CUDA pre/post-processing is unavailable"):
         Segmenter.from_path(engine, device="cuda")

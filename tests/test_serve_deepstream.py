@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrcnn_edge.cli import main
+from mrcnn_edge.commands.cli import main
 from mrcnn_edge.runtime.testing import make_contract_model
 
 DS = Path(__file__).resolve().parent.parent / "plugins" / "deepstream"

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrcnn_edge.cli import main
-from mrcnn_edge.contract import INPUT_NAME, OUTPUT_NAMES
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.core.contract import INPUT_NAME, OUTPUT_NAMES
 from mrcnn_edge.runtime.testing import contract_metadata, make_contract_model
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (dev extra)")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import mrcnn_edge
-from mrcnn_edge.checkpoint import load_checkpoint
-from mrcnn_edge.cli import main
+from mrcnn_edge.model.checkpoint import load_checkpoint
+from mrcnn_edge.commands.cli import main
 from mrcnn_edge.data.dataset import generate_dataset
-from mrcnn_edge.config import PRESETS
+from mrcnn_edge.core.config import PRESETS
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 def test_presets_and_cli_need_no_torch():
     """The presets live in the torch-free config module: the CLI lists them without importing torch."""
-    code = ("import sys; from mrcnn_edge.cli import _build_parser; from mrcnn_edge.config import PRESETS; "
+    code = ("import sys; from mrcnn_edge.commands.cli import _build_parser; from mrcnn_edge.core.config import PRESETS; "
             "_build_parser(); print(sorted(PRESETS)); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == str(sorted(PRESETS)) and "demo" in PRESETS

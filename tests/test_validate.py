@@ -12,8 +12,8 @@ import pytest
 from onnx import TensorProto, helper
 
 import mrcnn_edge
-from mrcnn_edge.cli import main
-from mrcnn_edge.errors import UserError
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.export import ort_custom
 from mrcnn_edge.export.validate import TOLERANCES, Dets, collect_images, compare
 
@@ -183,7 +183,7 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
     for i in range(2):  # square images in a wide canvas: a padded strip on the right
         cv2.imwrite(str(images / f"{i}.png"), render_sample(image_rng(5, i), (96, 96))[0])
     onnx_path = tmp_path / "r50.onnx"
-    from mrcnn_edge.checkpoint import load_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
 
     export_onnx(None, onnx_path, ExportOptions(input_size=(128, 192), flavor="tensorrt"),
                 model_and_config=load_checkpoint(ckpt), log=lambda s: None)

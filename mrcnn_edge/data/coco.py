@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..errors import UserError, require
+from mrcnn_edge.core.errors import UserError, require
 
 __all__ = ["Dataset", "load_dataset", "ImageDetections", "evaluate_detections", "encode_masks"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..atomic import atomic_dir
-from ..errors import UserError
-from ..progress import Progress
+from mrcnn_edge.core.atomic import atomic_dir
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.progress import Progress
 from .shapes import CATEGORIES, GENERATOR_VERSION, image_rng, render_sample
 
 __all__ = ["generate_dataset", "summarize_dataset"]

@@ -15,10 +15,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..checkpoint import build_model, save_checkpoint
-from ..config import preset_config
+from mrcnn_edge.model.checkpoint import build_model, save_checkpoint
+from mrcnn_edge.core.config import preset_config
 from .coco import Dataset, ImageDetections, evaluate_detections, load_dataset
-from ..errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["train", "predict", "evaluate_model"]
 
@@ -75,7 +75,7 @@ def train(
         raise UserError("iterations and batch size must be >= 1 and the learning rate > 0")
     ds = load_dataset(data)
     cfg = preset_config(preset, ds.class_names)
-    from ..atomic import check_writable
+    from mrcnn_edge.core.atomic import check_writable
 
     check_writable(out)
     if threads:
@@ -85,7 +85,7 @@ def train(
     items = _load_split(ds, log)
     model = build_model(cfg)
     if init is not None:  # continue from a checkpoint of the same recipe (a second, shorter schedule)
-        from ..checkpoint import load_checkpoint
+        from mrcnn_edge.model.checkpoint import load_checkpoint
 
         start, start_cfg = load_checkpoint(init)
         if start_cfg.to_dict() | {"class_names": None} != cfg.to_dict() | {"class_names": None}:

@@ -10,9 +10,9 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from ..atomic import atomic_output, check_writable
-from ..errors import UserError
-from ..progress import Progress
+from mrcnn_edge.core.atomic import atomic_output, check_writable
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.progress import Progress
 from .shapes import _Shape, _add_noise, _background, _new_shape, _paint, _pick_colour, _sample_size, _shape_patch
 
 __all__ = ["VIDEO_SUFFIXES", "render_video_frames", "write_video"]

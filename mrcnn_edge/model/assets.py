@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["demo_checkpoint", "ASSETS_DIR"]
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 
 
 def demo_checkpoint() -> Path:

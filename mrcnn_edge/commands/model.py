@@ -5,9 +5,9 @@ import argparse
 import json
 import sys
 
-from .cliutil import non_negative_int, positive_float, positive_int
-from .config import PRESETS
-from .errors import UserError
+from mrcnn_edge.commands.cliutil import non_negative_int, positive_float, positive_int
+from mrcnn_edge.core.config import PRESETS
+from mrcnn_edge.core.errors import UserError
 
 
 DESCRIPTION_INSPECT = (
@@ -29,7 +29,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .checkpoint import load_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
 
     return load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes, class_names=args.class_names)
 
@@ -74,7 +74,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args) -> int:
-    from .data.train import train
+    from mrcnn_edge.data.train import train
 
     summary = train(args.data, args.out, preset=args.preset, iterations=args.iterations, batch_size=args.batch_size,
                     lr=args.lr, seed=args.seed, threads=args.threads, val=args.val, half=not args.fp32,
@@ -91,8 +91,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args) -> int:
-    from .data.coco import load_dataset
-    from .data.train import evaluate_model
+    from mrcnn_edge.data.coco import load_dataset
+    from mrcnn_edge.data.train import evaluate_model
 
     ds = load_dataset(args.data)
     model, cfg = _load(args)
@@ -107,7 +107,7 @@ def run_evaluate(args) -> int:
         print(f"{kind:<5} AP {stats[f'{kind}_AP']:.3f}   AP50 {stats[f'{kind}_AP50']:.3f}   AP75 {stats[f'{kind}_AP75']:.3f}"
               f"   APs {stats[f'{kind}_APs']:.3f}   APm {stats[f'{kind}_APm']:.3f}   APl {stats[f'{kind}_APl']:.3f}")
     if args.json:
-        from .atomic import atomic_output
+        from mrcnn_edge.core.atomic import atomic_output
 
         with atomic_output(args.json) as tmp:
             tmp.write_text(json.dumps(stats, indent=2) + "\n")

@@ -5,8 +5,8 @@ import argparse
 import time
 from pathlib import Path
 
-from .cliutil import parse_hw, positive_float, positive_int
-from .errors import UserError
+from mrcnn_edge.commands.cliutil import parse_hw, positive_float, positive_int
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "add_synth_arguments",
@@ -42,8 +42,8 @@ def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from .data.coco import load_dataset
-    from .data.dataset import generate_dataset, summarize_dataset
+    from mrcnn_edge.data.coco import load_dataset
+    from mrcnn_edge.data.dataset import generate_dataset, summarize_dataset
 
     size = parse_hw(args.size, minimum=MIN_SIDE)
     n = args.images
@@ -74,7 +74,7 @@ def add_synth_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_synth_video(args: argparse.Namespace) -> int:
-    from .data.video import VIDEO_SUFFIXES, write_video
+    from mrcnn_edge.data.video import VIDEO_SUFFIXES, write_video
 
     size = parse_hw(args.size, minimum=MIN_SIDE)
     n = args.frames

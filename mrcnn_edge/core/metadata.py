@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from .contract import MODEL_KEYS, SIDECAR_KEYS
-from .errors import UserError
+from mrcnn_edge.core.contract import MODEL_KEYS, SIDECAR_KEYS
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "MODEL_KEYS",
@@ -23,7 +23,7 @@ __all__ = [
     "write_sidecar",
 ]
 
-# The keys are part of the contract (mrcnn_edge.contract); re-exported here for the readers.
+# The keys are part of the contract (mrcnn_edge.core.contract); re-exported here for the readers.
 
 
 def encode(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -66,7 +66,7 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
 
 def write_sidecar(engine_path: str | os.PathLike, meta: Mapping[str, Any]) -> Path:
     """Write ``<engine>.json`` atomically (JSON-encoded values, like ONNX metadata_props)."""
-    from .atomic import atomic_output
+    from mrcnn_edge.core.atomic import atomic_output
 
     path = sidecar_path(engine_path)
     with atomic_output(path) as tmp:

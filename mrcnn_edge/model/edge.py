@@ -25,11 +25,11 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from . import ops  # noqa: F401  registers torch.ops.mrcnn_edge.*
+from mrcnn_edge.model import ops # noqa: F401  registers torch.ops.mrcnn_edge.*
 
 __all__ = ["EdgeMaskRCNN", "OUTPUT_NAMES", "TRT_NMS_MAX_BOXES"]
 
-from .contract import OUTPUT_NAMES, TRT_NMS_MAX_BOXES, TRT_TOPK_MAX_K  # noqa: E402  (re-exported)
+from mrcnn_edge.core.contract import OUTPUT_NAMES, TRT_NMS_MAX_BOXES, TRT_TOPK_MAX_K  # noqa: E402  (re-exported)
 
 
 def _decode(deltas: Tensor, anchors: Tensor, weights: tuple[float, float, float, float], clip: float) -> Tensor:

@@ -17,7 +17,7 @@ import torch
 import torchvision
 from torch import Tensor
 
-from .contract import fpn_level_range
+from mrcnn_edge.core.contract import fpn_level_range
 
 __all__ = ["multilevel_roi_align", "padded_nms", "roi_levels", "level_range"]
 
@@ -26,7 +26,7 @@ def level_range(spatial_scales: Sequence[float]) -> tuple[int, int]:
     """(k_min, k_max) of torchvision's ``LevelMapper``: ``-log2`` of the first and of the last scale.
 
     One definition for the op, the plugin's CPU build and the portable flavor:
-    ``mrcnn_edge.contract.fpn_level_range`` (``ValueError``, one line, for scales that are not powers
+    ``mrcnn_edge.core.contract.fpn_level_range`` (``ValueError``, one line, for scales that are not powers
     of two). Two 1/32 maps (MobileNetV3-FPN) give (5, 5): every ROI pools from the first map.
     """
     return fpn_level_range(spatial_scales)

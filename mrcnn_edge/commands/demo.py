@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cliutil import non_negative_int, positive_int
-from .errors import UserError
+from mrcnn_edge.commands.cliutil import non_negative_int, positive_int
+from mrcnn_edge.core.errors import UserError
 
 DESCRIPTION_DEMO = (
     "The whole product on the shipped demo model: export both ONNX flavors, validate them against PyTorch, "
@@ -37,7 +37,7 @@ def _tensorrt_ready() -> str | None:
     """None when TensorRT and a GPU are usable, else why not (the driver is asked, not nvidia-smi)."""
     import importlib.util
 
-    from .runtime.trt_platform import cuda_device_count
+    from mrcnn_edge.runtime.trt_platform import cuda_device_count
 
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
@@ -46,7 +46,7 @@ def _tensorrt_ready() -> str | None:
 
 
 def run_demo(args) -> int:
-    from .cliutil import parse_hw
+    from mrcnn_edge.commands.cliutil import parse_hw
 
     size = parse_hw(args.input_size, multiple_of=32, minimum=32)
     out = Path(args.out)
@@ -60,10 +60,10 @@ def run_demo(args) -> int:
         _log(f"\n== {name}")
         return time.time()
 
-    from . import demo_checkpoint
-    from .checkpoint import load_checkpoint
-    from .export.onnx_export import ExportOptions, export_onnx
-    from .export.validate import format_report, validate
+    from mrcnn_edge import demo_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
+    from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
+    from mrcnn_edge.export.validate import format_report, validate
 
     ckpt = demo_checkpoint()
     t = step(f"1/5 load the demo model {ckpt.name}")
@@ -91,10 +91,10 @@ def run_demo(args) -> int:
     steps.append(("validate", time.time() - t, "PASS" if all(r["ok"] for r in reports.values()) else "FAIL"))
 
     t = step(f"4/5 segment a synthetic video ({args.frames} frames) with the runtime (ONNX Runtime, CPU)")
-    from .data.video import write_video
+    from mrcnn_edge.data.video import write_video
 
     video = write_video(out / "synthetic.mp4", args.frames, seed=7, size=(480, 640), progress=False)
-    from .cli import main as cli_main
+    from mrcnn_edge.commands.cli import main as cli_main
 
     annotated = out / "segmented.mp4"
     code = cli_main(["run", str(models["portable"]), "--source", str(video), "--output", str(annotated), "--no-display"])
@@ -124,7 +124,7 @@ def run_demo(args) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from .atomic import atomic_output
+    from mrcnn_edge.core.atomic import atomic_output
 
     with atomic_output(path) as tmp:
         tmp.write_text(text)
@@ -135,8 +135,8 @@ def _contact_sheet(model: Path, video: Path, path: Path, n: int = 6) -> Path:
     import cv2
     import numpy as np
 
-    from .atomic import atomic_output
-    from .runtime import Segmenter
+    from mrcnn_edge.core.atomic import atomic_output
+    from mrcnn_edge.runtime import Segmenter
 
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or n
@@ -171,7 +171,7 @@ def _write_report(path: Path, cfg, steps, reports, total: float, trt_note: str |
     lines += [f"| {name} | {sec:.1f} | {res} |" for name, sec, res in steps]
     lines += ["", f"Total: {total / 60:.1f} min.", ""]
     for flavor, rep in reports.items():
-        from .export.validate import format_report
+        from mrcnn_edge.export.validate import format_report
 
         lines += [f"## Validation, {flavor} flavor", "", format_report(rep)]
     lines += ["", "TensorRT: " + ("engine built, validated and run" if trt_note is None else f"skipped ({trt_note})."),
@@ -198,6 +198,6 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_benchmark(args) -> int:
-    from .bench import run_benchmark as bench
+    from mrcnn_edge.commands.benchmark import run_benchmark as bench
 
     return bench(args)

@@ -2,7 +2,7 @@
 
 A command module stays cheap to import (no torch at module level) and defines, for a command
 ``name``, ``add_<name>_arguments(parser)`` and ``run_<name>(args) -> int`` (dashes become
-underscores). Errors the user can fix are :class:`~mrcnn_edge.errors.UserError`: one line on
+underscores). Errors the user can fix are :class:`~mrcnn_edge.core.errors.UserError`: one line on
 stderr and a non-zero exit; a traceback only with ``--debug``.
 """
 from __future__ import annotations
@@ -13,26 +13,26 @@ import os
 import sys
 from typing import Sequence
 
-from . import __version__
-from .errors import UserError
+from mrcnn_edge import __version__
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["main", "COMMANDS"]
 
 # name -> (module, one-line help). Order is the order of ``--help``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("mrcnn_edge.cmd_demo", "export, validate and run the shipped demo model end to end"),
+    "demo": ("mrcnn_edge.commands.demo", "export, validate and run the shipped demo model end to end"),
     "export": ("mrcnn_edge.export.cli", "export a checkpoint to ONNX (tensorrt or portable flavor)"),
     "validate": ("mrcnn_edge.export.cli", "compare ONNX / TensorRT outputs with the PyTorch model"),
     "build-plugin": ("mrcnn_edge.export.build_cli", "compile the MultilevelRoIAlign TensorRT plugin library"),
     "build": ("mrcnn_edge.export.build_cli", "build a TensorRT engine from an exported ONNX model"),
     "run": ("mrcnn_edge.runtime.cli", "segment a camera, video, images or a stream with a model"),
     "serve": ("mrcnn_edge.export.serve_cli", "write a Triton model repository or a DeepStream nvinfer setup"),
-    "benchmark": ("mrcnn_edge.cmd_demo", "time torchvision, the edge graph, ONNX Runtime and TensorRT"),
-    "inspect": ("mrcnn_edge.cmd_model", "print a checkpoint's architecture, classes and normalisation"),
-    "train": ("mrcnn_edge.cmd_model", "train a Mask R-CNN on a COCO-format dataset (CPU is fine)"),
-    "evaluate": ("mrcnn_edge.cmd_model", "COCO box and mask AP of a checkpoint on a dataset"),
-    "synth": ("mrcnn_edge.cmd_data", "write a synthetic COCO instance-segmentation dataset"),
-    "synth-video": ("mrcnn_edge.cmd_data", "write a synthetic video of moving shapes"),
+    "benchmark": ("mrcnn_edge.commands.demo", "time torchvision, the edge graph, ONNX Runtime and TensorRT"),
+    "inspect": ("mrcnn_edge.commands.model", "print a checkpoint's architecture, classes and normalisation"),
+    "train": ("mrcnn_edge.commands.model", "train a Mask R-CNN on a COCO-format dataset (CPU is fine)"),
+    "evaluate": ("mrcnn_edge.commands.model", "COCO box and mask AP of a checkpoint on a dataset"),
+    "synth": ("mrcnn_edge.commands.data", "write a synthetic COCO instance-segmentation dataset"),
+    "synth-video": ("mrcnn_edge.commands.data", "write a synthetic video of moving shapes"),
 }
 
 

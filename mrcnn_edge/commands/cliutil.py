@@ -5,7 +5,7 @@ import argparse
 import math
 import re
 
-from .errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["parse_hw", "positive_int", "non_negative_int", "positive_float", "probability"]
 

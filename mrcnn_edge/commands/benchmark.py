@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["run_benchmark", "time_backends", "format_table"]
 
@@ -64,13 +64,13 @@ def format_table(res: dict[str, Any], baseline: str = "torchvision") -> str:
 def run_benchmark(args) -> int:
     import torch
 
-    from . import demo_checkpoint
-    from .checkpoint import load_checkpoint
-    from .cliutil import parse_hw
-    from .edge import OUTPUT_NAMES, EdgeMaskRCNN
-    from .runtime.postprocess import paste_masks
-    from .runtime.preprocess import letterbox
-    from .data.shapes import image_rng, render_sample
+    from mrcnn_edge import demo_checkpoint
+    from mrcnn_edge.model.checkpoint import load_checkpoint
+    from mrcnn_edge.commands.cliutil import parse_hw
+    from mrcnn_edge.model.edge import OUTPUT_NAMES, EdgeMaskRCNN
+    from mrcnn_edge.runtime.postprocess import paste_masks
+    from mrcnn_edge.runtime.preprocess import letterbox
+    from mrcnn_edge.data.shapes import image_rng, render_sample
 
     H, W = parse_hw(args.input_size, multiple_of=32, minimum=32)
     if args.runs < 1 or args.warmup < 0:
@@ -131,7 +131,7 @@ def run_benchmark(args) -> int:
     if "onnx" in wanted:
         onnx_path = args.onnx
         if onnx_path is None:
-            from .export.onnx_export import ExportOptions, export_onnx
+            from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
 
             tmp = tempfile.TemporaryDirectory(prefix="mrcnn-edge-bench-")
             onnx_path = str(Path(tmp.name) / "portable.onnx")
@@ -139,13 +139,13 @@ def run_benchmark(args) -> int:
                                                         max_detections=args.max_detections,
                                                         rpn_post_nms_top_n=args.rpn_post_nms_top_n),
                         model_and_config=(model, cfg), log=_log)
-        from .export.ort_custom import make_session
+        from mrcnn_edge.export.ort_custom import make_session
 
         sess = make_session(onnx_path)
         out_names = [o.name for o in sess.get_outputs()]
         backends["onnx"] = graph_backend(lambda x: dict(zip(out_names, sess.run(None, {"images": x}))))
     if "tensorrt" in wanted and args.engine:
-        from .runtime import Segmenter
+        from mrcnn_edge.runtime import Segmenter
 
         seg = Segmenter.from_path(args.engine)
 

@@ -29,8 +29,8 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from .config import _MOBILENET_STAGE_CHANNELS, _RESNET_LAYERS, ARCHS, ModelConfig
-from .errors import UserError
+from mrcnn_edge.core.config import _MOBILENET_STAGE_CHANNELS, _RESNET_LAYERS, ARCHS, ModelConfig
+from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "ARCHS",
@@ -284,7 +284,7 @@ def save_checkpoint(
     model: MaskRCNN, cfg: ModelConfig, path: str | os.PathLike, half: bool = False, extra: Mapping[str, Any] | None = None
 ) -> Path:
     """Write the project format ``{"model", "config", ...}`` atomically; ``half`` stores weights in float16."""
-    from .atomic import atomic_output
+    from mrcnn_edge.core.atomic import atomic_output
 
     sd = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in model.state_dict().items()}
     payload: dict[str, Any] = {"model": sd, "config": cfg.to_dict(), "format": "mrcnn-edge/1"}

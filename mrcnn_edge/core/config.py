@@ -1,7 +1,7 @@
 """What a Mask R-CNN is made of, without torch: architectures, the model config, training presets.
 
 A :class:`ModelConfig` travels inside mrcnn-edge checkpoints and is read back from plain
-torchvision state dicts (``mrcnn_edge.checkpoint.infer_config``); the command line lists the
+torchvision state dicts (``mrcnn_edge.model.checkpoint.infer_config``); the command line lists the
 architectures and presets from here without importing torch.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
-from .errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["ARCHS", "ModelConfig", "PRESETS", "preset_config"]
 

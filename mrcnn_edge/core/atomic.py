@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UserError
+from mrcnn_edge.core.errors import UserError
 
 __all__ = ["atomic_output", "atomic_dir", "check_writable"]
 

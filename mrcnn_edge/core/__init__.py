@@ -1,0 +1,11 @@
+"""The floor of the house: torch-free, importable on a Jetson with nothing but numpy.
+
+- :mod:`.contract`: the facts every part relies on (I/O names, metadata keys, TensorRT limits, the
+  plugin's identity and attribute table, flavors, precisions, file suffixes);
+- :mod:`.paths`: every default location on disk (one cache root);
+- :mod:`.config`: architectures, :class:`~.config.ModelConfig` and training presets;
+- :mod:`.metadata`: reading and writing the metadata that travels with ONNX models and engines;
+- :mod:`.errors`, :mod:`.atomic`, :mod:`.progress`: one-line user errors, atomic writes, progress.
+
+The runtime may import from here and from nowhere else in ``mrcnn_edge`` outside ``runtime``.
+"""
