@@ -17,6 +17,9 @@ The session runs an in-memory copy of the model; the file on disk is never chang
 
 Anything the op cannot take becomes one ``UserError`` line, at session creation where it can be
 seen there (dtypes, attributes), else when the session runs (:func:`run_session`).
+
+:func:`register` hands all this to the runtime's ONNX Runtime backend (its custom-op domain hook),
+so that validation and the benchmark run a tensorrt-flavor file as the runtime runs any ONNX file.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from mrcnn_edge.core.contract import (INPUT_NAME, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION,
-                                 check_plugin_attributes)
+from mrcnn_edge.core.contract import (INPUT_NAME, PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION,
+                                      check_plugin_attributes)
 from mrcnn_edge.core.errors import UserError, require
 
-__all__ = ["has_plugin_nodes", "make_session", "run_session", "reference_roi_align", "reference_implementation"]
+__all__ = ["has_plugin_nodes", "make_session", "run_session", "reference_roi_align", "reference_implementation",
+           "register"]
 
 _CONTRIB = "ai.onnx.contrib"
 _registered: set[str] = set()
@@ -74,7 +78,7 @@ def reference_roi_align(rois: np.ndarray, features: list[np.ndarray], attrs: dic
         return multilevel_roi_align_host(rois, features, **kw)
     import torch
 
-    from mrcnn_edge import ops  # noqa: F401
+    from mrcnn_edge.model import ops  # noqa: F401
 
     out = torch.ops.mrcnn_edge.multilevel_roi_align(
         torch.from_numpy(np.ascontiguousarray(rois)), [torch.from_numpy(np.ascontiguousarray(f)) for f in features],
@@ -190,21 +194,47 @@ def _rewrite(proto):
     return model
 
 
-def make_session(model: Any, providers: list[str] | None = None):
-    """An ``onnxruntime.InferenceSession`` for a path or ModelProto, plugin nodes included."""
+def _load_proto(model: Any):
     import onnx
 
-    ort = require("onnxruntime", "ort", "ONNX Runtime inference")
     try:
-        proto = onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
+        return onnx.load(str(model)) if not isinstance(model, onnx.ModelProto) else model
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and OSError alike
         raise UserError(f"cannot read ONNX model {model}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+
+
+def _session_options(so) -> None:
+    ext = require("onnxruntime_extensions", "export", "running the tensorrt flavor in ONNX Runtime")
+    so.register_custom_ops_library(ext.get_library_path())
+
+
+def register() -> None:
+    """Let the runtime's ``OrtBackend`` run tensorrt-flavor models: their plugin nodes become the
+    reference implementation in an in-memory copy of the model (the file is not changed)."""
+    from mrcnn_edge.runtime.backend_ort import register_custom_op_domain
+
+    def rewrite(path) -> bytes:
+        return _rewrite(_load_proto(path)).SerializeToString()
+
+    def check() -> None:
+        _raise_plugin_failure()
+
+    def options(so) -> None:
+        del _failures[:]  # failures of an earlier session are not this one's
+        _session_options(so)
+
+    register_custom_op_domain(PLUGIN_DOMAIN, options, rewrite=rewrite, check=check)
+
+
+def make_session(model: Any, providers: list[str] | None = None):
+    """An ``onnxruntime.InferenceSession`` for a path or ModelProto, plugin nodes included."""
+    ort = require("onnxruntime", "ort", "ONNX Runtime inference")
+    proto = _load_proto(model)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     if has_plugin_nodes(proto):
-        ext = require("onnxruntime_extensions", "export", "running the tensorrt flavor in ONNX Runtime")
         proto = _rewrite(proto)
-        so.register_custom_ops_library(ext.get_library_path())
+        _session_options(so)
     try:
         return ort.InferenceSession(proto.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types

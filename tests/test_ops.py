@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torchvision.ops import MultiScaleRoIAlign
 
-from mrcnn_edge import ops  # noqa: F401
+from mrcnn_edge.model import ops  # noqa: F401
 
 
 def _boxes(n, size, gen):
