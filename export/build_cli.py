@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.commands.cliutil import positive_int
 
 __all__ = [
     "DESCRIPTION_BUILD_PLUGIN",
@@ -53,7 +53,7 @@ def add_build_plugin_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute capabilities, e.g. 87 (Orin) or 75,86,89; auto: this machine's GPU, "
                              "else Turing and newer; all: Turing and newer")
     parser.add_argument("--no-cmake", action="store_true", help="compile with one nvcc command even if cmake is there")
-    parser.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+    parser.add_argument("-j", "--jobs", type=positive_int, default=os.cpu_count() or 1, metavar="N",
                         help="parallel compile jobs")
     parser.add_argument("--check", action="store_true", help="print the toolchain found and build nothing")
 
@@ -75,8 +75,6 @@ def run_build_plugin(args: argparse.Namespace) -> int:
     print(f"architectures:     sm_{', sm_'.join(map(str, archs))} (+ PTX of sm_{max(archs)})")
     if args.check:
         return 0
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     output = Path(args.output).expanduser()
     if output.is_dir() or args.output.endswith(("/", "\\")):
         output = output / pb.LIBRARY_NAME

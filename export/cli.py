@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.commands.cliutil import positive_int, probability
+from mrcnn_edge.core.contract import FLAVORS, PRECISIONS
+from mrcnn_edge.core.progress import note
 
 DESCRIPTION_EXPORT = (
     "Export a Mask R-CNN checkpoint to a static-shape ONNX model: input 'images' [B,3,H,W], outputs "
@@ -23,16 +24,17 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint (.pth): torchvision state dict, training-reference or mrcnn-edge format")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--arch", default=None, help="architecture, checked against the tensors")
-    p.add_argument("--num-classes", type=int, default=None, help="class count incl. background, checked")
+    p.add_argument("--num-classes", type=positive_int, default=None, help="class count incl. background, checked")
     p.add_argument("--class-names", default=None, help="text file, one class name a line")
     p.add_argument("--input-size", default="512x512", help="canvas HxW, multiples of 32")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--flavor", default="tensorrt", help="tensorrt | portable")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16")
-    p.add_argument("--max-detections", type=int, default=None, help="rows per image (model default: 100)")
-    p.add_argument("--score-threshold", type=float, default=None, help="minimum detection score (model default: 0.05)")
-    p.add_argument("--rpn-pre-nms-top-n", type=int, default=None, help="proposals per level before NMS (default 1000)")
-    p.add_argument("--rpn-post-nms-top-n", type=int, default=None, help="proposals kept after NMS (default 1000)")
+    p.add_argument("--batch", type=positive_int, default=1, help="images per inference")
+    p.add_argument("--flavor", choices=FLAVORS, default="tensorrt",
+                   help="tensorrt: MultilevelRoIAlign plugin node; portable: standard ops only")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16: backbone and heads in half")
+    p.add_argument("--max-detections", type=positive_int, default=None, help="rows per image (model default: 100)")
+    p.add_argument("--score-threshold", type=probability, default=None, help="minimum detection score (model default: 0.05)")
+    p.add_argument("--rpn-pre-nms-top-n", type=positive_int, default=None, help="proposals per level before NMS (default 1000)")
+    p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept after NMS (default 1000)")
 
 
 def _parse_hw(text: str) -> tuple[int, int]:
@@ -69,7 +71,7 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", default=None,
                    help="COCO annotations, a dataset folder (annotations.json + images/) or the .json file: "
                         "runs the annotated images and adds box and mask AP per backend")
-    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N images")
     p.add_argument("--report", default=None, help="write the markdown report here")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
 
@@ -77,10 +79,9 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 def run_validate(args) -> int:
     from mrcnn_edge.core.atomic import atomic_output, check_writable
 
+    from .compare import as_json
     from .validate import format_report, validate
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be >= 1")
     for out in (args.report, args.json):
         if out:
             check_writable(out)
@@ -92,7 +93,7 @@ def run_validate(args) -> int:
             tmp.write_text(text)
     if args.json:
         with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, default=float) + "\n")
-    if not report["ok"]:
-        print("validation FAILED: outside the tolerances above", file=sys.stderr)
-    return 0 if report["ok"] else 1
+            tmp.write_text(json.dumps(as_json(report), indent=2) + "\n")
+    if not report.ok:
+        note("validation FAILED: outside the tolerances above")
+    return 0 if report.ok else 1

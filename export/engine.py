@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from mrcnn_edge.runtime.onnx_info import (
 from mrcnn_edge.runtime.trt_platform import TENSORRT_MISSING, cuda_device_count, import_tensorrt
 
 from mrcnn_edge.core.atomic import atomic_output, check_writable
+from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import MODEL_KEYS, decode, sidecar_path, write_sidecar
 
@@ -45,6 +45,7 @@ __all__ = [
     "cuda_device_count",
     "default_timing_cache",
     "build_engine",
+    "check_quantization",
 ]
 
 PLUGIN_OP = PLUGIN_NAME
@@ -122,6 +123,22 @@ def check_plugin_nodes(info: OnnxInfo) -> tuple[int, list[str]]:
     return len(info.plugin_nodes), problems
 
 
+def check_quantization(info: OnnxInfo, meta: dict[str, Any]) -> str | None:
+    """The build's note on INT8, or None for a float model; UserError when metadata and graph disagree.
+
+    An INT8 model is explicitly quantized (Q/DQ nodes from ``mrcnn-edge quantize``). TensorRT's
+    "Explicit Quantization" docs: "Use explicit quantization with Strong Typing. Precision-control
+    build flags are not required and should not be specified." So the build below is the float
+    one (strongly typed network, no INT8 flag, no calibrator), on TensorRT 10 and 11 alike."""
+    qdq = any(op in ("QuantizeLinear", "DequantizeLinear") and domain in ("", "ai.onnx") for domain, op in info.nodes)
+    if meta.get("precision") == "int8" and not qdq:
+        raise UserError("the metadata says precision int8 but the graph has no QuantizeLinear/DequantizeLinear "
+                        "nodes: make the INT8 model with 'mrcnn-edge quantize'")
+    if not qdq:
+        return None
+    return "INT8 from the model's Q/DQ nodes (explicit quantization, strongly typed network)"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -170,7 +187,7 @@ def _make_logger(trt, verbose: bool):
                 if int(severity) <= int(trt.ILogger.Severity.ERROR):
                     self.errors.append(str(msg).strip())
                 if int(severity) <= self.threshold:
-                    print(f"[TensorRT] {str(severity).rsplit('.', 1)[-1]}: {msg}", file=sys.stderr)
+                    note(f"[TensorRT] {str(severity).rsplit('.', 1)[-1]}: {msg}")
             except BaseException:  # noqa: BLE001
                 pass
 
@@ -253,7 +270,7 @@ def build_engine(
     workspace_gib: float | None = None,
     timing_cache: str | os.PathLike | None = None,
     verbose: bool = False,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print,  # stdout while tests/test_build_cli.py reads progress there
 ) -> dict[str, Any]:
     """Build ``engine_path`` (+ sidecar) from ``onnx_path``; return the sidecar metadata.
 
@@ -276,6 +293,7 @@ def build_engine(
     if problems:
         raise UserError(f"{onnx_path.name}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     library = _resolve_plugin_library(plugin_lib, needed=n_plugin > 0 or bool(meta.get("plugin")))
+    int8_note = check_quantization(info, meta)
 
     # looked up on the module so that one stand-in (tests) serves build and runtime alike
     trt = trt_platform.import_tensorrt()
@@ -319,6 +337,8 @@ def build_engine(
             config.set_timing_cache(cache, ignore_mismatch=False)
         elif blob:
             log(f"reusing timing cache {cache_file}")
+    if int8_note:
+        log(int8_note)
     monitor = _make_progress_monitor(trt, log)
     if monitor is not None:
         config.progress_monitor = monitor

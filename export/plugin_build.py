@@ -38,6 +38,7 @@ from typing import Callable, Sequence
 from mrcnn_edge.runtime import trt_platform
 
 from mrcnn_edge.core.atomic import atomic_output
+from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
 
 __all__ = [
@@ -423,7 +424,7 @@ def build_plugin_library(
     archs: Sequence[int],
     use_cmake: bool | None = None,
     jobs: int | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = note,
 ) -> Path:
     """Compile the plugin for ``archs`` and write it to ``output`` atomically; return the path."""
     src = _source_dir()

@@ -18,7 +18,6 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -132,24 +131,21 @@ def _compile(compiler: str, out: Path) -> None:
     missing = [n for n in _SOURCES if not (src / n).is_file()]
     if missing:
         raise UserError(f"plugin sources missing from {src}: {', '.join(missing)} (reinstall mrcnn-edge)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    from mrcnn_edge.core.atomic import atomic_output
+
+    # atomic: another process may load the cached library while this one writes it. The linker
+    # keeps the mode of the file it overwrites, so the temporary file has the user's usual mode.
+    with atomic_output(out) as tmp:
         errors = ""
         # OpenMP when the compiler has it; plain loops otherwise (same results, one core).
         for extra in (_OPENMP_FLAGS, ()):
             cmd = [compiler, *_BASE_FLAGS, *extra, str(src / "roi_align_host.cpp"), "-o", str(tmp)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode == 0:
-                os.replace(tmp, out)
                 return
             errors = proc.stderr.strip()
         first = errors.splitlines()[0] if errors else "no output"
         raise UserError(f"building the CPU MultilevelRoIAlign with {compiler} failed: {first}")
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def host_library_path() -> Path:

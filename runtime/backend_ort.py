@@ -1,14 +1,16 @@
 """ONNX Runtime backend: TensorRT, CUDA or CPU execution provider, chosen by availability.
 
 Runs the ``portable`` flavor. A ``tensorrt``-flavor model (custom ``MultilevelRoIAlign`` node,
-domain ``mrcnn_edge``) is refused with one line, unless a custom-op library for its domain was
-registered with :func:`register_custom_op_domain` (the hook for an ORT implementation of the node).
+domain ``mrcnn_edge``) is refused with one line, unless an implementation for its domain was
+registered with :func:`register_custom_op_domain` (``mrcnn_edge.export.ort_custom.register`` does:
+validation and the benchmark run the tensorrt flavor through it).
 Outputs are bound once to preallocated host arrays (``io_binding``); they are overwritten by the
 next ``infer``.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,14 +24,30 @@ from .backends import Backend, check_feed
 from .onnx_info import read_onnx_info
 from .spec import TensorSpec
 
-__all__ = ["OrtBackend", "choose_providers", "register_custom_op_domain", "CUSTOM_OP_DOMAINS", "PROVIDER_PREFERENCE"]
+__all__ = ["OrtBackend", "choose_providers", "register_custom_op_domain", "CustomOpDomain", "CUSTOM_OP_DOMAINS",
+           "PROVIDER_PREFERENCE"]
 
 log = logging.getLogger(__name__)
 
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 SessionHook = Callable[[Any], None]  # receives an onnxruntime.SessionOptions
-# custom-op domain -> hook that makes ONNX Runtime able to run it (e.g. so.register_custom_ops_library)
-CUSTOM_OP_DOMAINS: dict[str, SessionHook] = {}
+ModelRewrite = Callable[[Path], bytes]  # model file -> the serialized model to load instead (a copy)
+RunCheck = Callable[[], None]  # after each run: raises UserError for a failure the custom op kept
+
+
+@dataclass(frozen=True)
+class CustomOpDomain:
+    """How ONNX Runtime runs the nodes of one custom domain: ``options`` registers a library on the
+    session options; ``rewrite``, when given, replaces the model that is loaded by an in-memory
+    variant (the file is never changed); ``check``, when given, runs after every inference."""
+
+    options: SessionHook
+    rewrite: ModelRewrite | None = None
+    check: RunCheck | None = None
+
+
+# custom-op domain -> how ONNX Runtime runs it
+CUSTOM_OP_DOMAINS: dict[str, CustomOpDomain] = {}
 
 _ORT_TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -38,9 +56,11 @@ _ORT_TYPES = {
 }
 
 
-def register_custom_op_domain(domain: str, hook: SessionHook) -> None:
-    """Let models with nodes of ``domain`` run: ``hook(session_options)`` is called before loading."""
-    CUSTOM_OP_DOMAINS[domain] = hook
+def register_custom_op_domain(domain: str, hook: SessionHook, rewrite: ModelRewrite | None = None,
+                              check: RunCheck | None = None) -> None:
+    """Let models with nodes of ``domain`` run: ``hook(session_options)`` is called before loading,
+    ``rewrite(path)`` (optional) gives the model bytes to load, ``check()`` (optional) follows each run."""
+    CUSTOM_OP_DOMAINS[domain] = CustomOpDomain(hook, rewrite, check)
 
 
 def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None,
@@ -97,12 +117,17 @@ class OrtBackend(Backend):
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
-        for domain in sorted({d for d, _ in custom}):
-            CUSTOM_OP_DOMAINS[domain](options)
+        domains = [CUSTOM_OP_DOMAINS[d] for d in sorted({d for d, _ in custom})]
+        model: str | bytes = str(self.path)
+        for dom in domains:  # the rewrite first: it may define ops that the options' library then registers
+            if dom.rewrite is not None:
+                model = dom.rewrite(self.path)
+            dom.options(options)
+        self._checks = [dom.check for dom in domains if dom.check is not None]
         if session_options_hook is not None:
             session_options_hook(options)
         chosen = choose_providers(ort.get_available_providers(), providers, device)
-        self.session = self._create(ort, options, chosen, fallback=not providers and device == "auto")
+        self.session = self._create(ort, model, options, chosen, fallback=not providers and device == "auto")
         self.providers = list(self.session.get_providers())
         if device == "cuda" and not set(self.providers) & set(PROVIDER_PREFERENCE[:2]):
             raise UserError(f"ONNX Runtime could not start a GPU provider for {self.path.name} (got {self.providers})")
@@ -124,11 +149,11 @@ class OrtBackend(Backend):
             f"'mrcnn-edge build {self.path}' and run that"
         )
 
-    def _create(self, ort: Any, options: Any, providers: list[str], fallback: bool) -> Any:
+    def _create(self, ort: Any, model: str | bytes, options: Any, providers: list[str], fallback: bool) -> Any:
         while True:
             try:
                 with_options = [(p, _provider_options(p, self.path)) for p in providers]
-                return ort.InferenceSession(str(self.path), sess_options=options, providers=with_options)
+                return ort.InferenceSession(model, sess_options=options, providers=with_options)
             except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for everything
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 if fallback and len(providers) > 1:
@@ -145,6 +170,21 @@ class OrtBackend(Backend):
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feed(feed, self.inputs)
+        if not self._checks:
+            return self._run(feed)
+        try:
+            out = self._run(feed)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for everything
+            for check in self._checks:  # a custom op's own failure explains it best
+                check()
+            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+            raise UserError(f"ONNX Runtime failed to run {self.path.name}: "
+                            f"{lines[-1] if lines else type(exc).__name__}") from exc
+        for check in self._checks:
+            check()
+        return out
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._binding is None:
             names = list(self.outputs)
             return dict(zip(names, self.session.run(names, dict(feed))))

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import read_sidecar
 from mrcnn_edge.core.paths import plugin_library_path
@@ -109,7 +109,7 @@ def _make_logger(trt: Any) -> Any:
                 if error:
                     self.errors.append(str(msg).strip())
                 if not self.quiet and int(severity) <= int(trt.ILogger.Severity.WARNING):
-                    print(f"[TensorRT] {'ERROR' if error else 'WARNING'}: {msg}", file=sys.stderr)
+                    note(f"[TensorRT] {'ERROR' if error else 'WARNING'}: {msg}")
             except BaseException:  # noqa: BLE001
                 pass
 

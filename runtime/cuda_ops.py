@@ -32,79 +32,23 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cuda_util import DeviceBuffer, check, check_versions, cuda_modules, device_compute_capability, wait_event
+from .kernel_args import TILE, InstanceParams, LetterboxParams, grid, pack_arguments
 from .kernel_build import KERNELS, compile_kernel, pick_arch
 from .postprocess import MASK_THRESHOLD, ReferenceOps, expand_boxes, paint_order
 from .preprocess import Letterbox
 
-__all__ = ["CudaOps", "DeviceFrame", "InstanceParams", "LetterboxParams", "SIGNATURES", "pack_arguments",
-           "FRAME_SLOTS", "TILE"]
+__all__ = ["CudaOps", "DeviceFrame", "FRAME_SLOTS"]
 
 # Frame slots in the ring: enough for the frames a pipeline has between upload and render (one in
 # inference, one waiting, one being drawn) plus a batch; more only costs memory.
 FRAME_SLOTS = 4
-TILE = (32, 8)  # the tiled kernels' block: mre::TILE_W x mre::TILE_H
 
 
-class LetterboxParams(ctypes.Structure):
-    """Mirror of ``mre::LetterboxParams`` (kernels/preprocess.cuh); 4-byte fields, no padding."""
-
-    _fields_ = [
-        ("src_h", ctypes.c_int), ("src_w", ctypes.c_int), ("src_pitch", ctypes.c_int),
-        ("dst_h", ctypes.c_int), ("dst_w", ctypes.c_int), ("out_h", ctypes.c_int), ("out_w", ctypes.c_int),
-        ("scale_y", ctypes.c_float), ("scale_x", ctypes.c_float),
-        ("mul", ctypes.c_float * 3), ("add", ctypes.c_float * 3),
-    ]
-
-    @classmethod
-    def make(cls, box: Letterbox, pitch: int, mul: np.ndarray, add: np.ndarray) -> "LetterboxParams":
-        # scale = in/out in float32, exactly what mre::interp_scale and torch compute
-        return cls(box.frame_h, box.frame_w, pitch, box.canvas_h, box.canvas_w, box.resized_h, box.resized_w,
-                   float(np.float32(box.frame_h) / np.float32(box.resized_h)),
-                   float(np.float32(box.frame_w) / np.float32(box.resized_w)),
-                   (ctypes.c_float * 3)(*map(float, mul)), (ctypes.c_float * 3)(*map(float, add)))
-
-
-class InstanceParams(ctypes.Structure):
-    """Mirror of ``mre::InstanceParams`` (kernels/postprocess.cuh); 4-byte fields, no padding."""
-
-    _fields_ = [("n", ctypes.c_int), ("m", ctypes.c_int), ("height", ctypes.c_int), ("width", ctypes.c_int),
-                ("src_pitch", ctypes.c_int), ("dst_pitch", ctypes.c_int),
-                ("threshold", ctypes.c_float), ("alpha", ctypes.c_float)]
-
-
-# Parameters of each kernel entry point, in order ("ptr": device address, "int", "float", or a
-# ctypes Structure passed by value). Launches are packed from this table; a test checks it
-# against the parameter lists in the PTX that NVRTC compiles.
-SIGNATURES: dict[str, tuple[Any, ...]] = {
-    "letterbox_f32": ("ptr", LetterboxParams, "ptr"),
-    "letterbox_f16": ("ptr", LetterboxParams, "ptr"),
-    "paste_mask_u8": ("ptr", "ptr", "int", "int", "int", "int", "int", "int", "float", "ptr"),
-    "instance_map": ("ptr", "ptr", "ptr", InstanceParams, "ptr"),
-    "render_instances": ("ptr", "ptr", "ptr", "ptr", "ptr", InstanceParams, "ptr"),
-    "overlay": ("ptr", "int", "ptr", "ptr", "int", "int", "float"),
-}
-_SCALARS = {"ptr": ctypes.c_void_p, "int": ctypes.c_int, "float": ctypes.c_float}
 # Bytes of pasted mask staged per round trip (device and pinned each); a box larger than this gets
 # a buffer of its own size, freed again after the call.
 PASTE_STAGING_BYTES = 8 << 20
 # Frame-sized buffers grow to this multiple of the largest frame seen (a regrowth syncs the device).
 HEADROOM = 1.25
-
-
-def pack_arguments(kernel: str, args: Sequence[Any]) -> tuple[Any, list[Any]]:
-    """``(void*[n], holders)`` for cuLaunchKernel's kernelParams; keep ``holders`` alive until launched."""
-    signature = SIGNATURES[kernel]
-    if len(args) != len(signature):
-        raise TypeError(f"{kernel} takes {len(signature)} arguments, got {len(args)}")
-    holders = []
-    for kind, value in zip(signature, args):
-        if isinstance(kind, str):
-            holders.append(_SCALARS[kind](value))
-        elif isinstance(value, kind):
-            holders.append(value)
-        else:
-            raise TypeError(f"{kernel}: expected {kind.__name__}, got {type(value).__name__}")
-    return (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders]), holders
 
 
 class _Slot:
@@ -227,10 +171,6 @@ class CudaOps:
         check(self._cudart.cudaEventRecord(event, stream), "cudaEventRecord")
         wait_event(self._cudart, event, what)
 
-    @staticmethod
-    def _grid(height: int, width: int, depth: int = 1) -> tuple[int, int, int]:
-        return (width + TILE[0] - 1) // TILE[0], (height + TILE[1] - 1) // TILE[1], depth
-
     def _open(self) -> None:
         if self._closed:
             raise RuntimeError("the CUDA pre/post-processing was closed (its Segmenter is closed)")
@@ -265,7 +205,7 @@ class CudaOps:
             frame = slot.host
             box = Letterbox.fit(frame.shape[:2], canvas_hw)
             params = LetterboxParams.make(box, frame.shape[1] * 3, mul, add)
-            self._launch("letterbox_f16" if fp16 else "letterbox_f32", self._grid(box.canvas_h, box.canvas_w),
+            self._launch("letterbox_f16" if fp16 else "letterbox_f32", grid(box.canvas_h, box.canvas_w),
                          [slot.frame.ptr, params, dst_ptr], self._pre_stream)
             return box
 
@@ -347,7 +287,7 @@ class CudaOps:
                         end += 1
                     offset = 0
                     for i, x0, y0, rows, cols in regions[start:end]:
-                        self._launch("paste_mask_u8", self._grid(rows, cols),
+                        self._launch("paste_mask_u8", grid(rows, cols),
                                      [mp, bp, i, m, x0, y0, rows, cols, threshold, dev.ptr + offset],
                                      self._post_stream)
                         offset += rows * cols
@@ -413,7 +353,7 @@ class CudaOps:
             mp, bp, op, _ = self._instances(masks, boxes, scores, None, None)
             ids = self._dev["ids"].ensure(h * w * 4)
             params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, 0, 0, threshold, 0.0)
-            self._launch("instance_map", self._grid(h, w), [mp, bp, op, params, ids], self._post_stream)
+            self._launch("instance_map", grid(h, w), [mp, bp, op, params, ids], self._post_stream)
             host = self._host["ids"]
             host.ensure(h * w * 4)
             self._copy(host.ptr, ids, h * w * 4, "DeviceToHost", self._post_stream)
@@ -447,7 +387,7 @@ class CudaOps:
             cp = self._upload("colours", colours, self._post_stream)
             dst = self._dev["render"].ensure(frame.nbytes)
             params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, w * 3, w * 3, threshold, alpha)
-            self._launch("render_instances", self._grid(h, w), [src, mp, bp, op, cp, params, dst], self._post_stream)
+            self._launch("render_instances", grid(h, w), [src, mp, bp, op, cp, params, dst], self._post_stream)
             host = self._host["render"]
             host.ensure(frame.nbytes)
             self._copy(host.ptr, dst, frame.nbytes, "DeviceToHost", self._post_stream)
@@ -465,7 +405,7 @@ class CudaOps:
             fp = self._upload("frame", frame, self._post_stream)
             ip = self._upload("ids", ids.astype(np.int32), self._post_stream)
             cp = self._upload("colours", np.asarray(colours, dtype=np.uint8).reshape(-1, 3), self._post_stream)
-            self._launch("overlay", self._grid(h, w), [fp, w * 3, ip, cp, h, w, alpha], self._post_stream)
+            self._launch("overlay", grid(h, w), [fp, w * 3, ip, cp, h, w, alpha], self._post_stream)
             host = self._host["frame"]
             host.ensure(frame.nbytes)
             self._copy(host.ptr, fp, frame.nbytes, "DeviceToHost", self._post_stream)

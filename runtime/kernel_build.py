@@ -135,7 +135,10 @@ def compile_kernel(name: str, arch: str, cache: Path | None = None) -> CompiledK
     if not (arch.startswith("sm_") or arch.startswith("compute_")):
         raise ValueError(f"arch must look like 'sm_87' or 'compute_87', not {arch!r}")
     suffix = "cubin" if arch.startswith("sm_") else "ptx"
-    path = (cache or cache_dir()) / "kernels" / arch / f"{name}-{_source_key(name, arch)}.{suffix}"
+    from mrcnn_edge.core.paths import kernel_cache_dir
+
+    folder = kernel_cache_dir(arch) if cache is None else cache / "kernels" / arch
+    path = folder / f"{name}-{_source_key(name, arch)}.{suffix}"
     try:
         image = path.read_bytes()
         if image:

@@ -11,14 +11,17 @@ kernels matches it bit for bit.
 from __future__ import annotations
 
 import colorsys
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from .preprocess import bilinear_taps
+from .preprocess import Letterbox, bilinear_taps
 
 __all__ = [
     "MASK_THRESHOLD",
+    "FrameRows",
+    "rows_to_frame",
     "expand_boxes",
     "paste_region",
     "paste_probabilities",
@@ -32,6 +35,42 @@ __all__ = [
 ]
 
 MASK_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class FrameRows:
+    """The detections of one image of a model batch, taken from canvas to frame pixels.
+
+    rows (int64 ``[N]``): the model-output rows kept; boxes (float32 ``[N,4]``): x1,y1,x2,y2 in
+    frame pixels, clipped to the image; paste_boxes (float32 ``[N,4]``): the same boxes unclipped
+    (the boxes the masks were computed on: paste masks with these); scores (float32 ``[N]``);
+    classes (int32 ``[N]``); masks (float32 ``[N,M,M]`` probabilities of each detection's class).
+    """
+
+    rows: np.ndarray
+    boxes: np.ndarray
+    paste_boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+    masks: np.ndarray
+
+
+def rows_to_frame(outputs: Mapping[str, np.ndarray], b: int, box: Letterbox, score_threshold: float) -> FrameRows:
+    """Image ``b`` of a model's outputs (engine I/O contract) -> its detections in frame pixels.
+
+    Keeps the first ``num_detections`` rows whose class is a real one (> 0, not padding -1), whose
+    score is ``>= score_threshold`` and whose numbers are finite. The one canvas-to-frame step:
+    ``Segmenter.finish``, ``validate`` and ``benchmark`` all call it.
+    """
+    k = outputs["scores"].shape[1]
+    n = int(np.clip(outputs["num_detections"][b], 0, k))
+    scores = outputs["scores"][b, :n].astype(np.float32)
+    classes = outputs["classes"][b, :n].astype(np.int32)
+    boxes = outputs["boxes"][b, :n].astype(np.float32)
+    keep = (classes > 0) & (scores >= np.float32(score_threshold)) & np.isfinite(boxes).all(axis=1)
+    keep &= np.isfinite(scores)
+    return FrameRows(np.flatnonzero(keep), box.boxes_to_frame(boxes[keep]), box.boxes_to_frame(boxes[keep], clip=False),
+                     scores[keep], classes[keep], outputs["masks"][b, :n][keep].astype(np.float32))
 
 
 def expand_boxes(boxes: np.ndarray, mask_size: int, padding: int = 1) -> np.ndarray:

@@ -24,10 +24,10 @@ import numpy as np
 
 from mrcnn_edge.core.errors import UserError
 
-from .backends import Backend, backend_for, open_backend
+from .backends import Backend, backend_for, open_backend, url_scheme
 from .detections import Detections
 from .frames import as_bgr8
-from .postprocess import MASK_THRESHOLD, ReferenceOps
+from .postprocess import MASK_THRESHOLD, ReferenceOps, rows_to_frame
 from .preprocess import Letterbox, letterbox_into, normalization
 from .spec import INPUT_NAME, ModelSpec, model_spec
 
@@ -124,16 +124,26 @@ class Segmenter:
     def from_path(cls, path: str | Path, backend: str | None = None, providers: Sequence[str] | None = None,
                   plugin_lib: str | Path | None = None, score_threshold: float | None = None,
                   device: str = "auto", cuda_graph: bool = False) -> "Segmenter":
-        """Open ``model.onnx`` (ONNX Runtime) or ``model.engine`` (TensorRT) and check it against the contract."""
+        """Open ``model.onnx`` (ONNX Runtime), ``model.engine`` (TensorRT) or ``triton://host:port/model``
+        (a Triton Inference Server: inference there, pre/post-processing here) and check it against the contract."""
         entry = backend_for(path, backend)
+        if providers and backend in (None, "auto") and entry.name != "onnxruntime" and url_scheme(path) is None:
+            # execution providers are ONNX Runtime's: they choose it where it runs the file too
+            with contextlib.suppress(UserError):
+                entry = backend_for(path, "onnxruntime")
         if entry.name == "onnxruntime":
             if plugin_lib or cuda_graph:
                 raise UserError("--plugin-lib and --cuda-graph apply to TensorRT engines, not ONNX Runtime")
             options: dict[str, Any] = {"providers": providers, "device": device}
         else:
             if providers:
-                raise UserError("--providers applies to ONNX Runtime, not TensorRT engines")
+                what = "a Triton server" if entry.name == "triton" else f"the {entry.name} backend"
+                raise UserError(f"--providers is for ONNX Runtime, not {what}")
             options = {"plugin_lib": plugin_lib, "cuda_graph": cuda_graph}
+            if entry.name not in ("tensorrt", "triton"):  # backends without plugins or CUDA graphs
+                if plugin_lib or cuda_graph:
+                    raise UserError(f"--plugin-lib and --cuda-graph apply to TensorRT engines, not the {entry.name} backend")
+                options = {}
         be = open_backend(path, entry.name, **options)
         try:
             return cls(be, score_threshold=score_threshold, device=device)
@@ -228,23 +238,16 @@ class Segmenter:
         if out is None:
             raise ValueError("finish() needs a Work that went through infer()")
         with self._stage():
-            k = out["scores"].shape[1]
             results = []
             for b, (frame, box) in enumerate(zip(work.frames, work.letterboxes)):
-                n = int(np.clip(out["num_detections"][b], 0, k))
-                scores = out["scores"][b, :n].astype(np.float32)
-                classes = out["classes"][b, :n].astype(np.int32)
-                boxes = out["boxes"][b, :n].astype(np.float32)
-                keep = (classes > 0) & (scores >= self.score_threshold) & np.isfinite(boxes).all(axis=1)
-                keep &= np.isfinite(scores)
+                rows = rows_to_frame(out, b, box, self.score_threshold)
                 device = None
                 if b < len(work.device):  # the engine rows these detections are, for draw() on the device
-                    device = dataclasses.replace(work.device[b], rows=np.flatnonzero(keep).astype(np.int32))
+                    device = dataclasses.replace(work.device[b], rows=rows.rows.astype(np.int32))
                 results.append(Detections(
-                    box.boxes_to_frame(boxes[keep]), scores[keep], classes[keep],
-                    [self.spec.class_name(int(c)) for c in classes[keep]],
-                    out["masks"][b, :n][keep].astype(np.float32), frame.shape[:2], self.ops, self.mask_threshold,
-                    paste_boxes=box.boxes_to_frame(boxes[keep], clip=False), device=device,
+                    rows.boxes, rows.scores, rows.classes, [self.spec.class_name(int(c)) for c in rows.classes],
+                    rows.masks, frame.shape[:2], self.ops, self.mask_threshold, paste_boxes=rows.paste_boxes,
+                    device=device,
                 ))
         work.timings["post"] = time.perf_counter() - t0
         return results

@@ -136,3 +136,51 @@ def test_benchmark_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, ar
                               "--json", str(js), "--markdown", str(md)], capsys)
     assert code != 0 and len(err) == 1 and err[0].startswith("mrcnn-edge: error: ") and words in err[0], err
     assert not js.exists() and not md.exists() and "| backend |" not in stdout
+
+
+def test_benchmark_rows_parse_labels_models_and_options():
+    from mrcnn_edge.commands.benchmark import parse_row
+    from mrcnn_edge.core.errors import UserError
+
+    row = parse_row("fast=onnxruntime:m.onnx:device=cpu,threads=2")
+    assert (row.label, row.backend, row.model, row.options) == ("fast", "onnxruntime", "m.onnx", {"device": "cpu", "threads": 2})
+    row = parse_row("triton:triton://host:8001/mrcnn")  # colons of a URL stay in the model
+    assert (row.label, row.model, row.options) == ("triton", "triton://host:8001/mrcnn", {})
+    row = parse_row("onnx::threads=1")  # the --backends name, the default model, an option
+    assert (row.label, row.backend, row.model, row.options) == ("onnx", "onnxruntime", None, {"threads": 1})
+    with pytest.raises(UserError, match="unknown backend 'gpu'"):
+        parse_row("gpu:m.onnx")
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--row", "edge", "--row", "edge"], "same label"),
+    (["--row", "edge", "--backends", "edge"], "either --row or --backends"),
+    (["--row", "tensorrt"], "needs a model"),
+])
+def test_benchmark_bad_rows_are_one_line_and_write_nothing(tmp_path, capsys, argv, words):
+    js = tmp_path / "bench.json"
+    code, stdout, err = _cli(["benchmark", "--input-size", CANVAS, "--runs", "1", "--warmup", "0", *argv,
+                              "--json", str(js)], capsys)
+    assert code != 0 and len(err) == 1 and words in err[0], err
+    assert not js.exists() and "| backend |" not in stdout
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--source", "a.mp4", "--source", "b.mp4"], "--no-display"),
+    (["--source", "a.mp4", "--source", "b.mp4", "--no-display", "--output", "o.mp4"], "2 sources but 1 outputs"),
+    (["--source", "a.mp4", "--output", "o1.mp4", "--output", "o2.mp4", "--no-display"], "one --output per --source"),
+])
+def test_run_with_several_sources_checks_its_options(tmp_path, capsys, argv, words):
+    code, _, err = _cli(["run", str(tmp_path / "m.onnx"), *argv], capsys)
+    assert code != 0 and len(err) == 1 and words in err[0], err
+
+
+@pytest.mark.slow
+def test_run_segments_two_sources_at_once(demo_run, tmp_path, capsys):
+    video = demo_run["out"] / "synthetic.mp4"
+    outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
+    code, stdout, err = _cli(["run", str(demo_run["out"] / "demo_portable.onnx"), "--source", str(video), "--source",
+                              str(video), "--output", str(outs[0]), "--output", str(outs[1]), "--no-display"], capsys)
+    assert code == 0, err[-5:]
+    assert [line.split(":")[0] for line in stdout.strip().splitlines()] == [str(video), str(video)]
+    assert all(o.is_file() and o.stat().st_size > 0 for o in outs)

@@ -121,8 +121,8 @@ def small_ckpt(tmp_path_factory):
 @pytest.mark.parametrize("args,needle", [
     (["--input-size", "500x512"], "multiples of 32"),
     (["--batch", "0"], "batch"),
-    (["--flavor", "tflite"], "unknown flavor"),
-    (["--precision", "int4"], "unknown precision"),
+    (["--flavor", "tflite"], "invalid choice: 'tflite'"),
+    (["--precision", "int4"], "invalid choice: 'int4'"),
 ])
 def test_export_bad_options(tmp_path, small_ckpt, capsys, args, needle):
     out = tmp_path / "m.onnx"

@@ -53,22 +53,22 @@ def images(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("flavor", ["tensorrt", "portable"])
 def test_fp32_onnx_matches_pytorch(exported, images, flavor):
-    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[(flavor, "fp32")]), images=str(images), log=lambda s: None)
-    tv, ox = rep["comparisons"]["torchvision -> edge"], rep["comparisons"]["edge -> onnx"]
-    assert tv["reference_detections"] >= 8  # the demo model does find the shapes
-    assert tv["matched_fraction"] >= 0.99 and tv["mask_iou_mean"] >= 0.98, tv
-    assert ox["matched_fraction"] == 1.0 and ox["unmatched_candidate"] == 0
-    assert ox["box_abs_diff"]["max"] <= 0.01 and ox["score_abs_diff"]["max"] <= 1e-4
-    assert ox["mask_prob_abs_diff"]["max"] <= 1e-3
-    assert rep["ok"]
+    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[(flavor, "fp32")]), images=str(images), progress=False)
+    tv, ox = rep.comparisons["torchvision -> edge"], rep.comparisons["edge -> onnx"]
+    assert tv.reference_detections >= 8  # the demo model does find the shapes
+    assert tv.matched_fraction >= 0.99 and tv.mask_iou_mean >= 0.98, tv
+    assert ox.matched_fraction == 1.0 and ox.unmatched_candidate == 0
+    assert ox.box_abs_diff.max <= 0.01 and ox.score_abs_diff.max <= 1e-4
+    assert ox.mask_prob_abs_diff.max <= 1e-3
+    assert rep.ok
 
 
 @pytest.mark.slow
 def test_fp16_onnx_is_close(exported, images):
-    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[("portable", "fp16")]), images=str(images), log=lambda s: None)
-    c = rep["comparisons"]["edge -> onnx"]  # fp16 model against the float32 graph
-    assert c["matched_fraction"] >= 0.95 and c["mask_iou_mean"] >= 0.98 and c["box_abs_diff"]["p99"] <= 0.5, c
-    assert rep["ok"], c["failures"]
+    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[("portable", "fp16")]), images=str(images), progress=False)
+    c = rep.comparisons["edge -> onnx"]  # fp16 model against the float32 graph
+    assert c.matched_fraction >= 0.95 and c.mask_iou_mean >= 0.98 and c.box_abs_diff.p99 <= 0.5, c
+    assert rep.ok, c.failures
 
 
 @pytest.mark.slow
@@ -84,8 +84,8 @@ def test_fp16_tensorrt_flavor_validates(exported, images):
     assert child.returncode == 0, (child.stdout + child.stderr)[-2000:]
     assert "| edge -> onnx |" in child.stdout and "**PASS**" in child.stdout
     c = validate(str(mrcnn_edge.demo_checkpoint()), str(exported[("tensorrt", "fp16")]), images=str(images),
-                 log=lambda s: None)["comparisons"]["edge -> onnx"]
-    assert c["tolerance"] == TOLERANCES["exact-fp16"] and c["ok"], c["failures"]
+                 progress=False).comparisons["edge -> onnx"]
+    assert c.tolerance == TOLERANCES["fp16"] and c.ok, c.failures
 
 
 @pytest.mark.slow
@@ -148,8 +148,8 @@ def test_tensorrt_engine_of_the_demo_model(demo, images, tmp_path, precision):
     assert main(["build-plugin", "-o", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0
     engine = tmp_path / f"demo_{precision}.engine"
     assert main(["build", str(onnx_path), "-o", str(engine), "--plugin-lib", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0
-    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(engine), images=str(images), log=lambda s: None)
-    assert rep["ok"], rep["comparisons"]
+    rep = validate(str(mrcnn_edge.demo_checkpoint()), str(engine), images=str(images), progress=False)
+    assert rep.ok, rep.comparisons
 
 
 # ------------------------------------------------------------------ named differences (edge.py docstring)

@@ -76,7 +76,7 @@ def test_custom_op_domain_hook_is_called(models, monkeypatch):
         seen.append(options)
         raise UserError("hook ran")  # stands in for registering an ORT custom-op library
 
-    monkeypatch.setitem(backend_ort.CUSTOM_OP_DOMAINS, "mrcnn_edge", hook)
+    monkeypatch.setitem(backend_ort.CUSTOM_OP_DOMAINS, "mrcnn_edge", backend_ort.CustomOpDomain(hook))
     with pytest.raises(UserError, match="hook ran"):
         backend_ort.OrtBackend(models["trt"])
     assert seen

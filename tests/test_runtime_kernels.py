@@ -102,7 +102,7 @@ def _expected(kind) -> tuple[set[str], int]:
 @pytest.mark.slow
 def test_launch_signatures_match_the_compiled_kernels(compiled):
     """Types, not only sizes: an int passed where the kernel takes a float (both 4 bytes) fails."""
-    from mrcnn_edge.runtime.cuda_ops import SIGNATURES
+    from mrcnn_edge.runtime.kernel_args import SIGNATURES
 
     _, images = compiled
     compiled_params = {}
@@ -118,7 +118,7 @@ def test_launch_signatures_match_the_compiled_kernels(compiled):
 
 def test_launch_signatures_match_the_kernel_sources():
     """The same check against the C parameter lists in runtime/kernels/*.cu (no NVRTC needed)."""
-    from mrcnn_edge.runtime.cuda_ops import SIGNATURES
+    from mrcnn_edge.runtime.kernel_args import SIGNATURES
     from fakes.fake_cuda import kernel_signatures
 
     source = kernel_signatures(KERNEL_DIR)
@@ -129,7 +129,7 @@ def test_launch_signatures_match_the_kernel_sources():
 
 
 def test_kernel_arguments_are_packed_by_address():
-    from mrcnn_edge.runtime.cuda_ops import LetterboxParams, pack_arguments
+    from mrcnn_edge.runtime.kernel_args import LetterboxParams, pack_arguments
 
     mul, add = normalization(MEAN, STD)
     params = LetterboxParams.make(Letterbox.fit((480, 640), (128, 160)), 1920, mul, add)
@@ -165,7 +165,7 @@ def _ptr(a: np.ndarray) -> ctypes.c_void_p:
 
 
 def test_ctypes_mirrors_match_the_c_layouts(host):
-    from mrcnn_edge.runtime.cuda_ops import LetterboxParams
+    from mrcnn_edge.runtime.kernel_args import LetterboxParams
 
     assert host.host_sizeof_letterbox_params() == ctypes.sizeof(LetterboxParams)
     assert host.host_offsetof_letterbox_add() == LetterboxParams.add.offset
@@ -175,7 +175,7 @@ def test_ctypes_mirrors_match_the_c_layouts(host):
 @pytest.mark.parametrize("hw,canvas", [((480, 640), (128, 160)), ((37, 53), (96, 64)), ((1, 1), (32, 32)),
                                        ((800, 10), (64, 64)), ((64, 64), (64, 64))])
 def test_host_letterbox_is_the_reference_bit_for_bit(host, hw, canvas):
-    from mrcnn_edge.runtime.cuda_ops import LetterboxParams
+    from mrcnn_edge.runtime.kernel_args import LetterboxParams
 
     rng = np.random.default_rng(hw[0])
     frame = rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8)

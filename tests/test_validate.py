@@ -123,13 +123,13 @@ def test_unmatched_detections_explained_by_the_clip_are_edge_clip_not_failures()
     twin = _dets([[10, 10, 30, 30], [40, 20, 75, 40]], [0.9, 0.8], [1, 2])  # torchvision clipping at the canvas
     tol = TOLERANCES["torchvision->edge"]
     res = compare([ref], [cand], tol, canvas, [region], [twin])
-    assert (res["matched"], res["unmatched_reference"], res["unmatched_candidate"]) == (1, 2, 1)
-    assert (res["edge_clip_reference"], res["edge_clip_candidate"]) == (2, 1)
-    assert res["ok"], res["failures"]
-    assert sorted(d["score"] for d in res["edge_clip"]) == pytest.approx([0.7, 0.8, 0.8])
+    assert (res.matched, res.unmatched_reference, res.unmatched_candidate) == (1, 2, 1)
+    assert (res.edge_clip_reference, res.edge_clip_candidate) == (2, 1)
+    assert res.ok, res.failures
+    assert sorted(d.score for d in res.edge_clip) == pytest.approx([0.7, 0.8, 0.8])
     # judged without the exemption, the same pair fails: the exemption is what passes it
     strict = compare([ref], [cand], {k: v for k, v in tol.items() if k != "edge_clip_exempt"}, canvas, [region], [twin])
-    assert not strict["ok"] and strict["edge_clip_reference"] == 2
+    assert not strict.ok and strict.edge_clip_reference == 2
 
 
 def test_unmatched_detections_the_clip_does_not_explain_still_fail():
@@ -137,8 +137,8 @@ def test_unmatched_detections_the_clip_does_not_explain_still_fail():
     ref = _dets([[10, 10, 30, 30], [5, 35, 25, 55]], [0.9, 0.8], [1, 2])
     cand = _dets([[10, 10, 30, 30], [5, 35, 20, 50]], [0.9, 0.8], [1, 2])  # a real difference
     res = compare([ref], [cand], TOLERANCES["torchvision->edge"], canvas, [region], [ref])  # the clip changes nothing
-    assert res["edge_clip_reference"] == 0 and res["unmatched_reference"] == 1
-    assert not res["ok"] and "matched 0.500" in res["failures"][0]
+    assert res.edge_clip_reference == 0 and res.unmatched_reference == 1
+    assert not res.ok and "matched 0.500" in res.failures[0]
 
 
 # ------------------------------------------------------------------ image folders
@@ -187,11 +187,11 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
 
     export_onnx(None, onnx_path, ExportOptions(input_size=(128, 192), flavor="tensorrt"),
                 model_and_config=load_checkpoint(ckpt), log=lambda s: None)
-    rep = validate(str(ckpt), str(onnx_path), images=str(images), log=lambda s: None)
-    tv, ox = rep["comparisons"]["torchvision -> edge"], rep["comparisons"]["edge -> onnx"]
-    assert tv["reference_detections"] >= 20 and ox["reference_detections"] == 200
-    assert tv["unmatched_reference"] == tv["edge_clip_reference"]  # every difference is the clip
-    assert rep["ok"], {k: c["failures"] for k, c in rep["comparisons"].items()}
+    rep = validate(str(ckpt), str(onnx_path), images=str(images), progress=False)
+    tv, ox = rep.comparisons["torchvision -> edge"], rep.comparisons["edge -> onnx"]
+    assert tv.reference_detections >= 20 and ox.reference_detections == 200
+    assert tv.unmatched_reference == tv.edge_clip_reference  # every difference is the clip
+    assert rep.ok, {k: c.failures for k, c in rep.comparisons.items()}
 
     proto = onnx.load(str(onnx_path))  # a wrong level rule: every ROI one level finer
     for node in proto.graph.node:
@@ -201,5 +201,81 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
                     a.i = 3
     wrong = tmp_path / "wrong_level.onnx"
     onnx.save(proto, str(wrong))
-    bad = validate(str(ckpt), str(wrong), images=str(images), log=lambda s: None)
-    assert not bad["ok"] and bad["comparisons"]["edge -> onnx"]["failures"]
+    bad = validate(str(ckpt), str(wrong), images=str(images), progress=False)
+    assert not bad.ok and bad.comparisons["edge -> onnx"].failures
+
+
+# ------------------------------------------------------------------ runners: the runtime's ORT backend, the frame step
+
+_CHILD_BACKEND = textwrap.dedent("""
+    import numpy as np, onnx, sys
+    sys.path.insert(0, {tests!r})
+    from test_validate import _plugin_graph
+    from mrcnn_edge.export.ort_custom import make_session, register
+    from mrcnn_edge.runtime.backend_ort import OrtBackend
+    proto = _plugin_graph()  # with its output shape: the backend binds static outputs to its own buffers
+    proto.graph.output[0].CopyFrom(onnx.helper.make_tensor_value_info("pooled", 10, [1, 4, 3, 3, 2]))
+    onnx.save(proto, {path!r})
+    register()
+    x = np.random.default_rng(2).normal(size=(1, 3, 32, 32)).astype(np.float32)
+    with OrtBackend({path!r}, device="cpu") as be:
+        got = be.infer({{"images": x}})["pooled"]
+    want = make_session(_plugin_graph()).run(None, {{"images": x}})[0]
+    print("EXACT" if np.array_equal(got.view(np.uint16), want.view(np.uint16)) else "DIFFERENT")
+""")
+
+
+def test_fp16_plugin_file_runs_in_the_runtime_onnxruntime_backend(tmp_path):
+    """validate runs ONNX files through the runtime's OrtBackend with ort_custom's hook: a float16
+    plugin node gives the same bits as the standalone session (registering the reference op after
+    the extensions library crashed the process)."""
+    from pathlib import Path
+
+    child = subprocess.run([sys.executable, "-c", _CHILD_BACKEND.format(tests=str(Path(__file__).parent),
+                                                                        path=str(tmp_path / "p.onnx"))],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip().splitlines()[-1] == "EXACT"
+
+
+def test_validate_pastes_masks_as_the_runtime_does():
+    """AP is computed on what the runtime produces: a box reaching into the letterbox padding keeps
+    its reported box clipped to the image but pastes its mask with the unclipped box."""
+    from mrcnn_edge.export.validate import _collect
+    from mrcnn_edge.runtime.detections import Detections
+    from mrcnn_edge.runtime.postprocess import rows_to_frame
+    from mrcnn_edge.runtime.preprocess import Letterbox
+
+    lb = Letterbox.fit((40, 20), (64, 64))  # a tall frame: resized 64x32, padding on the right
+    masks = np.zeros((1, 2, 28, 28), np.float32)
+    masks[0, 0, :, 8:] = 0.9  # the mask's right part lies in the padding
+    out = {"num_detections": np.array([1], np.int32), "boxes": np.array([[[10, 10, 50, 40], [0, 0, 0, 0]]], np.float32),
+           "scores": np.array([[0.9, 0]], np.float32), "classes": np.array([[1, -1]], np.int32), "masks": masks}
+    results, frames = {"x": []}, {"x": []}
+    _collect(results, frames, "x", out, [lb], True)
+    rows, pasted = frames["x"][0]
+    assert rows.boxes[0, 2] == pytest.approx(20.0) and rows.paste_boxes[0, 2] > 20.0  # clipped vs the paste box
+    want = rows_to_frame(out, 0, lb, 0.0)
+    runtime = Detections(want.boxes, want.scores, want.classes, ["a"], want.masks, (40, 20), paste_boxes=want.paste_boxes)
+    assert pasted.any() and np.array_equal(pasted, runtime.masks)
+
+
+def test_reference_falls_back_to_torch_without_a_compiler(monkeypatch):
+    monkeypatch.setattr(ort_custom, "_implementation", None)
+    monkeypatch.setenv("CXX", "/no/such/compiler")
+    assert ort_custom.reference_implementation().startswith("torch reference (CXX=/no/such/compiler")
+
+
+@pytest.mark.slow
+def test_cached_host_library_has_the_users_file_mode(tmp_path, monkeypatch):
+    """The cached .so is written atomically with the user's usual mode (mkstemp's 0600 leaked into it)."""
+    import os
+
+    from mrcnn_edge.export.plugin_host import host_library_path
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(tmp_path))
+    path = host_library_path()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert [p.name for p in path.parent.iterdir()] == [path.name]

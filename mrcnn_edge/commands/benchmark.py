@@ -1,172 +1,368 @@
-"""Side-by-side latency of torchvision eager, EdgeMaskRCNN eager, ONNX Runtime and TensorRT.
+"""Side-by-side latency (and, on a validation split, mask AP) of runners: a comparator over runners.
 
-Same weights, same 3-channel input frame, same proposal and detection settings; one timed run of
-each backend in turn (interleaved) so that machine drift hits all alike. Stages: ``pre`` (frame to
-model input), ``model``, ``post`` (boxes to frame pixels, masks pasted at frame size). torchvision
-resizes, normalises and pastes inside its own forward, so its ``model`` stage holds all three.
+A row is ``(label, backend, model, options)``: torchvision eager or ``EdgeMaskRCNN`` eager on the
+checkpoint (:mod:`mrcnn_edge.model.runners`), or any backend of the runtime's table
+(``runtime.backends.BACKENDS``: ONNX Runtime, TensorRT, OpenVINO, ...) on a model file. Every row
+runs the same three timed stages on the same frame, one run of each row in turn (interleaved) so
+that machine drift hits all alike:
+
+* ``pre``: the runtime's reference letterbox (frame to the runner's input);
+* ``model``: ``runner.infer`` and nothing else (the TensorRT row included);
+* ``post``: the runtime's canvas-to-frame step (``rows_to_frame``) and the masks pasted at frame size.
+
+torchvision's row starts after its ``transform`` (the same letterboxed tensor as every other row)
+and pastes its masks with the runtime's paste, so its numbers compare with the others stage by stage.
 """
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.progress import Progress, note
 
-__all__ = ["run_benchmark", "time_backends", "format_table"]
+__all__ = ["Row", "Timing", "RowResult", "parse_row", "default_rows", "run_benchmark", "time_rows", "format_table",
+           "ROW_HELP"]
+
+TORCH_RUNNERS = ("torchvision", "edge")
+LEGACY_NAMES = {"onnx": "onnxruntime"}  # --backends names -> backend table names
+ROW_HELP = (
+    "a row to time: [LABEL=]BACKEND[:MODEL][:KEY=VALUE,...]; BACKEND is torchvision or edge (MODEL: a "
+    "checkpoint, default the benchmark's) or a runtime backend ({backends}; MODEL: its model file, default for "
+    "ONNX backends the portable ONNX of the benchmark's checkpoint); KEY=VALUE options go to the backend, e.g. "
+    "'ov-bf16=openvino:model.onnx:precision=bf16', 'onnxruntime::threads=1', 'tensorrt:model.engine'. Repeatable"
+)
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+@dataclass(frozen=True)
+class Row:
+    """One runner to time: a label for the table, a backend name, a model (None: the default one), options."""
+
+    label: str
+    backend: str
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    implicit: bool = False  # a default row: skipped with a note when its backend cannot open
 
 
-def _stats(ms: list[float]) -> dict[str, float]:
-    a = np.asarray(ms)
-    return {"median": float(np.median(a)), "p90": float(np.percentile(a, 90)), "min": float(a.min())}
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    p90: float
+    min: float
+
+    @classmethod
+    def of(cls, ms: list[float]) -> "Timing":
+        a = np.asarray(ms)
+        return cls(float(np.median(a)), float(np.percentile(a, 90)), float(a.min()))
 
 
-def time_backends(backends: dict[str, Callable[[], dict[str, float]]], runs: int, warmup: int) -> dict[str, Any]:
-    """Each backend is a callable returning its stage times in ms; called ``warmup + runs`` times, interleaved."""
+@dataclass
+class RowResult:
+    """A row's timings in milliseconds (``stages_ms``: pre, model, post) and, with annotations, its AP."""
+
+    label: str
+    backend: str
+    model: str
+    total_ms: Timing
+    stages_ms: dict[str, Timing]
+    fps: float
+    mask_AP: float | None = None
+    box_AP: float | None = None
+
+
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _is_options(text: str) -> bool:
+    items = [s for s in text.split(",") if s.strip()]
+    return bool(items) and all("=" in s and "/" not in s for s in items)
+
+
+def parse_row(text: str) -> Row:
+    """``[LABEL=]BACKEND[:MODEL][:KEY=VALUE,...]`` -> :class:`Row` (UserError when malformed).
+
+    The part after the last ``:`` is options when it is ``KEY=VALUE`` pairs, so model paths and
+    URLs with colons (``triton://host:8001/model``) stay whole; ``BACKEND::KEY=VALUE`` keeps the
+    default model."""
+    from mrcnn_edge.runtime.backends import BACKENDS
+
+    head, _, rest = text.strip().partition(":")
+    label = None
+    if "=" in head:
+        label, head = (s.strip() for s in head.split("=", 1))
+    head = head.strip()
+    backend = LEGACY_NAMES.get(head, head)
+    if backend not in (*TORCH_RUNNERS, *BACKENDS):
+        raise UserError(f"--row {text!r}: unknown backend {head!r}; choose from {', '.join((*TORCH_RUNNERS, *BACKENDS))}")
+    base, colon, last = rest.rpartition(":")
+    if colon and _is_options(last):
+        model, opts_text = base, last
+    elif not colon and _is_options(rest):
+        model, opts_text = "", rest
+    else:
+        model, opts_text = rest, ""
+    options: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in opts_text.split(","))):
+        key, _, value = item.partition("=")
+        if not key.strip():
+            raise UserError(f"--row {text!r}: option {item!r} is not KEY=VALUE")
+        options[key.strip()] = _value(value.strip())
+    return Row(label or head, backend, model.strip() or None, options)
+
+
+def default_rows(onnx_ok: bool, engine: str | None) -> list[Row]:
+    """torchvision, edge, then every runtime backend that runs ONNX (on the portable export) and,
+    given ``--engine``, TensorRT. Rows of backends not installed are skipped when they open."""
+    from mrcnn_edge.runtime.backends import BACKENDS
+
+    rows = [Row("torchvision", "torchvision"), Row("edge", "edge")]
+    if onnx_ok:
+        rows += [Row("onnx" if e.name == "onnxruntime" else e.name, e.name, implicit=e.name != "onnxruntime")
+                 for e in BACKENDS.values() if ".onnx" in e.suffixes]
+    if engine:
+        rows.append(Row("tensorrt", "tensorrt", engine))
+    return rows
+
+
+def time_rows(rows: dict[str, Callable[[], dict[str, float]]], runs: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+    """Each row is a callable returning its stage times in ms; called ``warmup + runs`` times, interleaved."""
     for _ in range(warmup):
-        for fn in backends.values():
+        for fn in rows.values():
             fn()
-    samples: dict[str, list[dict[str, float]]] = {k: [] for k in backends}
+    samples: dict[str, dict[str, list[float]]] = {k: {} for k in rows}
+    bar = Progress("[benchmark]", runs, "runs")
     for r in range(runs):
-        for name, fn in backends.items():
-            samples[name].append(fn())
-        _log(f"[benchmark] run {r + 1}/{runs}")
-    out = {}
-    for name, rows in samples.items():
-        stages = {s: _stats([row[s] for row in rows]) for s in rows[0]}
-        total = _stats([sum(row.values()) for row in rows])
-        out[name] = {"total_ms": total, "stages_ms": stages, "fps": 1000.0 / total["median"]}
-    return out
+        for name, fn in rows.items():
+            for stage, ms in fn().items():
+                samples[name].setdefault(stage, []).append(ms)
+        bar.update(r + 1)
+    bar.close()
+    return samples
 
 
-def format_table(res: dict[str, Any], baseline: str = "torchvision") -> str:
-    base = res.get(baseline, {}).get("total_ms", {}).get("median")
-    lines = ["| backend | median ms | p90 ms | min ms | FPS | pre ms | model ms | post ms | speed-up vs torchvision |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        t, s = r["total_ms"], r["stages_ms"]
-        sp = f"{base / t['median']:.2f}x" if base else "-"
-        lines.append(f"| {name} | {t['median']:.1f} | {t['p90']:.1f} | {t['min']:.1f} | {r['fps']:.2f} | "
-                     f"{s.get('pre', {}).get('median', 0):.1f} | {s['model']['median']:.1f} | "
-                     f"{s.get('post', {}).get('median', 0):.1f} | {sp} |")
+def format_table(results: list[RowResult], baseline: str = "torchvision") -> str:
+    base = next((r.total_ms.median for r in results if r.label == baseline), None)
+    with_ap = any(r.mask_AP is not None for r in results)
+    lines = ["| backend | median ms | p90 ms | min ms | FPS | pre ms | model ms | post ms | speed-up vs torchvision |"
+             + (" box AP | mask AP |" if with_ap else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_ap else "")]
+    for r in results:
+        t, s = r.total_ms, r.stages_ms
+        sp = f"{base / t.median:.2f}x" if base else "-"
+        ap = f" {r.box_AP:.4f} | {r.mask_AP:.4f} |" if with_ap and r.mask_AP is not None else (" - | - |" if with_ap else "")
+        lines.append(f"| {r.label} | {t.median:.1f} | {t.p90:.1f} | {t.min:.1f} | {r.fps:.2f} | {s['pre'].median:.1f} | "
+                     f"{s['model'].median:.1f} | {s['post'].median:.1f} | {sp} |" + ap)
     return "\n".join(lines) + "\n"
 
 
-def run_benchmark(args) -> int:
-    import torch
-
-    from mrcnn_edge import demo_checkpoint
-    from mrcnn_edge.model.checkpoint import load_checkpoint
-    from mrcnn_edge.commands.cliutil import parse_hw
-    from mrcnn_edge.model.edge import OUTPUT_NAMES, EdgeMaskRCNN
-    from mrcnn_edge.runtime.postprocess import paste_masks
-    from mrcnn_edge.runtime.preprocess import letterbox
-    from mrcnn_edge.data.shapes import image_rng, render_sample
-
-    H, W = parse_hw(args.input_size, multiple_of=32, minimum=32)
-    if args.runs < 1 or args.warmup < 0:
-        raise UserError("--runs must be >= 1 and --warmup >= 0")
+def _rows_from_args(args: Any) -> list[Row]:
+    if args.row:
+        if args.backends:
+            raise UserError("give either --row or --backends, not both")
+        return [parse_row(r) for r in args.row]
+    if args.backends is None:
+        return default_rows(True, args.engine)
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(wanted) - {"torchvision", "edge", "onnx", "tensorrt"}
     if unknown:
         raise UserError(f"unknown backends {sorted(unknown)}; choose from torchvision, edge, onnx, tensorrt")
-    ckpt = Path(args.model) if args.model else demo_checkpoint()
-    model, cfg = load_checkpoint(ckpt)
-    rh = model.roi_heads
-    if args.max_detections:
-        rh.detections_per_img = args.max_detections
-    if args.rpn_post_nms_top_n:
-        model.rpn._post_nms_top_n["testing"] = args.rpn_post_nms_top_n
-    model.transform.min_size, model.transform.max_size = (min(H, W),), max(H, W)  # same resize as the canvas
-    frame = render_sample(image_rng(2024, 0), (H, W))[0]  # a canvas-sized frame: every backend sees H x W pixels
-    threads = torch.get_num_threads()
-    backends: dict[str, Callable[[], dict[str, float]]] = {}
+    rows = [r for r in default_rows("onnx" in wanted, args.engine if "tensorrt" in wanted else None)
+            if r.label in wanted]
+    return rows
 
-    if "torchvision" in wanted:
-        def tv() -> dict[str, float]:
-            t0 = time.perf_counter()
-            x = torch.from_numpy(np.ascontiguousarray(frame[:, :, ::-1])).permute(2, 0, 1).float() / 255.0
-            t1 = time.perf_counter()
-            with torch.inference_mode():
-                o = model([x])[0]
-                _ = (o["masks"] > 0.5)
-            t2 = time.perf_counter()
-            return {"pre": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "post": 0.0}
-        backends["torchvision"] = tv
 
-    def post(out: dict[str, np.ndarray], lb) -> None:
-        n = int(out["num_detections"][0])
-        boxes = lb.boxes_to_frame(out["boxes"][0, :n])
-        paste_masks(out["masks"][0, :n].astype(np.float32), boxes, (lb.frame_h, lb.frame_w))
+class _Bench:
+    """What every row shares: the checkpoint (loaded once), the canvas, the frame, a portable ONNX on demand."""
 
-    def graph_backend(infer: Callable[[np.ndarray], dict[str, np.ndarray]]) -> Callable[[], dict[str, float]]:
-        def fn() -> dict[str, float]:
-            t0 = time.perf_counter()
-            x, lb = letterbox(frame, (H, W), cfg.image_mean, cfg.image_std)
-            t1 = time.perf_counter()
-            out = infer(x[None])
-            t2 = time.perf_counter()
-            post(out, lb)
-            t3 = time.perf_counter()
-            return {"pre": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3}
-        return fn
+    def __init__(self, args: Any, model: Any, cfg: Any, canvas: tuple[int, int]) -> None:
+        self.args, self.model, self.cfg, self.canvas = args, model, cfg, canvas
+        self._onnx: str | None = args.onnx
+        self._tmp: tempfile.TemporaryDirectory | None = None
 
-    if "edge" in wanted:
-        edge = EdgeMaskRCNN(model, (H, W), 1, max_detections=args.max_detections, rpn_post_nms_top_n=args.rpn_post_nms_top_n)
-        def edge_infer(x: np.ndarray) -> dict[str, np.ndarray]:
-            with torch.inference_mode():
-                return {k: v.numpy() for k, v in zip(OUTPUT_NAMES, edge(torch.from_numpy(x)))}
-        backends["edge"] = graph_backend(edge_infer)
-
-    tmp = None
-    if "onnx" in wanted:
-        onnx_path = args.onnx
-        if onnx_path is None:
+    def portable_onnx(self) -> str:
+        if self._onnx is None:
             from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
 
-            tmp = tempfile.TemporaryDirectory(prefix="mrcnn-edge-bench-")
-            onnx_path = str(Path(tmp.name) / "portable.onnx")
-            export_onnx(None, onnx_path, ExportOptions(input_size=(H, W), flavor="portable",
-                                                        max_detections=args.max_detections,
-                                                        rpn_post_nms_top_n=args.rpn_post_nms_top_n),
-                        model_and_config=(model, cfg), log=_log)
-        from mrcnn_edge.export.ort_custom import make_session
+            self._tmp = tempfile.TemporaryDirectory(prefix="mrcnn-edge-bench-")
+            self._onnx = str(Path(self._tmp.name) / "portable.onnx")
+            export_onnx(None, self._onnx, ExportOptions(input_size=self.canvas, flavor="portable",
+                                                        max_detections=self.args.max_detections,
+                                                        rpn_post_nms_top_n=self.args.rpn_post_nms_top_n),
+                        model_and_config=(self.model, self.cfg))
+        return self._onnx
 
-        sess = make_session(onnx_path)
-        out_names = [o.name for o in sess.get_outputs()]
-        backends["onnx"] = graph_backend(lambda x: dict(zip(out_names, sess.run(None, {"images": x}))))
-    if "tensorrt" in wanted and args.engine:
-        from mrcnn_edge.runtime import Segmenter
+    def open(self, row: Row) -> Any:
+        """The runner of ``row`` (UserError with the row's label when it cannot open)."""
+        from mrcnn_edge.model.runners import EdgeRunner, TorchvisionRunner
 
-        seg = Segmenter.from_path(args.engine)
+        if row.backend in TORCH_RUNNERS:
+            model, cfg = self.model, self.cfg
+            if row.model:
+                from mrcnn_edge.model.checkpoint import load_checkpoint
 
-        def trt() -> dict[str, float]:
-            t0 = time.perf_counter()
-            seg(frame)
-            return {"model": (time.perf_counter() - t0) * 1e3}
-        backends["tensorrt"] = trt
+                model, cfg = load_checkpoint(row.model)
+                _settings(model, self.args)
+            if row.backend == "torchvision":
+                return TorchvisionRunner(model, self.canvas, 1, path=row.model or "torchvision")
+            from mrcnn_edge.model.edge import EdgeMaskRCNN
 
-    _log(f"[benchmark] {', '.join(backends)}; canvas {H}x{W}; {args.runs} runs after {args.warmup} warm-up; "
-         f"torch threads {threads}")
-    res = time_backends(backends, args.runs, args.warmup)
-    table = format_table(res)
+            return EdgeRunner(EdgeMaskRCNN(model, self.canvas, 1, max_detections=self.args.max_detections,
+                                           rpn_post_nms_top_n=self.args.rpn_post_nms_top_n), path=row.model or "edge")
+        from mrcnn_edge.runtime.backends import BACKENDS, open_backend
+
+        path = row.model
+        if path is None:
+            if ".onnx" not in BACKENDS[row.backend].suffixes:
+                raise UserError(f"row {row.label}: the {row.backend} backend needs a model (--row {row.backend}:MODEL)")
+            path = self.portable_onnx()
+        if row.backend == "onnxruntime":
+            from mrcnn_edge.export.ort_custom import register
+
+            register()  # tensorrt-flavor files run with the plugin's reference implementation
+        try:
+            return open_backend(path, row.backend, **row.options)
+        except TypeError as exc:  # an option the backend class does not take
+            raise UserError(f"row {row.label}: {row.backend} does not take the options {sorted(row.options)} ({exc})") from exc
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def _settings(model: Any, args: Any) -> None:
+    if args.max_detections:
+        model.roi_heads.detections_per_img = args.max_detections
+    if args.rpn_post_nms_top_n:
+        model.rpn._post_nms_top_n["testing"] = args.rpn_post_nms_top_n
+
+
+def _feed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> tuple[dict[str, np.ndarray], Any]:
+    """The runtime's letterbox into the runner's input (its dtype; 0-255 for in-graph normalisation)."""
+    from mrcnn_edge.core.contract import INPUT_NAME
+    from mrcnn_edge.model.runners import IMAGE_SIZES
+    from mrcnn_edge.runtime.preprocess import letterbox
+
+    spec = runner.inputs[INPUT_NAME]
+    if runner.metadata.get("input_normalization") == "in_graph":
+        mean, std = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)
+    x, lb = letterbox(frame, spec.shape[2:], mean, std, dtype=spec.dtype)
+    feed = {INPUT_NAME: x[None]}
+    if IMAGE_SIZES in runner.inputs:
+        feed[IMAGE_SIZES] = np.array([[lb.resized_h, lb.resized_w]], np.int64)
+    return feed, lb
+
+
+def _post(out: dict[str, np.ndarray], lb: Any) -> tuple[Any, np.ndarray]:
+    """The runtime's canvas-to-frame step and the pasted masks (what ``Detections.masks`` gives)."""
+    from mrcnn_edge.runtime.postprocess import paste_masks, rows_to_frame
+
+    rows = rows_to_frame(out, 0, lb, 0.0)
+    return rows, paste_masks(rows.masks, rows.paste_boxes, (lb.frame_h, lb.frame_w))
+
+
+def _timed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> Callable[[], dict[str, float]]:
+    def run() -> dict[str, float]:
+        t0 = time.perf_counter()
+        feed, lb = _feed(runner, frame, mean, std)
+        t1 = time.perf_counter()
+        out = runner.infer(feed)
+        t2 = time.perf_counter()
+        _post(out, lb)
+        t3 = time.perf_counter()
+        return {"pre": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3}
+    return run
+
+
+def _row_ap(runner: Any, items: list, dataset: Any, mean: Any, std: Any) -> tuple[float, float]:
+    """Box and mask AP of one runner on the validation split, frames as the runtime makes them."""
+    from mrcnn_edge.data.coco import ImageDetections, evaluate_detections
+
+    dets = []
+    for image_id, frame in items:
+        feed, lb = _feed(runner, frame, mean, std)
+        rows, masks = _post(runner.infer(feed), lb)
+        dets.append(ImageDetections(image_id, rows.boxes, rows.scores, rows.classes, masks))
+    stats = evaluate_detections(dataset, dets)
+    return stats["box_AP"], stats["mask_AP"]
+
+
+def run_benchmark(args: Any) -> int:
+    import contextlib
+
+    import torch
+
+    from mrcnn_edge import demo_checkpoint
+    from mrcnn_edge.commands.cliutil import parse_hw
+    from mrcnn_edge.core.atomic import atomic_output, check_writable
+    from mrcnn_edge.data.shapes import image_rng, render_sample
+    from mrcnn_edge.model.checkpoint import load_checkpoint
+
+    H, W = parse_hw(args.input_size, multiple_of=32, minimum=32)
+    rows = _rows_from_args(args)
+    if len({r.label for r in rows}) != len(rows):
+        raise UserError(f"two rows have the same label: {', '.join(r.label for r in rows)}; name them LABEL=...")
+    for out in (args.json, args.markdown):
+        if out:
+            check_writable(out)
+    items, dataset = [], None
+    if args.annotations:
+        from mrcnn_edge.export.validate import collect_images
+
+        items, dataset = collect_images(None, args.annotations, args.ap_images)
+    ckpt = Path(args.model) if args.model else demo_checkpoint()
+    model, cfg = load_checkpoint(ckpt)
+    _settings(model, args)
+    frame = render_sample(image_rng(2024, 0), (H, W))[0]  # a canvas-sized frame: every row sees H x W pixels
+    bench = _Bench(args, model, cfg, (H, W))
+    results: list[RowResult] = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(bench.close)
+        runners: dict[str, tuple[Row, Any]] = {}
+        for row in rows:
+            try:
+                runners[row.label] = (row, stack.enter_context(bench.open(row)))
+            except UserError as exc:
+                if not row.implicit:
+                    raise
+                note(f"[benchmark] skipping {row.label}: {exc}")
+        note(f"[benchmark] {', '.join(runners)}; canvas {H}x{W}; {args.runs} runs after {args.warmup} warm-up; "
+             f"torch threads {torch.get_num_threads()}")
+        samples = time_rows({k: _timed(r, frame, cfg.image_mean, cfg.image_std) for k, (_, r) in runners.items()},
+                            args.runs, args.warmup)
+        for label, (row, runner) in runners.items():
+            stages = {s: Timing.of(v) for s, v in samples[label].items()}
+            total = Timing.of([sum(x) for x in zip(*samples[label].values())])
+            res = RowResult(label, row.backend, str(getattr(runner, "path", "")), total, stages, 1000.0 / total.median)
+            if dataset is not None:
+                note(f"[benchmark] AP of {label} on {len(items)} images")
+                res.box_AP, res.mask_AP = _row_ap(runner, items, dataset, cfg.image_mean, cfg.image_std)
+            results.append(res)
+    table = format_table(results)
     print(table)
-    meta = {"checkpoint": str(ckpt), "canvas": [H, W], "runs": args.runs, "warmup": args.warmup, "torch_threads": threads,
-            "rpn_post_nms_top_n": args.rpn_post_nms_top_n or 1000, "max_detections": args.max_detections or 100,
-            "date": time.strftime("%Y-%m-%d"), "results": res}
+    from mrcnn_edge.export.compare import as_json
+
+    meta = {"checkpoint": str(ckpt), "canvas": [H, W], "runs": args.runs, "warmup": args.warmup,
+            "torch_threads": torch.get_num_threads(), "rpn_post_nms_top_n": args.rpn_post_nms_top_n or 1000,
+            "max_detections": args.max_detections or 100, "date": time.strftime("%Y-%m-%d"),
+            "rows": [as_json(r) for r in rows], "results": {r.label: as_json(r) for r in results}}
     if args.json:
-        Path(args.json).write_text(json.dumps(meta, indent=2) + "\n")
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
     if args.markdown:
-        Path(args.markdown).write_text(table)
-    if tmp is not None:
-        tmp.cleanup()
+        with atomic_output(args.markdown) as tmp:
+            tmp.write_text(table)
     return 0
+

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from mrcnn_edge.commands.cliutil import non_negative_int, positive_int
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.progress import note
 
 DESCRIPTION_DEMO = (
     "The whole product on the shipped demo model: export both ONNX flavors, validate them against PyTorch, "
@@ -16,14 +17,13 @@ DESCRIPTION_DEMO = (
     "validates and runs it."
 )
 DESCRIPTION_BENCHMARK = (
-    "Latency (median, p90, min after warm-up) and throughput of torchvision eager, EdgeMaskRCNN eager, ONNX Runtime "
-    "(portable flavor) and a TensorRT engine when available: same weights, input and settings, runs interleaved, "
-    "with a pre-process / model / post-process breakdown."
+    "Latency (median, p90, min after warm-up) and throughput of runners side by side: torchvision eager, "
+    "EdgeMaskRCNN eager and the runtime's backends (ONNX Runtime on the portable flavor, every other installed "
+    "backend that runs ONNX, a TensorRT engine with --engine; or the rows given with --row). Same weights, frame "
+    "and settings, runs interleaved; each row is timed as pre-process (letterbox), model (the backend's infer "
+    "only) and post-process (boxes to the frame, masks pasted). With --annotations, box and mask AP of every "
+    "row on that validation split beside its speed."
 )
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,71 +56,106 @@ def run_demo(args) -> int:
     t_start = time.time()
     steps: list[tuple[str, float, str]] = []
 
-    def step(name: str):
-        _log(f"\n== {name}")
+    def step(name: str) -> float:
+        note(f"\n== {name}")
         return time.time()
 
     from mrcnn_edge import demo_checkpoint
-    from mrcnn_edge.model.checkpoint import load_checkpoint
     from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
     from mrcnn_edge.export.validate import format_report, validate
+    from mrcnn_edge.model.checkpoint import load_checkpoint
 
     ckpt = demo_checkpoint()
     t = step(f"1/5 load the demo model {ckpt.name}")
-    loaded = load_checkpoint(ckpt)
+    loaded = load_checkpoint(ckpt)  # the one load: export and validate take it as it is
     cfg = loaded[1]
-    _log(f"{cfg.arch}, classes: {', '.join(cfg.class_names[1:])}")
+    note(f"{cfg.arch}, classes: {', '.join(cfg.class_names[1:])}")
     steps.append(("load", time.time() - t, ""))
 
     t = step(f"2/5 export both ONNX flavors at {size[0]}x{size[1]}")
     models = {}
     for flavor in ("tensorrt", "portable"):
         path = out / f"demo_{flavor}.onnx"
-        rep = export_onnx(None, path, ExportOptions(input_size=size, flavor=flavor), model_and_config=loaded, log=_log)
+        rep = export_onnx(None, path, ExportOptions(input_size=size, flavor=flavor), model_and_config=loaded)
         models[flavor] = path
         steps.append((f"export {flavor}", rep["seconds"], str(path)))
 
     t = step(f"3/5 validate against PyTorch on {args.validate_images} synthetic images")
     reports = {}
     for flavor, path in models.items():
-        rep = validate(str(ckpt), str(path), limit=args.validate_images, log=_log)
+        rep = validate(str(ckpt), str(path), limit=args.validate_images, loaded=loaded)
         text = format_report(rep)
         print(text)
         reports[flavor] = rep
         _write_text(out / f"validation_{flavor}.md", text)
-    steps.append(("validate", time.time() - t, "PASS" if all(r["ok"] for r in reports.values()) else "FAIL"))
+    steps.append(("validate", time.time() - t, "PASS" if all(r.ok for r in reports.values()) else "FAIL"))
 
     t = step(f"4/5 segment a synthetic video ({args.frames} frames) with the runtime (ONNX Runtime, CPU)")
     from mrcnn_edge.data.video import write_video
 
     video = write_video(out / "synthetic.mp4", args.frames, seed=7, size=(480, 640), progress=False)
-    from mrcnn_edge.commands.cli import main as cli_main
-
     annotated = out / "segmented.mp4"
-    code = cli_main(["run", str(models["portable"]), "--source", str(video), "--output", str(annotated), "--no-display"])
-    if code != 0:
-        raise UserError("the runtime could not segment the demo video (see above)")
-    steps.append(("segment video", time.time() - t, str(annotated)))
+    sheet = out / "contact_sheet.png"
+    from mrcnn_edge.runtime import Segmenter
 
-    t = step("5/5 contact sheet and report")
-    sheet = _contact_sheet(models["portable"], video, out / "contact_sheet.png")
+    with Segmenter.from_path(models["portable"]) as seg:  # one session for the video and the sheet
+        _segment(seg, video, annotated)
+        steps.append(("segment video", time.time() - t, str(annotated)))
+        t = step("5/5 contact sheet and report")
+        _contact_sheet(seg, video, sheet)
     trt_note = _tensorrt_ready()
     if trt_note is None:
-        _log("TensorRT and a GPU found: building the plugin and the engine")
-        engine = out / "demo.engine"
-        for cmd in (["build-plugin"], ["build", str(models["tensorrt"]), "-o", str(engine)],
-                    ["validate", "--checkpoint", str(ckpt), "--model", str(engine), "--limit", str(args.validate_images)],
-                    ["run", str(engine), "--source", str(video), "--output", str(out / "segmented_tensorrt.mp4"), "--no-display"]):
-            if cli_main(cmd) != 0:
-                raise UserError(f"'mrcnn-edge {' '.join(cmd)}' failed (see above)")
+        note("TensorRT and a GPU found: building the plugin and the engine")
+        reports["tensorrt engine"] = _tensorrt_steps(models["tensorrt"], out, ckpt, loaded, video, args.validate_images)
     steps.append(("sheet", time.time() - t, str(sheet)))
     total = time.time() - t_start
     _write_report(out / "report.md", cfg, steps, reports, total, trt_note)
-    ok = all(r["ok"] for r in reports.values())
+    ok = all(r.ok for r in reports.values())
     print(f"\ndemo {'finished' if ok else 'finished with validation FAILURES'} in {total / 60:.1f} min: "
           f"{out}/report.md, {annotated.name}, {sheet.name}"
           + ("" if trt_note is None else f" (TensorRT steps skipped: {trt_note})"))
     return 0 if ok else 1
+
+
+def _segment(seg: Any, video: Path, output: Path) -> None:
+    """The runtime's pipeline: ``video`` segmented by ``seg`` into the video file ``output``."""
+    from mrcnn_edge.runtime.pipeline import Pipeline
+    from mrcnn_edge.runtime.sinks import open_sink
+    from mrcnn_edge.runtime.sources import open_source
+
+    note(f"model: {seg.description}")
+    with open_source(str(video)) as source:
+        sink = open_sink(output, source)
+        done = False
+        try:
+            stats = Pipeline(seg, source, [sink]).run()
+            done = True
+        finally:
+            sink.close(done)
+    note(stats.summary())
+    if stats.frames == 0:
+        raise UserError(f"the runtime could not segment {video}: no frame was processed")
+
+
+def _tensorrt_steps(onnx_path: Path, out: Path, ckpt: Path, loaded: Any, video: Path, n_images: int) -> Any:
+    """Plugin, engine, validation and a segmented video on the GPU (library calls, as the CLI makes them)."""
+    from mrcnn_edge.export import plugin_build as pb
+    from mrcnn_edge.export.engine import build_engine
+    from mrcnn_edge.export.validate import format_report, validate
+
+    toolchain = pb.find_toolchain()
+    library = pb.build_plugin_library(pb.default_plugin_path(), toolchain, pb.resolve_cuda_archs("auto", toolchain.nvcc))
+    engine = out / "demo.engine"
+    build_engine(onnx_path, engine, plugin_lib=library)
+    rep = validate(str(ckpt), str(engine), limit=n_images, loaded=loaded)
+    text = format_report(rep)
+    print(text)
+    _write_text(out / "validation_tensorrt_engine.md", text)
+    from mrcnn_edge.runtime import Segmenter
+
+    with Segmenter.from_path(engine) as seg:
+        _segment(seg, video, out / "segmented_tensorrt.mp4")
+    return rep
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -130,30 +165,28 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def _contact_sheet(model: Path, video: Path, path: Path, n: int = 6) -> Path:
-    """A grid of video frames with their masks drawn (runtime reference drawing)."""
+def _contact_sheet(seg: Any, video: Path, path: Path, n: int = 6) -> Path:
+    """A grid of video frames with their masks drawn (the runtime's drawing), by ``seg``."""
     import cv2
     import numpy as np
 
     from mrcnn_edge.core.atomic import atomic_output
-    from mrcnn_edge.runtime import Segmenter
 
     cap = cv2.VideoCapture(str(video))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or n
     picks = set(np.linspace(0, total - 1, n).astype(int).tolist())
     tiles = []
-    with Segmenter.from_path(model) as seg:
-        i = 0
-        while len(tiles) < n:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if i in picks:
-                dets = seg(frame)
-                tile = dets.draw(frame)
-                cv2.putText(tile, f"frame {i}: {len(dets)} shapes", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
-                tiles.append(cv2.resize(tile, (320, 240), interpolation=cv2.INTER_AREA))
-            i += 1
+    i = 0
+    while len(tiles) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if i in picks:
+            dets = seg(frame)
+            tile = dets.draw(frame)
+            cv2.putText(tile, f"frame {i}: {len(dets)} shapes", (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 2)
+            tiles.append(cv2.resize(tile, (320, 240), interpolation=cv2.INTER_AREA))
+        i += 1
     cap.release()
     if not tiles:
         raise UserError(f"no frames could be read back from {video}")
@@ -170,10 +203,11 @@ def _write_report(path: Path, cfg, steps, reports, total: float, trt_note: str |
              "| step | seconds | result |", "|---|---|---|"]
     lines += [f"| {name} | {sec:.1f} | {res} |" for name, sec, res in steps]
     lines += ["", f"Total: {total / 60:.1f} min.", ""]
-    for flavor, rep in reports.items():
-        from mrcnn_edge.export.validate import format_report
+    from mrcnn_edge.export.validate import format_report
 
-        lines += [f"## Validation, {flavor} flavor", "", format_report(rep)]
+    for flavor, rep in reports.items():
+        lines += [f"## Validation, {flavor}" + ("" if flavor.startswith("tensorrt ") else " flavor"), "",
+                  format_report(rep)]
     lines += ["", "TensorRT: " + ("engine built, validated and run" if trt_note is None else f"skipped ({trt_note})."),
               "", "![contact sheet](contact_sheet.png)"]
     _write_text(path, "\n".join(lines) + "\n")
@@ -183,16 +217,26 @@ def _write_report(path: Path, cfg, steps, reports, total: float, trt_note: str |
 
 
 def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
+    from mrcnn_edge.commands.benchmark import ROW_HELP
+    from mrcnn_edge.runtime.backends import BACKENDS
+
     p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint (.pth); default: the shipped demo model. A portable ONNX is exported for ORT")
-    p.add_argument("--onnx", default=None, help="use this portable ONNX instead of exporting one")
+                   help="checkpoint (.pth); default: the shipped demo model. A portable ONNX is exported for ONNX rows")
+    p.add_argument("--onnx", default=None, help="use this ONNX (either flavor) instead of exporting a portable one")
     p.add_argument("--engine", default=None, help="also time this TensorRT engine")
-    p.add_argument("--input-size", default="512x512", help="canvas HxW; torchvision is set to the same resize")
-    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per backend (interleaved)")
-    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs per backend first")
-    p.add_argument("--backends", default="torchvision,edge,onnx,tensorrt", help="comma-separated subset")
-    p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept (all backends)")
-    p.add_argument("--max-detections", type=positive_int, default=None, help="detections kept (all backends)")
+    p.add_argument("--input-size", default="512x512", help="canvas HxW (the frame is the same size)")
+    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per row (interleaved)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs per row first")
+    p.add_argument("--backends", default=None,
+                   help="comma-separated subset of torchvision, edge, onnx, tensorrt (default: torchvision, edge, "
+                        "every installed runtime backend that runs ONNX, tensorrt with --engine)")
+    p.add_argument("--row", action="append", default=None, metavar="SPEC", help=ROW_HELP.format(backends=", ".join(BACKENDS)))
+    p.add_argument("--annotations", default=None, metavar="DIR",
+                   help="a dataset folder (annotations.json + images/, as 'mrcnn-edge synth' writes): add box and "
+                        "mask AP of every row on it")
+    p.add_argument("--ap-images", type=positive_int, default=None, metavar="N", help="with --annotations: the first N images")
+    p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept (all rows)")
+    p.add_argument("--max-detections", type=positive_int, default=None, help="detections kept (all rows)")
     p.add_argument("--json", default=None, help="write the results as JSON")
     p.add_argument("--markdown", default=None, help="write the table as markdown")
 
