@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mrcnn_edge.commands.cliutil import positive_int
+from mrcnn_edge.core.cliutil import positive_float, positive_int
 
 __all__ = [
     "DESCRIPTION_BUILD_PLUGIN",
@@ -98,7 +98,7 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plugin-lib", metavar="LIB", default=argparse.SUPPRESS,
                         help=f"plugin library (default: {default_plugin_path()}, where 'mrcnn-edge build-plugin' "
                              "writes, when it exists)")
-    parser.add_argument("--workspace", type=float, metavar="GIB", default=argparse.SUPPRESS,
+    parser.add_argument("--workspace", type=positive_float, metavar="GIB", default=argparse.SUPPRESS,
                         help="limit of TensorRT's workspace memory pool in GiB (default: TensorRT's, the GPU's memory)")
     parser.add_argument("--timing-cache", metavar="FILE", default=str(default_timing_cache()),
                         help="tactic timing cache to reuse and update")

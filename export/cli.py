@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mrcnn_edge.commands.cliutil import positive_int, probability
+from mrcnn_edge.core.cliutil import positive_int, probability
 from mrcnn_edge.core.contract import FLAVORS, PRECISIONS
 from mrcnn_edge.core.progress import note
 
@@ -38,7 +38,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _parse_hw(text: str) -> tuple[int, int]:
-    from mrcnn_edge.commands.cliutil import parse_hw
+    from mrcnn_edge.core.cliutil import parse_hw
 
     return parse_hw(text, multiple_of=32, minimum=32)
 

@@ -11,9 +11,9 @@ import logging
 import sys
 from typing import Any
 
-from mrcnn_edge.commands.cliutil import non_negative_int, probability
+from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
 from mrcnn_edge.core.errors import UserError
-from mrcnn_edge.core.progress import note
+from mrcnn_edge.core.progress import note, status
 
 from .backends import BACKENDS
 
@@ -55,7 +55,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="camera index, /dev/videoN, csi://N, rtsp://..., video, image, folder or glob; repeatable")
     p.add_argument("--output", "-o", action="append", default=None,
                    help="write rendered frames: video file, image file or folder (one per --source)")
-    p.add_argument("--max-frames", type=int, default=None, metavar="N", help="stop after N frames")
+    p.add_argument("--max-frames", type=positive_int, default=None, metavar="N", help="stop after N frames")
     p.add_argument("--score-threshold", type=probability, default=0.5, metavar="S",
                    help="keep detections scoring at least S")
     p.add_argument("--no-display", action="store_true", help="do not open a window")
@@ -92,12 +92,6 @@ def _setup_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
-def _progress(line: str) -> None:
-    if sys.stderr.isatty():
-        print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
-    else:
-        print(line, file=sys.stderr, flush=True)
-
 
 def run_run(args: argparse.Namespace) -> int:
     # sources first: without OpenCV it raises the one-line OpenCVMissing, before the modules below
@@ -110,8 +104,6 @@ def run_run(args: argparse.Namespace) -> int:
     _setup_logging()
     log = logging.getLogger("mrcnn_edge.runtime")
     outputs = args.output or []
-    if args.max_frames is not None and args.max_frames <= 0:  # kept: tests/test_runtime_pipeline.py reads this text
-        raise UserError("--max-frames must be a positive number")
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
     if len(args.source) > 1:
         return _run_many(args, outputs, providers)
@@ -142,7 +134,7 @@ def run_run(args: argparse.Namespace) -> int:
         note(f"model: {segmenter.description}")
         note(f"source: {source.description}" + "".join(f"\noutput: {s.description}" for s in sinks))
         pipeline = Pipeline(segmenter, source, sinks, max_frames=args.max_frames,
-                            progress=None if args.quiet else _progress)
+                            progress=None if args.quiet else status)
         stats = pipeline.run()
         ok = True
         if sys.stderr.isatty() and not args.quiet:

@@ -173,7 +173,7 @@ def test_cuda_device_count_never_raises():
 def test_build_bad_workspace(tmp_path, capsys):
     model = plugin_onnx(tmp_path / "m.onnx")
     assert main(["build", str(model), "--workspace", "-1"]) != 0
-    assert "--workspace must be a positive number" in error_line(capsys)
+    assert "--workspace: must be positive, got -1" in error_line(capsys)
 
 
 def test_build_cli_imports_nothing_heavy():

@@ -208,7 +208,7 @@ def test_run_command_images_to_folder(model, tmp_path, capsys):
 @pytest.mark.parametrize("argv,words", [
     (["--source", "{video}"], "--no-display"),                                 # headless, no output
     (["--source", "/no/such/video.mp4", "--no-display"], "not found"),
-    (["--source", "{video}", "--no-display", "--max-frames", "0"], "--max-frames must be"),
+    (["--source", "{video}", "--no-display", "--max-frames", "0"], "--max-frames: must be at least 1"),
     (["--source", "{video}", "--no-display", "--backend", "tensorrt"], "build an engine first"),
     (["--source", "{video}", "--no-display", "--providers", "CUDAExecutionProvider"], "no CUDAExecutionProvider"),
     (["--source", "csi://0?flip=12", "--no-display"], "flip must be"),

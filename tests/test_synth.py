@@ -13,7 +13,7 @@ from mrcnn_edge.data import shapes, video
 from mrcnn_edge.data.coco import load_dataset
 from mrcnn_edge.data.dataset import generate_dataset
 from mrcnn_edge.commands.cli import main
-from mrcnn_edge.commands.cliutil import parse_hw
+from mrcnn_edge.core.cliutil import parse_hw
 from mrcnn_edge.core.errors import UserError
 
 SIZE = (96, 128)

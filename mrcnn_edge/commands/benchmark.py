@@ -305,7 +305,7 @@ def run_benchmark(args: Any) -> int:
     import torch
 
     from mrcnn_edge import demo_checkpoint
-    from mrcnn_edge.commands.cliutil import parse_hw
+    from mrcnn_edge.core.cliutil import parse_hw
     from mrcnn_edge.core.atomic import atomic_output, check_writable
     from mrcnn_edge.data.shapes import image_rng, render_sample
     from mrcnn_edge.model.checkpoint import load_checkpoint

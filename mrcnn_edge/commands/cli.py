@@ -22,6 +22,7 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("mrcnn_edge.commands.demo", "export, validate and run the shipped demo model end to end"),
     "export": ("mrcnn_edge.export.cli", "export a checkpoint to ONNX (tensorrt or portable flavor)"),
+    "quantize": ("mrcnn_edge.export.quantize_cli", "INT8 Q/DQ model from an fp32 export, calibrated on your images"),
     "validate": ("mrcnn_edge.export.cli", "compare ONNX / TensorRT outputs with the PyTorch model"),
     "build-plugin": ("mrcnn_edge.export.build_cli", "compile the MultilevelRoIAlign TensorRT plugin library"),
     "build": ("mrcnn_edge.export.build_cli", "build a TensorRT engine from an exported ONNX model"),

@@ -5,7 +5,7 @@ import argparse
 import time
 from pathlib import Path
 
-from mrcnn_edge.commands.cliutil import parse_hw, positive_float, positive_int
+from mrcnn_edge.core.cliutil import parse_hw, positive_float, positive_int
 from mrcnn_edge.core.errors import UserError
 
 __all__ = [

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mrcnn_edge.commands.cliutil import non_negative_int, positive_int
+from mrcnn_edge.core.cliutil import non_negative_int, positive_int
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note
 
@@ -46,7 +46,7 @@ def _tensorrt_ready() -> str | None:
 
 
 def run_demo(args) -> int:
-    from mrcnn_edge.commands.cliutil import parse_hw
+    from mrcnn_edge.core.cliutil import parse_hw
 
     size = parse_hw(args.input_size, multiple_of=32, minimum=32)
     out = Path(args.out)

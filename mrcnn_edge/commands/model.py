@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from mrcnn_edge.commands.cliutil import non_negative_int, positive_float, positive_int
+from mrcnn_edge.core.cliutil import non_negative_int, positive_float, positive_int
 from mrcnn_edge.core.config import PRESETS
 from mrcnn_edge.core.errors import UserError
 

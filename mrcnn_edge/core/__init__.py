@@ -5,7 +5,8 @@
 - :mod:`.paths`: every default location on disk (one cache root);
 - :mod:`.config`: architectures, :class:`~.config.ModelConfig` and training presets;
 - :mod:`.metadata`: reading and writing the metadata that travels with ONNX models and engines;
-- :mod:`.errors`, :mod:`.atomic`, :mod:`.progress`: one-line user errors, atomic writes, progress.
+- :mod:`.errors`, :mod:`.atomic`, :mod:`.progress`, :mod:`.cliutil`: one-line user errors, atomic writes,
+  progress, command-line value checks.
 
 The runtime may import from here and from nowhere else in ``mrcnn_edge`` outside ``runtime``.
 """

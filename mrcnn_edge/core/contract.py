@@ -18,7 +18,8 @@ __all__ = [
     "PLUGIN_NAME", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_DOMAIN", "PLUGIN_MAX_LEVELS",
     "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
     "plugin_attribute_defaults", "check_plugin_attributes", "fpn_level_range",
-    "FLAVORS", "PRECISIONS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
+    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "OPTIONAL_KEYS",
+    "INPUT_NORMALIZATIONS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
 ]
 
 # ---- engine I/O ------------------------------------------------------------------------------------
@@ -38,6 +39,12 @@ MODEL_KEYS = (
     "opset",
 )
 SIDECAR_KEYS = MODEL_KEYS + ("tensorrt_version", "onnx_sha256", "plugin_library")
+OPTIONAL_KEYS = ("input_normalization", "mask_head", "calibration")
+"""Keys present only where they say something: ``input_normalization`` ("in_graph": the graph takes
+0-255 RGB and applies mean/std itself; absent or "external": the feeder normalises),
+``mask_head`` ("detections": the mask head runs on the real detections only; absent or "static":
+on all ``max_detections`` rows), ``calibration`` (INT8 models: ``{"images", "folder", "canvas",
+"method"}``, what ``mrcnn-edge quantize`` calibrated on)."""
 REQUIRED_KEYS = ("input_size", "mean", "std", "class_names")
 """What the runtime cannot do without; the other keys have defaults there."""
 
@@ -163,5 +170,10 @@ FLAVORS = ("tensorrt", "portable")
 """``tensorrt``: one MultilevelRoIAlign plugin node; ``portable``: standard ONNX ops only."""
 PRECISIONS = ("fp32", "fp16")
 """Precision of the exported graph (INT8 is a Q/DQ model made from one of these by ``quantize``)."""
+QUANTIZED_PRECISIONS = {"int8": "fp32"}
+"""Precision of a Q/DQ model -> the precision of the exported model it is made from: INT8 Q/DQ
+(symmetric, per-channel weights) on convolutions and fully connected layers of an fp32 model."""
+ALL_PRECISIONS = PRECISIONS + tuple(QUANTIZED_PRECISIONS)
+INPUT_NORMALIZATIONS = ("external", "in_graph")
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")

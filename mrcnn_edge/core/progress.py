@@ -8,12 +8,20 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["note", "Progress"]
+__all__ = ["note", "status", "Progress"]
 
 
 def note(message: str) -> None:
     """One line of progress or a notice, on stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+def status(line: str) -> None:
+    """A status line that replaces the previous one on a terminal (a live counter); a plain line elsewhere."""
+    if sys.stderr.isatty():
+        print(f"\r{line}\033[K", end="", file=sys.stderr, flush=True)
+    else:
+        print(line, file=sys.stderr, flush=True)
 
 
 class Progress:
