@@ -32,7 +32,8 @@ TENSORRT_OPS = frozenset(
     LeakyRelu Less LessOrEqual Log LogSoftmax MatMul Max MaxPool Mean Min Mod Mul Neg NonMaxSuppression NonZero
     Not Or Pad Pow Range Reciprocal ReduceMax ReduceMean ReduceMin ReduceProd ReduceSum Relu Reshape Resize
     RoiAlign Round ScatterElements ScatterND Shape Sigmoid Sign Sin Size Slice Softmax Softplus Split Sqrt
-    Squeeze Sub Sum Tanh Tile TopK Transpose Unsqueeze Where Xor""".split()
+    Squeeze Sub Sum Tanh Tile TopK Transpose Unsqueeze Where Xor
+    QuantizeLinear DequantizeLinear""".split()
 )
 
 
@@ -47,6 +48,8 @@ class ExportOptions:
     rpn_pre_nms_top_n: int | None = None
     rpn_post_nms_top_n: int | None = None
     opset: int = 18
+    normalize_in_graph: bool = False   # 0-255 RGB input, mean/std folded into the graph (DeepStream)
+    mask_head: str = "static"          # "detections": mask head on the real detections only (CPU)
     extra_metadata: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -59,6 +62,13 @@ class ExportOptions:
             raise UserError(f"unknown flavor {self.flavor!r}; choose one of: {', '.join(FLAVORS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        from mrcnn_edge.model.edge import MASK_HEADS
+
+        if self.mask_head not in MASK_HEADS:
+            raise UserError(f"unknown mask head {self.mask_head!r}; choose one of: {', '.join(MASK_HEADS)}")
+        if self.mask_head != "static" and self.flavor != "portable":
+            raise UserError(f"--mask-head {self.mask_head} makes a data-dependent shape that TensorRT engines do not "
+                            "take: use it with --flavor portable (CPU engines), or keep --mask-head static")
         if self.max_detections is not None and self.max_detections < 1:
             raise UserError("--max-detections must be >= 1")
         if self.score_threshold is not None and not (0.0 <= self.score_threshold < 1.0):
@@ -78,6 +88,7 @@ def build_edge(model, cfg, opts: ExportOptions):
             model, opts.input_size, opts.batch, rpn_pre_nms_top_n=opts.rpn_pre_nms_top_n,
             rpn_post_nms_top_n=opts.rpn_post_nms_top_n, score_threshold=opts.score_threshold,
             max_detections=opts.max_detections, precision=opts.precision,
+            normalize_in_graph=opts.normalize_in_graph, mask_head=opts.mask_head,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -105,6 +116,9 @@ def metadata_for(edge, cfg, opts: ExportOptions) -> dict[str, Any]:
         "precision": opts.precision,
         "plugin": dict(PLUGIN) if opts.flavor == "tensorrt" else None,
         "opset": opts.opset,
+        # optional keys (contract.OPTIONAL_KEYS): written only where they differ from the default
+        **({"input_normalization": "in_graph"} if opts.normalize_in_graph else {}),
+        **({"mask_head": opts.mask_head} if opts.mask_head != "static" else {}),
         **opts.extra_metadata,
     }
 
@@ -197,6 +211,10 @@ def tensorrt_compatibility(proto, flavor: str) -> list[str]:
     from mrcnn_edge.model.edge import TRT_NMS_MAX_BOXES
 
     problems = []
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
+        from .quantize import qdq_problems  # explicit quantization: Q/DQ only where TensorRT fuses them
+
+        problems += qdq_problems(proto)
     for node in proto.graph.node:
         if node.domain in ("", "ai.onnx"):
             if node.op_type not in TENSORRT_OPS:

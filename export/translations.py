@@ -155,7 +155,7 @@ def translation_table(flavor: str) -> dict[Callable, Callable]:
     """``custom_translation_table`` for ``torch.onnx.export`` in the given flavor."""
     import torch
 
-    from mrcnn_edge import ops  # noqa: F401  registers the ops
+    from mrcnn_edge.model import ops  # noqa: F401  registers the ops
 
     roi = {"tensorrt": _roi_align_trt, "portable": _roi_align_portable}[flavor]
     return {

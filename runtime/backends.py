@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import abc
 import importlib
+import importlib.util
+import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -74,12 +76,42 @@ class BackendEntry:
     extra: str                  # pip extra that brings its dependencies
     help: str
     schemes: tuple[str, ...] = ()  # URL schemes it serves (``triton://...``): no file on disk
+    # ``auto`` picks the first entry (table order) that runs the file and whose ``auto_when()`` is
+    # true (None: always); a backend that is best only on some machines says which here
+    auto_when: Callable[[Path], bool] | None = None
+    options: str = ""              # the options its class takes beyond the path, for the docs
+
+
+def x86_cpu_with_openvino(path: Path) -> bool:
+    """OpenVINO installed, an x86-64 CPU, no CUDA GPU, and a model without custom nodes (the
+    portable flavor): where OpenVINO beats ONNX Runtime's CPU provider on our models (issue 12's
+    measurements). Cheap: openvino is not imported, the file is read by the protobuf walk."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if importlib.util.find_spec("openvino") is None:
+        return False
+    from .onnx_info import read_onnx_info
+    from .trt_platform import cuda_driver
+
+    try:
+        if read_onnx_info(path).custom_ops():
+            return False
+    except (UserError, OSError):
+        return False  # not readable as ONNX: the default backend says why
+    return cuda_driver().devices == 0
 
 
 BACKENDS: dict[str, BackendEntry] = {
+    "openvino": BackendEntry(
+        "openvino", ONNX_SUFFIXES, "mrcnn_edge.runtime.backend_openvino", "OpenVinoBackend", "openvino",
+        "OpenVINO on x86 CPUs: portable ONNX in fp32, bf16 (CPUs with BF16) or its INT8 Q/DQ model; "
+        "the automatic choice for ONNX on x86 without a GPU where installed",
+        auto_when=x86_cpu_with_openvino, options="precision=auto|fp32|bf16, device=CPU",
+    ),
     "onnxruntime": BackendEntry(
         "onnxruntime", ONNX_SUFFIXES, "mrcnn_edge.runtime.backend_ort", "OrtBackend", "ort",
         "ONNX Runtime: TensorRT, CUDA or CPU execution provider, whichever is available",
+        options="providers=..., device=auto|cpu|cuda, threads=N",
     ),
     "tensorrt": BackendEntry(
         "tensorrt", ENGINE_SUFFIXES, "mrcnn_edge.runtime.backend_trt", "TrtBackend", "gpu",
@@ -120,7 +152,7 @@ def backend_for(path: str | Path, backend: str | None = None) -> BackendEntry:
             raise UserError(f"the {entry.name} backend runs {'/'.join(entry.suffixes)} files, not {path.name}")
         return entry
     for entry in BACKENDS.values():
-        if suffix in entry.suffixes:
+        if suffix in entry.suffixes and (entry.auto_when is None or entry.auto_when(path)):
             return entry
     known = ", ".join(s for e in BACKENDS.values() for s in e.suffixes)
     urls = ", ".join(f"{s}://..." for e in BACKENDS.values() for s in e.schemes)

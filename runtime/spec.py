@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mrcnn_edge.core.contract import INPUT_NAME, OUTPUT_NAMES, REQUIRED_KEYS
+from mrcnn_edge.core.contract import INPUT_NAME, INPUT_NORMALIZATIONS, OUTPUT_NAMES, REQUIRED_KEYS
 from mrcnn_edge.core.errors import UserError
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "REQUIRED_KEYS", "TensorSpec", "ModelSpec", "model_spec"]
@@ -47,6 +47,9 @@ class ModelSpec:
     max_detections: int                # K
     precision: str = "fp32"
     flavor: str = "portable"
+    # "in_graph": the model takes 0-255 RGB and normalises itself (feed x*1 + 0); "external": feed
+    # (x/255 - mean)/std. The padding stays 0 either way (see mrcnn_edge.model.edge's docstring).
+    input_normalization: str = "external"
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def class_name(self, class_id: int) -> str:
@@ -104,6 +107,9 @@ def model_spec(path: str | Path, meta: Mapping[str, Any], inputs: Mapping[str, T
     mean, std = _floats3(meta, "mean", path), _floats3(meta, "std", path)
     if min(std) <= 0:
         raise UserError(f"{path}: metadata std must be positive, got {std}")
+    norm = str(meta.get("input_normalization", "external"))
+    if norm not in INPUT_NORMALIZATIONS:
+        raise UserError(f"{path}: metadata input_normalization {norm!r} is not one of {', '.join(INPUT_NORMALIZATIONS)}")
     names = meta["class_names"]
     if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: metadata class_names must be a list of strings")
@@ -113,5 +119,5 @@ def model_spec(path: str | Path, meta: Mapping[str, Any], inputs: Mapping[str, T
         path=path, input_hw=(h, w), batch=batch, input_dtype=images.dtype, mean=mean, std=std,
         class_names=tuple(names), mask_size=mask_size, max_detections=max_det,
         precision=str(meta.get("precision", "fp32")), flavor=str(meta.get("flavor", "portable")),
-        metadata=dict(meta),
+        input_normalization=norm, metadata=dict(meta),
     )

@@ -13,6 +13,17 @@ Differences from torchvision eager, each named here and tested:
   Only models with more than ``box_candidates`` scores above ``score_threshold`` can differ.
 * ``padded rows``: outputs have ``max_detections`` rows; rows past ``num_detections`` are zero,
   with class -1.
+
+Two export options change how, not what, the graph computes:
+
+* ``normalize_in_graph``: the input is 0-255 RGB and the graph applies ``(x/255 - mean)/std``
+  itself (for DeepStream, whose one ``net-scale-factor`` cannot express per-channel std). The
+  canvas padding is then whatever the feeder puts there: equal to the normalised graph when the
+  padding is ``255*mean`` per channel (normalised 0, torchvision's padding); black padding
+  normalises to ``-mean/std`` instead.
+* ``mask_head="detections"``: the mask head runs on the first ``max(num_detections)`` rows only
+  (data-dependent shape; CPU engines) instead of all ``max_detections`` rows; the outputs are the
+  same, padded to ``max_detections`` rows.
 """
 from __future__ import annotations
 
@@ -27,7 +38,12 @@ from torchvision.models.detection.image_list import ImageList
 
 from mrcnn_edge.model import ops # noqa: F401  registers torch.ops.mrcnn_edge.*
 
-__all__ = ["EdgeMaskRCNN", "OUTPUT_NAMES", "TRT_NMS_MAX_BOXES"]
+__all__ = ["EdgeMaskRCNN", "OUTPUT_NAMES", "TRT_NMS_MAX_BOXES", "MASK_HEADS"]
+
+MASK_HEADS = {
+    "static": "mask head on all max_detections rows (static shapes: TensorRT, any engine)",
+    "detections": "mask head on the real detections only (data-dependent shape: CPU engines)",
+}
 
 from mrcnn_edge.core.contract import OUTPUT_NAMES, TRT_NMS_MAX_BOXES, TRT_TOPK_MAX_K  # noqa: E402  (re-exported)
 
@@ -86,6 +102,8 @@ class EdgeMaskRCNN(nn.Module):
         max_detections: int | None = None,
         box_candidates: int = TRT_TOPK_MAX_K,
         precision: str = "fp32",
+        normalize_in_graph: bool = False,
+        mask_head: str = "static",
     ) -> None:
         super().__init__()
         H, W = int(input_size[0]), int(input_size[1])
@@ -95,6 +113,8 @@ class EdgeMaskRCNN(nn.Module):
             raise ValueError(f"batch {batch}: must be >= 1")
         if precision not in ("fp32", "fp16"):
             raise ValueError(f"precision {precision!r}: fp32 or fp16")
+        if mask_head not in MASK_HEADS:
+            raise ValueError(f"mask head {mask_head!r}: one of {', '.join(MASK_HEADS)}")
         model = copy.deepcopy(model).eval()  # fp16 casts modules in place: the caller's model stays as it is
         rpn, rh = model.rpn, model.roi_heads
         self.H, self.W, self.B = H, W, int(batch)
@@ -116,6 +136,13 @@ class EdgeMaskRCNN(nn.Module):
         self.clip = float(rh.box_coder.bbox_xform_clip)
         self.num_classes = int(rh.box_predictor.cls_score.out_features)
         self.box_candidates = int(box_candidates)
+        self.mask_head_rows = mask_head
+        self.normalize_in_graph = bool(normalize_in_graph)
+        # (x/255 - mean)/std == x*mul + add, per RGB channel, float32 (torchvision's image_mean/std)
+        mean = torch.tensor(model.transform.image_mean, dtype=torch.float64).reshape(1, 3, 1, 1)
+        std = torch.tensor(model.transform.image_std, dtype=torch.float64).reshape(1, 3, 1, 1)
+        self.register_buffer("input_mul", (1.0 / (255.0 * std)).float(), persistent=False)
+        self.register_buffer("input_add", (-mean / std).float(), persistent=False)
 
         # Everything that depends only on the canvas is computed once here.
         with torch.no_grad():
@@ -221,8 +248,19 @@ class EdgeMaskRCNN(nn.Module):
         det_classes = torch.where(found, torch.gather(labels, 1, safe), torch.full_like(safe, -1))
         return found.sum(1).to(torch.int32), det_boxes, det_scores, det_classes.to(torch.int32)
 
-    def segment(self, feats: dict[str, Tensor], boxes: Tensor, classes: Tensor) -> Tensor:
-        """Mask head on the detections: ``[B, K, M, M]`` probabilities of each detection's class."""
+    def segment(self, feats: dict[str, Tensor], boxes: Tensor, classes: Tensor, num: Tensor | None = None) -> Tensor:
+        """Mask head on the detections: ``[B, K, M, M]`` probabilities of each detection's class.
+
+        With ``num [B] int32`` (``mask_head="detections"``), only the first ``max(num)`` rows go
+        through the mask head (rows are score-sorted, the valid ones first); the rest are zero."""
+        if num is not None:
+            K = boxes.shape[1]
+            n = num.max().item()  # data-dependent: torch.export makes it an unbacked size (no int())
+            torch._check(n >= 0)
+            torch._check(n <= K)
+            masks = self.segment(feats, boxes[:, :n], classes[:, :n])
+            pad = masks.new_zeros(masks.shape[0], K - n, *masks.shape[2:])
+            return torch.cat([masks, pad], 1).reshape(self.B, K, self.mask_size, self.mask_size)
         B, K = boxes.shape[:2]
         dtype = feats[self.feature_names[0]].dtype
         pooled = self._roi_align(boxes, feats, self.mask_pool)
@@ -235,8 +273,10 @@ class EdgeMaskRCNN(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        if self.normalize_in_graph:  # 0-255 RGB in; normalised in float32 before any cast
+            images = images.float() * self.input_mul + self.input_add
         feats = self.backbone(images.to(dtype))
         proposals, valid = self.proposals(feats)
         num, boxes, scores, classes = self.detect(feats, proposals, valid)
-        masks = self.segment(feats, boxes, classes)
+        masks = self.segment(feats, boxes, classes, num if self.mask_head_rows == "detections" else None)
         return num, boxes, scores, classes, masks
