@@ -35,6 +35,12 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=probability, default=None, help="minimum detection score (model default: 0.05)")
     p.add_argument("--rpn-pre-nms-top-n", type=positive_int, default=None, help="proposals per level before NMS (default 1000)")
     p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept after NMS (default 1000)")
+    p.add_argument("--mask-head", choices=("static", "detections"), default="static",
+                   help="detections: run the mask head on the real detections only (portable flavor, CPU "
+                        "engines; outputs still padded to --max-detections rows)")
+    p.add_argument("--normalize-in-graph", action="store_true",
+                   help="the graph takes 0-255 RGB and applies mean/std itself (DeepStream's nvinfer needs it "
+                        "when std differs per channel)")
 
 
 def _parse_hw(text: str) -> tuple[int, int]:
@@ -49,7 +55,8 @@ def run_export(args) -> int:
     opts = ExportOptions(input_size=_parse_hw(args.input_size), batch=args.batch, flavor=args.flavor,
                          precision=args.precision, max_detections=args.max_detections,
                          score_threshold=args.score_threshold, rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
-                         rpn_post_nms_top_n=args.rpn_post_nms_top_n)
+                         rpn_post_nms_top_n=args.rpn_post_nms_top_n, mask_head=args.mask_head,
+                         normalize_in_graph=args.normalize_in_graph)
     opts.validate()  # before the (slow) checkpoint load
     from mrcnn_edge.model.checkpoint import load_checkpoint
 

@@ -68,6 +68,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin-lib", default=None, metavar="PATH",
                    help="TensorRT plugin library (default: the one named in the engine's sidecar)")
     p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay inference as a CUDA graph")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="OpenVINO: inference precision (bf16 where the CPU has it; an INT8 model runs as quantized)")
     p.add_argument("--reconnect", type=non_negative_int, default=5, metavar="N",
                    help="live sources: reconnect attempts before giving up")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
@@ -118,7 +120,8 @@ def run_run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         segmenter = stack.enter_context(Segmenter.from_path(
             args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
-            score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph))
+            score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
+            precision=args.precision))
         source = stack.enter_context(open_source(source_spec, reconnect_tries=args.reconnect))
         stack.callback(lambda: [sink.close(ok) for sink in reversed(sinks)])
         if not args.no_display:
@@ -159,7 +162,8 @@ def _run_many(args: argparse.Namespace, outputs: list[str], providers: list[str]
 
     def open_segmenter() -> Segmenter:
         return Segmenter.from_path(args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
-                                   score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph)
+                                   score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
+            precision=args.precision)
 
     runs = run_sources(open_segmenter, args.source, outputs, args.max_frames, args.reconnect)
     for run in runs:

@@ -75,7 +75,11 @@ class Segmenter:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise UserError(f"score threshold must be in [0, 1], got {self.score_threshold}")
         self.mask_threshold = float(mask_threshold)
-        self._mul, self._add = normalization(self.spec.mean, self.spec.std)
+        if self.spec.input_normalization == "in_graph":
+            # the graph normalises itself: feed 0..255 RGB (padding stays 0, black, as DeepStream pads)
+            self._mul, self._add = np.ones(3, np.float32), np.zeros(3, np.float32)
+        else:
+            self._mul, self._add = normalization(self.spec.mean, self.spec.std)
         self.ops: Any = self._choose_ops(device)
         # model-input buffers recycled between batches: a fresh 3 MB array per frame costs more
         # in page faults than the letterbox itself
@@ -123,11 +127,11 @@ class Segmenter:
     @classmethod
     def from_path(cls, path: str | Path, backend: str | None = None, providers: Sequence[str] | None = None,
                   plugin_lib: str | Path | None = None, score_threshold: float | None = None,
-                  device: str = "auto", cuda_graph: bool = False) -> "Segmenter":
+                  device: str = "auto", cuda_graph: bool = False, precision: str = "auto") -> "Segmenter":
         """Open ``model.onnx`` (ONNX Runtime), ``model.engine`` (TensorRT) or ``triton://host:port/model``
         (a Triton Inference Server: inference there, pre/post-processing here) and check it against the contract."""
         entry = backend_for(path, backend)
-        if providers and backend in (None, "auto") and entry.name != "onnxruntime" and url_scheme(path) is None:
+        if (providers or device == "cuda") and backend in (None, "auto") and entry.name != "onnxruntime" and url_scheme(path) is None:
             # execution providers are ONNX Runtime's: they choose it where it runs the file too
             with contextlib.suppress(UserError):
                 entry = backend_for(path, "onnxruntime")
@@ -143,7 +147,9 @@ class Segmenter:
             if entry.name not in ("tensorrt", "triton"):  # backends without plugins or CUDA graphs
                 if plugin_lib or cuda_graph:
                     raise UserError(f"--plugin-lib and --cuda-graph apply to TensorRT engines, not the {entry.name} backend")
-                options = {}
+                options = {"precision": precision} if entry.name == "openvino" else {}
+        if precision != "auto" and entry.name != "openvino":
+            raise UserError(f"a precision is chosen at export for the {entry.name} backend; --precision is OpenVINO's")
         be = open_backend(path, entry.name, **options)
         try:
             return cls(be, score_threshold=score_threshold, device=device)

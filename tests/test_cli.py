@@ -15,6 +15,8 @@ from mrcnn_edge.commands.cli import main
         (["synth-video", "--out", "x.mp4", "--fps", "nan"], "argument --fps: 'nan' is not a finite number"),
         (["benchmark", "--warmup", "-1"], "argument --warmup: must be 0 or more, got -1"),
         (["no-such-command"], "invalid choice: 'no-such-command'"),
+        (["export", "m.pth", "-o", "m.onnx", "--mask-head", "detections"], "use it with --flavor portable"),
+        (["export", "m.pth", "-o", "m.onnx", "--flavor", "plain"], "argument --flavor: invalid choice: 'plain'"),
     ],
 )
 def test_usage_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, message):

@@ -110,6 +110,16 @@ def test_exported_options_run_in_onnx_runtime_and_say_so(demo, frames, tmp_path)
             got = sess[name].run(None, {"images": feed})
             for n, a, b in zip(OUTPUT_NAMES, got, ref):
                 np.testing.assert_allclose(a, b, atol=1e-4 if name == "norm" else 0, err_msg=f"{name} {n}")
+    # the runtime reads input_normalization and feeds the in-graph model 0..255 RGB itself
+    from mrcnn_edge.runtime import Segmenter
+
+    with Segmenter.from_path(paths["static"], backend="onnxruntime", score_threshold=0.0) as a, \
+            Segmenter.from_path(paths["norm"], backend="onnxruntime", score_threshold=0.0) as b:
+        for frame in frames:
+            da, db = a(frame), b(frame)
+            assert len(da) == len(db) > 0
+            np.testing.assert_allclose(da.scores, db.scores, atol=1e-4)
+            np.testing.assert_allclose(da.boxes, db.boxes, atol=1e-2)
 
 
 def test_runtime_spec_reads_input_normalization(tmp_path):

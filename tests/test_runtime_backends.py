@@ -98,7 +98,7 @@ def test_provider_choice():
 
 def test_backend_table_dispatches_by_suffix(tmp_path):
     assert backend_for("m.onnx").name == "onnxruntime" and backend_for("m.engine").name == "tensorrt"
-    assert set(BACKENDS) == {"onnxruntime", "tensorrt", "triton"}
+    assert set(BACKENDS) == {"onnxruntime", "tensorrt", "openvino", "triton"}
     with pytest.raises(UserError, match="build an engine first"):
         backend_for("m.onnx", "tensorrt")
     with pytest.raises(UserError, match="don't know how to run"):

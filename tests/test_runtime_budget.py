@@ -54,7 +54,7 @@ def test_drawn_frame_moves_frame_up_frame_down_and_compact_outputs(dirs, monkeyp
     path = _model(dirs, detections)
     frames = [_frame(hw, s) for s in range(2)]
     with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
-            Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         gpu(frames[0]).draw(frames[0])  # warm-up: buffers are allocated on first use
         for key in ("htod_bytes", "dtoh_bytes"):
             fake.stats[key] = 0
@@ -91,7 +91,7 @@ def test_a_frame_that_is_not_the_uploaded_one_is_uploaded_again(dirs, monkeypatc
     path = _model(dirs, 10)
     a, b = _frame((120, 160), 1), _frame((120, 160), 2)
     with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
-            Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         dets = gpu(a)
         ref = cpu(a)
         assert np.array_equal(dets.draw(b.copy()), ref.draw(b))   # another array: its pixels

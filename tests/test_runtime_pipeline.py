@@ -180,7 +180,7 @@ def test_progress_lines_for_files(model):
 def test_run_command_on_a_video(model, video, tmp_path, capsys):
     out = tmp_path / "out.avi"
     rc = main(["run", str(model), "--source", str(video), "--output", str(out), "--no-display",
-               "--score-threshold", "0.3", "--quiet"])
+               "--score-threshold", "0.3", "--quiet", "--backend", "onnxruntime"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "24 frames in" in captured.out and "fps" in captured.out

@@ -242,7 +242,7 @@ def test_gpu_branch_equals_cpu_branch(tmp, fake_dirs, monkeypatch, batch, precis
     frames = [rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8) for hw in [(240, 320), (97, 61), (50, 300)]]
     frames[0][60:180, 80:240] = 255  # something to segment
     with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
-            Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         assert gpu.ops.name == "cuda" and cpu.ops.name == "cpu"
         for a, b, f in zip(gpu.batch(frames), cpu.batch(frames), frames):  # with batch 2: a padded partial batch
             _same(a, b, f)
@@ -263,7 +263,7 @@ def test_detections_outlive_their_segmenter_and_close_is_once(tmp, fake_dirs, mo
     with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as seg:
         dets = seg(frame)
     seg.close()
-    with Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+    with Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         _same(dets, cpu(frame), frame)  # pasted, mapped and drawn after the close: on the CPU
     assert fake.errors == [] and fake.live_device_bytes() == 0 and not fake.streams
     with pytest.raises(RuntimeError, match="closed"):
@@ -293,7 +293,7 @@ def test_gpu_branch_on_device_1_from_a_worker_thread(tmp, fake_dirs, monkeypatch
         t.join()
         assert "error" not in got, got.get("error")
         assert fake.live_device_bytes(0) == 0 and all(s.device == 1 for s in fake.streams)
-    with Segmenter.from_path(path, score_threshold=0.0, device="cpu") as cpu:
+    with Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         _same(got["dets"], cpu(frame), frame)
         assert np.array_equal(got["drawn"], cpu(frame).draw(frame))
     assert fake.errors == []

@@ -66,7 +66,7 @@ def test_url_dispatch_and_parsing():
 def test_same_detections_as_onnxruntime_locally(repo):
     model, folder = repo
     with KServeServer(folder) as server:
-        with Segmenter.from_path(server.url) as remote, Segmenter.from_path(model, device="cpu") as local:
+        with Segmenter.from_path(server.url) as remote, Segmenter.from_path(model, backend="onnxruntime", device="cpu") as local:
             assert remote.spec.input_hw == local.spec.input_hw == (128, 160)
             assert remote.spec.class_names == local.spec.class_names
             for frame in _frames():
