@@ -26,7 +26,7 @@ VARIANTS = [((64, 96), "tensorrt", "fp32"), ((96, 64), "portable", "fp16")]
 # rounding between ONNX Runtime and torch grows to ~1e-3 in mask probabilities; still one to one.
 # The README's tolerances (box 0.01 px, score 1e-4, mask 1e-3) are asserted on the trained demo
 # model in test_parity.py.
-RANDOM_WEIGHTS_TOL = {**TOLERANCES["exact-fp32"], "box": 0.05, "score": 1e-3, "mask": 1e-2, "mask_p99": 1e-2, "mask_iou": 0.95}
+RANDOM_WEIGHTS_TOL = {**TOLERANCES["fp32"], "box": 0.05, "score": 1e-3, "mask": 1e-2, "mask_p99": 1e-2, "mask_iou": 0.95}
 
 
 def _tame(model):
@@ -84,8 +84,8 @@ def test_every_arch_exports(tmp_path, arch):
         if precision == "fp32":
             res = compare([Dets.from_outputs(eager, b) for b in range(2)], [Dets.from_outputs(onnx_out, b) for b in range(2)],
                           RANDOM_WEIGHTS_TOL, size)
-            assert res["ok"], res["failures"]
-            assert res["matched"] > 0
+            assert res.ok, res.failures
+            assert res.matched > 0
 
 
 def test_export_is_static_and_guard_free():
