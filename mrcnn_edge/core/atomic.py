@@ -28,14 +28,18 @@ def check_writable(path: str | os.PathLike) -> Path:
     blocker = next((p for p in [parent, *parent.parents] if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
-    if not parent.exists():
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create folder {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}: permission denied")
+    _writable_folder(parent)
     return path
+
+
+def _writable_folder(folder: Path) -> None:
+    """Create ``folder`` (and its parents) if needed; one line when it cannot take new entries."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create folder {folder}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write to {folder}: permission denied")
 
 
 @contextlib.contextmanager
@@ -70,12 +74,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     if path.exists() and not path.is_dir():
         raise UserError(f"output {path} exists and is not a folder")
     parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create folder {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {parent}: permission denied")
+    _writable_folder(parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=parent))
     os.chmod(tmp, 0o777 & ~_umask())
     try:
