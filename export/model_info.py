@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mrcnn_edge.core.contract import ENGINE_SUFFIXES
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import MODEL_KEYS, decode, read_sidecar
 
@@ -16,7 +17,7 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"model {p} not found")
-    if p.suffix.lower() in (".engine", ".plan", ".trt"):
+    if p.suffix.lower() in ENGINE_SUFFIXES:
         meta = read_sidecar(p)
     else:
         # the torch-free, onnx-free reader: engine builds and the runtime need no onnx

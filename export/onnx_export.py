@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mrcnn_edge.core.contract import INPUT_NAME, OUTPUT_NAMES, PLUGIN_DOMAIN, PLUGIN_NAME
 from mrcnn_edge.core.errors import UserError
 
 __all__ = ["FLAVORS", "PRECISIONS", "ExportOptions", "export_onnx", "check_model", "tensorrt_compatibility"]
@@ -135,7 +136,6 @@ def export_onnx(
     import torch
 
     from mrcnn_edge.core.atomic import atomic_output, check_writable
-    from mrcnn_edge.model.edge import OUTPUT_NAMES
     from mrcnn_edge.core.metadata import encode
 
     from .translations import register_schema, translation_table
@@ -159,7 +159,7 @@ def export_onnx(
     with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         program = torch.onnx.export(
             exported, (x,), None, dynamo=True, custom_translation_table=translation_table(opts.flavor),
-            input_names=["images"], output_names=list(OUTPUT_NAMES), opset_version=opts.opset, optimize=True, verify=False,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), opset_version=opts.opset, optimize=True, verify=False,
         )
         proto = program.model_proto  # serialising warns about the plugin node's untyped output
     meta = metadata_for(edge, cfg, opts)
@@ -182,7 +182,6 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
     """onnx.checker + full shape inference + I/O contract + TensorRT compatibility; UserError on failure."""
     import onnx
 
-    from mrcnn_edge.model.edge import OUTPUT_NAMES
 
     from .translations import register_schema
 
@@ -219,9 +218,9 @@ def tensorrt_compatibility(proto, flavor: str) -> list[str]:
         if node.domain in ("", "ai.onnx"):
             if node.op_type not in TENSORRT_OPS:
                 problems.append(f"op {node.op_type} ({node.name}) is not supported by TensorRT's ONNX parser")
-        elif node.domain == "mrcnn_edge" and node.op_type == "MultilevelRoIAlign":
+        elif node.domain == PLUGIN_DOMAIN and node.op_type == PLUGIN_NAME:
             if flavor != "tensorrt":
-                problems.append("a MultilevelRoIAlign plugin node in a portable model")
+                problems.append(f"a {PLUGIN_NAME} plugin node in a portable model")
         else:
             problems.append(f"op {node.domain}::{node.op_type} is neither standard ONNX nor our plugin")
     for v in list(proto.graph.input) + list(proto.graph.output):

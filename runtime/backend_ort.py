@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from mrcnn_edge.core.contract import PLUGIN_NAME
 from mrcnn_edge.core.errors import UserError, require
 from mrcnn_edge.core.metadata import decode
 from mrcnn_edge.core.paths import ort_tensorrt_cache_dir
@@ -161,7 +162,7 @@ class OrtBackend(Backend):
                     providers = providers[1:]
                     continue
                 if self.metadata.get("flavor") == "tensorrt":
-                    raise self._flavor_error("MultilevelRoIAlign") from exc
+                    raise self._flavor_error(PLUGIN_NAME) from exc
                 raise UserError(f"ONNX Runtime cannot load {self.path.name}: {first}") from exc
 
     @property
