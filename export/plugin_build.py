@@ -1,5 +1,9 @@
 """Find the CUDA and TensorRT toolchain and build ``libmrcnn_edge_plugins.so``.
 
+(Over 400 lines: one command's whole story, where each tool is looked for on desktops and Jetsons
+and why, next to the build that uses it; most of the length is those search rules and their
+one-line explanations.)
+
 What the plugin library needs: ``nvcc`` and the CUDA runtime headers and static library (the CUDA
 toolkit), and TensorRT's headers (``NvInferRuntime.h`` and friends). It needs no TensorRT library
 at link time, so pip's ``tensorrt`` (which has no headers) is not enough and not needed.

@@ -1,5 +1,9 @@
 """GPU pre/post-processing: the NVRTC-compiled kernels of ``runtime/kernels`` behind small methods.
 
+(Over 400 lines on purpose: this is all of the runtime's GPU-only code, one class over one set of
+device buffers and one stream, kept in one place so that it stays thin and is read as a whole; the
+argument structs and signatures are in ``kernel_args.py``.)
+
 :class:`CudaOps` has the methods of ``postprocess.ReferenceOps`` (``paste_masks``,
 ``instance_map``, ``overlay``, ``render``), host arrays in and out, plus the device-resident path
 the ``Segmenter`` uses:
