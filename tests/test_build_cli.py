@@ -393,6 +393,13 @@ def _real_tensorrt_headers() -> Path | None:
     for d in os.environ.get("MRCNN_EDGE_TENSORRT_INCLUDE", "").split(os.pathsep):
         if d and plugin_build.find_tensorrt_include(d):
             return Path(d)
+    # the header sets beside the checkout (scripts/test.sh exports their folder): the newest one
+    sets = os.environ.get("MRCNN_EDGE_TRT_HEADERS")
+    if sets:
+        found = [Path(sets) / v / "include" for v in ("11.1", "10.16", "10.3")]
+        for d in found:
+            if plugin_build.find_tensorrt_include(d):
+                return d
     return plugin_build.find_tensorrt_include()
 
 

@@ -33,25 +33,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listening(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:``port``, read from /proc/net/tcp: a probe connection
+    would be the one client that ``-listen 1`` serves."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return any(f[1] == want and f[3] == "0A" for f in (line.split() for line in table.readlines()[1:]))
+
+
 def _serve(port: int, seconds: float) -> subprocess.Popen:
-    """ffmpeg serving one client a synthetic 25 fps stream in real time (-re) for ``seconds``."""
+    """ffmpeg serving one client a synthetic 25 fps stream in real time (-re) for ``seconds``,
+    returned once it listens (a loaded machine can take seconds to start it)."""
     cmd = [FFMPEG, "-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi",
            "-i", f"testsrc2=size=160x120:rate=25:duration={seconds}", "-c:v", "mpeg2video", "-q:v", "5",
            "-f", "mpegts", "-listen", "1", f"http://127.0.0.1:{port}"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:  # wait until it listens (it accepts one client)
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                time.sleep(0.05)
-                continue
-        # that probe was the one client of -listen 1: start again, now known to come up quickly
-        proc.kill()
-        proc.wait()
-        time.sleep(0.1)
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and proc.poll() is None:
+        if _listening(port):
+            return proc
+        time.sleep(0.05)
     proc.kill()
-    pytest.skip("ffmpeg could not listen on 127.0.0.1")
+    proc.wait()
+    pytest.fail("ffmpeg did not listen on 127.0.0.1 within 15 s")
 
 
 def test_run_on_a_live_stream_drops_frames_and_reconnects(tmp_path, monkeypatch, capsys):
