@@ -27,14 +27,16 @@ from mrcnn_edge.core.contract import (
 from mrcnn_edge.core.paths import plugin_library_path, timing_cache_path
 from mrcnn_edge.runtime import trt_platform
 from mrcnn_edge.runtime.onnx_info import (
-    ATTR_FLOAT, ATTR_FLOATS, ATTR_INT, ATTR_STRING, OnnxInfo, read_onnx_info,
+    ATTR_FLOAT, ATTR_FLOATS, ATTR_INT, ATTR_STRING, OnnxInfo,
 )
 from mrcnn_edge.runtime.trt_platform import TENSORRT_MISSING, cuda_device_count, import_tensorrt
 
 from mrcnn_edge.core.atomic import atomic_output, check_writable
 from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
-from mrcnn_edge.core.metadata import MODEL_KEYS, decode, sidecar_path, write_sidecar
+from mrcnn_edge.core.metadata import MODEL_KEYS, sidecar_path, write_sidecar
+
+from .model_info import read_onnx_metadata as _read_metadata
 
 __all__ = [
     "PLUGIN_OP",
@@ -59,24 +61,16 @@ _IDENTITY = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESP
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> tuple[OnnxInfo, dict[str, Any]]:
-    """(what the torch-free reader found in the file, decoded ``metadata_props``); one-line errors.
+    """(what the torch-free reader found in the file, decoded ``metadata_props``) of a model to
+    build: a graph and every key of the contract's metadata required; one-line errors.
 
-    Reads the file with ``mrcnn_edge.runtime.onnx_info`` (a protobuf walk), so that building an
-    engine on the device needs neither onnx nor torch.
+    Reads the file through ``model_info`` (a protobuf walk), so that building an engine on the
+    device needs neither onnx nor torch.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ONNX model {path} not found" if not path.exists() else f"{path} is not a file")
-    try:
-        info = read_onnx_info(path)
-    except UserError as exc:
-        raise UserError(f"cannot read {path} as an ONNX model: {exc}") from exc
+    info, meta = _read_metadata(path)
     if not info.nodes:
         raise UserError(f"{path} is not an ONNX model with a graph (no nodes)")
-    try:
-        meta = decode(info.metadata)
-    except (ValueError, TypeError) as exc:
-        raise UserError(f"{path.name}: its mrcnn-edge metadata is not valid JSON ({exc})") from exc
     missing = [k for k in MODEL_KEYS if k not in meta]
     if missing:
         raise UserError(

@@ -1,4 +1,8 @@
-"""Metadata of an exported artefact (ONNX ``metadata_props`` or an engine's sidecar), checked."""
+"""Metadata of an exported artefact (ONNX ``metadata_props`` or an engine's sidecar), checked.
+
+The one reader of both: ``engine.py`` (build, on a device without onnx or torch), ``validate``
+and ``serve`` come here. ONNX files are read with the runtime's protobuf walk, not onnx.
+"""
 from __future__ import annotations
 
 import os
@@ -7,9 +11,26 @@ from typing import Any
 
 from mrcnn_edge.core.contract import ENGINE_SUFFIXES
 from mrcnn_edge.core.errors import UserError
-from mrcnn_edge.core.metadata import MODEL_KEYS, decode, read_sidecar
+from mrcnn_edge.core.metadata import decode, read_sidecar
 
-__all__ = ["read_model_metadata"]
+__all__ = ["read_onnx_metadata", "read_model_metadata"]
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """(``OnnxInfo`` of the file, its decoded ``metadata_props``); one-line errors, no key required."""
+    from mrcnn_edge.runtime.onnx_info import read_onnx_info
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX model {path} not found" if not path.exists() else f"{path} is not a file")
+    try:
+        info = read_onnx_info(path)
+    except UserError as exc:
+        raise UserError(f"cannot read {path} as an ONNX model: {exc}") from exc
+    try:
+        return info, decode(info.metadata)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"{path.name}: its mrcnn-edge metadata is not valid JSON ({exc})") from exc
 
 
 def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -20,18 +41,8 @@ def read_model_metadata(path: str | os.PathLike) -> dict[str, Any]:
     if p.suffix.lower() in ENGINE_SUFFIXES:
         meta = read_sidecar(p)
     else:
-        # the torch-free, onnx-free reader: engine builds and the runtime need no onnx
-        from mrcnn_edge.runtime.onnx_info import read_onnx_info
-
-        try:
-            meta = decode(read_onnx_info(p).metadata)
-        except UserError as exc:
-            raise UserError(f"cannot read {p} as ONNX: {exc}") from exc
-        except (ValueError, TypeError) as exc:
-            raise UserError(f"{p}: its mrcnn-edge metadata is not valid JSON ({exc})") from exc
+        _, meta = read_onnx_metadata(p)
     missing = [k for k in ("input_size", "batch", "num_classes") if k not in meta]
     if missing:
         raise UserError(f"{p} carries no mrcnn-edge metadata ({', '.join(missing)} missing): export it with 'mrcnn-edge export'")
-    unknown = [k for k in MODEL_KEYS if k not in meta]
-    meta["_missing_keys"] = unknown
     return meta

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mrcnn_edge.runtime import trt_platform
+from mrcnn_edge.runtime.trt_platform import plugin_library_tensorrt_version  # re-exported: one definition
 
 from mrcnn_edge.core.atomic import atomic_output
 from mrcnn_edge.core.progress import note
@@ -414,12 +415,6 @@ def _source_dir() -> Path:
     if missing:
         raise UserError(f"plugin sources missing from {SOURCE_DIR}: {', '.join(missing)} (reinstall mrcnn-edge)")
     return SOURCE_DIR
-
-
-def plugin_library_tensorrt_version(library: str | os.PathLike) -> str | None:
-    """TensorRT version (``"10.3.0"``) a plugin library was compiled against, read from the library
-    itself; None when it is not one of ours or cannot be loaded."""
-    return trt_platform.plugin_library_tensorrt_version(library)
 
 
 def build_plugin_library(

@@ -13,6 +13,7 @@ lists ``include`` folders (``os.pathsep``-separated), and an installed TensorRT 
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import subprocess
@@ -28,7 +29,6 @@ __all__ = [
 ]
 
 PLUGIN_SOURCES = ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp")
-_cache: dict[tuple, object] = {}
 _work: Path | None = None
 
 
@@ -95,20 +95,29 @@ def cudart_static() -> Path | None:
     return hits[0] if hits else None
 
 
+def _new_folder(what: str) -> Path:
+    """A fresh folder in the work folder for one build product."""
+    return Path(tempfile.mkdtemp(prefix=f"{what}-", dir=_workdir()))
+
+
 def kernel_object(archs: Sequence[int]) -> tuple[subprocess.CompletedProcess, Path]:
     """The CUDA kernel compiled with plain nvcc (``-c``, ``-Xptxas -v``) for ``archs``; the process
     is returned whatever its exit status (the compile test reads its warnings and spills)."""
-    key = ("kernel", tuple(archs))
-    if key not in _cache:
-        out = _workdir() / f"kernel-{'-'.join(map(str, archs))}.o"
-        cmd = [nvcc(), "-c", "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-Wall,-Wextra", "-Xptxas", "-v",
-               "-I", SOURCE_DIR]
-        for a in archs:
-            cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-        proc = subprocess.run([str(c) for c in [*cmd, SOURCE_DIR / "multilevel_roi_align_kernel.cu", "-o", out]],
-                              capture_output=True, text=True)
-        _cache[key] = (proc, out)
-    return _cache[key]  # type: ignore[return-value]
+    return _kernel_object(tuple(archs))
+
+
+# Each build below runs once per process and set of arguments (functools.cache): the compile tests
+# of several files share them.
+@functools.cache
+def _kernel_object(archs: tuple[int, ...]) -> tuple[subprocess.CompletedProcess, Path]:
+    out = _workdir() / f"kernel-{'-'.join(map(str, archs))}.o"
+    cmd = [nvcc(), "-c", "-std=c++17", "-O3", "-Xcompiler", "-fPIC,-Wall,-Wextra", "-Xptxas", "-v",
+           "-I", SOURCE_DIR]
+    for a in archs:
+        cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    proc = subprocess.run([str(c) for c in [*cmd, SOURCE_DIR / "multilevel_roi_align_kernel.cu", "-o", out]],
+                          capture_output=True, text=True)
+    return proc, out
 
 
 def _flags(include: Path) -> list[object]:
@@ -116,58 +125,45 @@ def _flags(include: Path) -> list[object]:
             "-isystem", include, "-isystem", cuda_home() / "include"]
 
 
-def plugin_objects(include: Path) -> list[Path]:
+@functools.cache
+def plugin_objects(include: Path) -> tuple[Path, ...]:
     """The plugin class, attribute and entry files compiled against one header set (-Werror)."""
-    key = ("objects", include)
-    if key not in _cache:
-        folder = _workdir() / f"objects-{len(_cache)}"
-        folder.mkdir()
-        objects = []
-        for name in PLUGIN_SOURCES:
-            obj = folder / (name + ".o")
-            _run([cxx(), *_flags(include), "-c", SOURCE_DIR / name, "-o", obj], f"{name} against {include}")
-            objects.append(obj)
-        _cache[key] = objects
-    return _cache[key]  # type: ignore[return-value]
+    folder = _new_folder("objects")
+    objects = []
+    for name in PLUGIN_SOURCES:
+        obj = folder / (name + ".o")
+        _run([cxx(), *_flags(include), "-c", SOURCE_DIR / name, "-o", obj], f"{name} against {include}")
+        objects.append(obj)
+    return tuple(objects)
 
 
+@functools.cache
 def selftest_executable(include: Path, kernel: Path) -> Path:
     """plugins/tests/plugin_selftest.cpp linked with the plugin's objects (no TensorRT library)."""
-    key = ("selftest", include, kernel)
-    if key not in _cache:
-        exe = _workdir() / f"plugin_selftest-{len(_cache)}"
-        _run([cxx(), *_flags(include), SOURCE_DIR / "tests" / "plugin_selftest.cpp", *plugin_objects(include), kernel,
-              cudart_static(), "-ldl", "-lpthread", "-lrt", "-o", exe], f"plugin self-test against {include}")
-        _cache[key] = exe
-    return _cache[key]  # type: ignore[return-value]
+    exe = _new_folder("selftest") / "plugin_selftest"
+    _run([cxx(), *_flags(include), SOURCE_DIR / "tests" / "plugin_selftest.cpp", *plugin_objects(include), kernel,
+          cudart_static(), "-ldl", "-lpthread", "-lrt", "-o", exe], f"plugin self-test against {include}")
+    return exe
 
 
+@functools.cache
 def plugin_library(include: Path, kernel: Path) -> Path:
     """libmrcnn_edge_plugins.so as the real build links it (static cudart, every symbol resolved)."""
-    key = ("library", include, kernel)
-    if key not in _cache:
-        folder = _workdir() / f"library-{len(_cache)}"
-        folder.mkdir()
-        lib = folder / "libmrcnn_edge_plugins.so"
-        _run([cxx(), "-shared", "-fvisibility=hidden", *plugin_objects(include), kernel, cudart_static(),
-              "-Wl,--no-undefined", "-ldl", "-lpthread", "-lrt", "-o", lib], f"plugin library against {include}")
-        _cache[key] = lib
-    return _cache[key]  # type: ignore[return-value]
+    lib = _new_folder("library") / "libmrcnn_edge_plugins.so"
+    _run([cxx(), "-shared", "-fvisibility=hidden", *plugin_objects(include), kernel, cudart_static(),
+          "-Wl,--no-undefined", "-ldl", "-lpthread", "-lrt", "-o", lib], f"plugin library against {include}")
+    return lib
 
 
+@functools.cache
 def standin_nvinfer(include: Path) -> Path:
     """plugins/tests/standin_nvinfer.cpp as ``<folder>/libnvinfer.so.<major>`` (soname alike)."""
     from mrcnn_edge.export import plugin_build
 
-    key = ("standin", include)
-    if key not in _cache:
-        major = (plugin_build.tensorrt_header_version(include) or "10").split(".")[0]
-        folder = _workdir() / f"standin-{len(_cache)}"
-        folder.mkdir()
-        name = f"libnvinfer.so.{major}"
-        lib = folder / name
-        _run([cxx(), "-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-isystem", include,
-              "-isystem", cuda_home() / "include", SOURCE_DIR / "tests" / "standin_nvinfer.cpp",
-              f"-Wl,-soname,{name}", "-ldl", "-o", lib], f"stand-in libnvinfer against {include}")
-        _cache[key] = lib
-    return _cache[key]  # type: ignore[return-value]
+    major = (plugin_build.tensorrt_header_version(include) or "10").split(".")[0]
+    name = f"libnvinfer.so.{major}"
+    lib = _new_folder("standin") / name
+    _run([cxx(), "-std=c++17", "-O1", "-fPIC", "-shared", "-Wall", "-isystem", include,
+          "-isystem", cuda_home() / "include", SOURCE_DIR / "tests" / "standin_nvinfer.cpp",
+          f"-Wl,-soname,{name}", "-ldl", "-o", lib], f"stand-in libnvinfer against {include}")
+    return lib

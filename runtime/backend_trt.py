@@ -44,16 +44,13 @@ def import_tensorrt() -> Any:
         ) from exc
 
 
-_release = trt_platform.tensorrt_release
-
-
 def check_tensorrt_version(meta: Mapping[str, Any], installed: str, engine: str | Path) -> None:
     """An engine runs only on the TensorRT release (major.minor.patch) that built it."""
     built = meta.get("tensorrt_version")
     if not built:
         log.warning("%s: the sidecar does not say which TensorRT built it; trying anyway", Path(engine).name)
         return
-    if _release(built) != _release(installed):
+    if trt_platform.tensorrt_release(built) != trt_platform.tensorrt_release(installed):
         raise UserError(
             f"{Path(engine).name} was built with TensorRT {built} but TensorRT {installed} is installed: "
             f"rebuild it on this machine with 'mrcnn-edge build model.onnx'"
