@@ -17,8 +17,7 @@ from mrcnn_edge.core.progress import note, status
 
 from .backends import BACKENDS
 
-# segmenter.DEVICES; not imported from there: this module must import without OpenCV (see run_run)
-DEVICES = ("auto", "cpu", "cuda")
+from mrcnn_edge.core.contract import DEVICES  # noqa: E402  (not via segmenter: this module imports without OpenCV)
 
 __all__ = ["DESCRIPTION_RUN", "add_run_arguments", "run_run"]
 

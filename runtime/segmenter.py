@@ -36,7 +36,7 @@ __all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "DEVICES", "CLOSE_WAI
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORE_THRESHOLD = 0.5
-DEVICES = ("auto", "cpu", "cuda")
+from mrcnn_edge.core.contract import DEVICES  # noqa: E402  (re-exported)
 # How long close() waits for stage calls still running in other threads before it gives up and
 # leaves their device memory allocated (freeing it under a running kernel would crash the process).
 CLOSE_WAIT_S = 60.0

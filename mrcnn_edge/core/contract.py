@@ -19,7 +19,7 @@ __all__ = [
     "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
     "plugin_attribute_defaults", "check_plugin_attributes", "fpn_level_range",
     "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "OPTIONAL_KEYS",
-    "INPUT_NORMALIZATIONS", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
+    "INPUT_NORMALIZATIONS", "DEVICES", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
 ]
 
 # ---- engine I/O ------------------------------------------------------------------------------------
@@ -175,5 +175,8 @@ QUANTIZED_PRECISIONS = {"int8": "fp32"}
 (symmetric, per-channel weights) on convolutions and fully connected layers of an fp32 model."""
 ALL_PRECISIONS = PRECISIONS + tuple(QUANTIZED_PRECISIONS)
 INPUT_NORMALIZATIONS = ("external", "in_graph")
+DEVICES = ("auto", "cpu", "cuda")
+"""Where the runtime runs pre/post-processing (and ONNX Runtime its providers): ``auto`` picks the GPU
+when the backend is on one."""
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
