@@ -35,7 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .cuda_util import DeviceBuffer, check, check_versions, cuda_modules, device_compute_capability, wait_event
+from .cuda_util import (DeviceBuffer, check, check_versions, cuda_modules, device_compute_capability, integrated_gpu,
+                        wait_event)
 from .kernel_args import TILE, InstanceParams, LetterboxParams, grid, pack_arguments
 from .kernel_build import KERNELS, compile_kernel, pick_arch
 from .postprocess import MASK_THRESHOLD, ReferenceOps, expand_boxes, paint_order
@@ -56,16 +57,28 @@ HEADROOM = 1.25
 
 
 class _Slot:
-    """One frame on the device: its pinned staging, the uploaded BGR frame and the engine's masks."""
+    """One frame on the device: its pinned staging, the uploaded BGR frame and the engine's masks.
 
-    def __init__(self, cudart: Any, event: Any) -> None:
-        self.pinned = DeviceBuffer(cudart, pinned=True, headroom=HEADROOM)
+    ``zero_copy`` (integrated GPUs: Jetson): the staging buffer is mapped pinned memory that the
+    kernels read through its device address, so the frame is never copied at all; else the
+    staging is copied into a device buffer.
+    """
+
+    def __init__(self, cudart: Any, event: Any, zero_copy: bool) -> None:
+        self.pinned = DeviceBuffer(cudart, pinned=True, headroom=HEADROOM, mapped=zero_copy)
         self.frame = DeviceBuffer(cudart, headroom=HEADROOM)
         self.masks = DeviceBuffer(cudart)
-        self.event = event            # recorded after the last copy into this slot
+        self.zero_copy = zero_copy
+        self.event = event            # recorded after the last work that reads or writes this slot
         self.generation = 0
         self.host: np.ndarray | None = None  # the frame uploaded (identity: draw() must get this one)
         self.mask_shape: tuple[int, int] | None = None  # (rows, M) of the masks kept, None: none
+        self.mask_half = False        # the kept masks are the engine's fp16 (half bits), not float32
+
+    @property
+    def frame_ptr(self) -> int:
+        """Device address of the uploaded frame."""
+        return self.pinned.device_ptr if self.zero_copy else self.frame.ptr
 
     def buffers(self) -> tuple[DeviceBuffer, ...]:
         return self.pinned, self.frame, self.masks
@@ -91,7 +104,8 @@ class CudaOps:
 
     name = "cuda"
 
-    def __init__(self, device_id: int = 0, stream: Any = None, slots: int = FRAME_SLOTS) -> None:
+    def __init__(self, device_id: int = 0, stream: Any = None, slots: int = FRAME_SLOTS,
+                 zero_copy: bool | None = None) -> None:
         driver, cudart, _ = cuda_modules()
         self._driver, self._cudart = driver, cudart
         self.device_id = int(device_id)
@@ -112,6 +126,8 @@ class CudaOps:
         check(cudart.cudaFree(0), "CUDA context creation")  # makes the primary context current
         self._ctx = check(driver.cuCtxGetCurrent(), "cuCtxGetCurrent")
         self.arch = pick_arch(*device_compute_capability(self.device_id))
+        # zero copy where the GPU shares the host's memory (None: decide from the device)
+        self.zero_copy = integrated_gpu(self.device_id) if zero_copy is None else bool(zero_copy)
         self._closed = False
         try:
             self._fn: dict[str, Any] = {}
@@ -132,10 +148,12 @@ class CudaOps:
         except BaseException:
             self.close()
             raise
-        self._slots = [_Slot(cudart, ev) for ev in self._events[:-1]]
+        self._slots = [_Slot(cudart, ev, self.zero_copy) for ev in self._events[:-1]]
         self._dev = {k: DeviceBuffer(cudart, headroom=HEADROOM if k in ("frame", "ids", "render") else 1.0)
                      for k in ("frame", "masks", "boxes", "order", "ids", "paste", "colours", "render")}
-        self._host = {k: DeviceBuffer(cudart, pinned=True, headroom=HEADROOM) for k in ("frame", "ids", "paste", "render")}
+        self._host = {k: DeviceBuffer(cudart, pinned=True, headroom=HEADROOM) for k in ("frame", "ids", "paste")}
+        # the drawn frame: mapped on an integrated GPU (the kernel writes it where the host reads it)
+        self._host["render"] = DeviceBuffer(cudart, pinned=True, headroom=HEADROOM, mapped=self.zero_copy)
 
     @property
     def closed(self) -> bool:
@@ -188,14 +206,16 @@ class CudaOps:
             index = self._next_slot
             self._next_slot = (index + 1) % len(self._slots)
             slot = self._slots[index]
-            # the slot's last copies may still be in flight (its pinned staging is their source)
+            # the slot's last copies and kernels may still be in flight (they read its memory)
             wait_event(self._cudart, slot.event, "wait for a frame slot")
             slot.generation += 1
             slot.host, slot.mask_shape = frame, None
             slot.pinned.ensure(frame.nbytes)
             np.copyto(slot.pinned.view(frame.shape, np.uint8), frame)
-            self._copy(slot.frame.ensure(frame.nbytes), slot.pinned.ptr, frame.nbytes, "HostToDevice", self._pre_stream)
-            check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
+            if not slot.zero_copy:  # zero copy: the kernels read the mapped staging itself
+                self._copy(slot.frame.ensure(frame.nbytes), slot.pinned.ptr, frame.nbytes, "HostToDevice",
+                           self._pre_stream)
+                check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
             return DeviceFrame(self, index, slot.generation)
 
     def letterbox_from(self, dframe: DeviceFrame, dst_ptr: int, canvas_hw: Sequence[int], mul: np.ndarray,
@@ -210,7 +230,9 @@ class CudaOps:
             box = Letterbox.fit(frame.shape[:2], canvas_hw)
             params = LetterboxParams.make(box, frame.shape[1] * 3, mul, add)
             self._launch("letterbox_f16" if fp16 else "letterbox_f32", grid(box.canvas_h, box.canvas_w),
-                         [slot.frame.ptr, params, dst_ptr], self._pre_stream)
+                         [slot.frame_ptr, params, dst_ptr], self._pre_stream)
+            # the next upload into this slot waits for this read of its frame
+            check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
             return box
 
     def letterbox(self, frame: np.ndarray, dst_ptr: int, canvas_hw: Sequence[int], mul: np.ndarray,
@@ -224,10 +246,15 @@ class CudaOps:
             self._open()
             check(self._cudart.cudaMemsetAsync(dst_ptr, 0, nbytes, self._pre_stream), "cudaMemsetAsync")
 
-    def keep_masks(self, frames: Sequence[DeviceFrame], masks_ptr: int, rows: int, mask_size: int) -> None:
-        """Copy the engine's float32 ``masks`` output ``[B,rows,M,M]`` at ``masks_ptr`` into the
-        frames' slots, on the device (async, on the engine's stream: ordered before its next run)."""
-        item = rows * mask_size * mask_size * 4
+    def keep_masks(self, frames: Sequence[DeviceFrame], masks_ptr: int, rows: int, mask_size: int,
+                   itemsize: int = 4) -> None:
+        """Copy the engine's ``masks`` output ``[B,rows,M,M]`` (float32, or float16 with
+        ``itemsize`` 2: kept as the half bits the engine wrote and read so by the ``_f16`` kernels)
+        at ``masks_ptr`` into the frames' slots, on the device (async, on the engine's stream:
+        ordered before its next run)."""
+        if itemsize not in (2, 4):
+            raise ValueError(f"masks must be float32 or float16, got {itemsize}-byte elements")
+        item = rows * mask_size * mask_size * itemsize
         with self._lock:
             self._open()
             for b, dframe in enumerate(frames):
@@ -235,7 +262,7 @@ class CudaOps:
                 if slot.generation != dframe.generation:
                     continue
                 self._copy(slot.masks.ensure(item), masks_ptr + b * item, item, "DeviceToDevice", self._pre_stream)
-                slot.mask_shape = (rows, mask_size)
+                slot.mask_shape, slot.mask_half = (rows, mask_size), itemsize == 2
                 check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
 
     def _resident(self, dframe: DeviceFrame | None, image: np.ndarray | None, m: int) -> _Slot | None:
@@ -382,19 +409,24 @@ class CudaOps:
             self._bind()
             mp, bp, op, slot = self._instances(masks, boxes, scores, device, frame)
             colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
+            kernel = "render_instances"
             if slot is not None:  # colours indexed like the engine rows, as boxes and masks
                 full = np.zeros((slot.mask_shape[0], 3), np.uint8)
                 full[device.rows] = colours  # type: ignore[union-attr]
-                colours, src = full, slot.frame.ptr
+                colours, src = full, slot.frame_ptr
+                if slot.mask_half:  # the engine's fp16 masks, read as they are
+                    kernel = "render_instances_f16"
             else:
                 src = self._upload("frame", frame, self._post_stream)
             cp = self._upload("colours", colours, self._post_stream)
-            dst = self._dev["render"].ensure(frame.nbytes)
-            params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, w * 3, w * 3, threshold, alpha)
-            self._launch("render_instances", grid(h, w), [src, mp, bp, op, cp, params, dst], self._post_stream)
             host = self._host["render"]
             host.ensure(frame.nbytes)
-            self._copy(host.ptr, dst, frame.nbytes, "DeviceToHost", self._post_stream)
+            # zero copy: the kernel writes the mapped buffer the host reads; else it comes down once
+            dst = host.device_ptr if self.zero_copy else self._dev["render"].ensure(frame.nbytes)
+            params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, w * 3, w * 3, threshold, alpha)
+            self._launch(kernel, grid(h, w), [src, mp, bp, op, cp, params, dst], self._post_stream)
+            if not self.zero_copy:
+                self._copy(host.ptr, dst, frame.nbytes, "DeviceToHost", self._post_stream)
             self._finish(self._post_stream, "render")
             return host.view(frame.shape, np.uint8).copy()
 

@@ -18,7 +18,7 @@ from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",
-    "version_problem", "check_versions", "DeviceBuffer", "wait_event", "EVENT_POLL_S",
+    "version_problem", "check_versions", "DeviceBuffer", "wait_event", "EVENT_POLL_S", "integrated_gpu",
 ]
 
 _MODULES: tuple[ModuleType, ModuleType, ModuleType] | None = None
@@ -87,6 +87,26 @@ def device_compute_capability(device: int = 0) -> tuple[int, int]:
     major = check(runtime.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, device), "query")
     minor = check(runtime.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, device), "query")
     return int(major), int(minor)
+
+
+def integrated_gpu(device: int = 0) -> bool:
+    """True when ``device`` shares the host's memory and can map it (Jetson): then mapped pinned
+    memory is read and written by kernels in place, with no copy at all.
+
+    CUDA C++ Best Practices Guide, "Zero Copy": "On integrated GPUs (i.e., GPUs with the
+    integrated field of the CUDA device properties structure set to 1), mapped pinned memory is
+    always a performance gain because it avoids superfluous copies as integrated GPU and CPU
+    memory are physically the same." On a discrete GPU every kernel access would cross PCIe, so
+    frames are copied there instead.
+    """
+    _, runtime, _ = cuda_modules()
+    attr = runtime.cudaDeviceAttr
+    try:
+        integrated = check(runtime.cudaDeviceGetAttribute(attr.cudaDevAttrIntegrated, device), "query")
+        can_map = check(runtime.cudaDeviceGetAttribute(attr.cudaDevAttrCanMapHostMemory, device), "query")
+    except RuntimeError:
+        return False
+    return bool(integrated) and bool(can_map)
 
 
 def bindings_version() -> str | None:
@@ -189,12 +209,17 @@ class DeviceBuffer:
 
     A regrowth frees the old block, and cudaFree synchronises the device, so a buffer grows to
     ``headroom`` times the request (rounded up to 64 KiB): a stream whose frames change size pays
-    for that a few times, not per frame.
+    for that a few times, not per frame. ``mapped`` (pinned only): allocated with
+    ``cudaHostAllocMapped`` ("Maps the allocation into the CUDA address space. The device pointer
+    to the memory may be obtained by calling cudaHostGetDevicePointer()"), so kernels use
+    :attr:`device_ptr` with no copy; else ``device_ptr`` is ``ptr``.
     """
 
-    def __init__(self, cudart: Any, pinned: bool = False, headroom: float = 1.0) -> None:
-        self._cudart, self._pinned, self._headroom = cudart, pinned, float(headroom)
-        self.ptr, self.size, self.grown = 0, 0, 0
+    def __init__(self, cudart: Any, pinned: bool = False, headroom: float = 1.0, mapped: bool = False) -> None:
+        if mapped and not pinned:
+            raise ValueError("only pinned host memory can be mapped")
+        self._cudart, self._pinned, self._mapped, self._headroom = cudart, pinned, mapped, float(headroom)
+        self.ptr, self.device_ptr, self.size, self.grown = 0, 0, 0, 0
 
     def ensure(self, nbytes: int) -> int:
         if nbytes > self.size:
@@ -202,9 +227,19 @@ class DeviceBuffer:
             size = max(int(nbytes * self._headroom), nbytes, 256)
             if self._headroom > 1.0:
                 size = (size + 65535) // 65536 * 65536
-            alloc = self._cudart.cudaMallocHost if self._pinned else self._cudart.cudaMalloc
-            self.ptr = int(check(alloc(size), "cuda allocation"))
-            self.size = size
+            if self._mapped:
+                ptr = int(check(self._cudart.cudaHostAlloc(size, self._cudart.cudaHostAllocMapped), "cudaHostAlloc"))
+                try:
+                    # "flags provides for future releases. For now, it must be set to 0."
+                    self.device_ptr = int(check(self._cudart.cudaHostGetDevicePointer(ptr, 0), "cudaHostGetDevicePointer"))
+                except RuntimeError:
+                    self._cudart.cudaFreeHost(ptr)
+                    raise
+            else:
+                alloc = self._cudart.cudaMallocHost if self._pinned else self._cudart.cudaMalloc
+                ptr = int(check(alloc(size), "cuda allocation"))
+                self.device_ptr = ptr
+            self.ptr, self.size = ptr, size
             self.grown += 1
         return self.ptr
 
@@ -216,5 +251,6 @@ class DeviceBuffer:
 
     def free(self) -> None:
         if self.ptr:
+            # cudaHostAlloc: "Memory allocated by this function must be freed with cudaFreeHost()"
             (self._cudart.cudaFreeHost if self._pinned else self._cudart.cudaFree)(self.ptr)
-            self.ptr, self.size = 0, 0
+            self.ptr, self.device_ptr, self.size = 0, 0, 0

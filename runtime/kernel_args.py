@@ -59,7 +59,9 @@ SIGNATURES: dict[str, tuple[Any, ...]] = {
     "letterbox_f16": ("ptr", LetterboxParams, "ptr"),
     "paste_mask_u8": ("ptr", "ptr", "int", "int", "int", "int", "int", "int", "float", "ptr"),
     "instance_map": ("ptr", "ptr", "ptr", InstanceParams, "ptr"),
+    "instance_map_f16": ("ptr", "ptr", "ptr", InstanceParams, "ptr"),
     "render_instances": ("ptr", "ptr", "ptr", "ptr", "ptr", InstanceParams, "ptr"),
+    "render_instances_f16": ("ptr", "ptr", "ptr", "ptr", "ptr", InstanceParams, "ptr"),
     "overlay": ("ptr", "int", "ptr", "ptr", "int", "int", "float"),
 }
 _SCALARS = {"ptr": ctypes.c_void_p, "int": ctypes.c_int, "float": ctypes.c_float}

@@ -33,7 +33,8 @@ KERNEL_DIR = Path(__file__).with_name("kernels")
 # kernel file stem -> entry points it defines (extern "C", looked up by name after loading)
 KERNELS: dict[str, tuple[str, ...]] = {
     "preprocess": ("letterbox_f32", "letterbox_f16"),
-    "postprocess": ("paste_mask_u8", "instance_map", "render_instances", "overlay"),
+    "postprocess": ("paste_mask_u8", "instance_map", "instance_map_f16", "render_instances",
+                    "render_instances_f16", "overlay"),
 }
 # No fast math and no FMA contraction: the device rounds like the host build and the reference.
 NVRTC_OPTIONS: tuple[str, ...] = ("--std=c++17", "--fmad=false", "-default-device")

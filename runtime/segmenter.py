@@ -212,17 +212,18 @@ class Segmenter:
 
     def _keep_device_masks(self, work: Work) -> None:
         """Copy the engine's masks into the frames' slots on the device, before the next run
-        overwrites them (float32 masks from a backend that exposes its output buffers only)."""
+        overwrites them (float32 or float16 masks, kept as the engine wrote them, from a backend
+        that exposes its output buffers only)."""
         masks = self.backend.outputs.get("masks")
         try:
             ptr = self.backend.device_pointer("masks")  # type: ignore[attr-defined]
         except (KeyError, AssertionError, AttributeError):
             ptr = None
-        if masks is None or not ptr or np.dtype(masks.dtype) != np.float32:
+        if masks is None or not ptr or np.dtype(masks.dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
             work.device = []  # draw() uploads the masks it has on the host instead
             return
         shape = tuple(masks.shape)  # [B,K,M,M]
-        self.ops.keep_masks(work.device, int(ptr), int(shape[1]), int(shape[-1]))
+        self.ops.keep_masks(work.device, int(ptr), int(shape[1]), int(shape[-1]), np.dtype(masks.dtype).itemsize)
 
     def _take_buffer(self) -> np.ndarray:
         with self._pool_lock:

@@ -203,6 +203,37 @@ def test_host_half_conversion_is_round_to_nearest_even(host):
     assert np.isnan(out[:1].view(np.float16)[0])
 
 
+def test_host_half_widening_is_exact_for_every_half(host):
+    """The _f16 kernels read an fp16 engine's masks as half bits: every one of the 65536 patterns
+    must widen to numpy's float16 -> float32 value (NaNs stay NaN)."""
+    bits = np.arange(65536, dtype=np.uint16)
+    out = np.empty(bits.shape, np.float32)
+    host.host_half_to_float(_ptr(bits), _ptr(out), ctypes.c_longlong(bits.size))
+    want = bits.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(out[~nan].view(np.uint32), want[~nan].view(np.uint32))
+    assert np.isnan(out[nan]).all() and nan.sum() == 2046
+
+
+def test_host_f16_instance_map_reads_half_masks_as_the_reference_reads_them_widened(host):
+    """instance_map_f16 on half bits == the reference on the same masks widened to float32."""
+    from mrcnn_edge.runtime.kernel_args import InstanceParams, grid, pack_arguments
+
+    masks, boxes, scores, (h, w) = _paste_case(9)
+    half = masks.astype(np.float16)
+    pboxes = np.ascontiguousarray(expand_boxes(boxes, 28))
+    order = paint_order(scores)
+    out = np.full((h, w), -1, np.int32)
+    params = InstanceParams(len(masks), 28, h, w, 0, 0, 0.5, 0.0)
+    packed, _keep = pack_arguments("instance_map_f16", [half.ctypes.data, pboxes.ctypes.data, order.ctypes.data,
+                                                        params, out.ctypes.data])
+    g = grid(h, w)
+    assert host.host_launch(b"instance_map_f16", g[0], g[1], g[2], 32, 8, 1, packed) == 0
+    want = instance_map(half.astype(np.float32), boxes, scores, (h, w))
+    assert want.any() and np.array_equal(out, want)
+    assert not np.array_equal(want, instance_map(masks + np.float32(0.004), boxes, scores, (h, w)))
+
+
 def _paste_case(seed: int, n: int = 12, m: int = 28, hw=(90, 120)):
     rng = np.random.default_rng(seed)
     masks = rng.random((n, m, m)).astype(np.float32)

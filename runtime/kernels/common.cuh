@@ -73,4 +73,33 @@ MRE_HD unsigned short float_to_half_bits(float value) {
     return (unsigned short)(out | (sign >> 16));
 }
 
+// IEEE half bits -> float32, exactly (every half is a float32; numpy's astype(float32) and
+// __half2float). Integer arithmetic, so that the host build and the device agree bit for bit and
+// no cuda_fp16.h is needed (NVRTC compiles without a toolkit include path). The engine's fp16
+// masks are read in place through this.
+MRE_HD float half_bits_to_float(unsigned short h) {
+    unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
+    unsigned int exponent = (h >> 10) & 0x1fu;
+    unsigned int mantissa = h & 0x3ffu;
+    unsigned int bits;
+    if (exponent == 0x1fu) {                       // inf, nan (payload kept)
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0u) {                   // normal: rebias 15 -> 127
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else if (mantissa == 0u) {                   // +-0
+        bits = sign;
+    } else {                                       // subnormal m * 2^-24: normalise
+        unsigned int e = 113u;                     // biased exponent of 2^-14
+        while (!(mantissa & 0x400u)) {
+            mantissa <<= 1;
+            --e;
+        }
+        bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
+    }
+    union { unsigned int u; float f; } out;
+    out.u = bits;
+    return out.f;
+}
+
+
 }  // namespace mre

@@ -60,8 +60,8 @@ void run_grid(void (*k)(Args...), Dim3 grid, Dim3 block, void** params) {
 
 // A tiled kernel (TILE_W x TILE_H blocks): ids of every pixel of each block through the four
 // phases of tiled_instance_id in postprocess.cu, then emit(x, y, id) for the pixels in the frame.
-template <typename Emit>
-void run_tiled(Dim3 grid, Dim3 block, const float* masks, const mre::PasteBox* boxes, const int* order,
+template <typename T, typename Emit>
+void run_tiled(Dim3 grid, Dim3 block, const T* masks, const mre::PasteBox* boxes, const int* order,
                const mre::InstanceParams& p, Emit emit) {
     static thread_local mre::TileShared s;
     int ids[mre::TILE_CAP];
@@ -85,21 +85,21 @@ void run_tiled(Dim3 grid, Dim3 block, const float* masks, const mre::PasteBox* b
         }
 }
 
-// The tiled kernels need exactly TILE_W x TILE_H blocks (their shared lists hold TILE_CAP ranks).
-int launch_tiled(const char* name, Dim3 grid, Dim3 block, void** params) {
-    if (block.x != (unsigned)mre::TILE_W || block.y != (unsigned)mre::TILE_H || block.z != 1) return -2;
-    if (!std::strcmp(name, "instance_map")) {
-        const float* masks = *static_cast<const float**>(params[0]);
+// The tiled kernels' bodies with masks of element type T (float, or half bits for the _f16 ones).
+template <typename T>
+void launch_tiled_as(bool render, Dim3 grid, Dim3 block, void** params) {
+    if (!render) {
+        const T* masks = *static_cast<const T**>(params[0]);
         const mre::PasteBox* boxes = *static_cast<const mre::PasteBox**>(params[1]);
         const int* order = *static_cast<const int**>(params[2]);
         const mre::InstanceParams p = *static_cast<mre::InstanceParams*>(params[3]);
         int* ids = *static_cast<int**>(params[4]);
         run_tiled(grid, block, masks, boxes, order, p,
                   [&](int x, int y, int id) { ids[(long long)y * p.width + x] = id; });
-        return 0;
+        return;
     }
     const unsigned char* src = *static_cast<const unsigned char**>(params[0]);
-    const float* masks = *static_cast<const float**>(params[1]);
+    const T* masks = *static_cast<const T**>(params[1]);
     const mre::PasteBox* boxes = *static_cast<const mre::PasteBox**>(params[2]);
     const int* order = *static_cast<const int**>(params[3]);
     const unsigned char* colours = *static_cast<const unsigned char**>(params[4]);
@@ -109,6 +109,18 @@ int launch_tiled(const char* name, Dim3 grid, Dim3 block, void** params) {
         mre::render_pixel(src + (long long)y * p.src_pitch + 3 * x, dst + (long long)y * p.dst_pitch + 3 * x,
                           colours, id, p.alpha);
     });
+}
+
+// The tiled kernels need exactly TILE_W x TILE_H blocks (their shared lists hold TILE_CAP ranks).
+// "_f16" names read the masks as half bits, the others as float32.
+int launch_tiled(const char* name, Dim3 grid, Dim3 block, void** params) {
+    if (block.x != (unsigned)mre::TILE_W || block.y != (unsigned)mre::TILE_H || block.z != 1) return -2;
+    bool render = !std::strncmp(name, "render_instances", 16);
+    std::size_t len = std::strlen(name);
+    if (len > 4 && !std::strcmp(name + len - 4, "_f16"))
+        launch_tiled_as<unsigned short>(render, grid, block, params);
+    else
+        launch_tiled_as<float>(render, grid, block, params);
     return 0;
 }
 
@@ -135,6 +147,10 @@ void host_letterbox_f32(const unsigned char* src, const mre::LetterboxParams* p,
 
 void host_float_to_half(const float* src, unsigned short* dst, long long n) {
     for (long long i = 0; i < n; ++i) dst[i] = mre::float_to_half_bits(src[i]);
+}
+
+void host_half_to_float(const unsigned short* src, float* dst, long long n) {
+    for (long long i = 0; i < n; ++i) dst[i] = mre::half_bits_to_float(src[i]);
 }
 
 void host_paste_values(const float* masks, const mre::PasteBox* boxes, int n, int m, int height,
@@ -174,7 +190,8 @@ int host_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigne
     if (!std::strcmp(name, "letterbox_f32")) mre_host::run_grid(letterbox_f32, grid, block, params);
     else if (!std::strcmp(name, "letterbox_f16")) mre_host::run_grid(letterbox_f16, grid, block, params);
     else if (!std::strcmp(name, "paste_mask_u8")) mre_host::run_grid(paste_mask_u8, grid, block, params);
-    else if (!std::strcmp(name, "instance_map") || !std::strcmp(name, "render_instances"))
+    else if (!std::strcmp(name, "instance_map") || !std::strcmp(name, "render_instances") ||
+             !std::strcmp(name, "instance_map_f16") || !std::strcmp(name, "render_instances_f16"))
         return mre_host::launch_tiled(name, grid, block, params);
     else if (!std::strcmp(name, "overlay")) mre_host::run_grid(overlay, grid, block, params);
     else return -1;

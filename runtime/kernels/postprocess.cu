@@ -20,7 +20,9 @@ extern "C" __global__ void paste_mask_u8(const float* masks, const mre::PasteBox
 // Instance id of this thread's pixel with the tile culling of postprocess.cuh (block = one
 // TILE_W x TILE_H tile; every thread of the block must call it: it synchronises the block).
 // host_build.cpp runs the same four phases over a block's threads (it has no __syncthreads).
-__device__ int tiled_instance_id(mre::TileShared& s, const float* masks, const mre::PasteBox* boxes,
+// T: float (float32 masks) or unsigned short (the half bits of an fp16 engine's masks).
+template <typename T>
+__device__ int tiled_instance_id(mre::TileShared& s, const T* masks, const mre::PasteBox* boxes,
                                  const int* order, const mre::InstanceParams& p, int x, int y) {
     int t = threadIdx.y * blockDim.x + threadIdx.x;
     mre::TileRect tile = mre::tile_rect(blockIdx.x, blockIdx.y, p.width, p.height);
@@ -39,14 +41,39 @@ __device__ int tiled_instance_id(mre::TileShared& s, const float* masks, const m
     return id;
 }
 
-// ids[y * width + x] = instance id (0 = none). Launch: blocks of TILE_W x TILE_H over the frame.
-extern "C" __global__ void instance_map(const float* masks, const mre::PasteBox* boxes,
-                                        const int* order, mre::InstanceParams p, int* ids) {
+template <typename T>
+__device__ void instance_map_body(const T* masks, const mre::PasteBox* boxes, const int* order,
+                                  const mre::InstanceParams& p, int* ids) {
     __shared__ mre::TileShared s;
     int x = blockIdx.x * blockDim.x + threadIdx.x;
     int y = blockIdx.y * blockDim.y + threadIdx.y;
     int id = tiled_instance_id(s, masks, boxes, order, p, x, y);
     if (x < p.width && y < p.height) ids[(long long)y * p.width + x] = id;
+}
+
+template <typename T>
+__device__ void render_instances_body(const unsigned char* src, const T* masks, const mre::PasteBox* boxes,
+                                      const int* order, const unsigned char* colours,
+                                      const mre::InstanceParams& p, unsigned char* dst) {
+    __shared__ mre::TileShared s;
+    int x = blockIdx.x * blockDim.x + threadIdx.x;
+    int y = blockIdx.y * blockDim.y + threadIdx.y;
+    int id = tiled_instance_id(s, masks, boxes, order, p, x, y);
+    if (x >= p.width || y >= p.height) return;
+    mre::render_pixel(src + (long long)y * p.src_pitch + 3 * x, dst + (long long)y * p.dst_pitch + 3 * x,
+                      colours, id, p.alpha);
+}
+
+// ids[y * width + x] = instance id (0 = none). Launch: blocks of TILE_W x TILE_H over the frame.
+extern "C" __global__ void instance_map(const float* masks, const mre::PasteBox* boxes,
+                                        const int* order, mre::InstanceParams p, int* ids) {
+    instance_map_body(masks, boxes, order, p, ids);
+}
+
+// The same, reading an fp16 engine's masks (half bits) where the engine left them.
+extern "C" __global__ void instance_map_f16(const unsigned short* masks, const mre::PasteBox* boxes,
+                                            const int* order, mre::InstanceParams p, int* ids) {
+    instance_map_body(masks, boxes, order, p, ids);
 }
 
 // The drawn frame in one pass: dst = src with colours[id - 1] (BGR) blended in where a mask is,
@@ -55,13 +82,15 @@ extern "C" __global__ void render_instances(const unsigned char* src, const floa
                                             const mre::PasteBox* boxes, const int* order,
                                             const unsigned char* colours, mre::InstanceParams p,
                                             unsigned char* dst) {
-    __shared__ mre::TileShared s;
-    int x = blockIdx.x * blockDim.x + threadIdx.x;
-    int y = blockIdx.y * blockDim.y + threadIdx.y;
-    int id = tiled_instance_id(s, masks, boxes, order, p, x, y);
-    if (x >= p.width || y >= p.height) return;
-    mre::render_pixel(src + (long long)y * p.src_pitch + 3 * x, dst + (long long)y * p.dst_pitch + 3 * x,
-                      colours, id, p.alpha);
+    render_instances_body(src, masks, boxes, order, colours, p, dst);
+}
+
+// The same, reading an fp16 engine's masks (half bits) where the engine left them.
+extern "C" __global__ void render_instances_f16(const unsigned char* src, const unsigned short* masks,
+                                                const mre::PasteBox* boxes, const int* order,
+                                                const unsigned char* colours, mre::InstanceParams p,
+                                                unsigned char* dst) {
+    render_instances_body(src, masks, boxes, order, colours, p, dst);
 }
 #endif
 

@@ -14,8 +14,15 @@ struct PasteBox {
     int x0, y0, x1, y1;  // expanded integer box; the pasted mask covers x0..x1, y0..y1 inclusive
 };
 
-// Probability of frame pixel (x, y) for one detection; 0 outside its box. mask is M x M, row-major.
-MRE_HD float paste_value(const float* mask, int m, PasteBox b, int x, int y) {
+// Mask elements as the engine wrote them: float32, or IEEE half bits (fp16 engines), read in place
+// and widened exactly, so both give the float32 arithmetic below the same inputs.
+MRE_HD float mask_value(const float* mask, int i) { return mask[i]; }
+MRE_HD float mask_value(const unsigned short* mask, int i) { return half_bits_to_float(mask[i]); }
+
+// Probability of frame pixel (x, y) for one detection; 0 outside its box. mask is M x M, row-major,
+// of float (float32) or unsigned short (half bits).
+template <typename T>
+MRE_HD float paste_value(const T* mask, int m, PasteBox b, int x, int y) {
     if (x < b.x0 || x > b.x1 || y < b.y0 || y > b.y1) return 0.0f;
     int w = b.x1 - b.x0 + 1;  // >= 1 here
     int h = b.y1 - b.y0 + 1;
@@ -30,7 +37,7 @@ MRE_HD float paste_value(const float* mask, int m, PasteBox b, int x, int y) {
         for (int c = 0; c < 2; ++c) {
             int i = rows[r], j = cols[c];
             bool ring = i == 0 || j == 0 || i == padded - 1 || j == padded - 1;
-            v[r][c] = ring ? 0.0f : mask[(i - 1) * m + (j - 1)];
+            v[r][c] = ring ? 0.0f : mask_value(mask, (i - 1) * m + (j - 1));
         }
     }
     // rows first, then columns: the order the numpy reference uses
@@ -42,7 +49,8 @@ MRE_HD float paste_value(const float* mask, int m, PasteBox b, int x, int y) {
 // Instance id of pixel (x, y): 1 + index of the first detection in `order` (highest score first)
 // whose pasted probability exceeds `threshold`; 0 when none does. Tests every box: the reference
 // for the tiled version below, and the host tests' oracle.
-MRE_HD int instance_at(const float* masks, const PasteBox* boxes, const int* order, int n, int m,
+template <typename T>
+MRE_HD int instance_at(const T* masks, const PasteBox* boxes, const int* order, int n, int m,
                        float threshold, int x, int y) {
     for (int k = 0; k < n; ++k) {
         int i = order[k];
@@ -124,7 +132,8 @@ MRE_HD void tile_compact(TileShared& s, int t, int base, const int* order) {
 }
 
 // Phase 4: pixel (x, y) without an id yet tests this round's hits, in rank order.
-MRE_HD int tile_pixel(const TileShared& s, const float* masks, const PasteBox* boxes, int m,
+template <typename T>
+MRE_HD int tile_pixel(const TileShared& s, const T* masks, const PasteBox* boxes, int m,
                       float threshold, int x, int y, int id) {
     if (id != 0) return id;
     for (int j = 0; j < s.count; ++j) {

@@ -62,6 +62,8 @@ class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
 
 
 class cudaDeviceAttr(enum.IntEnum):  # noqa: N801
+    cudaDevAttrIntegrated = 18
+    cudaDevAttrCanMapHostMemory = 19
     cudaDevAttrComputeCapabilityMajor = 75
     cudaDevAttrComputeCapabilityMinor = 76
 
@@ -121,6 +123,7 @@ class Allocation:
     buffer: Any          # the ctypes array that owns the memory
     size: int
     device: int          # -1: pinned host memory
+    mapped: bool = False  # pinned with cudaHostAllocMapped: kernels may use its device pointer
 
 
 def kernel_signatures(kernel_dir: Path = KERNEL_DIR) -> dict[str, list[str]]:
@@ -158,9 +161,10 @@ class FakeCuda:
     """The state of the fake GPU(s) plus the ``runtime`` and ``driver`` namespaces cuda-python has."""
 
     def __init__(self, host_library: ctypes.CDLL, devices: tuple[tuple[int, int], ...] = ((8, 7),),
-                 driver_version: int = 13000) -> None:
+                 driver_version: int = 13000, integrated: bool = False) -> None:
         self.host = host_library
         self.devices = devices
+        self.integrated = bool(integrated)  # every device shares the host's memory (a Jetson)
         self.driver_version = driver_version
         self.signatures = kernel_signatures()
         self.primary = [Context(d) for d in range(len(devices))]
@@ -238,11 +242,11 @@ class FakeCuda:
     def live_pinned_bytes(self) -> int:
         return sum(a.size for a in self.allocations.values() if a.device < 0)
 
-    def _allocate(self, nbytes: int, device: int) -> int:
+    def _allocate(self, nbytes: int, device: int, mapped: bool = False) -> int:
         buf = (ctypes.c_uint8 * max(int(nbytes), 1))()
         ptr = ctypes.addressof(buf)
         with self._lock:
-            self.allocations[ptr] = Allocation(buf, int(nbytes), device)
+            self.allocations[ptr] = Allocation(buf, int(nbytes), device, mapped)
             self.stats["peak_device_bytes"] = max(self.stats["peak_device_bytes"], self.live_device_bytes())
         return ptr
 
@@ -324,8 +328,13 @@ class FakeCuda:
             if not 0 <= int(device) < len(fake.devices):
                 return cudaError_t.cudaErrorInvalidDevice, None
             major, minor = fake.devices[int(device)]
+            # cudaDevAttrIntegrated: "1 if the device is integrated with the memory subsystem, 0
+            # otherwise"; cudaDevAttrCanMapHostMemory: "1 if the device can map host memory into the
+            # CUDA address space, 0 otherwise" (every GPU CUDA 13 supports)
             return ok, {cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor: major,
-                        cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor: minor}[cudaDeviceAttr(int(attr))]
+                        cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor: minor,
+                        cudaDeviceAttr.cudaDevAttrIntegrated: int(fake.integrated),
+                        cudaDeviceAttr.cudaDevAttrCanMapHostMemory: 1}[cudaDeviceAttr(int(attr))]
 
         def cudaMalloc(nbytes):
             return ok, fake._allocate(nbytes, fake._runtime_context().device)
@@ -333,6 +342,28 @@ class FakeCuda:
         def cudaMallocHost(nbytes):
             fake._runtime_context()
             return ok, fake._allocate(nbytes, -1)
+
+        def cudaHostAlloc(nbytes, flags):
+            fake._runtime_context()
+            # flags: cudaHostAllocDefault 0, Portable 1, Mapped 2, WriteCombined 4; "All of these
+            # flags are orthogonal to one another"; anything else: cudaErrorInvalidValue
+            if int(flags) & ~0x7:
+                return cudaError_t.cudaErrorInvalidValue, None
+            return ok, fake._allocate(nbytes, -1, mapped=bool(int(flags) & 2))
+
+        def cudaHostGetDevicePointer(host, flags):
+            # "flags provides for future releases. For now, it must be set to 0."
+            if int(flags) != 0:
+                return cudaError_t.cudaErrorInvalidValue, None
+            # "Passes back the device pointer corresponding to the mapped, pinned host buffer
+            # allocated by cudaHostAlloc()": memory not allocated mapped has none
+            alloc = fake.find(int(host))
+            if alloc is None or alloc.device >= 0 or not alloc.mapped:
+                return cudaError_t.cudaErrorInvalidValue, None
+            # "If all devices visible to the application have a non-zero value for the device
+            # attribute [cudaDevAttrCanUseHostPointerForRegisteredMem], the device pointer returned
+            # by cudaHostGetDevicePointer() will match the original pointer pHost."
+            return ok, int(host)
 
         def _free(ptr, pinned):
             ptr = int(ptr)
@@ -542,6 +573,8 @@ class FakeCuda:
             cudaDeviceAttr=cudaDeviceAttr, cudaGetDeviceCount=cudaGetDeviceCount,
             cudaDriverGetVersion=cudaDriverGetVersion, cudaSetDevice=cudaSetDevice, cudaGetDevice=cudaGetDevice,
             cudaDeviceGetAttribute=cudaDeviceGetAttribute, cudaMalloc=cudaMalloc, cudaMallocHost=cudaMallocHost,
+            cudaHostAlloc=cudaHostAlloc, cudaHostGetDevicePointer=cudaHostGetDevicePointer,
+            cudaHostAllocDefault=0, cudaHostAllocMapped=2,
             cudaFree=cudaFree, cudaFreeHost=cudaFreeHost, cudaStreamCreate=cudaStreamCreate,
             cudaStreamDestroy=cudaStreamDestroy, cudaStreamSynchronize=cudaStreamSynchronize,
             cudaDeviceSynchronize=cudaDeviceSynchronize, cudaMemcpyAsync=cudaMemcpyAsync, cudaMemcpy=cudaMemcpy,
@@ -620,7 +653,7 @@ class FakeCuda:
                 return (CUresult.CUDA_ERROR_INVALID_VALUE,)
             # not an API rule but the kernels' own: the tiled ones size their shared lists for
             # 32 x 8 blocks (mre::TILE_W x TILE_H); other blocks would overrun them on a GPU
-            if f.name in ("instance_map", "render_instances") and (bx, by, bz) != (32, 8, 1):
+            if f.name.startswith(("instance_map", "render_instances")) and (bx, by, bz) != (32, 8, 1):
                 return (CUresult.CUDA_ERROR_INVALID_VALUE,)
             address = int(params)
             pointers = (ctypes.c_void_p * len(fake.signatures[f.name])).from_address(address)
@@ -631,8 +664,9 @@ class FakeCuda:
                     alloc = fake.find(value)
                     # a kernel dereferencing an address that is not device memory of this device
                     # faults ("an illegal memory access was encountered", reported at the next
-                    # synchronisation on a GPU); the stand-in refuses the launch instead
-                    if alloc is None or alloc.device != ctx.device:
+                    # synchronisation on a GPU); the stand-in refuses the launch instead. Mapped
+                    # pinned memory is in "the CUDA address space" (cudaHostAllocMapped) of every device.
+                    if alloc is None or (alloc.device != ctx.device and not alloc.mapped):
                         return (CUresult.CUDA_ERROR_ILLEGAL_ADDRESS,)
                 elif kind == "int":
                     value = ctypes.c_int.from_address(pointers[i]).value
