@@ -6,11 +6,12 @@
 For each frame size and detection count (512x512 canvas, 28x28 masks):
 
 - ``cpu``: the numpy reference (``letterbox_into``; ``render`` = instance map + overlay), ms;
-- ``gpu``: on a real GPU (cuda-python present, a device visible) the ms of ``CudaOps`` upload +
-  letterbox and render; elsewhere the stand-in cuda-python (``tests/fakes/fake_cuda.py``, the
-  kernels' host build): bytes moved each way and kernel launches per frame, no time;
-- ``orin``: the AGX Orin estimate, from the counted bytes at 200 GB/s plus the tile-culled mask
-  tests at 2048 CUDA cores x 1.3 GHz (arithmetic in :func:`orin_estimate`, printed with --notes).
+- ``gpu``: the stand-in cuda-python (``tests/fakes/fake_cuda.py``, the kernels' host build):
+  bytes moved each way and kernel launches per frame of ``CudaOps`` upload + letterbox + render,
+  once as a discrete GPU (frame copied up, drawing copied down) and once as an integrated one
+  (Jetson: both in mapped pinned memory, no copy); no time (GPU timings: scripts/gpu_check.sh);
+- ``orin``: the AGX Orin estimate, from the bytes the kernels touch at 200 GB/s plus the tile-culled
+  mask tests at 2048 CUDA cores x 1.3 GHz (arithmetic in :func:`orin_estimate`, printed with --notes).
 """
 from __future__ import annotations
 
@@ -52,12 +53,14 @@ def tiles_hit(boxes: np.ndarray, hw: tuple[int, int]) -> float:
 
 
 def orin_estimate(hw: tuple[int, int], n: int, boxes: np.ndarray) -> tuple[float, str]:
-    """ms on an AGX Orin, and the arithmetic. Integrated GPU: a copy reads and writes DRAM."""
+    """ms on an AGX Orin, and the arithmetic. Integrated GPU with zero copy: the kernels read the
+    captured frame and write the drawing in mapped pinned memory, so no copy reads and writes DRAM
+    again; what remains is what the kernels touch."""
     frame = hw[0] * hw[1] * 3
     canvas = 3 * CANVAS[0] * CANVAS[1] * 4
     compact = n * (MASK * MASK * 4 + 16 + 4 + 4 + 3)
-    pre = 2 * frame + frame + canvas            # upload (read+write), letterbox reads frame, writes canvas
-    post = frame + frame + 2 * frame + compact  # render reads frame, writes drawn; download (read+write)
+    pre = frame + canvas            # letterbox reads the mapped frame, writes the canvas
+    post = frame + frame + compact  # render reads the frame and the engine's masks, writes the drawing
     tests = hw[0] * hw[1] * tiles_hit(boxes, hw) * PASTE_INSTR
     ms = 1e3 * ((pre + post) / ORIN_BYTES_PER_S + tests / ORIN_INSTR_PER_S)
     note = (f"bytes {pre / 1e6:.1f} MB pre + {post / 1e6:.1f} MB post at 200 GB/s = "
@@ -85,12 +88,13 @@ def cpu_ms(frame, masks, boxes, scores, colours, repeat: int) -> tuple[float, fl
     return 1e3 * min(pre), 1e3 * min(post)
 
 
-def gpu_counts(frame, masks, boxes, scores, colours, fake) -> str:
+def gpu_counts(frame, masks, boxes, scores, colours, fake, zero_copy: bool) -> str:
     """Bytes and launches of one upload + letterbox + render on the stand-in."""
     from mrcnn_edge.runtime.cuda_ops import CudaOps
     from mrcnn_edge.runtime.preprocess import normalization
 
     mul, add = normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    fake.integrated = zero_copy  # what cudaDevAttrIntegrated reports, from which CudaOps decides
     ops = CudaOps()
     try:
         dst = int(fake.runtime.cudaMalloc(3 * CANVAS[0] * CANVAS[1] * 4)[1])
@@ -112,7 +116,7 @@ def gpu_counts(frame, masks, boxes, scores, colours, fake) -> str:
         fake.runtime.cudaFree(dst)
     finally:
         ops.close()
-    return f"up {up / 1e6:.2f} MB, down {down / 1e6:.2f} MB, {launches} launches"
+    return f"up {up / 1e6:.3f} MB, down {down / 1e6:.3f} MB, {launches} launches"
 
 
 def install_stand_in(build: Path):
@@ -145,17 +149,19 @@ def main() -> int:
             fake = install_stand_in(Path(tmp))
         except Exception as exc:  # noqa: BLE001 - the table still has the CPU and Orin columns
             fake, why = None, str(exc)
-        print("| frame | dets | cpu pre ms | cpu post ms | gpu path (stand-in) | Orin est. ms |")
-        print("|---|---|---|---|---|---|")
+        print("| frame | dets | cpu pre ms | cpu post ms | discrete GPU (stand-in) | Jetson zero copy (stand-in) "
+              "| Orin est. ms |")
+        print("|---|---|---|---|---|---|---|")
         for hw in sizes:
             for n in counts:
                 frame, masks, boxes, scores, colours = case(hw, n)
                 pre, post = cpu_ms(frame, masks, boxes, scores, colours, args.repeat)
-                gpu = gpu_counts(frame, masks, boxes, scores, colours, fake) if fake else f"n/a ({why})"
+                gpu = [gpu_counts(frame, masks, boxes, scores, colours, fake, z) if fake else f"n/a ({why})"
+                       for z in (False, True)]
                 orin, note = orin_estimate(hw, n, boxes)
-                print(f"| {hw[1]}x{hw[0]} | {n} | {pre:.1f} | {post:.1f} | {gpu} | {orin:.2f} |")
+                print(f"| {hw[1]}x{hw[0]} | {n} | {pre:.1f} | {post:.1f} | {gpu[0]} | {gpu[1]} | {orin:.2f} |")
                 if args.notes:
-                    print(f"|  |  | | | {note} | |")
+                    print(f"|  |  | | | | {note} | |")
     return 0
 
 

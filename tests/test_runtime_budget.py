@@ -100,3 +100,85 @@ def test_a_frame_that_is_not_the_uploaded_one_is_uploaded_again(dirs, monkeypatc
         assert np.array_equal(dets.draw(a), ref.draw(a))
         assert np.array_equal(dets.instance_map(), ref.instance_map())
     assert fake.errors == []
+
+
+def _draw_once(fake, dirs, path, frames):
+    """Warm up on frames[0], then count what segmenting and drawing frames[1] moves."""
+    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
+        gpu(frames[0]).draw(frames[0])
+        for key in ("htod_bytes", "dtoh_bytes"):
+            fake.stats[key] = 0
+        fake.stats["htod_copies"].clear()
+        fake.stats["dtoh_copies"].clear()
+        fake.stats["launches"].clear()
+        dets = gpu(frames[1])
+        drawn = dets.draw(frames[1])
+        want = cpu(frames[1]).draw(frames[1])
+        # what the kernels read and wrote, while it is still allocated
+        kernel_memory = {name: [fake.find(a) for a in args if isinstance(a, int) and fake.find(a) is not None]
+                         for name, _, args in fake.stats["launch_args"][-4:]}
+        return gpu, dets, drawn, want, kernel_memory
+
+
+from fakes.fake_cuda import DeviceBackend  # noqa: E402  (the helpers above use it)
+
+
+def test_fp16_engine_masks_are_drawn_where_the_engine_left_them(dirs, monkeypatch):
+    """An fp16 engine's masks are read in place as half bits: never copied down to be uploaded
+    again as float32 (they were: 4 bytes x M x M per detection up on every drawn frame)."""
+    from fakes.fake_cuda import FakeCuda
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
+    fake = FakeCuda.install(monkeypatch, dirs)
+    detections = 10
+    path = make_contract_model(dirs / "budget-fp16.onnx", canvas_hw=CANVAS, mask_size=MASK, precision="fp16",
+                               boxes=[[4 + 11 * i, 3 + 8 * (i % 5), 30 + 9 * i, 40 + 5 * (i % 3)] for i in range(detections)],
+                               classes=[1 + i % 2 for i in range(detections)],
+                               base_scores=[0.95 - 0.03 * i for i in range(detections)],
+                               max_detections=detections, gain=8.0)
+    frames = [_frame((240, 320), s) for s in range(2)]
+    gpu, dets, drawn, want, _ = _draw_once(fake, dirs, path, frames)
+    assert gpu.backend.outputs["masks"].dtype == np.float16 and len(dets) == detections
+    assert np.array_equal(drawn, want)  # half bits widened exactly: the reference's drawing
+    assert fake.stats["launches"]["render_instances_f16"] == 1
+    assert fake.stats["launches"]["render_instances"] == 0
+    frame, per_detection = frames[1].nbytes, 16 + 4 + 3
+    assert fake.stats["htod_bytes"] <= frame + detections * per_detection, fake.stats["htod_copies"]
+    assert fake.errors == []
+
+
+def test_integrated_gpu_maps_the_frame_and_the_drawing_instead_of_copying(dirs, monkeypatch):
+    """On a Jetson (integrated GPU) the kernels read the captured frame and write the drawn frame
+    in mapped pinned memory: no frame-sized copy in either direction, same pixels."""
+    from fakes.fake_cuda import FakeCuda
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
+    fake = FakeCuda.install(monkeypatch, dirs, integrated=True)
+    path = _model(dirs, 10)
+    frames = [_frame((240, 320), s) for s in range(2)]
+    gpu, dets, drawn, want, memory = _draw_once(fake, dirs, path, frames)
+    assert gpu.ops.zero_copy
+    assert np.array_equal(drawn, want)
+    frame = frames[1].nbytes
+    assert not [c for c in fake.stats["htod_copies"] if c >= frame // 4], fake.stats["htod_copies"]
+    assert not [c for c in fake.stats["dtoh_copies"] if c >= frame // 4], fake.stats["dtoh_copies"]
+    # the letterbox read the frame, and the render read it and wrote the drawing, in mapped memory
+    assert memory["letterbox_f32"][0].mapped
+    src, *_, dst = memory["render_instances"]
+    assert src.mapped and dst.mapped and src is not dst
+    assert fake.errors == []
+
+
+def test_discrete_gpu_copies_instead_of_mapping(dirs, monkeypatch):
+    """A discrete GPU would read mapped memory over PCIe on every access: there the frame is copied."""
+    from fakes.fake_cuda import FakeCuda
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
+    fake = FakeCuda.install(monkeypatch, dirs, integrated=False)
+    path = _model(dirs, 10)
+    frames = [_frame((240, 320), s) for s in range(2)]
+    gpu, _, drawn, want, memory = _draw_once(fake, dirs, path, frames)
+    assert not gpu.ops.zero_copy and np.array_equal(drawn, want)
+    assert not any(a.mapped for allocations in memory.values() for a in allocations)
+    assert all(a.device == 0 for a in memory["render_instances"])
