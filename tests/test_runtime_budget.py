@@ -182,3 +182,30 @@ def test_discrete_gpu_copies_instead_of_mapping(dirs, monkeypatch):
     assert not gpu.ops.zero_copy and np.array_equal(drawn, want)
     assert not any(a.mapped for allocations in memory.values() for a in allocations)
     assert all(a.device == 0 for a in memory["render_instances"])
+
+
+def test_frames_that_change_size_mid_stream_reuse_buffers_sized_for_the_largest(dirs, monkeypatch):
+    """Issue 11: buffers are sized once for the largest frame seen, with headroom: a stream whose
+    frames change size grows them a few times, then never again; every frame is drawn right."""
+    from fakes.fake_cuda import FakeCuda
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
+    fake = FakeCuda.install(monkeypatch, dirs)
+    path = _model(dirs, 10)
+    sizes = [(120, 160), (240, 320), (90, 300), (240, 320), (120, 160)]
+    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
+        def one_pass(seed):
+            for i, hw in enumerate(sizes):
+                frame = _frame(hw, seed + i)
+                assert np.array_equal(gpu(frame).draw(frame), cpu(frame).draw(frame)), hw
+        one_pass(0)
+        one_pass(10)  # every slot has now held the largest frame
+        live = fake.live_device_bytes() + fake.live_pinned_bytes()
+        regrowths = [b.grown for slot in gpu.ops._slots for b in slot.buffers()]
+        one_pass(20)
+        assert [b.grown for slot in gpu.ops._slots for b in slot.buffers()] == regrowths
+        assert fake.live_device_bytes() + fake.live_pinned_bytes() == live
+        largest = 240 * 320 * 3
+        assert all(slot.frame.size <= 1.25 * largest + 65536 for slot in gpu.ops._slots)
+    assert fake.errors == []

@@ -118,6 +118,43 @@ def test_live_boundaries_are_latest_frame_slots_and_latency_is_reported(model):
     assert "latency p50" in stats.summary() and "p95" in stats.summary()
 
 
+def test_a_sink_that_cannot_keep_up_and_new_frame_sizes_mid_stream(model):
+    """Issue 11, bad input: on a live source a slow sink makes frames drop at its boundary
+    (counted there, never queued), and frames that change size mid-stream are segmented and
+    drawn at their own size."""
+    sizes = [(60, 80), (120, 160), (90, 200)]
+
+    class Camera(Source):
+        live, description = True, "fake camera"
+
+        def __init__(self, n):
+            self.i, self.n = 0, n
+
+        def read(self):
+            if self.i >= self.n:
+                return None
+            time.sleep(0.002)
+            hw = sizes[(self.i // 10) % len(sizes)]
+            self.i += 1
+            return sources.Frame(self.i - 1, np.full((*hw, 3), 50, np.uint8), f"f{self.i}")
+
+    class SlowSink(Recorder):
+        def write(self, image, frame):
+            time.sleep(0.03)  # a display or network sink slower than everything before it
+            self.shapes.append((image.shape, frame.image.shape))
+            return super().write(image, frame)
+
+    sink = SlowSink()
+    sink.shapes = []
+    with Segmenter.from_path(model) as seg:
+        stats = Pipeline(seg, Camera(90), [sink]).run()
+    assert stats.dropped_at["post"] > 0  # dropped in front of the sink, counted there
+    assert stats.dropped == sum(stats.dropped_at.values()) and stats.frames == len(sink.frames)
+    assert stats.frames + stats.dropped + 1 >= 90 >= stats.frames + stats.dropped - 1
+    assert all(drawn == shot for drawn, shot in sink.shapes)
+    assert len({shot for _, shot in sink.shapes}) >= 2  # sizes did change among the written frames
+
+
 def test_latest_slot_keeps_the_newest_and_the_end_never_replaces_a_frame():
     from mrcnn_edge.runtime.pipeline import _END
 
