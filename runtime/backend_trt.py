@@ -1,11 +1,14 @@
 """TensorRT backend: a deserialised engine, cuda-python buffers, one stream, ``execute_async_v3``.
 
 Buffers are allocated once per I/O tensor (device memory plus a pinned host mirror) and bound with
-``set_tensor_address``; ``infer`` copies inputs host->device, enqueues, copies outputs back and
-synchronises once. ``cuda_graph=True`` captures the enqueue in a CUDA graph after one warm-up run;
-an engine with data-dependent shapes (TensorRT's NMS layer: every Mask R-CNN engine) cannot be
-captured, since its enqueue synchronises with the host, so that case runs without a graph after one
-warning line and TensorRT's errors from the attempt are kept off the console. The engine's sidecar
+``set_tensor_address``; ``infer`` copies inputs host->device and calls ``execute``, which enqueues,
+copies outputs back, records one event and polls it (``cuda_util.wait_event``). It never waits
+inside a cuda-python call: cuda-python before 12.9.1 holds the GIL for the whole of every call, so
+a ``cudaStreamSynchronize`` per frame would stall every other thread of a pipeline.
+``cuda_graph=True`` captures the enqueue in a CUDA graph after one warm-up run; an engine with
+data-dependent shapes (TensorRT's NMS layer: every Mask R-CNN engine) cannot be captured, since its
+enqueue synchronises with the host, so that case runs without a graph after one warning line and
+TensorRT's errors from the attempt are kept off the console. The engine's sidecar
 (``model.engine.json``) gives its metadata, the TensorRT version it was built with and its plugin
 library; both are checked before TensorRT is asked to deserialise anything.
 """
@@ -25,23 +28,13 @@ from mrcnn_edge.core.paths import plugin_library_path
 
 from . import trt_platform
 from .backends import Backend, check_feed
-from .cuda_util import check, check_versions, cuda_modules
+from .cuda_util import check, check_versions, cuda_modules, wait_event
 from .spec import TensorSpec
+from .trt_platform import import_tensorrt  # re-exported: one function, one message, `build` and runtime alike
 
 __all__ = ["TrtBackend", "import_tensorrt", "check_tensorrt_version", "resolve_plugin_library"]
 
 log = logging.getLogger(__name__)
-
-
-def import_tensorrt() -> Any:
-    """``import tensorrt``, or one line saying how to get it (or to run the .onnx instead)."""
-    try:
-        return trt_platform.import_tensorrt()
-    except UserError as exc:
-        raise UserError(
-            "TensorRT's Python package is not installed: on Jetson it comes with JetPack "
-            "(python3-libnvinfer), on a desktop pip install tensorrt; or run the .onnx with ONNX Runtime"
-        ) from exc
 
 
 def check_tensorrt_version(meta: Mapping[str, Any], installed: str, engine: str | Path) -> None:
@@ -90,6 +83,15 @@ def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: s
     )
 
 
+def _handle(obj: Any) -> int:
+    """The address a cuda-python handle holds; 0 for None or a NULL handle.
+
+    cuda-python's handle objects (``cudaGraph_t`` ...) define no truth value, so a NULL one is
+    truthy: ``cudaStreamEndCapture`` returns such a NULL graph when "capture was invalidated".
+    """
+    return 0 if obj is None else int(obj)
+
+
 def _make_logger(trt: Any) -> Any:
     """A TensorRT logger that prints warnings and errors, keeps the errors for our one-line messages,
     and holds them back (``quiet``) while a CUDA graph capture is attempted."""
@@ -126,11 +128,12 @@ class TrtBackend(Backend):
         self._graph_exec = None
         self._graph = None
         self._stream = None
+        self._done = None  # the event execute() polls: created once, destroyed at close
         self._host: dict[str, np.ndarray] = {}
         self._device: dict[str, int] = {}
         self.inputs, self.outputs = {}, {}
         self.metadata = read_sidecar(self.path)
-        trt = import_tensorrt()
+        trt = trt_platform.import_tensorrt()  # looked up here, so a test patches it in one place
         check_tensorrt_version(self.metadata, trt.__version__, self.path)
         library = resolve_plugin_library(self.metadata, self.path, plugin_lib)
         _, cudart, _ = cuda_modules()
@@ -162,6 +165,11 @@ class TrtBackend(Backend):
             why = self._logger.errors[-1] if self._logger.errors else "out of GPU memory?"
             raise UserError(f"TensorRT could not create an execution context for {self.path.name}: {why}")
         self._stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        # "Events created with this flag [cudaEventDisableTiming] specified and the
+        # cudaEventBlockingSync flag not specified will provide the best performance when used
+        # with cudaStreamWaitEvent() and cudaEventQuery()"
+        self._done = check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
+                           "cudaEventCreateWithFlags")
         self._bind(trt)
         if cuda_graph:
             self._capture()
@@ -202,6 +210,15 @@ class TrtBackend(Backend):
         elif not self.context.execute_async_v3(int(self._stream)):
             raise RuntimeError(f"TensorRT failed to enqueue {self.path.name}")
 
+    def _wait(self, what: str) -> None:
+        """Wait for everything enqueued on the stream so far: record the event, then poll it.
+
+        Polling (``wait_event``) sleeps between ``cudaEventQuery`` calls, which return at once, so
+        the GIL is free for the pipeline's other threads while the GPU works.
+        """
+        check(self._cudart.cudaEventRecord(self._done, self._stream), "cudaEventRecord")
+        wait_event(self._cudart, self._done, what)
+
     def _capture(self) -> None:
         """Capture one enqueue in a CUDA graph, or say once why not and run without one.
 
@@ -212,7 +229,7 @@ class TrtBackend(Backend):
         """
         cudart = self._cudart
         self._enqueue()  # warm-up outside the capture: TensorRT may allocate on its first run
-        check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        self._wait("TensorRT warm-up before the CUDA graph capture")
         graph = None
         seen = len(self._logger.errors)
         self._logger.quiet = True
@@ -224,7 +241,7 @@ class TrtBackend(Backend):
             finally:  # the capture is always ended, whatever happened in between
                 result = cudart.cudaStreamEndCapture(self._stream)
             err, graph = result[0], (result[1] if len(result) > 1 else None)
-            if not ok or int(err) != 0 or not graph:
+            if not ok or int(err) != 0 or not _handle(graph):
                 held = self._logger.errors[seen:]
                 raise RuntimeError(held[0] if held else f"cudaStreamEndCapture returned {err}")
             self._graph_exec = check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
@@ -237,7 +254,7 @@ class TrtBackend(Backend):
                         self.path.name, exc)
         finally:
             self._logger.quiet = False
-            if graph:  # captured but not kept: destroy it now rather than leak it
+            if _handle(graph):  # captured but not kept: destroy it now rather than leak it
                 cudart.cudaGraphDestroy(graph)
 
     @property
@@ -264,14 +281,19 @@ class TrtBackend(Backend):
         return self.execute()
 
     def execute(self) -> dict[str, np.ndarray]:
-        """Run on the inputs already in the device buffers; outputs copied to pinned host memory."""
+        """Run on the inputs already in the device buffers (after what is enqueued on ``stream``).
+
+        Returns the outputs by name, views of pinned host memory (shapes and dtypes of
+        ``outputs``) that stay valid until the next call. Waits by polling an event, never inside
+        a blocking cuda-python call.
+        """
         self._enqueue()
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name in self.outputs:
             host = self._host[name]
             check(self._cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes, kind, self._stream),
                   f"copy {name} from the GPU")
-        check(self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        self._wait(f"{self.path.name} on the GPU")
         return {name: self._host[name] for name in self.outputs}
 
     def close(self) -> None:
@@ -291,6 +313,9 @@ class TrtBackend(Backend):
             cudart.cudaFreeHost(host)
         self._buffers.clear()
         self._host.clear()
+        if self._done is not None:
+            cudart.cudaEventDestroy(self._done)
+            self._done = None
         if self._stream is not None:
             cudart.cudaStreamDestroy(self._stream)
             self._stream = None

@@ -195,7 +195,7 @@ def test_engine_without_sidecar_is_refused(tmp_path):
 
 def test_engine_needs_tensorrt_installed(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
-    with pytest.raises(UserError, match="TensorRT's Python package is not installed"):
+    with pytest.raises(UserError, match="TensorRT is not installed"):
         open_backend(_engine(tmp_path))
 
 

@@ -76,9 +76,9 @@ def test_drawn_frame_moves_frame_up_frame_down_and_compact_outputs(dirs, monkeyp
     # exactly one frame-sized copy each way
     assert sum(c >= frame for c in fake.stats["htod_copies"]) == 1
     assert sum(c >= frame for c in fake.stats["dtoh_copies"]) == 1
-    # nothing waits inside a blocking cuda-python call on the runtime's own streams: only the
-    # (stand-in) engine's stream is synchronised, as TrtBackend.execute does
-    assert set(fake.stats["stream_syncs"]) <= {int(gpu.backend.stream)}
+    # nothing waits inside a blocking cuda-python call (cuda-python < 12.9.1 holds the GIL there):
+    # the engine's run too is waited for by polling an event, as TrtBackend.execute does
+    assert not fake.stats["stream_syncs"]
     assert fake.errors == []
 
 
