@@ -25,7 +25,7 @@ from . import SOURCE_DIR
 
 __all__ = [
     "tensorrt_include_dirs", "nvcc", "cuda_home", "cxx", "cudart_static", "kernel_object", "plugin_objects",
-    "selftest_executable", "plugin_library", "standin_nvinfer", "BuildError",
+    "selftest_executable", "gpu_selftest_executable", "plugin_library", "standin_nvinfer", "BuildError",
 ]
 
 PLUGIN_SOURCES = ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp")
@@ -143,6 +143,38 @@ def selftest_executable(include: Path, kernel: Path) -> Path:
     exe = _new_folder("selftest") / "plugin_selftest"
     _run([cxx(), *_flags(include), SOURCE_DIR / "tests" / "plugin_selftest.cpp", *plugin_objects(include), kernel,
           cudart_static(), "-ldl", "-lpthread", "-lrt", "-o", exe], f"plugin self-test against {include}")
+    return exe
+
+
+def _nvcc_flags(include: Path) -> list[object]:
+    """_flags() for nvcc: its own warnings are errors too (``-Werror all-warnings``)."""
+    return ["-std=c++17", "-O1", "-Werror", "all-warnings", "-Xcompiler", "-fPIC,-Wall,-Wextra,-Werror",
+            "-I", SOURCE_DIR, "-isystem", include]
+
+
+@functools.cache
+def gpu_selftest_executable(include: Path, kernel: Path) -> Path:
+    """The self-test with its ``--gpu`` mode, compiled and linked by nvcc against the real CUDA runtime.
+
+    plugins/tests/plugin_selftest.cpp (with ``MRE_SELFTEST_GPU``), plugin_selftest_gpu.cu (the
+    enqueue cases) and roi_align_host.cpp (the CPU reference) are compiled by nvcc with -Werror and
+    linked with the plugin's objects and ``kernel`` (a kernel object for the GPU that will run it, or
+    for several architectures). nvcc links cudart statically, so the executable needs only the
+    driver at run time, and without one its ``--gpu`` mode says so (exit 77).
+    """
+    folder = _new_folder("gpu-selftest")
+    tests = SOURCE_DIR / "tests"
+    sources = ((tests / "plugin_selftest.cpp", ["-DMRE_SELFTEST_GPU"]), (tests / "plugin_selftest_gpu.cu", []),
+               (SOURCE_DIR / "roi_align_host.cpp", []))
+    objects = []
+    for source, defines in sources:
+        obj = folder / (source.name + ".o")
+        _run([nvcc(), *_nvcc_flags(include), *defines, "-c", source, "-o", obj],
+             f"{source.name} (nvcc) against {include}")
+        objects.append(obj)
+    exe = folder / "plugin_selftest_gpu"
+    _run([nvcc(), "--cudart", "static", *objects, *plugin_objects(include), kernel, "-o", exe],
+         f"GPU self-test (nvcc link) against {include}")
     return exe
 
 

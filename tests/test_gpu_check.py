@@ -197,3 +197,22 @@ def test_launcher_compiles_with_plain_nvcc_and_refuses_bad_arguments(tmp_path):
     args = _Launch(feature_type=7)  # neither float32 (0) nor float16 (1): refused before any CUDA call
     assert lib.roi_align_launch(ctypes.byref(args), None) == invalid_value
     assert lib.roi_align_launcher_error_string(invalid_value) == b"invalid argument"
+
+
+def test_the_gpu_self_test_runs_once_in_the_self_test_stage():
+    """The GPU stage leaves the self-tests (they need TensorRT headers) to the self-test stage, whose
+    selection holds the --gpu self-test: one table line per header set, not two."""
+    script = SCRIPT.read_text()
+    gpu_stage = re.search(r'-m gpu -k "([^"]+)"', script)
+    selftest_stage = re.search(r'-k (\S+) --junitxml="\$OUTDIR/selftest\.xml"', script)
+    assert gpu_stage and selftest_stage, "gpu_check.sh no longer selects its stages with -k"
+
+    def collected(*select: str) -> set[str]:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                               *select, "tests/test_plugin_compile.py"], capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
+        return {line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line}  # any header sets
+
+    gpu_test = "tests/test_plugin_compile.py::test_gpu_selftest_enqueue_matches_the_cpu_build"
+    assert gpu_test in collected("-k", selftest_stage.group(1))
+    assert gpu_test not in collected("-m", "gpu", "-k", gpu_stage.group(1))

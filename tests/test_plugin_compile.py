@@ -7,7 +7,10 @@ TensorRT headers: ``$MRCNN_EDGE_TRT_HEADERS`` (a folder of header sets, ``<dir>/
 TensorRT; the tests that need them skip with the reason where there are none.
 
 Each compiled plugin class also runs plugins/tests/plugin_selftest.cpp: the creator, attribute
-checks, serialisation and the build/runtime checks through TensorRT's interfaces, on the CPU.
+checks, serialisation and the build/runtime checks through TensorRT's interfaces, on the CPU. Its
+nvcc build (with plugin_selftest_gpu.cu) has a ``--gpu`` mode that runs enqueue on a GPU and compares
+with the CPU build: compiled here against every header set, run by the ``gpu`` test where there is a
+GPU (scripts/gpu_check.sh runs it with the other self-tests).
 Compiles happen once per process and header set (mrcnn_edge.plugins._testbuild) and are shared
 with tests/test_plugin_registration.py and tests/test_plugin_attributes.py.
 """
@@ -109,6 +112,63 @@ def test_plugin_class_compiles_and_passes_selftest(trt_include, kernel_object):
     assert "unknown attribute 'output_size'" in run.stderr
     assert "feature map 3 has 128 channels but feature map 0 has 256" in run.stderr
     assert "spatial_scales must be powers of two (1/4, 1/8, ...) as FPN maps are, got 0.1" in run.stderr
+
+
+# The --gpu mode's exit status when the CUDA runtime finds no device (plugin_selftest_gpu.cu).
+NO_GPU_EXIT = 77
+
+
+def _gpu_selftest(trt_include: Path | None, kernel: Path) -> Path:
+    """The nvcc build of the self-test for one header set, skipping where it cannot be built."""
+    if trt_include is None:
+        pytest.skip(NO_TRT)
+    if NVCC is None:
+        pytest.skip(NO_NVCC)
+    t0 = time.perf_counter()
+    exe = _testbuild.gpu_selftest_executable(trt_include, kernel)  # nvcc -Werror all-warnings
+    print(f"GPU self-test (nvcc) against TensorRT {plugin_build.tensorrt_header_version(trt_include)} headers: "
+          f"{time.perf_counter() - t0:.1f} s")
+    return exe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trt_include", TRT_DIRS or [None], ids=_trt_id)
+def test_gpu_selftest_builds_with_nvcc_and_says_when_there_is_no_gpu(trt_include, kernel_object):
+    proc, kernel = kernel_object
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exe = _gpu_selftest(trt_include, kernel)
+    # the nvcc build passes the CPU self-test as the g++ build does
+    run = _run([exe], timeout=120)
+    assert run.returncode == 0 and "ok: 0 failure(s)" in run.stdout, run.stdout + run.stderr
+    # no device (none here, or hidden: CUDA_VISIBLE_DEVICES="" leaves the runtime none): one line, exit 77
+    run = _run([exe, "--gpu"], timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert run.returncode == NO_GPU_EXIT, run.stdout + run.stderr
+    assert run.stdout.startswith("plugin self-test --gpu: no CUDA device (") and run.stdout.count("\n") == 1
+    assert run.stderr == ""
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("trt_include", TRT_DIRS or [None], ids=_trt_id)
+def test_gpu_selftest_enqueue_matches_the_cpu_build(trt_include, record_property):
+    """enqueue on this GPU, fp32 and fp16, 1 to 4 maps, zero ROIs, against the plugin's CPU build."""
+    from mrcnn_edge.runtime.trt_platform import cuda_driver
+
+    arch = cuda_driver().capabilities[0]
+    # the compile test's kernel object when it has this GPU's sm_XY (one build less), else one for it
+    proc, kernel = _testbuild.kernel_object(KERNEL_ARCHS if arch in KERNEL_ARCHS else (arch,))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exe = _gpu_selftest(trt_include, kernel)
+    run = _run([exe, "--gpu"], timeout=300)
+    print(run.stdout)
+    if run.returncode == NO_GPU_EXIT:
+        pytest.skip(run.stdout.strip())
+    errors = [float(e) for e in re.findall(r"max abs err (\S+)", run.stdout)]
+    if errors:
+        record_property("max_abs_err", f"{max(errors):.2e}")
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    assert re.search(r"^gpu: ok, 0 of (\d+) case\(s\) failed$", run.stdout, re.M), run.stdout
+    assert not re.search(r"^FAIL", run.stdout, re.M), run.stdout
 
 
 @pytest.mark.slow

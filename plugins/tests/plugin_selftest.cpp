@@ -13,6 +13,9 @@
 // instead what the creator advertises (getFieldNames: "field NAME TYPE LENGTH", TYPE the
 // PluginFieldType number) and the values of a plugin created with no field ("default NAME V..."),
 // which tests/test_plugin_attributes.py holds against mrcnn_edge.contract.PLUGIN_ATTRIBUTES.
+//
+// With --gpu it runs enqueue on a GPU instead (plugin_selftest_gpu.cu); only the build that nvcc
+// compiles and links with MRE_SELFTEST_GPU defined has that mode (_testbuild.gpu_selftest_executable).
 #include <NvInferRuntime.h>
 
 #include <cmath>
@@ -22,9 +25,20 @@
 #include <string>
 #include <vector>
 
+#include "selftest_support.h"
+
 extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators);
 
+#if defined(MRE_SELFTEST_GPU)
+//! The --gpu mode (plugin_selftest_gpu.cu): 0 every case passed, 1 one failed, kExitNoGpu no GPU.
+int runGpuSelftest(nvinfer1::IPluginCreatorV3One* creator);
+#endif
+
 using namespace nvinfer1;
+using mre_selftest::desc;
+using mre_selftest::FakeResourceContext;
+using mre_selftest::Fields;
+using mre_selftest::RecordingErrorRecorder;
 
 namespace
 {
@@ -124,104 +138,7 @@ private:
     FakeBuilderImpl mFake;
 };
 
-class RecordingErrorRecorder : public IErrorRecorder
-{
-public:
-    int32_t getNbErrors() const noexcept override
-    {
-        return static_cast<int32_t>(mErrors.size());
-    }
-    ErrorCode getErrorCode(int32_t i) const noexcept override
-    {
-        return i >= 0 && i < getNbErrors() ? mCodes[i] : ErrorCode::kUNSPECIFIED_ERROR;
-    }
-    ErrorDesc getErrorDesc(int32_t i) const noexcept override
-    {
-        return i >= 0 && i < getNbErrors() ? mErrors[i].c_str() : "";
-    }
-    bool hasOverflowed() const noexcept override
-    {
-        return false;
-    }
-    void clear() noexcept override
-    {
-        mErrors.clear();
-        mCodes.clear();
-    }
-    bool reportError(ErrorCode code, ErrorDesc desc) noexcept override
-    {
-        mCodes.push_back(code);
-        mErrors.emplace_back(desc != nullptr ? desc : "");
-        return true;
-    }
-    RefCount incRefCount() noexcept override
-    {
-        return 1;
-    }
-    RefCount decRefCount() noexcept override
-    {
-        return 0;
-    }
-
-private:
-    std::vector<std::string> mErrors;
-    std::vector<ErrorCode> mCodes;
-};
-
-class FakeResourceContext : public IPluginResourceContext
-{
-public:
-    explicit FakeResourceContext(IErrorRecorder* recorder)
-        : mRecorder(recorder)
-    {
-    }
-    IGpuAllocator* getGpuAllocator() const noexcept override
-    {
-        return nullptr;
-    }
-    IErrorRecorder* getErrorRecorder() const noexcept override
-    {
-        return mRecorder;
-    }
-
-private:
-    IErrorRecorder* mRecorder;
-};
-
 // ---- helpers --------------------------------------------------------------------------------
-
-struct Fields
-{
-    std::vector<PluginField> list;
-    PluginFieldCollection collection() const
-    {
-        PluginFieldCollection fc;
-        fc.nbFields = static_cast<int32_t>(list.size());
-        fc.fields = list.data();
-        return fc;
-    }
-};
-
-Dims dims(std::vector<int64_t> const& values)
-{
-    Dims d{};
-    d.nbDims = static_cast<int32_t>(values.size());
-    for (size_t i = 0; i < values.size(); ++i)
-    {
-        d.d[i] = values[i];
-    }
-    return d;
-}
-
-PluginTensorDesc desc(std::vector<int64_t> const& shape, DataType type)
-{
-    PluginTensorDesc t{};
-    t.dims = dims(shape);
-    t.type = type;
-    t.format = TensorFormat::kLINEAR;
-    t.scale = -1.0F;
-    return t;
-}
 
 // I/O of a 4-level node on an 800x1344 canvas: rois [B, R, 4], P2..P5 [B, C, H/s, W/s].
 std::vector<PluginTensorDesc> io(int64_t batch, int64_t rois, int64_t channels, DataType featureType,
@@ -297,6 +214,15 @@ int main(int argc, char** argv)
     if (argc > 1 && std::strcmp(argv[1], "--fields") == 0)
     {
         return nbCreators == 1 ? printFields(static_cast<IPluginCreatorV3One*>(creators[0])) : 1;
+    }
+    if (argc > 1 && std::strcmp(argv[1], "--gpu") == 0)
+    {
+#if defined(MRE_SELFTEST_GPU)
+        return nbCreators == 1 ? runGpuSelftest(static_cast<IPluginCreatorV3One*>(creators[0])) : 1;
+#else
+        std::printf("this build has no --gpu mode: build it with nvcc (_testbuild.gpu_selftest_executable)\n");
+        return 2;
+#endif
     }
     check(nbCreators == 1 && creators != nullptr && creators[0] != nullptr, "getCreators returns one creator");
     if (gFailures)
