@@ -304,6 +304,54 @@ def test_cuda_ops_match_the_reference_on_a_gpu():
         ops.close()
 
 
+def _render_from_the_device(ops, mask_dtype) -> None:
+    """Frame uploaded, masks left in an "engine output" buffer as float32 or half, drawn on the
+    device from there: must equal the reference's drawing of the same (widened) masks."""
+    import dataclasses
+
+    from mrcnn_edge.runtime.cuda_util import check, cuda_modules
+    from mrcnn_edge.runtime.postprocess import ReferenceOps
+
+    _, cudart, _ = cuda_modules()
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, 256, size=(120, 160, 3), dtype=np.uint8)
+    masks, boxes, scores, hw = _paste_case(12, hw=(120, 160))
+    engine = np.ascontiguousarray(masks.astype(mask_dtype))
+    colours = rng.integers(0, 256, size=(len(masks), 3), dtype=np.uint8)
+    mul, add = normalization(MEAN, STD)
+    canvas = check(cudart.cudaMalloc(3 * 64 * 80 * 4), "malloc")
+    out = check(cudart.cudaMalloc(engine.nbytes), "malloc")
+    try:
+        check(cudart.cudaMemcpy(out, engine.ctypes.data, engine.nbytes,
+                                cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "copy")
+        dframe = ops.upload(frame)
+        ops.letterbox_from(dframe, canvas, (64, 80), mul, add, False)
+        ops.keep_masks([dframe], out, len(masks), masks.shape[-1], engine.itemsize)
+        device = dataclasses.replace(dframe, rows=np.arange(len(masks), dtype=np.int32))
+        widened = engine.astype(np.float32)
+        got = ops.render(frame, widened, boxes, scores, colours, 0.5, device=device)
+        want = ReferenceOps().render(frame, widened, boxes, scores, colours, 0.5)
+        assert (want != frame).any() and np.array_equal(got, want)
+    finally:
+        cudart.cudaFree(canvas)
+        cudart.cudaFree(out)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("zero_copy", [False, True])
+@pytest.mark.parametrize("mask_dtype", [np.float32, np.float16])
+def test_device_resident_render_matches_the_reference_on_a_gpu(zero_copy, mask_dtype):
+    """The fp16 kernels and the mapped (zero-copy) frame on a real GPU (mapped memory works on a
+    discrete GPU too, over the bus: this checks correctness, not speed)."""
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+
+    ops = CudaOps(zero_copy=zero_copy)
+    try:
+        _render_from_the_device(ops, mask_dtype)
+    finally:
+        ops.close()
+
+
 # -- CudaOps on the stand-in cuda-python (tests/fakes/fake_cuda.py: the kernels' host build) -------
 @pytest.fixture(scope="module")
 def fake_dirs(tmp_path_factory):
@@ -487,3 +535,23 @@ def test_cuda_ops_refuse_a_driver_older_than_cuda_python(fake, monkeypatch):
     with pytest.raises(UserError, match="cuda-python>=12.6,<13"):
         CudaOps()
     assert fake.live_device_bytes() == 0 and not fake.streams
+
+
+@pytest.mark.parametrize("integrated", [False, True])
+@pytest.mark.parametrize("mask_dtype", [np.float32, np.float16])
+def test_device_resident_render_on_the_stand_in(fake_dirs, monkeypatch, integrated, mask_dtype):
+    from fakes.fake_cuda import FakeCuda
+    from mrcnn_edge.runtime.cuda_ops import CudaOps
+
+    build, cache = fake_dirs
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(cache))
+    fake = FakeCuda.install(monkeypatch, build, integrated=integrated)
+    ops = CudaOps()
+    try:
+        assert ops.zero_copy == integrated
+        _render_from_the_device(ops, mask_dtype)
+    finally:
+        ops.close()
+    kernel = "render_instances_f16" if mask_dtype == np.float16 else "render_instances"
+    assert fake.stats["launches"][kernel] == 1 and fake.errors == []
+    assert fake.live_device_bytes() == 0 and fake.live_pinned_bytes() == 0

@@ -525,7 +525,10 @@ class FakeCuda:
             e.stream, e.done = s, False
 
             def marker() -> int:
-                e.done = True
+                # an earlier record's point, reached after the event was recorded again, no
+                # longer says anything: only the last captured state completes the event
+                if e.marker is marker:
+                    e.done = True
                 return 0
             e.marker = marker
             if s is None:
