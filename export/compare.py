@@ -13,6 +13,8 @@ A tolerance is a small dict of numbers (printed as ``key=value``):
   per-detection max absolute difference: pixels, score, mask probability);
 * ``mask_iou``: mean IoU of the matched pairs' pasted masks;
 * ``edge_clip_exempt``: unmatched detections explained by the clip-to-canvas difference do not count;
+* ``cut_tie`` (else ``score``): unmatched detections of two full outputs (``max_detections`` rows)
+  scoring within it of both lowest kept scores are a tie at the cut: reported, never counted;
 * ``ap_drop``: with annotations, how much lower the candidate's mask AP may be than the reference's.
 """
 from __future__ import annotations
@@ -22,17 +24,21 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Dets", "Stats", "ClipDifference", "Comparison", "AP", "TOLERANCES", "tolerance_for", "match",
-           "compare", "judge_ap", "EDGE_CLIP", "format_pairs", "format_ap", "as_json"]
+__all__ = ["Dets", "Stats", "ClipDifference", "CutTie", "Comparison", "AP", "TOLERANCES", "tolerance_for", "match",
+           "compare", "judge_ap", "EDGE_CLIP", "CUT_TIE", "format_pairs", "format_ap", "as_json"]
 
 EDGE_CLIP = "edge clip (canvas vs image)"
+CUT_TIE = "tie at the max_detections cut"
 
 # One table: which tolerance judges which pair. Keys "fp32", "fp16", "int8" judge an exported model
 # of that precision against the float32 edge graph (the model as exported, before any rounding).
 TOLERANCES: dict[str, dict[str, float]] = {
     # edge_clip_exempt: unmatched detections at the image region's border are the documented
     # clip-to-canvas difference (edge.py); reported, not failed
-    "torchvision->edge": {"min_score": 0.3, "iou": 0.98, "matched_frac": 0.99, "mask_iou": 0.98, "edge_clip_exempt": 1},
+    # cut_tie: no score tolerance here, and the two float32 runs agree on scores far closer than the
+    # fp32 export's score bound: the same band decides which detections tie at the cut
+    "torchvision->edge": {"min_score": 0.3, "iou": 0.98, "matched_frac": 0.99, "mask_iou": 0.98, "edge_clip_exempt": 1,
+                          "cut_tie": 1e-4},
     # Masks: two correct float32 evaluations differ by rounding that grows with depth and activation
     # size (torch vs ONNX Runtime on ResNet-50-FPN at 800x1344: max 5e-3 in one pixel, p99 of the
     # per-mask max 1.2e-3, mean 2e-4, mask IoU mean 0.9996). Judged on the p99 of the per-mask max,
@@ -102,6 +108,21 @@ class ClipDifference:
     score: float
     box: list[float]             # canvas pixels, rounded
     region_hw: list[int] | None  # the letterboxed image's (resized_h, resized_w)
+    row: int                     # its row in its side's output
+
+
+@dataclass(frozen=True)
+class CutTie:
+    """An unmatched detection at the ``max_detections`` cut: both outputs are full and its score is
+    within the tie band of both lowest kept scores, so which of the tied detections made the top K
+    is arbitrary (equal scores, e.g. saturated at 1.0, ordered by rounding)."""
+
+    image: int
+    side: str           # "reference" or "candidate"
+    class_id: int
+    score: float
+    box: list[float]    # canvas pixels, rounded
+    cut: list[float]    # lowest kept score of the reference's and the candidate's output
 
 
 @dataclass
@@ -116,6 +137,10 @@ class Comparison:
     edge_clip_reference: int
     edge_clip_candidate: int
     edge_clip: list[ClipDifference]
+    cut_tie_reference: int
+    cut_tie_candidate: int
+    cut_ties: list[CutTie]
+    max_detections: int | None
     matched_fraction: float
     judged_matched_fraction: float
     box_iou_min: float
@@ -195,12 +220,37 @@ def _clip_differences(k: int, r: Dets, c: Dets, twin: Dets, pairs: list, tol: Ma
         for i in range(len(d.scores)):
             if i not in taken and d.scores[i] >= tol["min_score"] and explained(i):
                 out.append(ClipDifference(k, side, int(d.classes[i]), float(d.scores[i]),
-                                          [round(float(v), 2) for v in d.boxes[i]], region))
+                                          [round(float(v), 2) for v in d.boxes[i]], region, i))
+    return out
+
+
+def _cut_ties(k: int, r: Dets, c: Dets, pairs: list, tol: Mapping[str, float], max_detections: int | None,
+              attributed: set[tuple[str, int]]) -> list[CutTie]:
+    """Unmatched detections of image ``k`` (not already ``attributed``) that tie at the top-K cut.
+
+    Only where both outputs are full: with a free row, an output that lacks a detection dropped it
+    for another reason than the cut. The score must lie within the band of both cuts: a detection
+    well above either cut was not competing for the last rows.
+    """
+    band = tol.get("cut_tie", tol.get("score"))
+    if band is None or not max_detections or len(r.scores) != max_detections or len(c.scores) != max_detections:
+        return []
+    cut = [float(r.scores.min()), float(c.scores.min())]
+    taken = {"reference": {p[0] for p in pairs}, "candidate": {p[1] for p in pairs}}
+    out = []
+    for side, d in (("reference", r), ("candidate", c)):
+        for i in range(len(d.scores)):
+            s = float(d.scores[i])
+            if (i in taken[side] or (side, i) in attributed or s < tol["min_score"]
+                    or max(abs(s - cut[0]), abs(s - cut[1])) > band):
+                continue
+            out.append(CutTie(k, side, int(d.classes[i]), s, [round(float(v), 2) for v in d.boxes[i]], cut))
     return out
 
 
 def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float], canvas_hw: tuple[int, int],
-            regions: Sequence[tuple[int, int]] | None = None, clip_twin: Sequence[Dets] | None = None) -> Comparison:
+            regions: Sequence[tuple[int, int]] | None = None, clip_twin: Sequence[Dets] | None = None,
+            max_detections: int | None = None) -> Comparison:
     """Statistics of ``cand`` against ``ref`` over images, and whether they are within ``tol``.
 
     ``clip_twin``: per image, the reference computed clipping boxes at the canvas instead of the
@@ -209,6 +259,10 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
     where boxes are clipped (edge.py's clip-to-canvas difference, whose boxes reach into the
     padding and change NMS around them): they are listed apart as ``EDGE_CLIP`` and, where
     ``tol["edge_clip_exempt"]`` is set, do not count against the matched fraction.
+    ``max_detections``: the K both runners keep (the model's metadata). Where both outputs of an
+    image are full, an unmatched detection scoring within ``tol["cut_tie"]`` (else ``tol["score"]``)
+    of both lowest kept scores is listed apart as ``CUT_TIE`` and does not count: among equal scores
+    which one makes the top K is arbitrary. Any other unmatched detection still counts.
     ``regions``: per image, ``(resized_h, resized_w)`` of the letterboxed image, for the report.
     Mask IoU pastes both masks into the canvas with the runtime's paste.
     """
@@ -221,6 +275,7 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
     ious: list[float] = []
     mask_ious: list[float] = []
     clipped: list[ClipDifference] = []
+    ties: list[CutTie] = []
     for k, (r, c) in enumerate(zip(ref, cand)):
         pairs = match(r, c, tol["iou"], tol["min_score"])
         n_ref += int((r.scores >= tol["min_score"]).sum())
@@ -230,6 +285,9 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
         if clip_twin is not None:
             region = list(regions[k]) if regions is not None else None
             clipped += _clip_differences(k, r, c, clip_twin[k], pairs, tol, region)
+        # a detection the clip explains is not also a tie (each unmatched detection counted once)
+        seen = {(d.side, d.row) for d in clipped if d.image == k}
+        ties += _cut_ties(k, r, c, pairs, tol, max_detections, seen)
         if not pairs:
             continue
         ri = np.array([p[0] for p in pairs])
@@ -243,11 +301,13 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
         mask_ious += [_mask_iou(a, b) for a, b in zip(pr, pc)]
     clip_ref = sum(1 for d in clipped if d.side == "reference")
     exempt = bool(tol.get("edge_clip_exempt"))
-    judged = n_ref - (clip_ref if exempt else 0)
+    tie_ref = sum(1 for t in ties if t.side == "reference")
+    judged = n_ref - (clip_ref if exempt else 0) - tie_ref
     res = Comparison(
         reference_detections=n_ref, candidate_detections=n_cand, matched=n_matched,
         unmatched_reference=n_ref - n_matched, unmatched_candidate=n_cand - n_cand_matched,
         edge_clip_reference=clip_ref, edge_clip_candidate=len(clipped) - clip_ref, edge_clip=clipped,
+        cut_tie_reference=tie_ref, cut_tie_candidate=len(ties) - tie_ref, cut_ties=ties, max_detections=max_detections,
         matched_fraction=n_matched / n_ref if n_ref else 1.0,
         judged_matched_fraction=min(1.0, n_matched / judged) if judged > 0 else 1.0,
         box_iou_min=min(ious) if ious else 1.0, box_abs_diff=Stats.of(box_d), score_abs_diff=Stats.of(score_d),
@@ -260,7 +320,9 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
 def _failures(res: Comparison, tol: Mapping[str, float], exempt: bool, n_cand_matched: int) -> list[str]:
     fails = []
     if res.judged_matched_fraction < tol["matched_frac"]:
-        what = f" (without {res.edge_clip_reference} {EDGE_CLIP})" if exempt and res.edge_clip_reference else ""
+        apart = [f"{res.edge_clip_reference} {EDGE_CLIP}"] if exempt and res.edge_clip_reference else []
+        apart += [f"{res.cut_tie_reference} {CUT_TIE}"] if res.cut_tie_reference else []
+        what = f" (without {', '.join(apart)})" if apart else ""
         fails.append(f"matched {res.judged_matched_fraction:.3f}{what} < {tol['matched_frac']}")
     if "mask_iou" in tol and res.mask_iou_mean < tol["mask_iou"]:
         fails.append(f"mean mask IoU {res.mask_iou_mean:.4f} < {tol['mask_iou']}")
@@ -269,7 +331,10 @@ def _failures(res: Comparison, tol: Mapping[str, float], exempt: bool, n_cand_ma
             fails.append(f"{key} max diff {stat.max:.3g} > {tol[key]}")
         if f"{key}_p99" in tol and stat.p99 > tol[f"{key}_p99"]:
             fails.append(f"{key} p99 diff {stat.p99:.3g} > {tol[key + '_p99']}")
-    if tol.get("matched_frac", 0) >= 1.0 and (res.candidate_detections != res.reference_detections
+    # one to one: a tie swaps one detection for another at the cut, so the tied ones are left out of
+    # both counts (a swap leaves them equal; an extra tied detection on one side is still a tie)
+    if tol.get("matched_frac", 0) >= 1.0 and (res.candidate_detections - res.cut_tie_candidate
+                                             != res.reference_detections - res.cut_tie_reference
                                              or n_cand_matched != res.matched):
         fails.append(f"{res.candidate_detections} candidate vs {res.reference_detections} reference detections")
     return fails
@@ -285,14 +350,16 @@ def judge_ap(comparison: Comparison, reference: AP, candidate: AP) -> None:
 
 def format_pairs(comparisons: Mapping[str, Comparison]) -> list[str]:
     """Markdown lines: one row of statistics per pair, then the clip differences and tolerances."""
-    lines = ["| pair | ref dets | matched | unmatched ref/cand (of which edge clip) | box diff max / mean / p99 (px) | "
+    lines = ["| pair | ref dets | matched | unmatched ref/cand (of which edge clip; cut tie) | "
+             "box diff max / mean / p99 (px) | "
              "score diff max | mask prob diff max | mask IoU mean / min | verdict |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, c in comparisons.items():
         b = c.box_abs_diff
         lines.append(
             f"| {name} | {c.reference_detections} | {c.matched} ({100 * c.matched_fraction:.1f}%) | "
-            f"{c.unmatched_reference}/{c.unmatched_candidate} ({c.edge_clip_reference}/{c.edge_clip_candidate}) | "
+            f"{c.unmatched_reference}/{c.unmatched_candidate} ({c.edge_clip_reference}/{c.edge_clip_candidate}; "
+            f"{c.cut_tie_reference}/{c.cut_tie_candidate}) | "
             f"{b.max:.4f} / {b.mean:.4f} / {b.p99:.4f} | {c.score_abs_diff.max:.2e} | {c.mask_prob_abs_diff.max:.2e} | "
             f"{c.mask_iou_mean:.4f} / {c.mask_iou_min:.4f} | {'ok' if c.ok else 'FAIL: ' + '; '.join(c.failures)} |")
     for name, c in comparisons.items():
@@ -304,6 +371,15 @@ def format_pairs(comparisons: Mapping[str, Comparison]) -> list[str]:
                       f"image region {d.region_hw}" for d in c.edge_clip[:20]]
             if len(c.edge_clip) > 20:
                 lines.append(f"- ... {len(c.edge_clip) - 20} more in the JSON report")
+        if c.cut_ties:
+            lines += ["", f"{name}: {len(c.cut_ties)} unmatched detections are a {CUT_TIE} ({c.max_detections} rows, "
+                      "both outputs full): their scores equal the lowest kept ones within "
+                      f"{c.tolerance.get('cut_tie', c.tolerance.get('score'))}, so which of them is kept is arbitrary "
+                      "(not counted as failures):"]
+            lines += [f"- image {t.image} {t.side}: class {t.class_id}, score {t.score:.6f}, box {t.box}, "
+                      f"lowest kept score ref/cand {t.cut[0]:.6f}/{t.cut[1]:.6f}" for t in c.cut_ties[:20]]
+            if len(c.cut_ties) > 20:
+                lines.append(f"- ... {len(c.cut_ties) - 20} more in the JSON report")
     lines += ["", "Tolerances: " + "; ".join(
         f"{n}: " + ", ".join(f"{k}={v}" for k, v in c.tolerance.items()) for n, c in comparisons.items())]
     return lines

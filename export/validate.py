@@ -193,9 +193,14 @@ def validate(
     bar.close()
 
     regions_hw = [(lb.resized_h, lb.resized_w) for lb in letterboxes]
+    # The K each side keeps, for ties at the cut: the edge graph was built with the exported
+    # model's max_detections; torchvision keeps its own detections_per_img (a tie needs one K)
+    k_edge = int(graphs["edge"].metadata["max_detections"])
+    k_tv = k_edge if int(tv.metadata["max_detections"]) == k_edge else None
     comparisons = {"torchvision -> edge": compare(results["torchvision"], results["edge"], TOLERANCES["torchvision->edge"],
-                                                  (H, W), regions_hw, canvas_clipped),
-                   f"edge -> {kind}": compare(results["edge"], results[kind], tolerance, (H, W), regions_hw)}
+                                                  (H, W), regions_hw, canvas_clipped, max_detections=k_tv),
+                   f"edge -> {kind}": compare(results["edge"], results[kind], tolerance, (H, W), regions_hw,
+                                              max_detections=k_edge)}
     report = ValidationReport(str(model_path), str(checkpoint), len(items), [H, W], precision, meta.get("flavor"),
                               comparisons)
     if dataset is not None:

@@ -190,6 +190,7 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
     rep = validate(str(ckpt), str(onnx_path), images=str(images), progress=False)
     tv, ox = rep.comparisons["torchvision -> edge"], rep.comparisons["edge -> onnx"]
     assert tv.reference_detections >= 20 and ox.reference_detections == 200
+    assert tv.max_detections == ox.max_detections == 100  # the cut is known on both pairs (ties at it)
     assert tv.unmatched_reference == tv.edge_clip_reference  # every difference is the clip
     assert rep.ok, {k: c.failures for k, c in rep.comparisons.items()}
 
