@@ -2,7 +2,7 @@
 
 Buffers are allocated once per I/O tensor (device memory plus a pinned host mirror) and bound with
 ``set_tensor_address``; ``infer`` copies inputs host->device and calls ``execute``, which enqueues,
-copies outputs back, records one event and polls it (``cuda_util.wait_event``). It never waits
+copies outputs back, records one event and polls it (``cuda_util.wait_stream``). It never waits
 inside a cuda-python call: cuda-python before 12.9.1 holds the GIL for the whole of every call, so
 a ``cudaStreamSynchronize`` per frame would stall every other thread of a pipeline.
 ``cuda_graph=True`` captures the enqueue in a CUDA graph after one warm-up run; an engine with
@@ -28,7 +28,7 @@ from mrcnn_edge.core.paths import plugin_library_path
 
 from . import trt_platform
 from .backends import Backend, check_feed
-from .cuda_util import check, check_versions, cuda_modules, wait_event
+from .cuda_util import check, check_versions, cuda_modules, wait_stream
 from .spec import TensorSpec
 from .trt_platform import import_tensorrt  # re-exported: one function, one message, `build` and runtime alike
 
@@ -210,15 +210,6 @@ class TrtBackend(Backend):
         elif not self.context.execute_async_v3(int(self._stream)):
             raise RuntimeError(f"TensorRT failed to enqueue {self.path.name}")
 
-    def _wait(self, what: str) -> None:
-        """Wait for everything enqueued on the stream so far: record the event, then poll it.
-
-        Polling (``wait_event``) sleeps between ``cudaEventQuery`` calls, which return at once, so
-        the GIL is free for the pipeline's other threads while the GPU works.
-        """
-        check(self._cudart.cudaEventRecord(self._done, self._stream), "cudaEventRecord")
-        wait_event(self._cudart, self._done, what)
-
     def _capture(self) -> None:
         """Capture one enqueue in a CUDA graph, or say once why not and run without one.
 
@@ -229,7 +220,7 @@ class TrtBackend(Backend):
         """
         cudart = self._cudart
         self._enqueue()  # warm-up outside the capture: TensorRT may allocate on its first run
-        self._wait("TensorRT warm-up before the CUDA graph capture")
+        wait_stream(cudart, self._done, self._stream, "TensorRT warm-up before the CUDA graph capture")
         graph = None
         seen = len(self._logger.errors)
         self._logger.quiet = True
@@ -293,7 +284,8 @@ class TrtBackend(Backend):
             host = self._host[name]
             check(self._cudart.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes, kind, self._stream),
                   f"copy {name} from the GPU")
-        self._wait(f"{self.path.name} on the GPU")
+        # polling sleeps between cudaEventQuery calls: the GIL stays free while the GPU works
+        wait_stream(self._cudart, self._done, self._stream, f"{self.path.name} on the GPU")
         return {name: self._host[name] for name in self.outputs}
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cuda_util import (DeviceBuffer, check, check_versions, cuda_modules, device_compute_capability, integrated_gpu,
-                        wait_event)
+                        wait_event, wait_stream)
 from .kernel_args import TILE, InstanceParams, LetterboxParams, grid, pack_arguments
 from .kernel_build import KERNELS, compile_kernel, pick_arch
 from .postprocess import MASK_THRESHOLD, ReferenceOps, expand_boxes, paint_order
@@ -189,9 +189,7 @@ class CudaOps:
 
     def _finish(self, stream: Any, what: str) -> None:
         """Wait for everything enqueued on ``stream`` so far (event + poll, never a blocking call)."""
-        event = self._events[-1]  # the ops' own event; each slot has its own
-        check(self._cudart.cudaEventRecord(event, stream), "cudaEventRecord")
-        wait_event(self._cudart, event, what)
+        wait_stream(self._cudart, self._events[-1], stream, what)  # the ops' own event; each slot has its own
 
     def _open(self) -> None:
         if self._closed:

@@ -18,7 +18,8 @@ from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",
-    "version_problem", "check_versions", "DeviceBuffer", "wait_event", "EVENT_POLL_S", "integrated_gpu",
+    "version_problem", "check_versions", "DeviceBuffer", "wait_event", "wait_stream", "EVENT_POLL_S",
+    "integrated_gpu",
 ]
 
 _MODULES: tuple[ModuleType, ModuleType, ModuleType] | None = None
@@ -202,6 +203,13 @@ def wait_event(cudart: ModuleType, event: Any, what: str) -> None:
             check(err, what)
             return
         time.sleep(EVENT_POLL_S)
+
+
+def wait_stream(cudart: ModuleType, event: Any, stream: Any, what: str) -> None:
+    """Wait for everything enqueued on ``stream`` so far: record ``event`` there, then poll it
+    (:func:`wait_event`), never a blocking cudaStreamSynchronize."""
+    check(cudart.cudaEventRecord(event, stream), "cudaEventRecord")
+    wait_event(cudart, event, what)
 
 
 class DeviceBuffer:

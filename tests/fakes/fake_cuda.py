@@ -781,7 +781,7 @@ class DeviceBackend:
 
         import numpy as np
 
-        from mrcnn_edge.runtime.cuda_util import wait_event
+        from mrcnn_edge.runtime.cuda_util import wait_stream
 
         rt, check = self._fake.runtime, self._check
         check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")
@@ -804,8 +804,7 @@ class DeviceBackend:
         # an event per call (TrtBackend keeps one): the same record-then-poll wait, nothing to free at close
         event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), "cudaEventCreateWithFlags")
         try:
-            check(rt.cudaEventRecord(event, self.stream), "cudaEventRecord")
-            wait_event(rt, event, "the stand-in engine")
+            wait_stream(rt, event, self.stream, "the stand-in engine")
         finally:
             rt.cudaEventDestroy(event)
         return dict(self._host)
