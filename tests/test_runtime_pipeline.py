@@ -42,6 +42,23 @@ class Recorder(Sink):
         return self.stop_after is None or len(self.frames) < self.stop_after
 
 
+class Camera(Source):
+    """A live 500 fps camera of ``n`` grey frames; ``sizes``: the frame size changes every 10 frames."""
+
+    live, description = True, "fake camera"
+
+    def __init__(self, n, sizes=((60, 80),)):
+        self.i, self.n, self.sizes = 0, n, sizes
+
+    def read(self):
+        if self.i >= self.n:
+            return None
+        time.sleep(0.002)
+        hw = self.sizes[(self.i // 10) % len(self.sizes)]
+        self.i += 1
+        return sources.Frame(self.i - 1, np.full((*hw, 3), 50, np.uint8), f"f{self.i}")
+
+
 def _marked(n, hw=(60, 80)):
     """Frames whose first pixel carries their number."""
     frames = [np.full((*hw, 3), 40, np.uint8) for _ in range(n)]
@@ -65,19 +82,6 @@ def test_files_process_every_frame_in_order(model):
 
 
 def test_live_source_drops_frames_when_inference_is_slow(model):
-    class Camera(Source):
-        live, description = True, "fake camera"
-
-        def __init__(self, n):
-            self.i, self.n = 0, n
-
-        def read(self):
-            if self.i >= self.n:
-                return None
-            time.sleep(0.002)  # a 500 fps camera
-            self.i += 1
-            return sources.Frame(self.i - 1, np.full((60, 80, 3), 50, np.uint8), f"f{self.i}")
-
     sink = Recorder()
     with Segmenter.from_path(model) as seg:
         infer = seg.infer
@@ -92,19 +96,6 @@ def test_live_boundaries_are_latest_frame_slots_and_latency_is_reported(model):
     """Issue 11: with a live source a frame must not wait in a queue behind older ones at any
     boundary (pre -> infer included): a slow model makes frames drop there too, counted per
     boundary; every written frame has a capture-to-sink latency, reported as p50/p95."""
-    class Camera(Source):
-        live, description = True, "fake camera"
-
-        def __init__(self, n):
-            self.i, self.n = 0, n
-
-        def read(self):
-            if self.i >= self.n:
-                return None
-            time.sleep(0.002)
-            self.i += 1
-            return sources.Frame(self.i - 1, np.full((60, 80, 3), 50, np.uint8), f"f{self.i}")
-
     sink = Recorder()
     with Segmenter.from_path(model) as seg:
         infer, prepare = seg.infer, seg.prepare
@@ -124,20 +115,6 @@ def test_a_sink_that_cannot_keep_up_and_new_frame_sizes_mid_stream(model):
     drawn at their own size."""
     sizes = [(60, 80), (120, 160), (90, 200)]
 
-    class Camera(Source):
-        live, description = True, "fake camera"
-
-        def __init__(self, n):
-            self.i, self.n = 0, n
-
-        def read(self):
-            if self.i >= self.n:
-                return None
-            time.sleep(0.002)
-            hw = sizes[(self.i // 10) % len(sizes)]
-            self.i += 1
-            return sources.Frame(self.i - 1, np.full((*hw, 3), 50, np.uint8), f"f{self.i}")
-
     class SlowSink(Recorder):
         def write(self, image, frame):
             time.sleep(0.03)  # a display or network sink slower than everything before it
@@ -147,7 +124,7 @@ def test_a_sink_that_cannot_keep_up_and_new_frame_sizes_mid_stream(model):
     sink = SlowSink()
     sink.shapes = []
     with Segmenter.from_path(model) as seg:
-        stats = Pipeline(seg, Camera(90), [sink]).run()
+        stats = Pipeline(seg, Camera(90, sizes), [sink]).run()
     assert stats.dropped_at["post"] > 0  # dropped in front of the sink, counted there
     assert stats.dropped == sum(stats.dropped_at.values()) and stats.frames == len(sink.frames)
     assert stats.frames + stats.dropped + 1 >= 90 >= stats.frames + stats.dropped - 1
