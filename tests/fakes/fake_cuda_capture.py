@@ -16,55 +16,59 @@ from .fake_cuda import Stream, _ids, cudaError_t, cudaMemcpyKind
 __all__ = ["stream_capture"]
 
 
+# -- stream capture and CUDA graphs (what TrtBackend's cuda_graph=True calls) ------------------
+# A capturing stream's queue is a _Capture in place of its pending list: what fake._enqueue
+# or cudaEventRecord append to it becomes a graph node instead of work to run, and the
+# work enqueued before the capture still runs when the stream drains (Programming Guide:
+# placing a stream into capture mode "severs a dependency relation between items added to
+# the stream immediately before and after the mode transition").
+class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801 - cuda-python's names
+    cudaStreamCaptureModeGlobal = 0
+    cudaStreamCaptureModeThreadLocal = 1
+    cudaStreamCaptureModeRelaxed = 2
+
+
+class cudaStreamCaptureStatus(enum.IntEnum):  # noqa: N801
+    cudaStreamCaptureStatusNone = 0
+    cudaStreamCaptureStatusActive = 1
+    cudaStreamCaptureStatusInvalidated = 2
+
+
+class _Capture:
+    """A capturing stream's queue. Its length is the work from before the capture, which
+    is all that draining the stream (_flush, _complete) may run: never the graph's nodes."""
+
+    def __init__(self, before: list, mode: int) -> None:
+        self.before, self.mode, self.nodes = before, mode, []
+        self.thread, self.invalidated = threading.get_ident(), False
+
+    def append(self, work: Callable[[], Any]) -> None:
+        # cudaStreamBeginCapture: "all operations pushed into the stream will not be
+        # executed, but will instead be captured into a graph"
+        self.nodes.append(work)
+
+    def pop(self, index: int = -1) -> Callable[[], Any]:
+        return self.before.pop(index)
+
+    def __len__(self) -> int:
+        return len(self.before)
+
+
+class _Handle:
+    """A graph or executable graph. Like cuda-python's ``cudaGraph_t`` it has no truth
+    value of its own, so a NULL one (handle 0) is truthy: test ``int(h)``."""
+
+    def __init__(self, nodes: list | None) -> None:
+        self.nodes, self.destroyed = nodes, False
+        self.handle = 0 if nodes is None else next(_ids)
+
+    def __int__(self) -> int:
+        return self.handle
+
+
 def stream_capture(fake: Any, api: dict[str, Callable[..., Any]]) -> dict[str, Any]:
     """The capture API of the stand-in ``fake`` (a ``FakeCuda``) over its runtime functions ``api``."""
     ok = cudaError_t.cudaSuccess
-
-    # -- stream capture and CUDA graphs (what TrtBackend's cuda_graph=True calls) --------------
-    # A capturing stream's queue is a _Capture in place of its pending list: what fake._enqueue
-    # or cudaEventRecord append to it becomes a graph node instead of work to run, and the
-    # work enqueued before the capture still runs when the stream drains (Programming Guide:
-    # placing a stream into capture mode "severs a dependency relation between items added to
-    # the stream immediately before and after the mode transition").
-    class cudaStreamCaptureMode(enum.IntEnum):  # noqa: N801 - cuda-python's names
-        cudaStreamCaptureModeGlobal = 0
-        cudaStreamCaptureModeThreadLocal = 1
-        cudaStreamCaptureModeRelaxed = 2
-
-    class cudaStreamCaptureStatus(enum.IntEnum):  # noqa: N801
-        cudaStreamCaptureStatusNone = 0
-        cudaStreamCaptureStatusActive = 1
-        cudaStreamCaptureStatusInvalidated = 2
-
-    class _Capture:
-        """A capturing stream's queue. Its length is the work from before the capture, which
-        is all that draining the stream (_flush, _complete) may run: never the graph's nodes."""
-
-        def __init__(self, before: list, mode: int) -> None:
-            self.before, self.mode, self.nodes = before, mode, []
-            self.thread, self.invalidated = threading.get_ident(), False
-
-        def append(self, work: Callable[[], Any]) -> None:
-            # cudaStreamBeginCapture: "all operations pushed into the stream will not be
-            # executed, but will instead be captured into a graph"
-            self.nodes.append(work)
-
-        def pop(self, index: int = -1) -> Callable[[], Any]:
-            return self.before.pop(index)
-
-        def __len__(self) -> int:
-            return len(self.before)
-
-    class _Handle:
-        """A graph or executable graph. Like cuda-python's ``cudaGraph_t`` it has no truth
-        value of its own, so a NULL one (handle 0) is truthy: test ``int(h)``."""
-
-        def __init__(self, nodes: list | None) -> None:
-            self.nodes, self.destroyed = nodes, False
-            self.handle = 0 if nodes is None else next(_ids)
-
-        def __int__(self) -> int:
-            return self.handle
 
     fake.stats.update({"graph_launches": 0, "live_graphs": set(), "live_graph_execs": set()})
     captured_events: set = set()   # events last recorded in a capturing stream
