@@ -102,6 +102,23 @@ TensorFacts factsOf(DataType type)
     t.type = type;
     return t;
 }
+
+TensorFacts factsOf(PluginTensorDesc const& desc)
+{
+    return factsOf(desc.dims, desc.type);
+}
+
+//! What is known of each of n inputs (descriptors, shape expressions or data types).
+template <typename Input>
+std::vector<TensorFacts> factsOfEach(Input const* inputs, int32_t n)
+{
+    std::vector<TensorFacts> facts;
+    for (int32_t i = 0; i < n; ++i)
+    {
+        facts.push_back(factsOf(inputs[i]));
+    }
+    return facts;
+}
 } // namespace
 
 // -------------------------------------------------------------------------------------------------
@@ -260,12 +277,7 @@ std::string MultilevelRoIAlignPlugin::checkInputs(std::vector<TensorFacts> const
 
 std::string MultilevelRoIAlignPlugin::checkIO(PluginTensorDesc const* in, int32_t nbInputs, int32_t nbOutputs) const
 {
-    std::vector<TensorFacts> facts;
-    for (int32_t i = 0; i < nbInputs; ++i)
-    {
-        facts.push_back(factsOf(in[i].dims, in[i].type));
-    }
-    return checkInputs(facts, nbOutputs);
+    return checkInputs(factsOfEach(in, nbInputs), nbOutputs);
 }
 
 int32_t MultilevelRoIAlignPlugin::configurePlugin(
@@ -298,12 +310,7 @@ int32_t MultilevelRoIAlignPlugin::getOutputDataTypes(
         {
             return verdict("getOutputDataTypes got no data types");
         }
-        std::vector<TensorFacts> facts;
-        for (int32_t i = 0; i < nbInputs; ++i)
-        {
-            facts.push_back(factsOf(inputTypes[i]));
-        }
-        int32_t const status = verdict(checkInputs(facts, nbOutputs));
+        int32_t const status = verdict(checkInputs(factsOfEach(inputTypes, nbInputs), nbOutputs));
         if (status == 0)
         {
             outputTypes[0] = inputTypes[1];
@@ -321,12 +328,7 @@ int32_t MultilevelRoIAlignPlugin::getOutputShapes(DimsExprs const* inputs, int32
         {
             return verdict("getOutputShapes got no input shapes");
         }
-        std::vector<TensorFacts> facts;
-        for (int32_t i = 0; i < nbInputs; ++i)
-        {
-            facts.push_back(factsOf(inputs[i]));
-        }
-        int32_t const status = verdict(checkInputs(facts, nbOutputs));
+        int32_t const status = verdict(checkInputs(factsOfEach(inputs, nbInputs), nbOutputs));
         if (status != 0)
         {
             return status;
