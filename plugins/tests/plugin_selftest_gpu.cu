@@ -426,24 +426,24 @@ std::string runCase(IPluginCreatorV3One* creator, GpuCase const& c, DataType typ
     }
 
     float const rtol = half ? kRtolFloat16 : kRtolFloat32;
+    auto gpuValue = [&](size_t i) {
+        if (half)
+        {
+            uint16_t bits;
+            std::memcpy(&bits, gpu.data() + 2 * i, 2);
+            return halfValue(bits);
+        }
+        float value;
+        std::memcpy(&value, gpu.data() + 4 * i, 4);
+        return value;
+    };
     size_t bad = 0;
     size_t firstBad = 0;
     size_t nonzero = 0;
     maxAbsErr = 0.0F;
     for (size_t i = 0; i < outCount; ++i)
     {
-        float value;
-        if (half)
-        {
-            uint16_t bits;
-            std::memcpy(&bits, gpu.data() + 2 * i, 2);
-            value = halfValue(bits);
-        }
-        else
-        {
-            std::memcpy(&value, gpu.data() + 4 * i, 4);
-        }
-        float const err = std::fabs(value - expected[i]);
+        float const err = std::fabs(gpuValue(i) - expected[i]);
         if (!(err <= kAtol + rtol * std::fabs(expected[i]))) // NaN (never written) fails too
         {
             firstBad = bad++ == 0 ? i : firstBad;
@@ -454,17 +454,7 @@ std::string runCase(IPluginCreatorV3One* creator, GpuCase const& c, DataType typ
     char line[320];
     if (bad > 0)
     {
-        float firstValue = 0.0F;
-        if (half)
-        {
-            uint16_t bits;
-            std::memcpy(&bits, gpu.data() + 2 * firstBad, 2);
-            firstValue = halfValue(bits);
-        }
-        else
-        {
-            std::memcpy(&firstValue, gpu.data() + 4 * firstBad, 4);
-        }
+        float const firstValue = gpuValue(firstBad);
         std::snprintf(line, sizeof(line), "%s: %zu of %zu elements differ from the CPU build by more than %g + %g * |cpu| "
             "(first: element %zu, gpu %.9g, cpu %.9g)", shape.c_str(), bad, outCount, static_cast<double>(kAtol),
             static_cast<double>(rtol), firstBad, static_cast<double>(firstValue), static_cast<double>(expected[firstBad]));
