@@ -90,7 +90,7 @@ def cpu_ms(frame, masks, boxes, scores, colours, repeat: int) -> tuple[float, fl
 
 def gpu_counts(frame, masks, boxes, scores, colours, fake, zero_copy: bool) -> str:
     """Bytes and launches of one upload + letterbox + render on the stand-in."""
-    from mrcnn_edge.runtime.cuda_ops import CudaOps
+    from mrcnn_edge.runtime.gpu.cuda_ops import CudaOps
     from mrcnn_edge.runtime.preprocess import normalization
 
     mul, add = normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -123,8 +123,7 @@ def install_stand_in(build: Path):
     sys.path.insert(0, str(ROOT / "tests"))
     from fakes.fake_cuda import FakeCuda, build_host_library
 
-    from mrcnn_edge.runtime import cuda_util
-
+    from mrcnn_edge.runtime.gpu import cuda_util
     import cuda.bindings.nvrtc as nvrtc  # the real NVRTC: no GPU needed
 
     fake = FakeCuda(build_host_library(build))

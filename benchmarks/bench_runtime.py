@@ -47,7 +47,7 @@ def frames_from(video: str | None, size: tuple[int, int]) -> Iterator[np.ndarray
     if video is None:
         while True:
             yield from moving_squares(500, hw=size)
-    from mrcnn_edge.runtime.sources import open_source
+    from mrcnn_edge.runtime.io.sources import open_source
 
     while True:
         count = 0

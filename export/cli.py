@@ -50,7 +50,7 @@ def _parse_hw(text: str) -> tuple[int, int]:
 
 
 def run_export(args) -> int:
-    from .onnx_export import ExportOptions, export_onnx
+    from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
 
     opts = ExportOptions(input_size=_parse_hw(args.input_size), batch=args.batch, flavor=args.flavor,
                          precision=args.precision, max_detections=args.max_detections,
@@ -86,8 +86,8 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
 def run_validate(args) -> int:
     from mrcnn_edge.core.atomic import atomic_output, check_writable
 
-    from .compare import as_json
-    from .validate import format_report, validate
+    from mrcnn_edge.export.validate.compare import as_json
+    from mrcnn_edge.export.validate import format_report, validate
 
     for out in (args.report, args.json):
         if out:

@@ -98,7 +98,7 @@ def build_edge(model, cfg, opts: ExportOptions):
 def metadata_for(edge, cfg, opts: ExportOptions) -> dict[str, Any]:
     from mrcnn_edge import __version__
 
-    from .translations import PLUGIN
+    from mrcnn_edge.export.translations import PLUGIN
 
     return {
         "mrcnn_edge_version": __version__,
@@ -138,7 +138,7 @@ def export_onnx(
     from mrcnn_edge.core.atomic import atomic_output, check_writable
     from mrcnn_edge.core.metadata import encode
 
-    from .translations import register_schema, translation_table
+    from mrcnn_edge.export.translations import register_schema, translation_table
 
     opts.validate()
     out = check_writable(out)
@@ -183,7 +183,7 @@ def check_model(proto, opts: ExportOptions) -> dict[str, Any]:
     import onnx
 
 
-    from .translations import register_schema
+    from mrcnn_edge.export.translations import register_schema
 
     register_schema()
     try:
@@ -211,7 +211,7 @@ def tensorrt_compatibility(proto, flavor: str) -> list[str]:
 
     problems = []
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node):
-        from .quantize import qdq_problems  # explicit quantization: Q/DQ only where TensorRT fuses them
+        from mrcnn_edge.export.quantize import qdq_problems  # explicit quantization: Q/DQ only where TensorRT fuses them
 
         problems += qdq_problems(proto)
     for node in proto.graph.node:

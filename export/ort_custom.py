@@ -53,7 +53,7 @@ def reference_implementation() -> str:
     global _implementation
     if _implementation is None:
         try:
-            from .plugin_host import host_library_path
+            from mrcnn_edge.export.plugin_host import host_library_path
 
             host_library_path()
             _implementation = "plugin host library"
@@ -73,7 +73,7 @@ def reference_roi_align(rois: np.ndarray, features: list[np.ndarray], attrs: dic
               canonical_scale=float(attrs.get("canonical_scale", 224.0)),
               canonical_level=int(attrs.get("canonical_level", 4)))
     if reference_implementation() == "plugin host library":
-        from .plugin_host import multilevel_roi_align_host
+        from mrcnn_edge.export.plugin_host import multilevel_roi_align_host
 
         return multilevel_roi_align_host(rois, features, **kw)
     import torch
@@ -211,7 +211,7 @@ def _session_options(so) -> None:
 def register() -> None:
     """Let the runtime's ``OrtBackend`` run tensorrt-flavor models: their plugin nodes become the
     reference implementation in an in-memory copy of the model (the file is not changed)."""
-    from mrcnn_edge.runtime.backend_ort import register_custom_op_domain
+    from mrcnn_edge.runtime.backends.ort import register_custom_op_domain
 
     def rewrite(path) -> bytes:
         return _rewrite(_load_proto(path)).SerializeToString()

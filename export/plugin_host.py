@@ -83,7 +83,7 @@ def cache_dir() -> Path:
 
 
 def _source_dir() -> Path:
-    from ..plugins import SOURCE_DIR
+    from mrcnn_edge.plugins import SOURCE_DIR
 
     return SOURCE_DIR
 

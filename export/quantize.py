@@ -167,7 +167,7 @@ def _calibrate(model_path: Path, reader: _Reader, workdir: Path, method: str) ->
     import onnx
     from onnxruntime.quantization.calibrate import MinMaxCalibrater, PercentileCalibrater
 
-    from .ort_custom import make_session
+    from mrcnn_edge.export.ort_custom import make_session
 
     base = {"minmax": MinMaxCalibrater, "percentile": PercentileCalibrater}[method]
 
@@ -337,8 +337,8 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
     from mrcnn_edge.core.metadata import encode
     from mrcnn_edge.core.progress import Progress
 
-    from .onnx_export import ExportOptions, check_model
-    from .translations import register_schema
+    from mrcnn_edge.export.onnx_export import ExportOptions, check_model
+    from mrcnn_edge.export.translations import register_schema
 
     if method not in CALIBRATION_METHODS:
         raise UserError(f"calibration method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}")

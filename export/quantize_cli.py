@@ -26,7 +26,7 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_quantize(args) -> int:
-    from .quantize import quantize_model
+    from mrcnn_edge.export.quantize import quantize_model
 
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")

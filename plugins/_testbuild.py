@@ -1,7 +1,7 @@
 """Builds of the plugin for the CPU-only tests: compiled once per process and per header set.
 
-The tests of the plugin class (tests/test_plugin_compile.py), of its self-registration
-(tests/test_plugin_registration.py) and of its attribute table (tests/test_plugin_attributes.py)
+The tests of the plugin class (tests/plugins/test_compile.py), of its self-registration
+(tests/plugins/test_registration.py) and of its attribute table (tests/plugins/test_attributes.py)
 need the same objects; each is compiled here on first request into one temporary folder and reused
 by every later request in the same pytest process. Test support only: nothing in mrcnn-edge's
 commands imports this module.
@@ -53,7 +53,7 @@ def _run(cmd: Sequence[object], what: str) -> subprocess.CompletedProcess:
 
 def tensorrt_include_dirs() -> list[Path]:
     """Every distinct folder with ``NvInferRuntime.h`` named by the environment or installed."""
-    from mrcnn_edge.export import plugin_build
+    from mrcnn_edge.export.build import plugin_library as plugin_build
 
     dirs: list[Path] = []
     sets = os.environ.get("MRCNN_EDGE_TRT_HEADERS")
@@ -71,13 +71,13 @@ def tensorrt_include_dirs() -> list[Path]:
 
 
 def nvcc() -> Path | None:
-    from mrcnn_edge.export import plugin_build
+    from mrcnn_edge.export.build import plugin_library as plugin_build
 
     return plugin_build.find_nvcc()
 
 
 def cuda_home() -> Path | None:
-    from mrcnn_edge.export import plugin_build
+    from mrcnn_edge.export.build import plugin_library as plugin_build
 
     found = nvcc()
     return plugin_build._nvcc_cuda_home(found) if found else None
@@ -190,7 +190,7 @@ def plugin_library(include: Path, kernel: Path) -> Path:
 @functools.cache
 def standin_nvinfer(include: Path) -> Path:
     """plugins/tests/standin_nvinfer.cpp as ``<folder>/libnvinfer.so.<major>`` (soname alike)."""
-    from mrcnn_edge.export import plugin_build
+    from mrcnn_edge.export.build import plugin_library as plugin_build
 
     major = (plugin_build.tensorrt_header_version(include) or "10").split(".")[0]
     name = f"libnvinfer.so.{major}"

@@ -19,17 +19,17 @@ _LAZY = {
     "Segmenter": "segmenter", "Work": "segmenter", "DEFAULT_SCORE_THRESHOLD": "segmenter",
     "Detections": "detections",
     "Backend": "backends", "BACKENDS": "backends", "open_backend": "backends",
-    "OrtBackend": "backend_ort", "register_custom_op_domain": "backend_ort",
-    "TrtBackend": "backend_trt",
+    "OrtBackend": "backends.ort", "register_custom_op_domain": "backends.ort",
+    "TrtBackend": "backends.trt",
     "ModelSpec": "spec", "TensorSpec": "spec",
     "Letterbox": "preprocess", "letterbox": "preprocess",
     "paste_masks": "postprocess", "instance_map": "postprocess", "overlay": "postprocess",
     "as_bgr8": "frames",
     "rle_encode": "coco",
-    "open_source": "sources", "csi_pipeline": "sources", "Source": "sources", "Frame": "sources",
-    "open_sink": "sinks", "Sink": "sinks",
+    "open_source": "io.sources", "csi_pipeline": "io.sources", "Source": "io.sources", "Frame": "io.sources",
+    "open_sink": "io.sinks", "Sink": "io.sinks",
     "Pipeline": "pipeline", "RunStats": "pipeline",
-    "CudaOps": "cuda_ops",
+    "CudaOps": "gpu.cuda_ops",
 }
 
 __all__ = list(_LAZY)

@@ -15,7 +15,7 @@ from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note, status
 
-from .backends import BACKENDS
+from mrcnn_edge.runtime.backends import BACKENDS
 
 from mrcnn_edge.core.contract import DEVICES  # noqa: E402  (not via segmenter: this module imports without OpenCV)
 
@@ -97,10 +97,10 @@ def _setup_logging() -> None:
 def run_run(args: argparse.Namespace) -> int:
     # sources first: without OpenCV it raises the one-line OpenCVMissing, before the modules below
     # (which import cv2 too) can fail with a bare ModuleNotFoundError
-    from .sources import check_source, open_source
-    from .pipeline import Pipeline
-    from .segmenter import Segmenter
-    from .sinks import WindowSink, open_sink, window_unavailable
+    from mrcnn_edge.runtime.io.sources import check_source, open_source
+    from mrcnn_edge.runtime.pipeline import Pipeline
+    from mrcnn_edge.runtime.segmenter import Segmenter
+    from mrcnn_edge.runtime.io.sinks import WindowSink, open_sink, window_unavailable
 
     _setup_logging()
     log = logging.getLogger("mrcnn_edge.runtime")
@@ -151,8 +151,8 @@ def run_run(args: argparse.Namespace) -> int:
 
 def _run_many(args: argparse.Namespace, outputs: list[str], providers: list[str] | None) -> int:
     """Several ``--source``: one pipeline each on its own Segmenter (``multi_source.run_sources``)."""
-    from .multi_source import run_sources
-    from .segmenter import Segmenter
+    from mrcnn_edge.runtime.multi_source import run_sources
+    from mrcnn_edge.runtime.segmenter import Segmenter
 
     if not args.no_display:
         raise UserError("several --source run without a window: pass --no-display (and --output per source to save)")

@@ -15,9 +15,9 @@ import numpy as np
 
 from mrcnn_edge.core.errors import UserError
 
-from .coco import rle_string
-from .frames import as_bgr8
-from .postprocess import MASK_THRESHOLD, ReferenceOps, class_colour
+from mrcnn_edge.runtime.coco import rle_string
+from mrcnn_edge.runtime.frames import as_bgr8
+from mrcnn_edge.runtime.postprocess import MASK_THRESHOLD, ReferenceOps, class_colour
 
 __all__ = ["Detections"]
 

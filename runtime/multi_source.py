@@ -40,9 +40,9 @@ def run_sources(open_segmenter: Callable[[], Any], sources: Sequence[str], outpu
     ``open_segmenter()`` opens a fresh Segmenter (e.g. ``lambda: Segmenter.from_path(url)``).
     ``outputs``: empty, or one path (or None) per source.
     """
-    from .pipeline import Pipeline
-    from .sinks import open_sink
-    from .sources import check_source, open_source
+    from mrcnn_edge.runtime.pipeline import Pipeline
+    from mrcnn_edge.runtime.io.sinks import open_sink
+    from mrcnn_edge.runtime.io.sources import check_source, open_source
 
     if not sources:
         raise UserError("give at least one --source")

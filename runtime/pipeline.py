@@ -24,10 +24,10 @@ from typing import Any, Callable, Sequence
 
 from mrcnn_edge.core.errors import UserError
 
-from .frames import as_bgr8
-from .segmenter import Segmenter
-from .sinks import Sink
-from .sources import Frame, Source
+from mrcnn_edge.runtime.frames import as_bgr8
+from mrcnn_edge.runtime.segmenter import Segmenter
+from mrcnn_edge.runtime.io.sinks import Sink
+from mrcnn_edge.runtime.io.sources import Frame, Source
 
 __all__ = ["Pipeline", "RunStats", "LatestSlot", "STAGES"]
 

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .preprocess import Letterbox, bilinear_taps
+from mrcnn_edge.runtime.preprocess import Letterbox, bilinear_taps
 
 __all__ = [
     "MASK_THRESHOLD",

@@ -24,12 +24,12 @@ import numpy as np
 
 from mrcnn_edge.core.errors import UserError
 
-from .backends import Backend, backend_for, open_backend, url_scheme
-from .detections import Detections
-from .frames import as_bgr8
-from .postprocess import MASK_THRESHOLD, ReferenceOps, rows_to_frame
-from .preprocess import Letterbox, letterbox_into, normalization
-from .spec import INPUT_NAME, ModelSpec, model_spec
+from mrcnn_edge.runtime.backends import Backend, backend_for, open_backend, url_scheme
+from mrcnn_edge.runtime.detections import Detections
+from mrcnn_edge.runtime.frames import as_bgr8
+from mrcnn_edge.runtime.postprocess import MASK_THRESHOLD, ReferenceOps, rows_to_frame
+from mrcnn_edge.runtime.preprocess import Letterbox, letterbox_into, normalization
+from mrcnn_edge.runtime.spec import INPUT_NAME, ModelSpec, model_spec
 
 __all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "DEVICES", "CLOSE_WAIT_S"]
 
@@ -113,7 +113,7 @@ class Segmenter:
         if device == "cpu" or not hasattr(self.backend, "device_pointer"):
             return ReferenceOps()
         try:
-            from .cuda_ops import CudaOps
+            from mrcnn_edge.runtime.gpu.cuda_ops import CudaOps
 
             # the backend's GPU: its stream and buffers live there (device 0 unless it says otherwise)
             device_id = int(getattr(self.backend, "device_id", 0) or 0)

@@ -5,7 +5,7 @@
 #     kernels against the host reference, the plugin's CUDA kernel against torchvision's roi_align
 #     and MultiScaleRoIAlign in fp32 and fp16 through plugins/tests/roi_align_launcher.cu (max
 #     error and kernel time from CUDA events per case), and whatever else is GPU-marked;
-#   * the plugin class self-tests (tests/test_plugin_compile.py -k selftest), when TensorRT headers
+#   * the plugin class self-tests (tests/plugins/test_compile.py -k selftest), when TensorRT headers
 #     are at hand: the CPU self-test, its nvcc build, and that build's --gpu mode, which runs the
 #     plugin's enqueue() on this GPU in fp32 and fp16 against the plugin's CPU build (one table line
 #     per header set, with the largest error). The GPU stage leaves these to this one.
@@ -106,7 +106,7 @@ if command -v nvidia-smi >/dev/null 2>&1; then
     no_gpu "nvidia-smi -L lists no GPU: $(head -n 1 <<<"$SMI_LIST")"
   fi
 fi
-# The driver API, as mrcnn_edge.runtime.trt_platform.cuda_driver asks it (stdlib only: this runs
+# The driver API, as mrcnn_edge.runtime.gpu.trt_platform.cuda_driver asks it (stdlib only: this runs
 # before any environment is set up). cuInit(unsigned int Flags): "Flags must be 0".
 DRIVER="$("$PROBE_PY" - "$([ -n "$SMI_LIST" ] && echo smi)" 2>&1 <<'PY'
 import ctypes
@@ -174,7 +174,7 @@ fi
 # mrcnn_edge from the sources: pyproject maps mrcnn_edge.export to export/ and so on, which a plain
 # PYTHONPATH cannot express; a tree of links can. PYTHONSAFEPATH keeps the working directory (the
 # repository, with its unmapped mrcnn_edge/) off sys.path so that the tree is what is imported.
-IMPORT_CHECK='import mrcnn_edge.export.plugin_build, mrcnn_edge.runtime, mrcnn_edge.plugins'
+IMPORT_CHECK='import mrcnn_edge.export.build.plugin_library, mrcnn_edge.runtime, mrcnn_edge.plugins'
 if ! (cd "$WORK" && "$PY" -c "$IMPORT_CHECK") >/dev/null 2>&1; then
   "$PY" - "$ROOT" "$WORK/src" <<'PY' >>"$LOG" 2>&1 || { say "gpu_check: cannot map the sources (see $LOG)"; exit 2; }
 import sys
@@ -210,7 +210,7 @@ fi
 cd "$ROOT" || exit 2
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 PYTEST=("$PY" -m pytest -rA -p no:cacheprovider -o junit_family=xunit1)
-mapfile -t GPU_FILES < <(grep -l "mark\.gpu" tests/test_*.py)
+mapfile -t GPU_FILES < <(grep -rl --include="test_*.py" "mark\.gpu" tests | sort)
 say "gpu_check: pytest -m gpu over ${GPU_FILES[*]} (limit ${GPU_TESTS_TIMEOUT_S} s)"
 # the self-tests need TensorRT headers and run in their own stage below
 timeout "$GPU_TESTS_TIMEOUT_S" "${PYTEST[@]}" -m gpu -k "not selftest" --junitxml="$OUTDIR/gpu_tests.xml" \
@@ -220,7 +220,7 @@ TABLE_FILES=("$OUTDIR/gpu_tests.xml")
 if [ -n "${MRCNN_EDGE_TENSORRT_INCLUDE:-}" ]; then
   say "gpu_check: plugin class self-tests (CPU, nvcc build, --gpu) against $MRCNN_EDGE_TENSORRT_INCLUDE (limit ${SELFTEST_TIMEOUT_S} s)"
   timeout "$SELFTEST_TIMEOUT_S" "${PYTEST[@]}" -k selftest --junitxml="$OUTDIR/selftest.xml" \
-    tests/test_plugin_compile.py >>"$LOG" 2>&1
+    tests/plugins/test_compile.py >>"$LOG" 2>&1
   TABLE_FILES+=("$OUTDIR/selftest.xml")
 else
   say "gpu_check: plugin class self-test not run: no TensorRT headers (carry .trt/, see the top of $0)"

@@ -8,7 +8,7 @@ import pytest
 
 def _has_gpu() -> tuple[bool, str]:
     """Ask the CUDA driver (a Jetson may have no nvidia-smi), as the tools themselves do."""
-    from mrcnn_edge.runtime.trt_platform import cuda_driver
+    from mrcnn_edge.runtime.gpu.trt_platform import cuda_driver
 
     info = cuda_driver()
     return (True, "") if info.devices > 0 else (False, info.why or "no CUDA device")

@@ -1,7 +1,7 @@
 """Side-by-side latency (and, on a validation split, mask AP) of runners: a comparator over runners.
 
 A row is ``(label, backend, model, options)``: torchvision eager or ``EdgeMaskRCNN`` eager on the
-checkpoint (:mod:`mrcnn_edge.model.runners`), or any backend of the runtime's table
+checkpoint (:mod:`mrcnn_edge.export.validate.runners`), or any backend of the runtime's table
 (``runtime.backends.BACKENDS``: ONNX Runtime, TensorRT, OpenVINO, ...) on a model file. Every row
 runs the same three timed stages on the same frame, one run of each row in turn (interleaved) so
 that machine drift hits all alike:
@@ -206,7 +206,7 @@ class _Bench:
 
     def open(self, row: Row) -> Any:
         """The runner of ``row`` (UserError with the row's label when it cannot open)."""
-        from mrcnn_edge.model.runners import EdgeRunner, TorchvisionRunner
+        from mrcnn_edge.export.validate.runners import EdgeRunner, TorchvisionRunner
 
         if row.backend in TORCH_RUNNERS:
             model, cfg = self.model, self.cfg
@@ -252,7 +252,7 @@ def _settings(model: Any, args: Any) -> None:
 def _feed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> tuple[dict[str, np.ndarray], Any]:
     """The runtime's letterbox into the runner's input (its dtype; 0-255 for in-graph normalisation)."""
     from mrcnn_edge.core.contract import INPUT_NAME
-    from mrcnn_edge.model.runners import IMAGE_SIZES
+    from mrcnn_edge.export.validate.runners import IMAGE_SIZES
     from mrcnn_edge.runtime.preprocess import letterbox
 
     spec = runner.inputs[INPUT_NAME]
@@ -352,7 +352,7 @@ def run_benchmark(args: Any) -> int:
             results.append(res)
     table = format_table(results)
     print(table)
-    from mrcnn_edge.export.compare import as_json
+    from mrcnn_edge.export.validate.compare import as_json
 
     meta = {"checkpoint": str(ckpt), "canvas": [H, W], "runs": args.runs, "warmup": args.warmup,
             "torch_threads": torch.get_num_threads(), "rpn_post_nms_top_n": args.rpn_post_nms_top_n or 1000,

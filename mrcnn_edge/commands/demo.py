@@ -37,7 +37,7 @@ def _tensorrt_ready() -> str | None:
     """None when TensorRT and a GPU are usable, else why not (the driver is asked, not nvidia-smi)."""
     import importlib.util
 
-    from mrcnn_edge.runtime.trt_platform import cuda_device_count
+    from mrcnn_edge.runtime.gpu.trt_platform import cuda_device_count
 
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed"
@@ -120,8 +120,8 @@ def run_demo(args) -> int:
 def _segment(seg: Any, video: Path, output: Path) -> None:
     """The runtime's pipeline: ``video`` segmented by ``seg`` into the video file ``output``."""
     from mrcnn_edge.runtime.pipeline import Pipeline
-    from mrcnn_edge.runtime.sinks import open_sink
-    from mrcnn_edge.runtime.sources import open_source
+    from mrcnn_edge.runtime.io.sinks import open_sink
+    from mrcnn_edge.runtime.io.sources import open_source
 
     note(f"model: {seg.description}")
     with open_source(str(video)) as source:
@@ -139,8 +139,8 @@ def _segment(seg: Any, video: Path, output: Path) -> None:
 
 def _tensorrt_steps(onnx_path: Path, out: Path, ckpt: Path, loaded: Any, video: Path, n_images: int) -> Any:
     """Plugin, engine, validation and a segmented video on the GPU (library calls, as the CLI makes them)."""
-    from mrcnn_edge.export import plugin_build as pb
-    from mrcnn_edge.export.engine import build_engine
+    from mrcnn_edge.export.build import plugin_library as pb
+    from mrcnn_edge.export.build.engine import build_engine
     from mrcnn_edge.export.validate import format_report, validate
 
     toolchain = pb.find_toolchain()

@@ -12,7 +12,7 @@
 // Prints one line per failed check and exits with the number of failures. With --fields it prints
 // instead what the creator advertises (getFieldNames: "field NAME TYPE LENGTH", TYPE the
 // PluginFieldType number) and the values of a plugin created with no field ("default NAME V..."),
-// which tests/test_plugin_attributes.py holds against mrcnn_edge.contract.PLUGIN_ATTRIBUTES.
+// which tests/plugins/test_attributes.py holds against mrcnn_edge.contract.PLUGIN_ATTRIBUTES.
 //
 // With --gpu it runs enqueue on a GPU instead (plugin_selftest_gpu.cu); only the build that nvcc
 // compiles and links with MRE_SELFTEST_GPU defined has that mode (_testbuild.gpu_selftest_executable).

@@ -45,7 +45,7 @@ using namespace nvinfer1;
 namespace
 {
 
-//! Exit status for "no GPU": automake's "skipped", which tests/test_plugin_compile.py turns into a skip.
+//! Exit status for "no GPU": automake's "skipped", which tests/plugins/test_compile.py turns into a skip.
 constexpr int kExitNoGpu = 77;
 
 // Tolerances, |gpu - cpu| <= atol + rtol * |cpu|. float32: the kernel and the CPU build run the same

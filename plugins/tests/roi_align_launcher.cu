@@ -5,7 +5,7 @@
 //   nvcc -O3 -std=c++17 -shared -Xcompiler -fPIC -arch=sm_XX -I plugins
 //        plugins/tests/roi_align_launcher.cu plugins/multilevel_roi_align_kernel.cu
 //        -o libroi_align_launcher.so
-// tests/test_plugin_kernel_gpu.py does exactly that (build_launcher) and mirrors RoiAlignLaunch.
+// tests/plugins/test_kernel_gpu.py does exactly that (build_launcher) and mirrors RoiAlignLaunch.
 //
 // The launcher has its own argument struct instead of handing Python the kernel's
 // MultilevelRoIAlignParams: the kernel's fields may change (the FPN level rule), the test ABI
@@ -27,7 +27,7 @@ constexpr int32_t kLauncherMaxLevels = 8;
 extern "C"
 {
 
-//! One launch, as Python fills it (ctypes mirror: tests/test_plugin_kernel_gpu.py, _Launch).
+//! One launch, as Python fills it (ctypes mirror: tests/plugins/test_kernel_gpu.py, _Launch).
 //! Every pointer is a device pointer; `stream` is a cudaStream_t (nullptr: the legacy default).
 struct RoiAlignLaunch
 {

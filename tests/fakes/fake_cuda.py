@@ -2,7 +2,7 @@
 kernels on the CPU, for tests on machines without a GPU.
 
 "Device memory" is real host memory, so a device pointer is a real address and the kernels' host
-build (``runtime/kernels/host_build.cpp``, compiled with g++: the ``.cu`` kernels themselves with
+build (``runtime/gpu/kernels/host_build.cpp``, compiled with g++: the ``.cu`` kernels themselves with
 the CUDA built-ins emulated) reads and writes it directly. Work enqueued on a stream runs when the
 stream is synchronised, as on a GPU, so a missing synchronisation reads stale memory here too.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "runtime" / "kernels"
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "runtime" / "gpu" / "kernels"
 
 
 class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name (cuda_util reads it)
@@ -192,7 +192,7 @@ class FakeCuda:
         """Make ``cuda_util.cuda_modules()`` return this stand-in (driver, runtime) and the real NVRTC."""
         import pytest
 
-        from mrcnn_edge.runtime import cuda_util
+        from mrcnn_edge.runtime.gpu import cuda_util
 
         nvrtc = pytest.importorskip("cuda.bindings.nvrtc", reason="the stand-in compiles with the real NVRTC")
         try:
@@ -744,8 +744,8 @@ class DeviceBackend:
     def __init__(self, fake: FakeCuda, onnx_path: Path, device_id: int = 0) -> None:
         import numpy as np
 
-        from mrcnn_edge.runtime.backend_ort import OrtBackend
-        from mrcnn_edge.runtime.cuda_util import check
+        from mrcnn_edge.runtime.backends.ort import OrtBackend
+        from mrcnn_edge.runtime.gpu.cuda_util import check
 
         self._check, self._fake, self.device_id = check, fake, device_id
         self.inner = OrtBackend(onnx_path, device="cpu")
@@ -781,7 +781,7 @@ class DeviceBackend:
 
         import numpy as np
 
-        from mrcnn_edge.runtime.cuda_util import wait_stream
+        from mrcnn_edge.runtime.gpu.cuda_util import wait_stream
 
         rt, check = self._fake.runtime, self._check
         check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")

@@ -1,0 +1,128 @@
+"""``mrcnn-edge quantize``: INT8 Q/DQ placed where TensorRT fuses it, refusals in one line with
+nothing written, and quantize -> validate -> run end to end on the demo model (small calibration)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mrcnn_edge
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.runtime.testing import make_contract_model
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from mrcnn_edge.export.quantize import calibration_images, qdq_problems  # noqa: E402
+
+CANVAS = (160, 160)
+
+
+def _one_line_error(capsys, argv: list[str], words: str) -> None:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and words in err[0], err
+
+
+def test_calibration_folder_must_hold_images(tmp_path, capsys):
+    model = make_contract_model(tmp_path / "m.onnx")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("not an image")
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "0.png").write_bytes(b"\x89PNG but not really")
+    out = tmp_path / "m.int8.onnx"
+    for folder, words in ((empty, "it is empty"), (notes, "none is an image"), (tmp_path / "nope", "not found"),
+                          (corrupt, "cannot be read as an image")):
+        _one_line_error(capsys, ["quantize", str(model), "--calibration", str(folder), "-o", str(out)], words)
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if ".part" in p.name]
+
+
+def test_calibration_images_of_a_dataset_folder_and_limit(tmp_path):
+    import cv2
+
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    assert [p.name for p in calibration_images(tmp_path, limit=2)] == ["0.png", "1.png"]
+
+
+@pytest.mark.parametrize("precision, words", [("fp16", "cannot be quantized"), ("int8", "already quantized")])
+def test_unquantizable_models_are_refused(tmp_path, capsys, precision, words):
+    import cv2
+
+    model = make_contract_model(tmp_path / "m.onnx", precision=precision)
+    cv2.imwrite(str(tmp_path / "0.png"), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "q.onnx"
+    _one_line_error(capsys, ["quantize", str(model), "--calibration", str(tmp_path), "-o", str(out)], words)
+    assert not out.exists()
+
+
+def _qdq_graph(consumer: str, zero_point: int):
+    """x -> Q -> DQ -> consumer(., W): the smallest Q/DQ graph for the placement rules."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+             numpy_helper.from_array(np.array(zero_point, np.int8), "z"),
+             numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node(consumer, ["xd", "w"], ["y"], name="c")]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 2, 2]) for n in ("x", "y")]
+    return helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], inits))
+
+
+def test_qdq_placement_rules():
+    assert qdq_problems(_qdq_graph("Conv", 0)) == []
+    assert any("Add" in p and "does not run in INT8" in p for p in qdq_problems(_qdq_graph("Add", 0)))
+    assert any("zero point 0" in p for p in qdq_problems(_qdq_graph("Conv", 3)))
+
+
+@pytest.mark.slow
+def test_quantize_validate_run_end_to_end(tmp_path, capsys):
+    """Both flavors quantize; the Q/DQ sit on conv/gemm inputs and weights only; ROIAlign (or the
+    plugin) reads float maps; the portable INT8 model validates against the checkpoint and runs."""
+    from mrcnn_edge.core.metadata import decode
+    from mrcnn_edge.export.onnx_export import tensorrt_compatibility
+
+    ckpt = str(mrcnn_edge.demo_checkpoint())
+    assert main(["synth", "--out", str(tmp_path / "cal"), "--images", "4", "--seed", "5", "--size", "160x160",
+                 "--quiet"]) == 0
+    for flavor in ("portable", "tensorrt"):
+        fp32, int8 = tmp_path / f"{flavor}.onnx", tmp_path / f"{flavor}.int8.onnx"
+        assert main(["export", ckpt, "-o", str(fp32), "--flavor", flavor, "--input-size", "160x160"]) == 0
+        assert main(["quantize", str(fp32), "--calibration", str(tmp_path / "cal"), "-o", str(int8)]) == 0
+        proto = onnx.load(str(int8))
+        meta = decode({p.key: p.value for p in proto.metadata_props})
+        assert meta["precision"] == "int8" and meta["flavor"] == flavor
+        assert meta["calibration"] == {"images": 4, "folder": "cal", "canvas": [160, 160], "method": "percentile"}
+        assert tensorrt_compatibility(proto, flavor) == []
+        producers = {o: n for n in proto.graph.node for o in n.output}
+        convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+        quantized = [n for n in convs if producers.get(n.input[1]) is not None
+                     and producers[n.input[1]].op_type == "DequantizeLinear"]
+        assert len(quantized) >= 0.8 * len(convs)  # all but the first and the prediction layers
+        for n in proto.graph.node:
+            if n.op_type in ("RoiAlign", "MultilevelRoIAlign", "NonMaxSuppression", "Softmax"):
+                assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input)
+    # validate (against the checkpoint) and run, on the portable INT8 model
+    int8 = tmp_path / "portable.int8.onnx"
+    capsys.readouterr()
+    rc = main(["validate", "--checkpoint", ckpt, "--model", str(int8), "--images", str(tmp_path / "cal"),
+               "--limit", "2"])
+    assert rc == 0, capsys.readouterr().err
+    out_dir = tmp_path / "seg"
+    assert main(["run", str(int8), "--source", str(tmp_path / "cal" / "images"), "--output", str(out_dir)]) == 0
+    assert len(list(out_dir.iterdir())) == 4
+
+
+def test_build_refuses_int8_metadata_without_qdq_before_tensorrt(tmp_path):
+    from mrcnn_edge.export.build.engine import build_engine
+
+    model = make_contract_model(tmp_path / "m.onnx", precision="int8")
+    with pytest.raises(UserError, match="no QuantizeLinear/DequantizeLinear"):
+        build_engine(model, tmp_path / "m.engine", log=lambda s: None)
+    assert not (tmp_path / "m.engine").exists()

@@ -1,0 +1,269 @@
+"""Backends against the I/O contract: ONNX Runtime on tiny contract models; the TensorRT backend's
+checks (sidecar, version, plugin) without TensorRT; a real engine only where TensorRT runs."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import write_sidecar
+from mrcnn_edge.runtime.backends import BACKENDS, backend_for, open_backend
+from mrcnn_edge.runtime.backends.onnx_info import read_onnx_info
+from mrcnn_edge.runtime.spec import TensorSpec, model_spec
+from mrcnn_edge.runtime.testing import contract_metadata, make_contract_model
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {
+        "fp32": make_contract_model(d / "fp32.onnx"),
+        "fp16": make_contract_model(d / "fp16.onnx", precision="fp16", batch=2),
+        "trt": make_contract_model(d / "trt.onnx", flavor="tensorrt"),
+        "nometa": make_contract_model(d / "nometa.onnx", with_metadata=False),
+    }
+
+
+def test_ort_backend_follows_the_contract(models):
+    from mrcnn_edge.runtime.backends.ort import OrtBackend
+
+    with OrtBackend(models["fp32"], device="cpu") as be:
+        assert be.providers == ["CPUExecutionProvider"]
+        assert be.inputs["images"] == TensorSpec("images", (1, 3, 128, 160), np.dtype(np.float32))
+        x = np.zeros((1, 3, 128, 160), np.float32)
+        out = be.infer({"images": x})
+        assert {k: v.dtype for k, v in out.items()} == {
+            "num_detections": np.int32, "boxes": np.float32, "scores": np.float32, "classes": np.int32,
+            "masks": np.float32}
+        assert out["num_detections"].tolist() == [3] and out["classes"][0, 3:].tolist() == [-1, -1]
+        # buffers are allocated once and reused by the next call
+        again = be.infer({"images": x + 1})
+        assert again["scores"] is out["scores"] or np.shares_memory(again["scores"], out["scores"])
+        assert be.metadata["input_size"] == [128, 160] and be.metadata["flavor"] == "portable"
+
+
+def test_ort_backend_fp16_model_takes_half_input(models):
+    from mrcnn_edge.runtime.backends.ort import OrtBackend
+
+    with OrtBackend(models["fp16"]) as be:
+        assert be.inputs["images"].dtype == np.float16 and be.outputs["masks"].dtype == np.float16
+        out = be.infer({"images": np.zeros((2, 3, 128, 160), np.float16)})
+        assert out["masks"].shape == (2, 5, 8, 8)
+        with pytest.raises(ValueError, match="float16"):
+            be.infer({"images": np.zeros((2, 3, 128, 160), np.float32)})
+
+
+def test_tensorrt_flavor_is_refused_by_onnxruntime_with_one_line(models, monkeypatch):
+    from mrcnn_edge.runtime.backends import ort as backend_ort
+    # as on a runtime-only install: nothing (validate, in an earlier test) registered the plugin's domain
+    monkeypatch.setattr(backend_ort, "CUSTOM_OP_DOMAINS", {})
+    with pytest.raises(UserError) as err:
+        open_backend(models["trt"])
+    msg = str(err.value)
+    assert "tensorrt' flavor" in msg and "--flavor portable" in msg and "mrcnn-edge build" in msg and "\n" not in msg
+
+
+def test_custom_op_domain_hook_is_called(models, monkeypatch):
+    from mrcnn_edge.runtime.backends import ort as backend_ort
+
+    seen = []
+
+    def hook(options):
+        seen.append(options)
+        raise UserError("hook ran")  # stands in for registering an ORT custom-op library
+
+    monkeypatch.setitem(backend_ort.CUSTOM_OP_DOMAINS, "mrcnn_edge", backend_ort.CustomOpDomain(hook))
+    with pytest.raises(UserError, match="hook ran"):
+        backend_ort.OrtBackend(models["trt"])
+    assert seen
+
+
+def test_provider_choice():
+    from mrcnn_edge.runtime.backends.ort import choose_providers
+
+    gpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(gpu) == gpu
+    assert choose_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers(gpu, device="cpu") == ["CPUExecutionProvider"]
+    assert choose_providers(gpu, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(UserError, match="onnxruntime-gpu"):
+        choose_providers(["CPUExecutionProvider"], device="cuda")
+    with pytest.raises(UserError, match="no CUDAExecutionProvider"):
+        choose_providers(["CPUExecutionProvider"], ["CUDAExecutionProvider"])
+
+
+def test_backend_table_dispatches_by_suffix(tmp_path):
+    assert backend_for("m.onnx").name == "onnxruntime" and backend_for("m.engine").name == "tensorrt"
+    assert set(BACKENDS) == {"onnxruntime", "tensorrt", "openvino", "triton"}
+    with pytest.raises(UserError, match="build an engine first"):
+        backend_for("m.onnx", "tensorrt")
+    with pytest.raises(UserError, match="don't know how to run"):
+        backend_for("m.pth")
+    with pytest.raises(UserError, match="not found"):
+        open_backend(tmp_path / "missing.onnx")
+
+
+def test_onnx_info_reads_metadata_without_onnx(models):
+    info = read_onnx_info(models["trt"])
+    assert json.loads(info.metadata["flavor"]) == "tensorrt"
+    assert info.custom_ops() == {("mrcnn_edge", "MultilevelRoIAlign")}
+    assert read_onnx_info(models["fp32"]).custom_ops() == set()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x08\x07garbage\xff\xff", b"PK\x03\x04zipfile"])
+def test_corrupt_model_files_are_one_line_errors(tmp_path, content):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        open_backend(path)
+    assert "model.onnx" in str(err.value) and "\n" not in str(err.value)
+
+
+# -- model spec (metadata) ----------------------------------------------------------------------------
+def _specs(h=128, w=160, dtype=np.float32):
+    inputs = {"images": TensorSpec("images", (1, 3, h, w), np.dtype(dtype))}
+    outputs = {n: TensorSpec(n, s, np.dtype(t)) for n, s, t in [
+        ("num_detections", (1,), np.int32), ("boxes", (1, 5, 4), np.float32), ("scores", (1, 5), np.float32),
+        ("classes", (1, 5), np.int32), ("masks", (1, 5, 28, 28), np.float32)]}
+    return inputs, outputs
+
+
+def test_model_without_metadata_is_refused(models):
+    from mrcnn_edge.runtime.segmenter import Segmenter
+
+    with pytest.raises(UserError) as err:
+        Segmenter.from_path(models["nometa"])
+    assert "has no mrcnn-edge metadata" in str(err.value) and "mrcnn-edge export" in str(err.value)
+
+
+@pytest.mark.parametrize("change,words", [
+    ({"input_size": [64, 64]}, "metadata input_size is [64, 64]"),
+    ({"mean": [0.5, 0.5]}, "'mean' must be 3 numbers"),
+    ({"std": [0.2, 0.0, 0.2]}, "std must be positive"),
+    ({"class_names": "cat"}, "class_names must be a list"),
+    ({"channel_order": "BGR"}, "channel_order"),
+])
+def test_bad_metadata_is_refused(change, words):
+    meta = contract_metadata((128, 160), 1, ["__background__", "a"], 28, 5)
+    meta.update(change)
+    with pytest.raises(UserError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        model_spec("m.onnx", meta, *_specs())
+
+
+def test_missing_outputs_are_named():
+    meta = contract_metadata((128, 160), 1, ["__background__", "a"], 28, 5)
+    inputs, outputs = _specs()
+    del outputs["masks"]
+    with pytest.raises(UserError, match=r"missing outputs \['masks'\]"):
+        model_spec("m.onnx", meta, inputs, outputs)
+
+
+# -- TensorRT backend without TensorRT --------------------------------------------------------------
+def _engine(tmp_path, **meta_changes):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    meta = contract_metadata((128, 160), 1, ["__background__", "a"], 28, 5, flavor="tensorrt")
+    meta.update({"tensorrt_version": "10.3.0.26", "onnx_sha256": "0" * 64, "plugin_library": "libmrcnn_edge_plugins.so"})
+    meta.update(meta_changes)
+    write_sidecar(engine, meta)
+    return engine
+
+
+@pytest.fixture
+def fake_tensorrt(monkeypatch):
+    """A stand-in ``tensorrt`` module: enough to reach the checks that run before deserialising."""
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = "10.3.0.26"
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    return trt
+
+
+def test_engine_without_sidecar_is_refused(tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(UserError, match="sidecar"):
+        open_backend(engine)
+
+
+def test_engine_needs_tensorrt_installed(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
+    with pytest.raises(UserError, match="TensorRT is not installed"):
+        open_backend(_engine(tmp_path))
+
+
+def test_engine_from_another_tensorrt_version_is_refused(tmp_path, fake_tensorrt):
+    fake_tensorrt.__version__ = "10.7.0.23"
+    with pytest.raises(UserError) as err:
+        open_backend(_engine(tmp_path))
+    msg = str(err.value)
+    assert "built with TensorRT 10.3.0.26 but TensorRT 10.7.0.23 is installed" in msg and "rebuild" in msg
+
+
+def test_missing_plugin_library_is_refused(tmp_path, fake_tensorrt, monkeypatch):
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(tmp_path / "cache"))  # no build-plugin output there
+    with pytest.raises(UserError) as err:
+        open_backend(_engine(tmp_path))
+    msg = str(err.value)
+    assert "MultilevelRoIAlign v1 (mrcnn_edge)" in msg and "mrcnn-edge build-plugin" in msg and "--plugin-lib" in msg
+    with pytest.raises(UserError, match="from --plugin-lib"):
+        open_backend(_engine(tmp_path), plugin_lib=tmp_path / "nope.so")
+
+
+def test_plugin_library_resolution(tmp_path, monkeypatch):
+    from mrcnn_edge.runtime.backends.trt import check_tensorrt_version, resolve_plugin_library
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(tmp_path / "cache"))
+    built = tmp_path / "cache" / "plugins" / "libmrcnn_edge_plugins.so"  # where build-plugin writes
+
+    engine = tmp_path / "sub" / "model.engine"
+    engine.parent.mkdir()
+    lib = tmp_path / "sub" / "libplug.so"
+    lib.write_bytes(b"")
+    plugin = {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"}
+    # relative to the engine's folder; an absolute path from another machine falls back to the name
+    assert resolve_plugin_library({"plugin": plugin, "plugin_library": "libplug.so"}, engine, None) == lib
+    assert resolve_plugin_library({"plugin": plugin, "plugin_library": "/elsewhere/libplug.so"}, engine, None) == lib
+    assert resolve_plugin_library({"plugin": None, "plugin_library": None}, engine, None) is None
+    assert resolve_plugin_library({"plugin": None}, engine, lib) == lib
+    needs = {"plugin": plugin, "plugin_library": "/elsewhere/libmissing.so"}
+    with pytest.raises(UserError, match="libmissing.so"):
+        resolve_plugin_library(needs, engine, None)
+    built.parent.mkdir(parents=True)
+    built.write_bytes(b"")
+    assert resolve_plugin_library(needs, engine, None) == built
+    check_tensorrt_version({"tensorrt_version": "10.3.0"}, "10.3.0.26", engine)  # build number is not checked
+    check_tensorrt_version({}, "10.3.0", engine)  # unknown: warn, go on
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_backend_runs_an_engine(tmp_path):
+    """Builds an engine from the portable contract model and compares it with ONNX Runtime."""
+    import tensorrt as trt
+
+    from mrcnn_edge.runtime.backends.ort import OrtBackend
+    from mrcnn_edge.runtime.backends.trt import TrtBackend
+
+    onnx_path = make_contract_model(tmp_path / "m.onnx")
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    assert parser.parse(onnx_path.read_bytes())
+    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(bytes(plan))
+    meta = json.loads(json.dumps(contract_metadata((128, 160), 1, ["__background__", "square", "disk"], 8, 5)))
+    meta.update({"tensorrt_version": trt.__version__, "plugin_library": None})
+    write_sidecar(engine, meta)
+    x = np.random.default_rng(0).normal(size=(1, 3, 128, 160)).astype(np.float32)
+    with TrtBackend(engine, cuda_graph=True) as be, OrtBackend(onnx_path, device="cpu") as ref:
+        got, want = be.infer({"images": x}), ref.infer({"images": x})
+        for name in want:
+            assert np.allclose(got[name], want[name], atol=1e-3), name
