@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 __all__ = [
-    "INPUT_NAME", "OUTPUT_NAMES", "MODEL_KEYS", "SIDECAR_KEYS", "REQUIRED_KEYS",
+    "INPUT_NAME", "OUTPUT_NAMES", "OutputSpec", "OUTPUTS", "OUTPUT_SPECS", "num_detections_of", "MODEL_KEYS", "SIDECAR_KEYS", "REQUIRED_KEYS",
     "TRT_NMS_MAX_BOXES", "TRT_TOPK_MAX_K",
     "PLUGIN_NAME", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_DOMAIN", "PLUGIN_MAX_LEVELS",
     "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
@@ -27,10 +27,53 @@ INPUT_NAME = "images"
 """``images [B,3,H,W]`` float32 (float16 for fp16 models): RGB, ``(x/255 - mean)/std``, letterboxed
 top-left into the canvas, zeros elsewhere."""
 
-OUTPUT_NAMES = ("num_detections", "boxes", "scores", "classes", "masks")
-"""In this order: ``num_detections [B] int32``, ``boxes [B,K,4] float32`` (x1, y1, x2, y2, canvas
-pixels), ``scores [B,K] float32`` descending, ``classes [B,K] int32`` (-1 past num_detections),
-``masks [B,K,M,M]`` float32/float16 probabilities of each detection's own class."""
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output of an exported model: its name, its shape rule and its dtype per precision.
+
+    ``dims`` holds symbols and numbers: ``"B"`` the batch, ``"K"`` ``max_detections``, ``"M"`` the
+    mask size; numbers are fixed sizes. ``dtype`` is the numpy name for fp32 and int8 models,
+    ``dtype_fp16`` the one for fp16 models."""
+
+    name: str
+    dims: tuple[str | int, ...]
+    dtype: str
+    dtype_fp16: str
+    meaning: str
+
+    def shape(self, batch: int, max_detections: int, mask_size: int) -> tuple[int, ...]:
+        """The concrete shape of this output for a model of these sizes."""
+        sizes = {"B": batch, "K": max_detections, "M": mask_size}
+        return tuple(sizes[d] if isinstance(d, str) else d for d in self.dims)
+
+    def dtype_for(self, precision: str) -> str:
+        """numpy dtype name of this output in a model of ``precision`` (fp32, fp16 or int8)."""
+        return self.dtype_fp16 if precision == "fp16" else self.dtype
+
+
+OUTPUTS: tuple[OutputSpec, ...] = (
+    OutputSpec("num_detections", ("B", 1), "int32", "int32",
+               "valid rows per image; [B,1] so that each frame's layer has one element (nvinfer splits "
+               "outputs per frame); models exported before 0.2 have [B], which the runtime still reads"),
+    OutputSpec("boxes", ("B", "K", 4), "float32", "float32", "x1, y1, x2, y2 in canvas pixels"),
+    OutputSpec("scores", ("B", "K"), "float32", "float32", "descending; 0 past num_detections"),
+    OutputSpec("classes", ("B", "K"), "int32", "int32",
+               "torchvision label ids (0 is background, never returned); -1 past num_detections"),
+    OutputSpec("masks", ("B", "K", "M", "M"), "float32", "float16",
+               "probability of each detection's own class, M x M (28 for the standard head)"),
+)
+"""The engine I/O contract's outputs, in order: export, runners, serving and tests read shapes and
+dtypes from here."""
+OUTPUT_NAMES = tuple(o.name for o in OUTPUTS)
+OUTPUT_SPECS: dict[str, OutputSpec] = {o.name: o for o in OUTPUTS}
+
+
+def num_detections_of(value: Any) -> list[int]:
+    """Per-image valid-row counts from a ``num_detections`` output of shape ``[B,1]`` or, from models
+    exported before the ``[B,1]`` contract, ``[B]``. Works on any array-like with ``tolist()``."""
+    rows = value.tolist() if hasattr(value, "tolist") else list(value)
+    return [int(r[0]) if isinstance(r, (list, tuple)) else int(r) for r in rows]
+
 
 # ---- metadata (ONNX metadata_props and the engine sidecar; values JSON-encoded strings) -------------
 MODEL_KEYS = (
