@@ -18,7 +18,7 @@ __all__ = ["read_onnx_metadata", "read_model_metadata"]
 
 def read_onnx_metadata(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """(``OnnxInfo`` of the file, its decoded ``metadata_props``); one-line errors, no key required."""
-    from mrcnn_edge.runtime.backends.onnx_info import read_onnx_info
+    from mrcnn_edge.core.onnx_info import read_onnx_info
 
     path = Path(path)
     if not path.is_file():

@@ -9,7 +9,7 @@ its metadata, the plugin nodes' attributes, the plugin library, then TensorRT, t
 The engine and its sidecar (``model.engine.json``: the ONNX metadata plus ``tensorrt_version``,
 ``onnx_sha256``, ``plugin_library``) are written under temporary names and renamed into place only
 when complete. Neither onnx nor torch is needed at all: the ONNX file is read with the runtime's
-protobuf walk (``runtime/backends/onnx_info.py``), and TensorRT, the CUDA driver and the plugin library are
+protobuf walk (``mrcnn_edge/core/onnx_info.py``), and TensorRT, the CUDA driver and the plugin library are
 reached through ``runtime/gpu/trt_platform.py``, as the runtime does; TensorRT is imported on use.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mrcnn_edge.core.contract import (
 )
 from mrcnn_edge.core.paths import plugin_library_path, timing_cache_path
 from mrcnn_edge.runtime.gpu import trt_platform
-from mrcnn_edge.runtime.backends.onnx_info import (
+from mrcnn_edge.core.onnx_info import (
     ATTR_FLOAT, ATTR_FLOATS, ATTR_INT, ATTR_STRING, OnnxInfo,
 )
 from mrcnn_edge.runtime.gpu.trt_platform import TENSORRT_MISSING, cuda_device_count, import_tensorrt

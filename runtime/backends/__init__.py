@@ -90,7 +90,7 @@ def x86_cpu_with_openvino(path: Path) -> bool:
         return False
     if importlib.util.find_spec("openvino") is None:
         return False
-    from mrcnn_edge.runtime.backends.onnx_info import read_onnx_info
+    from mrcnn_edge.core.onnx_info import read_onnx_info
     from mrcnn_edge.runtime.gpu.trt_platform import cuda_driver
 
     try:

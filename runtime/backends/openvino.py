@@ -19,7 +19,7 @@ from mrcnn_edge.core.errors import UserError, require
 from mrcnn_edge.core.metadata import decode
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
-from mrcnn_edge.runtime.backends.onnx_info import read_onnx_info
+from mrcnn_edge.core.onnx_info import read_onnx_info
 from mrcnn_edge.runtime.spec import TensorSpec
 
 __all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "cpu_has_bf16", "openvino_available"]

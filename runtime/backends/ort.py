@@ -22,7 +22,7 @@ from mrcnn_edge.core.metadata import decode
 from mrcnn_edge.core.paths import ort_tensorrt_cache_dir
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
-from mrcnn_edge.runtime.backends.onnx_info import read_onnx_info
+from mrcnn_edge.core.onnx_info import read_onnx_info
 from mrcnn_edge.runtime.spec import TensorSpec
 
 __all__ = ["OrtBackend", "choose_providers", "register_custom_op_domain", "CustomOpDomain", "CUSTOM_OP_DOMAINS",

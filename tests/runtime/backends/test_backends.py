@@ -12,7 +12,7 @@ import pytest
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import write_sidecar
 from mrcnn_edge.runtime.backends import BACKENDS, backend_for, open_backend
-from mrcnn_edge.runtime.backends.onnx_info import read_onnx_info
+from mrcnn_edge.core.onnx_info import read_onnx_info
 from mrcnn_edge.runtime.spec import TensorSpec, model_spec
 from mrcnn_edge.runtime.testing import contract_metadata, make_contract_model
 

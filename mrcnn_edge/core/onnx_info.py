@@ -1,4 +1,4 @@
-"""Read what the runtime needs from an ONNX file without onnx or onnxruntime: metadata and node domains.
+"""Read what an ONNX file holds without onnx or onnxruntime: metadata, node domains, plugin nodes.
 
 A minimal protobuf wire-format walk over ``ModelProto`` (onnx.proto field numbers): it reads
 ``metadata_props`` (14), ``opset_import`` (8), the graph's node ``(domain, op_type)`` pairs
