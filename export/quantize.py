@@ -303,17 +303,14 @@ def _place_qdq(model_path: Path, out: Path, ranges: Path, method: str, keep_floa
 def _read_model(model_path: Path) -> tuple[Any, dict[str, Any]]:
     import onnx
 
-    from mrcnn_edge.core.metadata import decode
+    from mrcnn_edge.core.contract import MODEL_KEYS
+    from mrcnn_edge.core.metadata import read_metadata
 
-    if not model_path.is_file():
-        raise UserError(f"ONNX model {model_path} not found")
+    meta = read_metadata(model_path, MODEL_KEYS, hint="quantize a model made by 'mrcnn-edge export'")
     try:
         proto = onnx.load(str(model_path))
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, OSError
         raise UserError(f"cannot read {model_path} as an ONNX model") from exc
-    meta = decode({p.key: p.value for p in proto.metadata_props})
-    if "input_size" not in meta or "flavor" not in meta:
-        raise UserError(f"{model_path.name} has no mrcnn-edge metadata: quantize a model made by 'mrcnn-edge export'")
     precision = str(meta.get("precision", "fp32"))
     if precision in QUANTIZED_PRECISIONS or is_quantized(proto):
         raise UserError(f"{model_path.name} is already quantized ({precision}): quantize the fp32 export it came from")

@@ -14,6 +14,7 @@ import numpy as np
 
 from mrcnn_edge.core.contract import INPUT_NAME, INPUT_NORMALIZATIONS, OUTPUT_NAMES, REQUIRED_KEYS
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.metadata import EXPORT_HINT, require_keys
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "REQUIRED_KEYS", "TensorSpec", "ModelSpec", "model_spec"]
 
@@ -71,13 +72,8 @@ def model_spec(path: str | Path, meta: Mapping[str, Any], inputs: Mapping[str, T
                outputs: Mapping[str, TensorSpec]) -> ModelSpec:
     """Check a model against the I/O contract and its metadata; build its :class:`ModelSpec`."""
     path = Path(path)
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        what = "has no mrcnn-edge metadata" if len(missing) == len(REQUIRED_KEYS) else "lacks metadata"
-        raise UserError(
-            f"{path} {what} ({', '.join(missing)}): export it with 'mrcnn-edge export' "
-            "(and build engines with 'mrcnn-edge build', which writes the .json sidecar)"
-        )
+    require_keys(meta, path, REQUIRED_KEYS, f"{EXPORT_HINT} (and build engines with 'mrcnn-edge build', "
+                 "which writes the .json sidecar)")
     if INPUT_NAME not in inputs or len(inputs) != 1:
         raise UserError(f"{path}: expected one input named '{INPUT_NAME}', found {sorted(inputs)}")
     absent = [n for n in OUTPUT_NAMES if n not in outputs]

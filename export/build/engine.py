@@ -34,15 +34,12 @@ from mrcnn_edge.runtime.gpu.trt_platform import TENSORRT_MISSING, cuda_device_co
 from mrcnn_edge.core.atomic import atomic_output, check_writable
 from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
-from mrcnn_edge.core.metadata import MODEL_KEYS, sidecar_path, write_sidecar
-
-from mrcnn_edge.export.model_info import read_onnx_metadata as _read_metadata
+from mrcnn_edge.core.metadata import MODEL_KEYS, read_onnx_metadata, require_keys, sidecar_path, write_sidecar
 
 __all__ = [
     "PLUGIN_OP",
     "TENSORRT_MISSING",
     "import_tensorrt",
-    "read_onnx_metadata",
     "check_plugin_nodes",
     "cuda_device_count",
     "default_timing_cache",
@@ -60,23 +57,13 @@ _IDENTITY = {"plugin_version": PLUGIN_VERSION, "plugin_namespace": PLUGIN_NAMESP
 # ---- the ONNX side, without onnx ------------------------------------------------------------------
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> tuple[OnnxInfo, dict[str, Any]]:
-    """(what the torch-free reader found in the file, decoded ``metadata_props``) of a model to
-    build: a graph and every key of the contract's metadata required; one-line errors.
-
-    Reads the file through ``model_info`` (a protobuf walk), so that building an engine on the
-    device needs neither onnx nor torch.
-    """
-    path = Path(path)
-    info, meta = _read_metadata(path)
+def _read_model(path: Path) -> tuple[OnnxInfo, dict[str, Any]]:
+    """(the torch- and onnx-free reader's view of a model to build, its metadata): a graph and every
+    key of the contract's metadata required (the sidecar carries them all); one-line errors."""
+    info, meta = read_onnx_metadata(path)
     if not info.nodes:
         raise UserError(f"{path} is not an ONNX model with a graph (no nodes)")
-    missing = [k for k in MODEL_KEYS if k not in meta]
-    if missing:
-        raise UserError(
-            f"{path.name} lacks the mrcnn-edge metadata {', '.join(missing[:4])}"
-            f"{' ...' if len(missing) > 4 else ''}: export it with 'mrcnn-edge export'"
-        )
+    require_keys(meta, path, MODEL_KEYS)
     return info, meta
 
 
@@ -276,7 +263,7 @@ def build_engine(
     """
     onnx_path = Path(onnx_path)
     engine_path = Path(engine_path)
-    info, meta = read_onnx_metadata(onnx_path)
+    info, meta = _read_model(onnx_path)
     if workspace_gib is not None and not (math.isfinite(workspace_gib) and workspace_gib > 0):
         raise UserError(f"--workspace must be a positive number of GiB, got {workspace_gib}")
     if engine_path.resolve() == onnx_path.resolve():

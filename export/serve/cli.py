@@ -191,9 +191,9 @@ def read_served_model(path: str | os.PathLike, plugin_lib: str | None = None) ->
         model = ServedModel(path, "engine", dict(meta))
         model.io = contract_io(model.meta)
     elif suffix in ONNX_SUFFIXES:
-        from mrcnn_edge.export.build.engine import read_onnx_metadata
+        from mrcnn_edge.core.metadata import MODEL_KEYS, read_metadata
 
-        _, meta = read_onnx_metadata(path)
+        meta = read_metadata(path, MODEL_KEYS)
         model = ServedModel(path, "onnx", dict(meta))
         model.io = contract_io(model.meta, _onnx_io_dtypes(path, model.meta))
     else:

@@ -129,10 +129,10 @@ def validate(
     from mrcnn_edge.export.validate.runners import IMAGE_SIZES, EdgeRunner, TorchvisionRunner
     from mrcnn_edge.runtime.preprocess import letterbox
 
-    from mrcnn_edge.export.model_info import read_model_metadata
+    from mrcnn_edge.core.metadata import MODEL_KEYS, read_metadata
     from mrcnn_edge.export.onnx_export import ExportOptions, build_edge
 
-    meta = read_model_metadata(model_path)
+    meta = read_metadata(model_path, MODEL_KEYS)
     model, cfg = loaded if loaded is not None else load_checkpoint(checkpoint)
     if meta.get("num_classes") not in (None, cfg.num_classes):
         raise UserError(f"{model_path} has {meta['num_classes']} classes, the checkpoint {cfg.num_classes}: not the same model")

@@ -1,7 +1,11 @@
-"""Self-describing artefacts: the metadata keys every ONNX model and engine sidecar carries.
+"""Self-describing artefacts: the one reader of the metadata every ONNX model and engine sidecar carries.
 
 Values are JSON-encoded strings (ONNX ``metadata_props`` hold strings only). This module has no
-heavy imports: the runtime reads metadata on a Jetson without torch or onnx.
+heavy imports: the runtime, the engine build (on a device without torch or onnx), validation,
+quantization and serving all read metadata through :func:`read_metadata` (or
+:func:`read_onnx_metadata` when they also need the graph's nodes) and check the keys they need with
+:func:`require_keys`, against the contract's ``REQUIRED_KEYS`` (to run a model) or ``MODEL_KEYS``
+(to build, quantize, validate or serve it: every key an export writes).
 """
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from mrcnn_edge.core.contract import MODEL_KEYS, SIDECAR_KEYS
+from mrcnn_edge.core.contract import ENGINE_SUFFIXES, MODEL_KEYS, REQUIRED_KEYS, SIDECAR_KEYS
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.onnx_info import OnnxInfo, read_onnx_info
 
 __all__ = [
     "MODEL_KEYS",
@@ -21,9 +26,16 @@ __all__ = [
     "sidecar_path",
     "read_sidecar",
     "write_sidecar",
+    "read_onnx_metadata",
+    "read_metadata",
+    "require_keys",
+    "EXPORT_HINT",
 ]
 
 # The keys are part of the contract (mrcnn_edge.core.contract); re-exported here for the readers.
+
+EXPORT_HINT = "export it with 'mrcnn-edge export'"
+"""What to do about a model without the metadata a reader needs (the default advice)."""
 
 
 def encode(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -72,3 +84,45 @@ def write_sidecar(engine_path: str | os.PathLike, meta: Mapping[str, Any]) -> Pa
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(encode(meta), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> tuple[OnnxInfo, dict[str, Any]]:
+    """(what the torch- and onnx-free reader found in the file, its decoded ``metadata_props``).
+
+    One-line errors for a missing or unreadable file; no key is required here (see
+    :func:`require_keys`)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"ONNX model {path} not found")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    info = read_onnx_info(path)  # its errors name the file
+    return info, decode(info.metadata)
+
+
+def read_metadata(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_KEYS,
+                  hint: str = EXPORT_HINT) -> dict[str, Any]:
+    """The metadata of ``model.onnx`` (its ``metadata_props``) or ``model.engine`` (its sidecar),
+    with the ``required`` keys present; one-line errors otherwise."""
+    p = Path(path)
+    if p.suffix.lower() in ENGINE_SUFFIXES:
+        if not p.is_file():
+            raise UserError(f"engine {p} not found" if not p.exists() else f"{p} is not a file")
+        meta = read_sidecar(p)
+    else:
+        _, meta = read_onnx_metadata(p)
+    require_keys(meta, p, required, hint)
+    return meta
+
+
+def require_keys(meta: Mapping[str, Any], path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_KEYS,
+                 hint: str = EXPORT_HINT) -> None:
+    """The one check of required metadata keys: a ``UserError`` line naming the file, the missing
+    keys (the first four) and ``hint`` (what to do) when any of ``required`` is absent."""
+    missing = [k for k in required if k not in meta]
+    if not missing:
+        return
+    shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+    if not any(k in meta for k in MODEL_KEYS):
+        raise UserError(f"{path} has no mrcnn-edge metadata ({shown} missing): {hint}")
+    raise UserError(f"{path} lacks the mrcnn-edge metadata {shown}: {hint}")

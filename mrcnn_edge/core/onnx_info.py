@@ -189,7 +189,7 @@ def read_onnx_info(path: str | os.PathLike) -> OnnxInfo:
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
-                raise UserError(f"{path} is empty, not an ONNX model")
+                raise UserError(f"cannot read {path} as an ONNX model: the file is empty")
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
                 view = memoryview(mm)
                 try:
@@ -199,4 +199,4 @@ def read_onnx_info(path: str | os.PathLike) -> OnnxInfo:
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
     except (_Corrupt, UnicodeDecodeError, IndexError, struct.error) as exc:
-        raise UserError(f"{path} is not a valid ONNX model ({exc})") from exc
+        raise UserError(f"cannot read {path} as an ONNX model ({exc})") from exc

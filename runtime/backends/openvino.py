@@ -16,10 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from mrcnn_edge.core.errors import UserError, require
-from mrcnn_edge.core.metadata import decode
+from mrcnn_edge.core.metadata import read_onnx_metadata
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
-from mrcnn_edge.core.onnx_info import read_onnx_info
 from mrcnn_edge.runtime.spec import TensorSpec
 
 __all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "cpu_has_bf16", "openvino_available"]
@@ -65,8 +64,7 @@ class OpenVinoBackend(Backend):
         self.path = Path(path)
         if precision not in OPENVINO_PRECISIONS:
             raise UserError(f"OpenVINO precision {precision!r}: choose one of {', '.join(OPENVINO_PRECISIONS)}")
-        info = read_onnx_info(self.path)
-        self.metadata = decode(info.metadata)
+        info, self.metadata = read_onnx_metadata(self.path)
         custom = sorted(info.custom_ops())
         if custom or self.metadata.get("flavor") == "tensorrt":
             raise UserError(

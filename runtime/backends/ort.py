@@ -18,11 +18,10 @@ import numpy as np
 
 from mrcnn_edge.core.contract import PLUGIN_NAME
 from mrcnn_edge.core.errors import UserError, require
-from mrcnn_edge.core.metadata import decode
+from mrcnn_edge.core.metadata import read_onnx_metadata
 from mrcnn_edge.core.paths import ort_tensorrt_cache_dir
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
-from mrcnn_edge.core.onnx_info import read_onnx_info
 from mrcnn_edge.runtime.spec import TensorSpec
 
 __all__ = ["OrtBackend", "choose_providers", "register_custom_op_domain", "CustomOpDomain", "CUSTOM_OP_DOMAINS",
@@ -108,8 +107,7 @@ class OrtBackend(Backend):
                  session_options_hook: SessionHook | None = None, threads: int | None = None) -> None:
         ort = require("onnxruntime", "ort", "the ONNX Runtime backend")
         self.path = Path(path)
-        info = read_onnx_info(self.path)
-        self.metadata = decode(info.metadata)
+        info, self.metadata = read_onnx_metadata(self.path)
         custom = sorted(info.custom_ops())
         unresolved = [f"{op} ({d})" for d, op in custom if d not in CUSTOM_OP_DOMAINS]
         if unresolved:

@@ -109,7 +109,7 @@ def test_build_not_an_onnx_file(tmp_path, capsys):
 def test_build_needs_mrcnn_edge_metadata(tmp_path, capsys):
     model = plugin_onnx(tmp_path / "m.onnx", metadata=False)
     assert main(["build", str(model)]) != 0
-    assert "lacks the mrcnn-edge metadata" in error_line(capsys)
+    assert "no mrcnn-edge metadata" in error_line(capsys)
     assert not (tmp_path / "m.engine").exists()
 
 
