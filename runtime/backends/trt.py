@@ -261,23 +261,35 @@ class TrtBackend(Backend):
     def description(self) -> str:
         return f"tensorrt{' + CUDA graph' if self._graph_exec is not None else ''}"
 
+    def _make_current(self) -> None:
+        """Make this backend's GPU current in the calling thread. cudaSetDevice is per host thread,
+        and the engine's kernels are launched on this device's stream: "a kernel launch will fail
+        if it is issued to a stream that is not associated to the current device" (CUDA
+        Programming Guide, "Stream and Event Behavior"). A pipeline calls from worker threads."""
+        check(self._cudart.cudaSetDevice(self.device_id), f"cudaSetDevice({self.device_id})")
+
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feed(feed, self.inputs)
+        self._make_current()
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         for name, array in feed.items():
             np.copyto(self._host[name], array)
             host = self._host[name]
             check(self._cudart.cudaMemcpyAsync(self._device[name], host.ctypes.data, host.nbytes, kind, self._stream),
                   f"copy {name} to the GPU")
-        return self.execute()
+        return self._execute()
 
     def execute(self) -> dict[str, np.ndarray]:
         """Run on the inputs already in the device buffers (after what is enqueued on ``stream``).
 
         Returns the outputs by name, views of pinned host memory (shapes and dtypes of
         ``outputs``) that stay valid until the next call. Waits by polling an event, never inside
-        a blocking cuda-python call.
+        a blocking cuda-python call. Callable from any thread (the device is made current here).
         """
+        self._make_current()
+        return self._execute()
+
+    def _execute(self) -> dict[str, np.ndarray]:
         self._enqueue()
         kind = self._cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name in self.outputs:

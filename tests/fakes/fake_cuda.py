@@ -17,118 +17,20 @@ Use: ``fake = FakeCuda.install(monkeypatch, tmp_path)``: ``cuda_util.cuda_module
 from __future__ import annotations
 
 import ctypes
-import enum
-import itertools
 import re
 import shutil
 import subprocess
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from .cuda_types import (Allocation, Context, CUresult, Event, Function, Module, Stream, cudaDeviceAttr, cudaError_t,
+                         cudaMemcpyKind)
+from .fake_cuda_capture import stream_capture
+
 KERNEL_DIR = Path(__file__).resolve().parents[2] / "runtime" / "gpu" / "kernels"
-
-
-class cudaError_t(enum.IntEnum):  # noqa: N801 - cuda-python's name (cuda_util reads it)
-    cudaSuccess = 0
-    cudaErrorInvalidValue = 1
-    cudaErrorInvalidDevicePointer = 17
-    cudaErrorInvalidMemcpyDirection = 21
-    cudaErrorInvalidDevice = 101
-    cudaErrorInvalidResourceHandle = 400
-    cudaErrorNotReady = 600
-    cudaErrorIllegalAddress = 700
-    cudaErrorStreamCaptureUnsupported = 900
-    cudaErrorStreamCaptureInvalidated = 901
-    cudaErrorStreamCaptureImplicit = 906
-    cudaErrorCapturedEvent = 907
-    cudaErrorStreamCaptureWrongThread = 908
-
-
-class CUresult(enum.IntEnum):  # noqa: N801
-    CUDA_SUCCESS = 0
-    CUDA_ERROR_INVALID_VALUE = 1
-    CUDA_ERROR_INVALID_IMAGE = 200
-    CUDA_ERROR_INVALID_CONTEXT = 201
-    CUDA_ERROR_INVALID_HANDLE = 400
-    CUDA_ERROR_NOT_FOUND = 500
-    CUDA_ERROR_ILLEGAL_ADDRESS = 700
-
-
-class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
-    cudaMemcpyHostToHost = 0
-    cudaMemcpyHostToDevice = 1
-    cudaMemcpyDeviceToHost = 2
-    cudaMemcpyDeviceToDevice = 3
-    cudaMemcpyDefault = 4
-
-
-class cudaDeviceAttr(enum.IntEnum):  # noqa: N801
-    cudaDevAttrIntegrated = 18
-    cudaDevAttrCanMapHostMemory = 19
-    cudaDevAttrComputeCapabilityMajor = 75
-    cudaDevAttrComputeCapabilityMinor = 76
-
-
-# -- handles ---------------------------------------------------------------------------------------
-_ids = itertools.count(1)
-
-
-@dataclass(eq=False)
-class Context:
-    device: int
-    handle: int = field(default_factory=lambda: next(_ids))
-
-    def __int__(self) -> int:
-        return self.handle
-
-
-@dataclass(eq=False)
-class Stream:
-    device: int
-    pending: list = field(default_factory=list)
-    destroyed: bool = False
-    handle: int = field(default_factory=lambda: next(_ids))
-
-    def __int__(self) -> int:  # TensorRT takes int(stream)
-        return self.handle
-
-
-@dataclass(eq=False)
-class Event:
-    device: int
-    stream: "Stream | None" = None   # where it was last recorded
-    marker: Any = None               # the pending item that completes it
-    done: bool = True                # "Before the first call to cudaEventRecord(), an event
-    destroyed: bool = False          #  represents an empty set of work"
-    handle: int = field(default_factory=lambda: next(_ids))
-
-    def __int__(self) -> int:
-        return self.handle
-
-
-@dataclass(eq=False)
-class Module:
-    context: Context
-    entries: frozenset
-    unloaded: bool = False
-
-
-@dataclass(eq=False)
-class Function:
-    module: Module
-    name: str
-
-
-@dataclass
-class Allocation:
-    buffer: Any          # the ctypes array that owns the memory
-    size: int
-    device: int          # -1: pinned host memory
-    mapped: bool = False  # pinned with cudaHostAllocMapped: kernels may use its device pointer
 
 
 def kernel_signatures(kernel_dir: Path = KERNEL_DIR) -> dict[str, list[str]]:
@@ -279,7 +181,14 @@ class FakeCuda:
         """A live Stream, None for the default stream, or the error for a destroyed/foreign handle."""
         if stream is None or (not isinstance(stream, Stream) and int(stream) == 0):
             return None
-        if not isinstance(stream, Stream) or stream.destroyed:
+        if not isinstance(stream, Stream):
+            # cuda-python takes a handle or its integer value ("pstream = int(cudaStream_t(stream))"
+            # in the generated bindings): TensorRT and its users pass int(stream)
+            with self._lock:
+                stream = next((s for s in self.streams if s.handle == int(stream)), None)
+            if stream is None:
+                return cudaError_t.cudaErrorInvalidResourceHandle
+        if stream.destroyed:
             # cudaStreamDestroy: "Destroys and cleans up the asynchronous stream specified by
             # stream."; a destroyed handle is invalid: cudaErrorInvalidResourceHandle.
             return cudaError_t.cudaErrorInvalidResourceHandle
@@ -402,6 +311,14 @@ class FakeCuda:
             with fake._lock:
                 fake.streams.append(s)
             return ok, s
+
+        def cudaStreamGetDevice(stream):
+            # "Returns in *device the device of the stream" (CUDA 12.8+); the legacy stream belongs
+            # to the calling thread's current device
+            s = fake._stream(stream)
+            if isinstance(s, cudaError_t):
+                return s, None
+            return ok, (fake._runtime_context().device if s is None else s.device)
 
         def cudaStreamDestroy(stream):
             s = fake._stream(stream)
@@ -592,6 +509,7 @@ class FakeCuda:
             "cudaFree": cudaFree,
             "cudaFreeHost": cudaFreeHost,
             "cudaStreamCreate": cudaStreamCreate,
+            "cudaStreamGetDevice": cudaStreamGetDevice,
             "cudaStreamDestroy": cudaStreamDestroy,
             "cudaStreamSynchronize": cudaStreamSynchronize,
             "cudaDeviceSynchronize": cudaDeviceSynchronize,
@@ -605,8 +523,6 @@ class FakeCuda:
             "cudaEventDestroy": cudaEventDestroy,
             "cudaGetErrorString": cudaGetErrorString,
         }
-        from .fake_cuda_capture import stream_capture  # it imports this module's types
-
         api.update(stream_capture(fake, api))
         return SimpleNamespace(cudaError_t=cudaError_t, cudaMemcpyKind=cudaMemcpyKind, cudaDeviceAttr=cudaDeviceAttr,
                                cudaHostAllocDefault=0, cudaHostAllocMapped=2, cudaEventDisableTiming=2, **api)
@@ -729,109 +645,3 @@ class FakeCuda:
             cuModuleLoadData=cuModuleLoadData, cuModuleGetFunction=cuModuleGetFunction,
             cuModuleUnload=cuModuleUnload, cuLaunchKernel=cuLaunchKernel, cuGetErrorString=cuGetErrorString,
         )
-
-
-class DeviceBackend:
-    """A TensorRT-shaped backend (``device_pointer``, ``stream``, ``execute``, ``device_id``,
-    ``outputs``) on the stand-in GPU, laid out as ``backend_trt.TrtBackend``: every input and
-    output has a device buffer; ``execute`` is the engine (it runs the ONNX model in ONNX Runtime
-    on the ``images`` device memory, in place, as the engine reads its bindings without a copy)
-    and then copies each output to the host on its stream, as ``TrtBackend.execute`` does. So the
-    bytes the stand-in counts are the bytes the real backend moves. For Segmenter tests."""
-
-    name = "fake-tensorrt"
-
-    def __init__(self, fake: FakeCuda, onnx_path: Path, device_id: int = 0) -> None:
-        import numpy as np
-
-        from mrcnn_edge.runtime.backends.ort import OrtBackend
-        from mrcnn_edge.runtime.gpu.cuda_util import check
-
-        self._check, self._fake, self.device_id = check, fake, device_id
-        self.inner = OrtBackend(onnx_path, device="cpu")
-        self.path, self.metadata = self.inner.path, self.inner.metadata
-        self.inputs, self.outputs = self.inner.inputs, self.inner.outputs
-        (self._input_name, spec), = self.inputs.items()
-        self._shape, self._dtype = tuple(spec.shape), np_dtype(spec.dtype)
-        rt = fake.runtime
-        check(rt.cudaSetDevice(device_id), "cudaSetDevice")
-        self.stream = check(rt.cudaStreamCreate(), "cudaStreamCreate")
-        self._device: dict[str, int] = {}
-        self._host: dict[str, Any] = {}
-        for name, tensor in {**self.inputs, **self.outputs}.items():
-            nbytes = max(int(np_prod(tensor.shape)) * np_dtype(tensor.dtype).itemsize, 1)
-            self._device[name] = check(rt.cudaMalloc(nbytes), "cudaMalloc")
-            if name in self.outputs:
-                self._host[name] = np.empty(tuple(tensor.shape), np_dtype(tensor.dtype))
-        self.closed = False
-        self.events: list[str] = []
-        self.delay_s = 0.0  # a slower "engine", for pipeline tests
-
-    @property
-    def description(self) -> str:
-        return self.name
-
-    def device_pointer(self, name: str) -> int:
-        return self._device[name]
-
-    def execute(self) -> dict:
-        """As ``TrtBackend.execute``: the engine enqueued on the stream (after the letterbox already
-        there), each output copied down, then one event recorded and polled: no blocking call."""
-        import time
-
-        import numpy as np
-
-        from mrcnn_edge.runtime.gpu.cuda_util import wait_stream
-
-        rt, check = self._fake.runtime, self._check
-        check(rt.cudaSetDevice(self.device_id), "cudaSetDevice")
-
-        def engine(_: Any) -> None:  # runs in stream order, as the engine's kernels would
-            n = int(np_prod(self._shape))
-            raw = (ctypes.c_uint8 * (n * self._dtype.itemsize)).from_address(self._device[self._input_name])
-            images = np.frombuffer(raw, self._dtype, n).reshape(self._shape).copy()
-            results = self.inner.infer({self._input_name: images})
-            if self.delay_s:
-                time.sleep(self.delay_s)
-            for name, value in results.items():  # the engine writes its output bindings on the device
-                value = np.ascontiguousarray(value, dtype=self._host[name].dtype)
-                ctypes.memmove(self._device[name], value.ctypes.data, value.nbytes)
-
-        check(rt.cudaLaunchHostFunc(self.stream, engine, None), "enqueue the engine")
-        for name, host in self._host.items():
-            check(rt.cudaMemcpyAsync(host.ctypes.data, self._device[name], host.nbytes,
-                                     rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream), f"copy {name}")
-        # an event per call (TrtBackend keeps one): the same record-then-poll wait, nothing to free at close
-        event = check(rt.cudaEventCreateWithFlags(rt.cudaEventDisableTiming), "cudaEventCreateWithFlags")
-        try:
-            wait_stream(rt, event, self.stream, "the stand-in engine")
-        finally:
-            rt.cudaEventDestroy(event)
-        return dict(self._host)
-
-    def infer(self, feed: dict) -> dict:
-        return self.inner.infer(feed)
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.events.append("close")
-        rt = self._fake.runtime
-        rt.cudaSetDevice(self.device_id)
-        for ptr in self._device.values():
-            rt.cudaFree(ptr)
-        rt.cudaStreamDestroy(self.stream)
-        self.inner.close()
-
-
-def np_dtype(dtype: Any) -> Any:
-    import numpy as np
-
-    return np.dtype(dtype)
-
-
-def np_prod(shape: Any) -> int:
-    import numpy as np
-
-    return int(np.prod(shape))

@@ -1,4 +1,5 @@
-"""Stream capture and CUDA graphs for the stand-in cuda-python (``fake_cuda.py``): what
+"""Stream capture and CUDA graphs for the stand-in cuda-python (``fake_cuda.py``, which imports this
+module; the types both use are in ``cuda_types.py``): what
 ``TrtBackend(cuda_graph=True)`` calls, each behaviour with the CUDA Runtime API line it follows.
 
 :func:`stream_capture` takes the stand-in's runtime functions and returns the capture API plus
@@ -11,7 +12,7 @@ import enum
 import threading
 from typing import Any, Callable
 
-from .fake_cuda import Stream, _ids, cudaError_t, cudaMemcpyKind
+from .cuda_types import Stream, cudaError_t, cudaMemcpyKind, next_handle
 
 __all__ = ["stream_capture"]
 
@@ -60,7 +61,7 @@ class _Handle:
 
     def __init__(self, nodes: list | None) -> None:
         self.nodes, self.destroyed = nodes, False
-        self.handle = 0 if nodes is None else next(_ids)
+        self.handle = 0 if nodes is None else next_handle()
 
     def __int__(self) -> int:
         return self.handle

@@ -6,9 +6,15 @@ the documentation line it follows. A "plugin library" here is a small text file 
 ``write_plugin_library``; ``dlopen`` (also installed as ``trt_platform._dlopen``) reads it the way
 the dynamic linker would load a real one.
 
+The engine side (``Runtime``, ``ICudaEngine``, ``IExecutionContext``) runs a serialised engine
+written by ``write_engine``: a small text naming an ONNX model, which the "engine" runs with ONNX
+Runtime on the device memory bound to its tensors, enqueued on the caller's stream through the
+process's CUDA runtime (``FakeProcess(cuda=...)``: cuda-python's runtime namespace, here the stand-in
+of ``fake_cuda.py``, handed over as an object: the two stand-ins do not import each other).
+
 Use::
 
-    proc = FakeProcess()                         # one per test: a fresh process
+    proc = FakeProcess(cuda=runtime)             # one per test: a fresh process
     trt = proc.tensorrt("10.3.0")                # the module; monkeypatch it into sys.modules
     monkeypatch.setattr(trt_platform, "_dlopen", proc.dlopen)
 """
@@ -21,7 +27,10 @@ import types
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 MAGIC = "FAKE-TENSORRT-PLUGIN-LIBRARY"
+ENGINE_MAGIC = "FAKE-TENSORRT-ENGINE"
 OUR_CREATOR = ("MultilevelRoIAlign", "1", "mrcnn_edge")
 
 
@@ -35,6 +44,21 @@ def write_plugin_library(path: str | os.PathLike, built_for: str = "10.3.0",
     lines = [MAGIC, f"built_for={built_for}", f"self_registering={int(self_registering)}"]
     lines += [f"creator={n}/{v}@{ns}" for n, v, ns in creators]
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_engine(path: str | os.PathLike, onnx_model: str | os.PathLike, built_for: str = "10.3.0",
+                 data_dependent: bool = False, capture_refused: bool = False) -> Path:
+    """A stand-in serialised engine (``model.engine``): the ONNX model it runs and its properties.
+
+    ``data_dependent``: its enqueue synchronises with the host, as TensorRT's NMS layer makes every
+    Mask R-CNN engine do (so it cannot be captured in a CUDA graph); ``capture_refused``: its
+    enqueue reports failure while the stream is captured (a TensorRT that refuses capture).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([ENGINE_MAGIC, f"onnx={Path(onnx_model).resolve()}", f"built_for={built_for}",
+                               f"data_dependent={int(data_dependent)}", f"capture_refused={int(capture_refused)}"]) + "\n")
     return path
 
 
@@ -60,8 +84,9 @@ class _LoadedLibrary:
 class FakeProcess:
     """The process-wide state TensorRT and the dynamic linker keep."""
 
-    def __init__(self, library_path: list[str] | None = None) -> None:
+    def __init__(self, library_path: list[str] | None = None, cuda: Any = None) -> None:
         self.search_dirs = list(library_path or [])  # what LD_LIBRARY_PATH would hold
+        self.cuda = cuda  # the CUDA runtime the process links (cuda-python's namespace); engines run on it
         self.loaded: dict[str, dict[str, Any]] = {}   # real path -> parsed library
         self.creators: dict[tuple[str, str, str], str] = {}  # creator -> library that registered it
         self.logger: Any = None
@@ -191,9 +216,162 @@ def _make_module(proc: FakeProcess, version: str, opts: dict[str, Any]) -> types
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")
-    trt.nptype = lambda dtype: dtype
+    trt.DataType = DataType
+    # tensorrt.nptype: "Returns the numpy-equivalent of a TensorRT DataType"
+    trt.nptype = lambda dtype: {DataType.FLOAT: np.float32, DataType.HALF: np.float16,
+                                DataType.INT32: np.int32, DataType.INT64: np.int64}[dtype]
     _add_builder(trt, proc, calls, _adopt, opts)
+    _add_runtime(trt, proc, _adopt, opts)
     return trt
+
+
+class DataType(enum.Enum):
+    FLOAT = 0
+    HALF = 1
+    INT32 = 3
+    INT64 = 10
+
+
+_ONNX_TYPES = {"tensor(float)": DataType.FLOAT, "tensor(float16)": DataType.HALF,
+               "tensor(int32)": DataType.INT32, "tensor(int64)": DataType.INT64}
+
+
+def _add_runtime(trt: types.ModuleType, proc: FakeProcess, adopt: Callable[[Any], None], opts: dict[str, Any]) -> None:
+    """Runtime, engine and execution context for engines written by :func:`write_engine`.
+
+    Module options: ``context_fails`` (no device memory for an execution context).
+    """
+
+    class Context:
+        def __init__(self, engine: "Engine") -> None:
+            self.engine = engine
+            self.addresses: dict[str, int] = {}
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return self.engine.get_tensor_shape(name)
+
+        def set_input_shape(self, name: str, shape: Any) -> bool:
+            # setInputShape: "Return True if the shape was set successfully"; a static input keeps
+            # the one shape it was built with
+            if tuple(shape) != self.engine.get_tensor_shape(name):
+                proc.log(Severity.ERROR, f"IExecutionContext::setInputShape: {name} is static {self.engine.get_tensor_shape(name)}")
+                return False
+            return True
+
+        def set_tensor_address(self, name: str, ptr: int) -> bool:
+            # setTensorAddress: "Return false if the provided name does not map to an input or output
+            # tensor." and "The pointer must have at least 256-byte alignment."
+            if name not in self.engine.tensors or int(ptr) % 256:
+                proc.log(Severity.ERROR, f"IExecutionContext::setTensorAddress: bad address for {name}")
+                return False
+            self.addresses[name] = int(ptr)
+            return True
+
+        def _run(self, _user_data: Any = None) -> None:
+            """The engine's kernels: read the inputs where they are bound, write the outputs there."""
+            import ctypes
+
+            feed = {}
+            for name in self.engine.inputs:
+                shape, dtype = self.engine.tensors[name][:2]
+                n = int(np.prod(shape))
+                raw = (ctypes.c_char * (n * np.dtype(dtype).itemsize)).from_address(self.addresses[name])
+                feed[name] = np.frombuffer(raw, dtype=dtype, count=n).reshape(shape).copy()
+            for name, value in zip(self.engine.outputs, self.engine.session.run(self.engine.outputs, feed)):
+                value = np.ascontiguousarray(value, dtype=self.engine.tensors[name][1])
+                ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
+
+        def execute_async_v3(self, stream_handle: int) -> bool:
+            # the binding takes the cudaStream_t as an integer
+            if not isinstance(stream_handle, int):
+                raise TypeError("execute_async_v3(): incompatible function arguments (stream_handle: int)")
+            missing = [n for n in self.engine.tensors if n not in self.addresses]
+            if missing:
+                # enqueueV3 needs every I/O tensor's address set first
+                proc.log(Severity.ERROR, f"IExecutionContext::enqueueV3: no address set for {', '.join(missing)}")
+                return False
+            cuda = proc.cuda
+            err, status = cuda.cudaStreamIsCapturing(stream_handle)
+            if int(err) != 0:
+                proc.log(Severity.ERROR, f"IExecutionContext::enqueueV3: invalid stream ({err})")
+                return False
+            # the engine's kernels are launched on the stream, and "a kernel launch will fail if it
+            # is issued to a stream that is not associated to the current device" (CUDA Programming
+            # Guide, "Stream and Event Behavior"): the caller's thread must have the device current
+            current, stream_device = cuda.cudaGetDevice()[1], cuda.cudaStreamGetDevice(stream_handle)[1]
+            if current != stream_device:
+                proc.log(Severity.ERROR, f"IExecutionContext::enqueueV3: Error Code 1: Cuda Runtime (invalid "
+                                         f"resource handle: stream of device {stream_device}, device {current} current)")
+                return False
+            capturing = status != cuda.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
+            if capturing and self.engine.data_dependent:
+                # data-dependent shapes (NMS): the enqueue waits for the sizes on the host, which
+                # stream capture forbids; CUDA refuses (and invalidates the capture), TensorRT
+                # reports it and fails the enqueue
+                cuda.cudaStreamSynchronize(stream_handle)
+                proc.log(Severity.ERROR, "[executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime "
+                                         "(operation not permitted when stream is capturing)")
+                return False
+            # the engine's kernels, in stream order (recorded into the graph while capturing)
+            if int(cuda.cudaLaunchHostFunc(stream_handle, self._run, None)[0]) != 0:
+                return False
+            return not (capturing and self.engine.capture_refused)
+
+    class Engine:
+        def __init__(self, fields: dict[str, str]) -> None:
+            import onnxruntime
+
+            self.session = onnxruntime.InferenceSession(fields["onnx"], providers=["CPUExecutionProvider"])
+            self.data_dependent = fields.get("data_dependent") == "1"
+            self.capture_refused = fields.get("capture_refused") == "1"
+            self.tensors: dict[str, tuple[tuple[int, ...], Any, str]] = {}
+            for mode, args in (("in", self.session.get_inputs()), ("out", self.session.get_outputs())):
+                for a in args:
+                    kind = _ONNX_TYPES[a.type]
+                    self.tensors[a.name] = (tuple(int(d) for d in a.shape), trt.nptype(kind), mode, kind)
+            self.inputs = [n for n, t in self.tensors.items() if t[2] == "in"]
+            self.outputs = [n for n, t in self.tensors.items() if t[2] == "out"]
+            self.num_io_tensors = len(self.tensors)
+
+        def get_tensor_name(self, i: int) -> str:
+            return list(self.tensors)[i]
+
+        def get_tensor_mode(self, name: str) -> str:
+            return trt.TensorIOMode.INPUT if self.tensors[name][2] == "in" else trt.TensorIOMode.OUTPUT
+
+        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+            return self.tensors[name][0]
+
+        def get_tensor_dtype(self, name: str) -> DataType:
+            return self.tensors[name][3]
+
+        def create_execution_context(self) -> Any:
+            # the binding's None for a null IExecutionContext* (no device memory for activations)
+            if opts.get("context_fails"):
+                proc.log(Severity.ERROR, "Requested amount of GPU memory could not be allocated")
+                return None
+            return Context(self)
+
+    class Runtime:
+        def __init__(self, logger: Any) -> None:
+            adopt(logger)
+
+        def deserialize_cuda_engine(self, data: bytes) -> Any:
+            # deserializeCudaEngine: "Returns the engine, or nullptr if it could not be deserialized"
+            lines = bytes(data).decode(errors="replace").splitlines()
+            if not lines or lines[0] != ENGINE_MAGIC:
+                proc.log(Severity.ERROR, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
+                                         "(Serialization assertion magicTagRead == kMAGIC_TAG failed.)")
+                return None
+            fields = dict(line.split("=", 1) for line in lines[1:] if "=" in line)
+            built, mine = fields.get("built_for", ""), trt.__version__
+            if built.split(".")[:3] != mine.split(".")[:3]:
+                proc.log(Severity.ERROR, f"IRuntime::deserializeCudaEngine: The engine plan file is not compatible "
+                                         f"with this version of TensorRT, expecting library version {mine} got {built}")
+                return None
+            return Engine(fields)
+
+    trt.Runtime = Runtime
 
 
 def _add_builder(trt: types.ModuleType, proc: FakeProcess, calls: dict, adopt: Callable[[Any], None],

@@ -218,10 +218,11 @@ def fake_dirs(tmp_path_factory):
 
 
 def _install_fake(fake_dirs, monkeypatch, **kwargs):
-    from fakes.fake_cuda import FakeCuda
+    """The stand-in GPU: the real TrtBackend runs engines of the stand-in TensorRT on it."""
+    from fakes.gpu_stand_in import StandInGPU
 
     monkeypatch.setenv("MRCNN_EDGE_CACHE", str(fake_dirs[1]))
-    return FakeCuda.install(monkeypatch, fake_dirs[0], **kwargs)
+    return StandInGPU.install(monkeypatch, fake_dirs[0], **kwargs)
 
 
 def _same(a, b, frame):
@@ -233,17 +234,17 @@ def _same(a, b, frame):
 
 @pytest.mark.parametrize("batch,precision", [(1, "fp32"), (2, "fp32"), (2, "fp16")])
 def test_gpu_branch_equals_cpu_branch(tmp, fake_dirs, monkeypatch, batch, precision):
-    from fakes.fake_cuda import DeviceBackend
-
-    fake = _install_fake(fake_dirs, monkeypatch)
+    gpu_machine = _install_fake(fake_dirs, monkeypatch)
+    fake = gpu_machine.cuda
     path = make_contract_model(tmp / f"gpu-b{batch}-{precision}.onnx", batch=batch, mask_size=28,
                                precision=precision)
+    engine = gpu_machine.engine_for(path)
     rng = np.random.default_rng(batch)
     frames = [rng.integers(0, 256, size=(*hw, 3), dtype=np.uint8) for hw in [(240, 320), (97, 61), (50, 300)]]
     frames[0][60:180, 80:240] = 255  # something to segment
-    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+    with Segmenter.from_path(engine, score_threshold=0.0, device="cuda") as gpu, \
             Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
-        assert gpu.ops.name == "cuda" and cpu.ops.name == "cpu"
+        assert gpu.ops.name == "cuda" and cpu.ops.name == "cpu" and gpu.backend.name == "tensorrt"
         for a, b, f in zip(gpu.batch(frames), cpu.batch(frames), frames):  # with batch 2: a padded partial batch
             _same(a, b, f)
         _same(gpu(frames[1]), cpu(frames[1]), frames[1])
@@ -255,12 +256,11 @@ def test_gpu_branch_equals_cpu_branch(tmp, fake_dirs, monkeypatch, batch, precis
 def test_detections_outlive_their_segmenter_and_close_is_once(tmp, fake_dirs, monkeypatch):
     """Issue 9 item 12: ``with ... as seg: d = seg(f)`` then ``d.draw(f)`` launched on destroyed
     streams and unloaded modules; a second close destroyed them twice."""
-    from fakes.fake_cuda import DeviceBackend
-
-    fake = _install_fake(fake_dirs, monkeypatch)
+    gpu_machine = _install_fake(fake_dirs, monkeypatch)
+    fake = gpu_machine.cuda
     path = make_contract_model(tmp / "gpu-close.onnx", mask_size=28)
     frame, _ = _square((240, 320), (60, 100), (90, 120))
-    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as seg:
+    with Segmenter.from_path(gpu_machine.engine_for(path), score_threshold=0.0, device="cuda") as seg:
         dets = seg(frame)
     seg.close()
     with Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
@@ -274,13 +274,14 @@ def test_gpu_branch_on_device_1_from_a_worker_thread(tmp, fake_dirs, monkeypatch
     """Issue 9 item 14: the ops must follow the backend's device, in every thread."""
     import threading
 
-    from fakes.fake_cuda import DeviceBackend
+    from mrcnn_edge.runtime.backends.trt import TrtBackend
 
-    fake = _install_fake(fake_dirs, monkeypatch, devices=((8, 7), (8, 7)))
+    gpu_machine = _install_fake(fake_dirs, monkeypatch, devices=((8, 7), (8, 7)))
+    fake = gpu_machine.cuda
     path = make_contract_model(tmp / "gpu-dev1.onnx", mask_size=28)
     frame, _ = _square((120, 200), (30, 40), (60, 100))
     got = {}
-    with Segmenter(DeviceBackend(fake, path, device_id=1), score_threshold=0.0, device="cuda") as seg:
+    with Segmenter(TrtBackend(gpu_machine.engine_for(path), device_id=1), score_threshold=0.0, device="cuda") as seg:
         def worker():
             try:
                 d = seg(frame)

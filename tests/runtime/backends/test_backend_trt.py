@@ -1,120 +1,25 @@
-"""TrtBackend's plumbing without a GPU: the stand-in TensorRT of tests/fakes (its plugin registry and
-dlopen behave as documented) on the stand-in cuda-python of tests/fakes/fake_cuda.py (device memory is
-host memory, work runs in stream order, stream capture and CUDA graphs as documented), with an engine
-that runs the same contract model in ONNX Runtime. This checks plugin loading, buffers, copies, tensor
-addresses, the wait for each frame (an event polled, never a blocking call), CUDA-graph capture and
-its refusal, and cleanup; that the real APIs are called correctly is for the ``tensorrt``-marked test
-on a GPU machine."""
+"""TrtBackend's plumbing without a GPU: the real ``TrtBackend`` on the stand-in TensorRT of
+tests/fakes/fake_tensorrt.py (its plugin registry, dlopen and engine behave as documented; the engine
+runs the contract model in ONNX Runtime on the bound device memory) over the stand-in cuda-python of
+tests/fakes/fake_cuda.py (device memory is host memory, work runs in stream order, stream capture
+and CUDA graphs as documented). This checks plugin loading, buffers, copies, tensor addresses, the
+wait for each frame (an event polled, never a blocking call), CUDA-graph capture and its refusal,
+and cleanup; that the real APIs are called correctly is for the ``tensorrt``-marked test on a GPU
+machine."""
 from __future__ import annotations
-
-import ctypes
-import sys
 
 import numpy as np
 import pytest
 
-from fakes.fake_cuda import FakeCuda
-from fakes.fake_tensorrt import FakeProcess, Severity, write_plugin_library
+from fakes.fake_tensorrt import write_plugin_library
+from fakes.gpu_stand_in import StandInGPU
+from mrcnn_edge.core.contract import plugin_identity
 from mrcnn_edge.core.errors import UserError
-from mrcnn_edge.core.metadata import write_sidecar
-from mrcnn_edge.runtime.gpu import trt_platform
 from mrcnn_edge.runtime.segmenter import Segmenter
-from mrcnn_edge.runtime.testing import contract_metadata, make_contract_model, moving_squares
+from mrcnn_edge.runtime.testing import make_contract_model, moving_squares
 
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-
-
-def _fake_tensorrt(proc, onnx_path, fake, capture_ok=True, data_dependent=False, context_ok=True,
-                   version="10.3.0.26"):
-    """A ``tensorrt`` module whose engine runs ``onnx_path`` in ONNX Runtime on the stand-in GPU:
-    it reads its input from and writes its outputs to the bound device memory, in stream order."""
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    io = [(a.name, tuple(a.shape), np.float32 if a.type == "tensor(float)" else np.int32, i < 1)
-          for i, a in enumerate(session.get_inputs() + session.get_outputs())]
-    trt = proc.tensorrt(version)
-
-    class Context:
-        def __init__(self):
-            self.addresses = {}
-
-        def get_tensor_shape(self, name):
-            return next(s for n, s, _, _ in io if n == name)
-
-        def set_input_shape(self, name, shape):
-            raise AssertionError("static engine: no shapes to set")
-
-        def set_tensor_address(self, name, ptr):
-            # setTensorAddress: "Return false if the provided name does not map to an input or output
-            # tensor." and "The pointer must have at least 256-byte alignment."
-            if all(n != name for n, _, _, _ in io) or ptr % 256:
-                proc.log(Severity.ERROR, f"IExecutionContext::setTensorAddress: bad address for {name}")
-                return False
-            self.addresses[name] = ptr
-            return True
-
-        def _run(self, _user_data=None):
-            n, shape, dtype, _ = io[0]
-            x = np.frombuffer((ctypes.c_char * (int(np.prod(shape)) * 4)).from_address(self.addresses[n]),
-                              dtype=dtype).reshape(shape)
-            for (name, oshape, odtype, _), value in zip(io[1:], session.run(None, {n: x.copy()})):
-                value = np.ascontiguousarray(value, dtype=odtype)
-                ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
-
-        def execute_async_v3(self, stream_handle):
-            # the binding takes the cudaStream_t as an integer (TrtBackend passes int(stream))
-            assert isinstance(stream_handle, int)
-            rt = fake.runtime
-            stream = next((s for s in fake.streams if int(s) == stream_handle), None)
-            if stream is None:
-                proc.log(Severity.ERROR, f"enqueueV3: invalid stream {stream_handle}")
-                return False
-            capturing = rt.cudaStreamIsCapturing(stream)[1] != rt.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
-            if capturing and data_dependent:
-                # data-dependent shapes (NMS): the enqueue waits for the sizes on the host, which
-                # stream capture forbids (the stand-in refuses and invalidates the capture);
-                # TensorRT reports it and fails the enqueue
-                rt.cudaStreamSynchronize(stream)
-                proc.log(Severity.ERROR, "[executionContext.cpp::enqueueV3] Error Code 1: Cuda Runtime "
-                                         "(operation not permitted when stream is capturing)")
-                return False
-            # the engine's kernels: enqueued on the stream (recorded into the graph while capturing)
-            if int(rt.cudaLaunchHostFunc(stream, self._run, None)[0]) != 0:
-                return False
-            return capture_ok if capturing else True
-
-    class Engine:
-        num_io_tensors = len(io)
-
-        def get_tensor_name(self, i):
-            return io[i][0]
-
-        def get_tensor_mode(self, name):
-            return "in" if next(inp for n, _, _, inp in io if n == name) else "out"
-
-        def get_tensor_shape(self, name):
-            return next(s for n, s, _, _ in io if n == name)
-
-        def get_tensor_dtype(self, name):
-            return next(d for n, _, d, _ in io if n == name)
-
-        def create_execution_context(self):
-            # the binding's None for a null IExecutionContext* (no device memory for activations)
-            if not context_ok:
-                proc.log(Severity.ERROR, "Requested amount of GPU memory could not be allocated")
-                return None
-            return Context()
-
-    class Runtime:
-        def __init__(self, logger):
-            if proc.logger is None:
-                proc.logger = logger
-
-        def deserialize_cuda_engine(self, data):
-            return Engine() if data == b"engine" else None
-
-    trt.Runtime = Runtime
-    return trt
 
 
 @pytest.fixture(scope="module")
@@ -125,25 +30,23 @@ def kernels_dir(tmp_path_factory):
 
 @pytest.fixture
 def fake_gpu(tmp_path, monkeypatch, kernels_dir):
+    """(onnx model, its engine needing the plugin library next to it, the stand-in cuda, install):
+    ``install(**options)`` puts a ``tensorrt`` module of the test's one process in place (its
+    registry outlives each backend) and rewrites the engine with ``engine_options``."""
     monkeypatch.setenv("MRCNN_EDGE_CACHE", str(kernels_dir / "cache"))
     onnx_path = make_contract_model(tmp_path / "model.onnx", mask_size=14)
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"engine")
     write_plugin_library(tmp_path / "libplugin.so", "10.3.0")
-    meta = contract_metadata((128, 160), 1, ["__background__", "square", "disk"], 14, 5)
-    meta.update({"tensorrt_version": "10.3.0.26", "plugin_library": "libplugin.so",
-                 "plugin": {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"}})
-    write_sidecar(engine, meta)
-    fake = FakeCuda.install(monkeypatch, kernels_dir)  # cuda_util.cuda_modules(), which backend_trt calls
-    proc = FakeProcess()  # one process for the whole test: its registry outlives each backend
-    monkeypatch.setattr(trt_platform, "_dlopen", proc.dlopen)
+    gpu = StandInGPU.install(monkeypatch, kernels_dir)
+    engine = tmp_path / "model.engine"
 
-    def install(**options):
-        trt = _fake_tensorrt(proc, onnx_path, fake, **options)
-        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    def install(version="10.3.0.26", data_dependent=False, capture_refused=False, **options):
+        trt = gpu.tensorrt(version, **options)
+        gpu.engine_for(onnx_path, engine, plugin_library="libplugin.so", metadata={"plugin": plugin_identity()},
+                       data_dependent=data_dependent, capture_refused=capture_refused)
         return trt
 
-    return onnx_path, engine, fake, install
+    install()
+    return onnx_path, engine, gpu.cuda, install
 
 
 def _nothing_left(fake):
@@ -208,7 +111,7 @@ def test_each_frame_waits_on_an_event_not_a_blocking_call(fake_gpu, monkeypatch,
 
 def test_failed_graph_capture_falls_back_and_frees_the_graph(fake_gpu, caplog, monkeypatch):
     onnx_path, engine, fake, install = fake_gpu
-    install(capture_ok=False)
+    install(capture_refused=True)
     ended = []
     end_capture = fake.runtime.cudaStreamEndCapture
     monkeypatch.setattr(fake.runtime, "cudaStreamEndCapture", lambda s: ended.append(end_capture(s)) or ended[-1])
@@ -272,9 +175,7 @@ def test_sidecar_library_next_to_an_engine_named_relatively(fake_gpu, monkeypatc
 
 def test_runtime_refuses_a_plugin_of_another_tensorrt_major(fake_gpu, tmp_path):
     _, engine, fake, install = fake_gpu
-    trt = install(version="11.1.0")
-    meta_path = engine.with_name("model.engine.json")
-    meta_path.write_text(meta_path.read_text().replace("10.3.0.26", "11.1.0"))
+    trt = install(version="11.1.0")  # the engine and its sidecar say 11.1.0 too
     write_plugin_library(tmp_path / "libplugin.so", "10.3.0")
     with pytest.raises(UserError, match="built against TensorRT 10.3.0 but TensorRT 11.1.0 is installed"):
         Segmenter.from_path(engine, device="cpu")
@@ -292,7 +193,7 @@ def test_a_plugin_that_registers_itself_is_not_loaded_twice(fake_gpu, tmp_path):
 
 def test_execution_context_that_cannot_be_created(fake_gpu):
     _, engine, fake, install = fake_gpu
-    install(context_ok=False)
+    install(context_fails=True)
     with pytest.raises(UserError, match="could not create an execution context.*GPU memory"):
         Segmenter.from_path(engine, device="cpu")
     assert _nothing_left(fake)
@@ -393,3 +294,34 @@ def test_stand_in_stream_capture_follows_the_cuda_documentation(fake_gpu):
     rt.cudaEventDestroy(event)
     rt.cudaStreamDestroy(stream)
     assert _nothing_left(fake)
+
+
+def test_backend_on_device_1_runs_from_any_thread(tmp_path, monkeypatch, kernels_dir):
+    """Issue 18 item 10: TrtBackend made its device current only in the thread that opened it, so
+    an infer from another thread (a pipeline worker, an API user's pool) enqueued the engine on
+    device 1's stream with device 0 current, which CUDA refuses for kernel launches."""
+    import threading
+
+    from mrcnn_edge.runtime.backends.ort import OrtBackend
+    from mrcnn_edge.runtime.backends.trt import TrtBackend
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(kernels_dir / "cache"))
+    gpu = StandInGPU.install(monkeypatch, kernels_dir, devices=((8, 7), (8, 7)))
+    onnx_path = make_contract_model(tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(1, 3, 128, 160)).astype(np.float32)
+    got = {}
+    with TrtBackend(gpu.engine_for(onnx_path), device_id=1) as be, OrtBackend(onnx_path, device="cpu") as ref:
+        def worker():
+            try:
+                got["out"] = {k: v.copy() for k, v in be.infer({"images": x}).items()}
+            except Exception as exc:  # noqa: BLE001 - reported below
+                got["error"] = exc
+
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert "error" not in got, got.get("error")
+        want = ref.infer({"images": x})
+        for name in want:
+            assert np.array_equal(got["out"][name], want[name]), name
+    assert gpu.cuda.live_device_bytes(0) == 0 and gpu.cuda.errors == []

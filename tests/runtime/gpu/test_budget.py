@@ -37,6 +37,14 @@ def _model(dirs, detections: int):
                                base_scores=scores.tolist(), max_detections=detections, gain=8.0)
 
 
+def _stand_in(dirs, monkeypatch, **options):
+    """The stand-in GPU (cuda-python and TensorRT): the real TrtBackend runs engines there."""
+    from fakes.gpu_stand_in import StandInGPU
+
+    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
+    return StandInGPU.install(monkeypatch, dirs, **options)
+
+
 def _frame(hw, seed):
     rng = np.random.default_rng(seed)
     frame = rng.integers(0, 120, size=(*hw, 3), dtype=np.uint8)
@@ -47,13 +55,11 @@ def _frame(hw, seed):
 @pytest.mark.parametrize("hw", [(480, 640), (1080, 1920)])
 @pytest.mark.parametrize("detections", [10, 100])
 def test_drawn_frame_moves_frame_up_frame_down_and_compact_outputs(dirs, monkeypatch, hw, detections):
-    from fakes.fake_cuda import DeviceBackend, FakeCuda
-
-    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
-    fake = FakeCuda.install(monkeypatch, dirs)
+    machine = _stand_in(dirs, monkeypatch)
+    fake = machine.cuda
     path = _model(dirs, detections)
     frames = [_frame(hw, s) for s in range(2)]
-    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+    with Segmenter.from_path(machine.engine_for(path), score_threshold=0.0, device="cuda") as gpu, \
             Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         gpu(frames[0]).draw(frames[0])  # warm-up: buffers are allocated on first use
         for key in ("htod_bytes", "dtoh_bytes"):
@@ -77,20 +83,18 @@ def test_drawn_frame_moves_frame_up_frame_down_and_compact_outputs(dirs, monkeyp
     assert sum(c >= frame for c in fake.stats["htod_copies"]) == 1
     assert sum(c >= frame for c in fake.stats["dtoh_copies"]) == 1
     # nothing waits inside a blocking cuda-python call (cuda-python < 12.9.1 holds the GIL there):
-    # the engine's run too is waited for by polling an event, as TrtBackend.execute does
+    # the engine's run too is waited for by polling an event (TrtBackend.execute)
     assert not fake.stats["stream_syncs"]
     assert fake.errors == []
 
 
 def test_a_frame_that_is_not_the_uploaded_one_is_uploaded_again(dirs, monkeypatch):
     """draw() with another array (or after the slot was reused) must not draw the old frame."""
-    from fakes.fake_cuda import DeviceBackend, FakeCuda
-
-    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
-    fake = FakeCuda.install(monkeypatch, dirs)
+    machine = _stand_in(dirs, monkeypatch)
+    fake = machine.cuda
     path = _model(dirs, 10)
     a, b = _frame((120, 160), 1), _frame((120, 160), 2)
-    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+    with Segmenter.from_path(machine.engine_for(path), score_threshold=0.0, device="cuda") as gpu, \
             Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         dets = gpu(a)
         ref = cpu(a)
@@ -102,9 +106,10 @@ def test_a_frame_that_is_not_the_uploaded_one_is_uploaded_again(dirs, monkeypatc
     assert fake.errors == []
 
 
-def _draw_once(fake, dirs, path, frames):
+def _draw_once(machine, path, frames):
     """Warm up on frames[0], then count what segmenting and drawing frames[1] moves."""
-    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+    fake = machine.cuda
+    with Segmenter.from_path(machine.engine_for(path), score_threshold=0.0, device="cuda") as gpu, \
             Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         gpu(frames[0]).draw(frames[0])
         for key in ("htod_bytes", "dtoh_bytes"):
@@ -121,16 +126,11 @@ def _draw_once(fake, dirs, path, frames):
         return gpu, dets, drawn, want, kernel_memory
 
 
-from fakes.fake_cuda import DeviceBackend  # noqa: E402  (the helpers above use it)
-
-
 def test_fp16_engine_masks_are_drawn_where_the_engine_left_them(dirs, monkeypatch):
     """An fp16 engine's masks are read in place as half bits: never copied down to be uploaded
     again as float32 (they were: 4 bytes x M x M per detection up on every drawn frame)."""
-    from fakes.fake_cuda import FakeCuda
-
-    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
-    fake = FakeCuda.install(monkeypatch, dirs)
+    machine = _stand_in(dirs, monkeypatch)
+    fake = machine.cuda
     detections = 10
     path = make_contract_model(dirs / "budget-fp16.onnx", canvas_hw=CANVAS, mask_size=MASK, precision="fp16",
                                boxes=[[4 + 11 * i, 3 + 8 * (i % 5), 30 + 9 * i, 40 + 5 * (i % 3)] for i in range(detections)],
@@ -138,7 +138,7 @@ def test_fp16_engine_masks_are_drawn_where_the_engine_left_them(dirs, monkeypatc
                                base_scores=[0.95 - 0.03 * i for i in range(detections)],
                                max_detections=detections, gain=8.0)
     frames = [_frame((240, 320), s) for s in range(2)]
-    gpu, dets, drawn, want, _ = _draw_once(fake, dirs, path, frames)
+    gpu, dets, drawn, want, _ = _draw_once(machine, path, frames)
     assert gpu.backend.outputs["masks"].dtype == np.float16 and len(dets) == detections
     assert np.array_equal(drawn, want)  # half bits widened exactly: the reference's drawing
     assert fake.stats["launches"]["render_instances_f16"] == 1
@@ -151,13 +151,11 @@ def test_fp16_engine_masks_are_drawn_where_the_engine_left_them(dirs, monkeypatc
 def test_integrated_gpu_maps_the_frame_and_the_drawing_instead_of_copying(dirs, monkeypatch):
     """On a Jetson (integrated GPU) the kernels read the captured frame and write the drawn frame
     in mapped pinned memory: no frame-sized copy in either direction, same pixels."""
-    from fakes.fake_cuda import FakeCuda
-
-    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
-    fake = FakeCuda.install(monkeypatch, dirs, integrated=True)
+    machine = _stand_in(dirs, monkeypatch, integrated=True)
+    fake = machine.cuda
     path = _model(dirs, 10)
     frames = [_frame((240, 320), s) for s in range(2)]
-    gpu, dets, drawn, want, memory = _draw_once(fake, dirs, path, frames)
+    gpu, dets, drawn, want, memory = _draw_once(machine, path, frames)
     assert gpu.ops.zero_copy
     assert np.array_equal(drawn, want)
     frame = frames[1].nbytes
@@ -172,13 +170,10 @@ def test_integrated_gpu_maps_the_frame_and_the_drawing_instead_of_copying(dirs, 
 
 def test_discrete_gpu_copies_instead_of_mapping(dirs, monkeypatch):
     """A discrete GPU would read mapped memory over PCIe on every access: there the frame is copied."""
-    from fakes.fake_cuda import FakeCuda
-
-    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
-    fake = FakeCuda.install(monkeypatch, dirs, integrated=False)
+    machine = _stand_in(dirs, monkeypatch, integrated=False)
     path = _model(dirs, 10)
     frames = [_frame((240, 320), s) for s in range(2)]
-    gpu, _, drawn, want, memory = _draw_once(fake, dirs, path, frames)
+    gpu, _, drawn, want, memory = _draw_once(machine, path, frames)
     assert not gpu.ops.zero_copy and np.array_equal(drawn, want)
     assert not any(a.mapped for allocations in memory.values() for a in allocations)
     assert all(a.device == 0 for a in memory["render_instances"])
@@ -187,13 +182,11 @@ def test_discrete_gpu_copies_instead_of_mapping(dirs, monkeypatch):
 def test_frames_that_change_size_mid_stream_reuse_buffers_sized_for_the_largest(dirs, monkeypatch):
     """Issue 11: buffers are sized once for the largest frame seen, with headroom: a stream whose
     frames change size grows them a few times, then never again; every frame is drawn right."""
-    from fakes.fake_cuda import FakeCuda
-
-    monkeypatch.setenv("MRCNN_EDGE_CACHE", str(dirs / "cache"))
-    fake = FakeCuda.install(monkeypatch, dirs)
+    machine = _stand_in(dirs, monkeypatch)
+    fake = machine.cuda
     path = _model(dirs, 10)
     sizes = [(120, 160), (240, 320), (90, 300), (240, 320), (120, 160)]
-    with Segmenter(DeviceBackend(fake, path), score_threshold=0.0, device="cuda") as gpu, \
+    with Segmenter.from_path(machine.engine_for(path), score_threshold=0.0, device="cuda") as gpu, \
             Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
         def one_pass(seed):
             for i, hw in enumerate(sizes):
