@@ -24,24 +24,19 @@ from typing import Any, Callable
 from mrcnn_edge.core.contract import (
     PLUGIN_ATTRIBUTES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, check_plugin_attributes,
 )
-from mrcnn_edge.core.paths import plugin_library_path, timing_cache_path
+from mrcnn_edge.core.paths import timing_cache_path
 from mrcnn_edge.runtime.gpu import trt_platform
 from mrcnn_edge.core.onnx_info import (
     ATTR_FLOAT, ATTR_FLOATS, ATTR_INT, ATTR_STRING, OnnxInfo,
 )
-from mrcnn_edge.runtime.gpu.trt_platform import TENSORRT_MISSING, cuda_device_count, import_tensorrt
 
 from mrcnn_edge.core.atomic import atomic_output, check_writable
-from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import MODEL_KEYS, read_onnx_metadata, require_keys, sidecar_path, write_sidecar
 
 __all__ = [
     "PLUGIN_OP",
-    "TENSORRT_MISSING",
-    "import_tensorrt",
     "check_plugin_nodes",
-    "cuda_device_count",
     "default_timing_cache",
     "build_engine",
     "check_quantization",
@@ -134,45 +129,6 @@ def _sha256(path: Path) -> str:
 def default_timing_cache() -> Path:
     """``$MRCNN_EDGE_CACHE/tensorrt/timing.cache`` (``~/.cache/mrcnn-edge`` by default)."""
     return timing_cache_path()
-
-
-def _resolve_plugin_library(plugin_lib: str | os.PathLike | None, needed: bool) -> Path | None:
-    """The library to load, absolute (dlopen searches the library path for a bare name)."""
-    if plugin_lib:
-        path = trt_platform.absolute_library_path(plugin_lib)
-        if not path.is_file():
-            raise UserError(f"plugin library {path} not found (from --plugin-lib)")
-        return path
-    if not needed:
-        return None  # a portable model: no plugin, even if one is installed
-    default = plugin_library_path()
-    if default.is_file():
-        return trt_platform.absolute_library_path(default)
-    raise UserError(
-        f"this model has {PLUGIN_OP} nodes and needs the plugin library, not found at {default}: "
-        "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib LIB"
-    )
-
-
-def _make_logger(trt, verbose: bool):
-    class _Logger(trt.ILogger):
-        """Prints TensorRT's warnings and errors and keeps the errors for the final message."""
-
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self.threshold = int(trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING)
-
-        def log(self, severity, msg) -> None:  # noqa: A003 - TensorRT's name
-            try:  # called from C++: nothing may raise out of here
-                if int(severity) <= int(trt.ILogger.Severity.ERROR):
-                    self.errors.append(str(msg).strip())
-                if int(severity) <= self.threshold:
-                    note(f"[TensorRT] {str(severity).rsplit('.', 1)[-1]}: {msg}")
-            except BaseException:  # noqa: BLE001
-                pass
-
-    return _Logger()
 
 
 def _make_progress_monitor(trt, log: Callable[[str], None]):
@@ -273,7 +229,7 @@ def build_engine(
     n_plugin, problems = check_plugin_nodes(info)
     if problems:
         raise UserError(f"{onnx_path.name}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-    library = _resolve_plugin_library(plugin_lib, needed=n_plugin > 0 or bool(meta.get("plugin")))
+    library = trt_platform.resolve_plugin_library(onnx_path, meta, plugin_lib, needed=n_plugin > 0 or bool(meta.get("plugin")))
     int8_note = check_quantization(info, meta)
 
     # looked up on the module so that one stand-in (tests) serves build and runtime alike
@@ -285,7 +241,7 @@ def build_engine(
     check_writable(sidecar_path(engine_path))
 
     t0 = time.perf_counter()
-    logger = _make_logger(trt, verbose)
+    logger = trt_platform.make_logger(trt, verbose)
     # The builder first: the first logger handed to TensorRT is the one the plugin registry (and the
     # plugin) report to, so a failed load says why.
     builder = trt.Builder(logger)

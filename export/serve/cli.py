@@ -145,27 +145,14 @@ def _onnx_io_dtypes(path: Path, meta: dict[str, Any]) -> dict[str, str] | None:
 
 def _check_plugin(model: ServedModel, given: str | None) -> None:
     """Find the plugin library the model needs and check the TensorRT major it was built for."""
-    from mrcnn_edge.core.paths import plugin_library_path
     from mrcnn_edge.runtime.gpu import trt_platform
 
     if not model.needs_plugin:
         if given:
             raise UserError(f"{model.path.name} needs no TensorRT plugin; drop --plugin-lib")
         return
-    if given:
-        lib = trt_platform.absolute_library_path(given)
-        if not lib.is_file():
-            raise UserError(f"plugin library {lib} not found (from --plugin-lib)")
-    elif model.kind == "engine":
-        from mrcnn_edge.runtime.backends.trt import resolve_plugin_library
-
-        lib = resolve_plugin_library(model.meta, model.path, None)
-    else:
-        lib = plugin_library_path()
-        if not lib.is_file():
-            raise UserError(f"{model.path.name} is the tensorrt flavor and needs the plugin library, not found at "
-                            f"{lib}: build it with 'mrcnn-edge build-plugin' or pass --plugin-lib PATH")
-    assert lib is not None  # resolve_plugin_library raises rather than return None for a plugin model
+    lib = trt_platform.resolve_plugin_library(model.path, model.meta, given, needed=True)
+    assert lib is not None  # needed: found, or a UserError was raised
     built_for = trt_platform.plugin_library_tensorrt_version(lib)
     if built_for is None:
         raise UserError(f"cannot read which TensorRT {lib} was built for (not a mrcnn-edge plugin library, or "

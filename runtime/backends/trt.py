@@ -21,18 +21,15 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mrcnn_edge.core.progress import note
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import read_sidecar
-from mrcnn_edge.core.paths import plugin_library_path
 
 from mrcnn_edge.runtime.gpu import trt_platform
 from mrcnn_edge.runtime.backends import Backend, check_feed
 from mrcnn_edge.runtime.gpu.cuda_util import check, check_versions, cuda_modules, wait_stream
 from mrcnn_edge.runtime.spec import TensorSpec
-from mrcnn_edge.runtime.gpu.trt_platform import import_tensorrt  # re-exported: one function, one message, `build` and runtime alike
 
-__all__ = ["TrtBackend", "import_tensorrt", "check_tensorrt_version", "resolve_plugin_library"]
+__all__ = ["TrtBackend", "check_tensorrt_version"]
 
 log = logging.getLogger(__name__)
 
@@ -50,39 +47,6 @@ def check_tensorrt_version(meta: Mapping[str, Any], installed: str, engine: str 
         )
 
 
-def resolve_plugin_library(meta: Mapping[str, Any], engine: str | Path, given: str | Path | None) -> Path | None:
-    """The plugin library to load: ``given``, else the sidecar's ``plugin_library`` (as recorded,
-    relative to the engine's folder, or found by name next to the engine), else where
-    ``mrcnn-edge build-plugin`` puts it. None when the engine needs no plugin."""
-    # Every candidate is made absolute: dlopen searches the library path, not the current folder,
-    # for a name without a slash ("model.engine" has parent ".", so "./lib.so" would become "lib.so").
-    engine = Path(engine)
-    plugin = meta.get("plugin")
-    if given:
-        path = trt_platform.absolute_library_path(given)
-        if not path.is_file():
-            raise UserError(f"plugin library {path} not found (from --plugin-lib)")
-        return path
-    recorded = meta.get("plugin_library")
-    if not plugin and not recorded:
-        return None
-    candidates: list[Path] = []
-    if recorded:
-        rec = Path(str(recorded)).expanduser()
-        candidates += [rec if rec.is_absolute() else engine.parent / rec, engine.parent / rec.name]
-    candidates.append(plugin_library_path())
-    for path in candidates:
-        if path.is_file():
-            return trt_platform.absolute_library_path(path)
-    what = (f"the TensorRT plugin {plugin.get('name')} v{plugin.get('version')} ({plugin.get('namespace')})"
-            if isinstance(plugin, dict) else "a TensorRT plugin")
-    where = f" (looked for {', '.join(str(c) for c in dict.fromkeys(candidates))})" if candidates else ""
-    raise UserError(
-        f"{engine.name} needs {what} but its library was not found{where}: "
-        "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib PATH"
-    )
-
-
 def _handle(obj: Any) -> int:
     """The address a cuda-python handle holds; 0 for None or a NULL handle.
 
@@ -90,29 +54,6 @@ def _handle(obj: Any) -> int:
     truthy: ``cudaStreamEndCapture`` returns such a NULL graph when "capture was invalidated".
     """
     return 0 if obj is None else int(obj)
-
-
-def _make_logger(trt: Any) -> Any:
-    """A TensorRT logger that prints warnings and errors, keeps the errors for our one-line messages,
-    and holds them back (``quiet``) while a CUDA graph capture is attempted."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
-            self.errors: list[str] = []
-            self.quiet = False
-
-        def log(self, severity: Any, msg: str) -> None:  # noqa: A003 - TensorRT's name
-            try:  # called from C++: nothing may raise out of here
-                error = int(severity) <= int(trt.ILogger.Severity.ERROR)
-                if error:
-                    self.errors.append(str(msg).strip())
-                if not self.quiet and int(severity) <= int(trt.ILogger.Severity.WARNING):
-                    note(f"[TensorRT] {'ERROR' if error else 'WARNING'}: {msg}")
-            except BaseException:  # noqa: BLE001
-                pass
-
-    return _Logger()
 
 
 class TrtBackend(Backend):
@@ -135,7 +76,7 @@ class TrtBackend(Backend):
         self.metadata = read_sidecar(self.path)
         trt = trt_platform.import_tensorrt()  # looked up here, so a test patches it in one place
         check_tensorrt_version(self.metadata, trt.__version__, self.path)
-        library = resolve_plugin_library(self.metadata, self.path, plugin_lib)
+        library = trt_platform.resolve_plugin_library(self.path, self.metadata, plugin_lib)
         _, cudart, _ = cuda_modules()
         self.context = self.engine = None
         self._cudart = cudart
@@ -148,7 +89,7 @@ class TrtBackend(Backend):
     def _open(self, trt: Any, cudart: Any, library: Path | None, device_id: int, cuda_graph: bool) -> None:
         check_versions()  # cuda-python vs driver vs NVRTC: one line saying what to install
         check(cudart.cudaSetDevice(device_id), f"cudaSetDevice({device_id})")
-        self._logger = _make_logger(trt)
+        self._logger = trt_platform.make_logger(trt)
         trt.init_libnvinfer_plugins(self._logger, "")
         if library is not None:
             # once per process, major checked, "creator already registered" counts as loaded

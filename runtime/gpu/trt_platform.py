@@ -3,8 +3,10 @@
 One home for what ``mrcnn-edge build`` (on the device, a base install plus TensorRT) and the
 runtime's TensorRT backend both need: importing TensorRT with a one-line error, its version,
 the CUDA driver (devices, compute capabilities, supported CUDA version) asked through
-``libcuda.so.1`` with ctypes (a Jetson may have no ``nvidia-smi``), and the plugin library:
-its path made absolute, its TensorRT major checked, and its creators registered once per process.
+``libcuda.so.1`` with ctypes (a Jetson may have no ``nvidia-smi``), the one TensorRT logger
+(:func:`make_logger`), and the plugin library: found (:func:`resolve_plugin_library`, for build,
+run and serve alike), its path made absolute, its TensorRT major checked, and its creators
+registered once per process.
 
 Why "once": ``IPluginRegistry::loadLibrary`` "will fail and return nullptr if any of the plugins
 are already registered" (NvInferRuntimeCommon.h, TensorRT 10.3 and 11), and the library also
@@ -20,20 +22,24 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from mrcnn_edge.core.contract import PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.paths import plugin_library_path
+from mrcnn_edge.core.progress import note
 
 __all__ = [
     "TENSORRT_MISSING",
     "import_tensorrt",
+    "make_logger",
     "tensorrt_major",
     "tensorrt_release",
     "CudaDriver",
     "cuda_driver",
     "cuda_device_count",
     "absolute_library_path",
+    "resolve_plugin_library",
     "plugin_library_tensorrt_version",
     "load_plugin_library",
 ]
@@ -52,6 +58,32 @@ def import_tensorrt() -> ModuleType:
         why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         broken = why and "No module named" not in why and "import of tensorrt halted" not in why
         raise UserError(TENSORRT_MISSING + (f" (import failed: {why})" if broken else "")) from exc
+
+
+def make_logger(trt: ModuleType, verbose: bool = False) -> Any:
+    """The TensorRT logger of ``build`` and the runtime: prints warnings and errors (everything with
+    ``verbose``) as ``[TensorRT] LEVEL: message``, keeps the errors in ``.errors`` for the one-line
+    messages that follow a failure, and prints nothing while ``.quiet`` is set (the runtime sets
+    it during a CUDA graph capture attempt, whose expected errors its own warning explains)."""
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+            self.quiet = False
+            self.threshold = int(trt.ILogger.Severity.VERBOSE if verbose else trt.ILogger.Severity.WARNING)
+
+        def log(self, severity: Any, msg: str) -> None:  # noqa: A003 - TensorRT's name
+            try:  # called from C++: nothing may raise out of here
+                if int(severity) <= int(trt.ILogger.Severity.ERROR):
+                    self.errors.append(str(msg).strip())
+                if not self.quiet and int(severity) <= self.threshold:
+                    level = getattr(severity, "name", None) or str(severity).rsplit(".", 1)[-1]
+                    note(f"[TensorRT] {level}: {msg}")
+            except BaseException:  # noqa: BLE001
+                pass
+
+    return _Logger()
 
 
 def tensorrt_release(version: str) -> tuple[int, ...]:
@@ -142,6 +174,46 @@ def absolute_library_path(path: str | os.PathLike) -> Path:
     """``path`` made absolute. dlopen searches the library path, not the current folder, for a name
     without a slash (dlopen(3)), so a bare ``libx.so`` must never reach it."""
     return Path(path).expanduser().resolve()
+
+
+def resolve_plugin_library(model: str | os.PathLike, meta: Mapping[str, Any], given: str | os.PathLike | None = None,
+                           needed: bool | None = None) -> Path | None:
+    """The plugin library to load for ``model`` (an ONNX file or an engine), absolute; None when the
+    model needs none. The one lookup of ``build``, ``run`` and ``serve``.
+
+    ``given`` (``--plugin-lib``) wins, needed or not. Else, when the model needs the plugin
+    (``needed``; by default: its metadata names a ``plugin`` or a ``plugin_library``): the
+    ``plugin_library`` its metadata records (an engine's sidecar: as recorded, relative to the
+    model's folder, or found by name next to the model), then where ``mrcnn-edge build-plugin``
+    puts it. Every candidate is made absolute: dlopen searches the library path, not the current
+    folder, for a name without a slash ("model.engine" has parent ".", so "./lib.so" would become
+    "lib.so").
+    """
+    model = Path(model)
+    if given:
+        path = absolute_library_path(given)
+        if not path.is_file():
+            raise UserError(f"plugin library {path} not found (from --plugin-lib)")
+        return path
+    plugin, recorded = meta.get("plugin"), meta.get("plugin_library")
+    if not (bool(plugin or recorded) if needed is None else needed):
+        return None
+    candidates: list[Path] = []
+    if recorded:
+        rec = Path(str(recorded)).expanduser()
+        candidates += [rec if rec.is_absolute() else model.parent / rec, model.parent / rec.name]
+    candidates.append(plugin_library_path())
+    for path in candidates:
+        if path.is_file():
+            return absolute_library_path(path)
+    ident = plugin if isinstance(plugin, dict) else {}
+    what = (f"{ident.get('name', PLUGIN_NAME)} v{ident.get('version', PLUGIN_VERSION)} "
+            f"({ident.get('namespace', PLUGIN_NAMESPACE)})")
+    looked = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise UserError(
+        f"{model.name} needs the plugin library of the TensorRT plugin {what}, not found (looked for {looked}): "
+        "build it with 'mrcnn-edge build-plugin' or pass --plugin-lib PATH"
+    )
 
 
 def _dlopen(path: str) -> Any:

@@ -217,7 +217,9 @@ def test_missing_plugin_library_is_refused(tmp_path, fake_tensorrt, monkeypatch)
 
 
 def test_plugin_library_resolution(tmp_path, monkeypatch):
-    from mrcnn_edge.runtime.backends.trt import check_tensorrt_version, resolve_plugin_library
+    """One lookup for build (an ONNX model), run and serve (an engine and its sidecar)."""
+    from mrcnn_edge.runtime.backends.trt import check_tensorrt_version
+    from mrcnn_edge.runtime.gpu.trt_platform import resolve_plugin_library
 
     monkeypatch.setenv("MRCNN_EDGE_CACHE", str(tmp_path / "cache"))
     built = tmp_path / "cache" / "plugins" / "libmrcnn_edge_plugins.so"  # where build-plugin writes
@@ -228,18 +230,51 @@ def test_plugin_library_resolution(tmp_path, monkeypatch):
     lib.write_bytes(b"")
     plugin = {"name": "MultilevelRoIAlign", "version": "1", "namespace": "mrcnn_edge"}
     # relative to the engine's folder; an absolute path from another machine falls back to the name
-    assert resolve_plugin_library({"plugin": plugin, "plugin_library": "libplug.so"}, engine, None) == lib
-    assert resolve_plugin_library({"plugin": plugin, "plugin_library": "/elsewhere/libplug.so"}, engine, None) == lib
-    assert resolve_plugin_library({"plugin": None, "plugin_library": None}, engine, None) is None
-    assert resolve_plugin_library({"plugin": None}, engine, lib) == lib
+    assert resolve_plugin_library(engine, {"plugin": plugin, "plugin_library": "libplug.so"}) == lib
+    assert resolve_plugin_library(engine, {"plugin": plugin, "plugin_library": "/elsewhere/libplug.so"}) == lib
+    assert resolve_plugin_library(engine, {"plugin": None, "plugin_library": None}) is None
+    assert resolve_plugin_library(engine, {"plugin": None}, lib) == lib  # given: loaded, needed or not
     needs = {"plugin": plugin, "plugin_library": "/elsewhere/libmissing.so"}
-    with pytest.raises(UserError, match="libmissing.so"):
-        resolve_plugin_library(needs, engine, None)
+    with pytest.raises(UserError) as err:
+        resolve_plugin_library(engine, needs)
+    msg = str(err.value)
+    assert "libmissing.so" in msg and str(built) in msg and "mrcnn-edge build-plugin" in msg and "\n" not in msg
+    # an ONNX model with plugin nodes (build, serve): no sidecar, the build-plugin output only
+    onnx = tmp_path / "sub" / "model.onnx"
+    with pytest.raises(UserError, match="model.onnx needs the plugin library of the TensorRT plugin "
+                                        r"MultilevelRoIAlign v1 \(mrcnn_edge\)"):
+        resolve_plugin_library(onnx, {}, needed=True)
+    assert resolve_plugin_library(onnx, {"plugin": plugin}, needed=False) is None  # a portable graph
     built.parent.mkdir(parents=True)
     built.write_bytes(b"")
-    assert resolve_plugin_library(needs, engine, None) == built
+    assert resolve_plugin_library(engine, needs) == built
+    assert resolve_plugin_library(onnx, {}, needed=True) == built
+    with pytest.raises(UserError, match="from --plugin-lib"):
+        resolve_plugin_library(onnx, {}, tmp_path / "nope.so", needed=True)
     check_tensorrt_version({"tensorrt_version": "10.3.0"}, "10.3.0.26", engine)  # build number is not checked
     check_tensorrt_version({}, "10.3.0", engine)  # unknown: warn, go on
+
+
+def test_one_tensorrt_logger_prints_keeps_errors_and_can_be_quiet(capsys):
+    """build and the runtime log TensorRT through trt_platform.make_logger."""
+    from fakes.fake_tensorrt import FakeProcess, Severity
+
+    from mrcnn_edge.runtime.gpu.trt_platform import make_logger
+
+    trt = FakeProcess().tensorrt("10.3.0")
+    logger = make_logger(trt)
+    logger.log(Severity.INFO, "info line")
+    logger.log(Severity.WARNING, "careful")
+    logger.log(Severity.ERROR, "  broken  ")
+    logger.quiet = True
+    logger.log(Severity.ERROR, "held back")
+    err = capsys.readouterr().err
+    assert "[TensorRT] WARNING: careful" in err and "[TensorRT] ERROR:   broken" in err
+    assert "info line" not in err and "held back" not in err
+    assert logger.errors == ["broken", "held back"]
+    verbose = make_logger(trt, verbose=True)
+    verbose.log(Severity.VERBOSE, "every detail")
+    assert "[TensorRT] VERBOSE: every detail" in capsys.readouterr().err
 
 
 @pytest.mark.tensorrt
