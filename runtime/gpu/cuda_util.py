@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import os
+import re
 import time
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.core.jetpack import JETPACK_LINES, line_for
 
 __all__ = [
     "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",
+    "is_tegra", "system_nvrtc", "nvrtc_file_version", "nvrtc_fix", "runtime_problem", "nvrtc_problem",
     "version_problem", "check_versions", "DeviceBuffer", "wait_event", "wait_stream", "EVENT_POLL_S",
     "integrated_gpu",
 ]
@@ -29,6 +34,7 @@ def cuda_modules() -> tuple[ModuleType, ModuleType, ModuleType]:
     """``(driver, runtime, nvrtc)`` from cuda-python 12.6+ / 13 (``cuda.bindings``) or older 12.x."""
     global _MODULES
     if _MODULES is None:
+        _prefer_system_nvrtc()
         try:
             mods = tuple(importlib.import_module(f"cuda.bindings.{m}") for m in ("driver", "runtime", "nvrtc"))
         except ImportError:
@@ -137,46 +143,178 @@ def _cuda_python_pin(cuda_major: int) -> str:
     return "'cuda-python>=12.6,<13'" if cuda_major == 12 else f"'cuda-python>={cuda_major},<{cuda_major + 1}'"
 
 
-def version_problem(bindings: str | None, driver_cuda: int, nvrtc: tuple[int, int] | None) -> str | None:
-    """One line saying what to install when cuda-python, the driver and NVRTC do not fit, else None.
+# ---- Jetson (Tegra): the driver belongs to the L4T release; CUDA and NVRTC must not be newer -----
 
-    ``driver_cuda``: ``cudaDriverGetVersion`` (1000*major + 10*minor of the newest CUDA the driver
-    runs; 0 without a driver, which the device query reports instead). cuda-python's major must not
-    exceed the driver's (cuda.bindings 13 needs a CUDA 13 driver, r580+: JetPack 7; JetPack 6 has
-    CUDA 12.6 and needs cuda-python 12.x), and NVRTC's major must equal cuda-python's (the bindings
-    load ``libnvrtc.so.<major>``).
+TEGRA_RELEASE = "etc/nv_tegra_release"  # relative to the root: JetPack's L4T writes it
+
+
+def is_tegra(root: str | os.PathLike = "/") -> bool:
+    """A Jetson: L4T (Jetson Linux) writes ``/etc/nv_tegra_release``. ``root`` lets tests fake one."""
+    return (Path(root) / TEGRA_RELEASE).is_file()
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", path.name))
+
+
+def system_nvrtc(cuda_major: int, environ: Mapping[str, str] | None = None,
+                 root: str | os.PathLike = "/") -> Path | None:
+    """The CUDA toolkit's ``libnvrtc.so.<major>`` (JetPack's on a Jetson), found without help.
+
+    Looks in ``$CUDA_HOME``, ``$CUDA_PATH``, ``/usr/local/cuda`` and ``/usr/local/cuda-<major>.*``
+    (newest first); in each, ``lib64`` and ``targets/*/lib`` (where the Debian packages, JetPack's
+    ``cuda-nvrtc-12-6`` among them, put it). None when there is none.
     """
-    if not bindings or not driver_cuda:
-        return None
-    try:
-        major = int(bindings.split(".")[0])
-    except ValueError:
-        return None
-    drv_major, drv_minor = driver_cuda // 1000, (driver_cuda % 1000) // 10
-    if major > drv_major:
-        newer = " (r580 or newer)" if major == 13 else ""
-        return (f"cuda-python {bindings} needs an NVIDIA driver for CUDA {major}{newer}, but this driver runs "
-                f"CUDA {drv_major}.{drv_minor} at most: pip install {_cuda_python_pin(drv_major)} "
-                f"(JetPack 6 is CUDA 12.6), or update the driver")
-    if nvrtc is not None and nvrtc[0] != major:
-        return (f"cuda-python {bindings} needs NVRTC {major}, but NVRTC {nvrtc[0]}.{nvrtc[1]} was found: "
-                f"pip install {nvrtc_wheel(major)}")
+    env = os.environ if environ is None else environ
+    base = Path(root)
+    homes = [Path(env[v]) for v in ("CUDA_HOME", "CUDA_PATH") if env.get(v)]
+    homes.append(base / "usr/local/cuda")
+    homes += sorted(base.glob(f"usr/local/cuda-{cuda_major}.*"), key=_version_key, reverse=True)
+    for home in homes:
+        for lib in ("lib64", "targets/aarch64-linux/lib", "targets/sbsa-linux/lib", "targets/x86_64-linux/lib"):
+            candidate = home / lib / f"libnvrtc.so.{cuda_major}"
+            if candidate.exists():
+                return candidate
     return None
 
 
+def nvrtc_file_version(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``libnvrtc.so.12`` -> its real file ``libnvrtc.so.12.6.68`` -> ``(12, 6)``; None when the name
+    does not say (pip's wheels ship the bare ``libnvrtc.so.12``)."""
+    m = re.search(r"libnvrtc\.so\.(\d+)\.(\d+)", Path(path).resolve().name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _prefer_system_nvrtc() -> None:
+    """On a Jetson, load JetPack's NVRTC before cuda-python looks for one.
+
+    pip's ``nvidia-cuda-nvrtc`` wheels are server (SBSA) builds of the newest CUDA minor, and
+    cuda-python 12.9+ prefers a wheel to the system's: cuda.pathfinder's search order is "Already
+    loaded in the current process", then "NVIDIA Python wheels", then the OS loader. Loading
+    JetPack's first makes it the one cuda-python uses; cuda-python 12.6 opens ``libnvrtc.so.12`` by
+    name, and the loader hands back an already loaded library of that soname. Never raises.
+    """
+    if not is_tegra():
+        return
+    version = bindings_version() or ""
+    if not version.split(".")[0].isdigit():
+        return
+    path = system_nvrtc(int(version.split(".")[0]))
+    if path is not None:
+        try:
+            ctypes.CDLL(str(path), mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # kernel_build says what is missing when NVRTC is first used
+
+
+def _cuda_pair(version: int) -> tuple[int, int]:
+    """CUDA's ``1000*major + 10*minor`` -> ``(major, minor)``."""
+    return version // 1000, (version % 1000) // 10
+
+
+def _tegra_minor(cuda_major: int, driver: tuple[int, int] | None) -> int:
+    if driver is not None and driver[0] == cuda_major:
+        return driver[1]
+    return next((ln.cuda[1] for ln in JETPACK_LINES if ln.cuda[0] == cuda_major), 0)
+
+
+def nvrtc_fix(cuda_major: int, tegra: bool = False, driver: tuple[int, int] | None = None) -> str:
+    """What to do when NVRTC ``cuda_major`` is missing or does not fit. On a Jetson: JetPack's NVRTC
+    from apt, never pip's wheel (a server build of a newer minor than the Jetson's driver)."""
+    if tegra:
+        minor = _tegra_minor(cuda_major, driver)
+        wheel = nvrtc_wheel(cuda_major).strip("'").split("==")[0]
+        return (f"sudo apt install cuda-nvrtc-{cuda_major}-{minor} and export CUDA_HOME=/usr/local/cuda "
+                f"(JetPack's NVRTC; remove pip's server build: pip uninstall -y {wheel})")
+    return f"pip install {nvrtc_wheel(cuda_major)} or install the CUDA {cuda_major} toolkit"
+
+
+def _major(bindings: str | None) -> int | None:
+    head = (bindings or "").split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+def runtime_problem(bindings: str | None, driver_cuda: int, tegra: bool = False, runtime_cuda: int = 0) -> str | None:
+    """One line when cuda-python's CUDA runtime cannot run on this driver, else None.
+
+    ``driver_cuda``/``runtime_cuda``: ``cudaDriverGetVersion``/``cudaRuntimeGetVersion`` (1000*major +
+    10*minor; 0: unknown, then the runtime is cuda-python's own major.minor). Everywhere cuda-python's
+    major must not exceed the driver's (cuda.bindings 13 needs a CUDA 13 driver, r580+). On a Jetson
+    (``tegra``) the minor must not exceed the driver's either: its driver comes with L4T, and a newer
+    runtime fails with cudaErrorInsufficientDriver (cuda-python 12.9 on JetPack 6's CUDA 12.6).
+    """
+    major = _major(bindings)
+    if major is None or not driver_cuda:
+        return None
+    drv = _cuda_pair(driver_cuda)
+    line = line_for(drv) if tegra else None
+    if major > drv[0]:
+        newer = " (r580 or newer)" if major == 13 else ""
+        pin = f"'{line.cuda_python_pin}'" if line else _cuda_python_pin(drv[0])
+        return (f"cuda-python {bindings} needs an NVIDIA driver for CUDA {major}{newer}, but this driver runs "
+                f"CUDA {drv[0]}.{drv[1]} at most: pip install {pin} "
+                f"(JetPack 6 is CUDA 12.6), or update the driver")
+    if tegra:
+        if runtime_cuda:
+            runtime = _cuda_pair(runtime_cuda)
+        else:
+            parts = (bindings or "").split(".")
+            runtime = (major, int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0)
+        if runtime[0] == drv[0] and runtime > drv:
+            pin = line.cuda_python_pin if line else f"cuda-python=={drv[0]}.{drv[1]}.*"
+            extra = f" (the [{line.extra}] extra)" if line else ""
+            return (f"cuda-python {bindings} is a CUDA {runtime[0]}.{runtime[1]} runtime, newer than this Jetson's "
+                    f"CUDA {drv[0]}.{drv[1]} driver, which a Jetson cannot run (cudaErrorInsufficientDriver): "
+                    f"pip install '{pin}'{extra}, or add NVIDIA's cuda-compat-{runtime[0]}-{runtime[1]}")
+    return None
+
+
+def nvrtc_problem(bindings: str | None, driver_cuda: int, nvrtc: tuple[int, int] | None,
+                  tegra: bool = False) -> str | None:
+    """One line when NVRTC does not fit cuda-python (major: the bindings load ``libnvrtc.so.<major>``)
+    or, on a Jetson, is newer than the driver (which cannot load what a newer NVRTC emits), else None."""
+    major = _major(bindings)
+    if major is None or nvrtc is None:
+        return None
+    drv = _cuda_pair(driver_cuda) if driver_cuda else None
+    if nvrtc[0] != major:
+        return (f"cuda-python {bindings} needs NVRTC {major}, but NVRTC {nvrtc[0]}.{nvrtc[1]} was found: "
+                f"{nvrtc_fix(major, tegra, drv)}")
+    if tegra and drv is not None and nvrtc[0] == drv[0] and tuple(nvrtc) > drv:
+        return (f"NVRTC {nvrtc[0]}.{nvrtc[1]} is newer than this Jetson's CUDA {drv[0]}.{drv[1]} driver: "
+                f"{nvrtc_fix(major, tegra, drv)}")
+    return None
+
+
+def version_problem(bindings: str | None, driver_cuda: int, nvrtc: tuple[int, int] | None,
+                    tegra: bool = False, runtime_cuda: int = 0) -> str | None:
+    """One line saying what to install when cuda-python, the driver and NVRTC do not fit, else None
+    (:func:`runtime_problem`, then :func:`nvrtc_problem`). ``driver_cuda`` 0 (no driver): None, the
+    device query reports that instead."""
+    if not bindings or not driver_cuda:
+        return None
+    return (runtime_problem(bindings, driver_cuda, tegra, runtime_cuda)
+            or nvrtc_problem(bindings, driver_cuda, nvrtc, tegra))
+
+
 def check_versions() -> None:
-    """Raise one ``UserError`` line when cuda-python, the driver and NVRTC do not fit (see version_problem)."""
+    """Raise one ``UserError`` line when cuda-python, the driver and NVRTC do not fit (see version_problem);
+    on a Jetson the minors are compared too."""
     _, runtime, nvrtc = cuda_modules()
     try:
         driver_cuda = int(check(runtime.cudaDriverGetVersion(), "cudaDriverGetVersion") or 0)
     except RuntimeError:
         driver_cuda = 0
     try:
+        runtime_cuda = int(check(runtime.cudaRuntimeGetVersion(), "cudaRuntimeGetVersion") or 0)
+    except Exception:  # noqa: BLE001 - unknown: the bindings' own major.minor stands in
+        runtime_cuda = 0
+    try:
         found = check(nvrtc.nvrtcVersion(), "nvrtcVersion")
         nvrtc_version: tuple[int, int] | None = (int(found[0]), int(found[1]))
     except Exception:  # noqa: BLE001 - a missing libnvrtc raises the loader's own error; kernel_build says what to install
         nvrtc_version = None
-    problem = version_problem(bindings_version(), driver_cuda, nvrtc_version)
+    problem = version_problem(bindings_version(), driver_cuda, nvrtc_version, is_tegra(), runtime_cuda)
     if problem:
         raise UserError(problem)
 

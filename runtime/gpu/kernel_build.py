@@ -62,13 +62,13 @@ def _nvrtc_version() -> tuple[int, int]:
     try:
         return tuple(check(nvrtc.nvrtcVersion(), "nvrtcVersion"))  # type: ignore[return-value]
     except Exception as exc:  # noqa: BLE001 - a missing library raises the loader's own error type
-        from mrcnn_edge.runtime.gpu.cuda_util import bindings_version, nvrtc_wheel
+        from mrcnn_edge.runtime.gpu.cuda_util import bindings_version, is_tegra, nvrtc_fix
 
         version = bindings_version() or ""
         major = int(version.split(".")[0]) if version.split(".")[0].isdigit() else 12
         raise UserError(
             f"NVRTC {major} (the CUDA runtime compiler that cuda-python {version or major} loads) is "
-            f"unavailable: {exc}; pip install {nvrtc_wheel(major)} or install the CUDA {major} toolkit"
+            f"unavailable: {exc}; {nvrtc_fix(major, is_tegra())}"
         ) from exc
 
 
