@@ -42,8 +42,9 @@ def cuda_modules() -> tuple[ModuleType, ModuleType, ModuleType]:
                 mods = tuple(importlib.import_module(f"cuda.{m}") for m in ("cuda", "cudart", "nvrtc"))
             except ImportError as exc:
                 raise UserError(
-                    "cuda-python is not installed (needed for the GPU runtime): on a Jetson pip install "
-                    "'mrcnn-edge[jetpack6]' (JetPack 6) or 'mrcnn-edge[jetpack7]' (JetPack 7); on a desktop "
+                    "cuda-python is not installed (needed for the GPU runtime): on a Jetson, in the clone, "
+                    "pip install -c constraints/jetpack6.txt '.[jetpack6]' (JetPack 6.1/6.2; jetpack7 for 7.0/7.1, "
+                    "jetpack72 for 7.2; mrcnn-edge doctor says which); on a desktop "
                     "'mrcnn-edge[cuda12]', or 'mrcnn-edge[cuda13]' with a driver of r580 or newer"
                 ) from exc
         _MODULES = mods  # type: ignore[assignment]
