@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mrcnn_edge.commands.model", "COCO box and mask AP of a checkpoint on a dataset"),
     "synth": ("mrcnn_edge.commands.data", "write a synthetic COCO instance-segmentation dataset"),
     "synth-video": ("mrcnn_edge.commands.data", "write a synthetic video of moving shapes"),
+    "doctor": ("mrcnn_edge.commands.doctor", "check this machine's install (GPU, CUDA, TensorRT, OpenCV, cameras), one line each with the fix"),
 }
 
 
