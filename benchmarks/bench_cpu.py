@@ -45,8 +45,8 @@ def _models(work: Path, size: int, loaded: Any) -> dict[str, Path]:
     for variant, head in (("static", "static"), ("dets", "detections")):
         p = work / f"demo-{size}-{variant}.onnx"
         if not p.is_file():
-            export_onnx(None, p, ExportOptions(input_size=(size, size), flavor="portable", mask_head=head),
-                        model_and_config=loaded, log=lambda s: None)
+            export_onnx(*loaded, p, ExportOptions(input_size=(size, size), flavor="portable", mask_head=head),
+                        log=lambda s: None)
         out[variant] = p
     cal = work / f"cal-{size}"
     if not cal.is_dir():

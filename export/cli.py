@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from mrcnn_edge.core.cliutil import positive_int, probability
-from mrcnn_edge.core.contract import FLAVORS, PRECISIONS
+from mrcnn_edge.core.cliutil import parse_canvas, positive_int, probability
+from mrcnn_edge.core.contract import CANVAS_MULTIPLE, FLAVORS, MASK_HEADS, PRECISIONS
 from mrcnn_edge.core.progress import note
 
 DESCRIPTION_EXPORT = (
@@ -26,42 +26,43 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="architecture, checked against the tensors")
     p.add_argument("--num-classes", type=positive_int, default=None, help="class count incl. background, checked")
     p.add_argument("--class-names", default=None, help="text file, one class name a line")
-    p.add_argument("--input-size", default="512x512", help="canvas HxW, multiples of 32")
+    p.add_argument("--input-size", default="512x512", help=f"canvas HxW, multiples of {CANVAS_MULTIPLE}")
     p.add_argument("--batch", type=positive_int, default=1, help="images per inference")
-    p.add_argument("--flavor", choices=FLAVORS, default="tensorrt",
-                   help="tensorrt: MultilevelRoIAlign plugin node; portable: standard ops only")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp16: backbone and heads in half")
+    p.add_argument("--flavor", choices=tuple(FLAVORS), default="tensorrt", help=_choices_help(FLAVORS))
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help=_choices_help(PRECISIONS))
     p.add_argument("--max-detections", type=positive_int, default=None, help="rows per image (model default: 100)")
     p.add_argument("--score-threshold", type=probability, default=None, help="minimum detection score (model default: 0.05)")
     p.add_argument("--rpn-pre-nms-top-n", type=positive_int, default=None, help="proposals per level before NMS (default 1000)")
     p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept after NMS (default 1000)")
-    p.add_argument("--mask-head", choices=("static", "detections"), default="static",
-                   help="detections: run the mask head on the real detections only (portable flavor, CPU "
-                        "engines; outputs still padded to --max-detections rows)")
+    p.add_argument("--mask-head", choices=tuple(MASK_HEADS), default="static",
+                   help=_choices_help(MASK_HEADS) + " (detections: portable flavor only; outputs still padded "
+                        "to --max-detections rows)")
     p.add_argument("--normalize-in-graph", action="store_true",
                    help="the graph takes 0-255 RGB and applies mean/std itself (DeepStream's nvinfer needs it "
                         "when std differs per channel)")
 
 
-def _parse_hw(text: str) -> tuple[int, int]:
-    from mrcnn_edge.core.cliutil import parse_hw
-
-    return parse_hw(text, multiple_of=32, minimum=32)
+def _choices_help(table: dict[str, str]) -> str:
+    """``name: meaning; ...`` of a contract table, for --help (argparse's ``%`` formatting escaped)."""
+    return "; ".join(f"{name}: {meaning}" for name, meaning in table.items()).replace("%", "%%")
 
 
 def run_export(args) -> int:
+    from mrcnn_edge.core.atomic import check_writable
     from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
 
-    opts = ExportOptions(input_size=_parse_hw(args.input_size), batch=args.batch, flavor=args.flavor,
+    opts = ExportOptions(input_size=parse_canvas(args.input_size), batch=args.batch, flavor=args.flavor,
                          precision=args.precision, max_detections=args.max_detections,
                          score_threshold=args.score_threshold, rpn_pre_nms_top_n=args.rpn_pre_nms_top_n,
                          rpn_post_nms_top_n=args.rpn_post_nms_top_n, mask_head=args.mask_head,
                          normalize_in_graph=args.normalize_in_graph)
-    opts.validate()  # before the (slow) checkpoint load
+    opts.validate()  # before the (slow) checkpoint load, as is the output's folder
+    check_writable(args.output)
     from mrcnn_edge.model.checkpoint import load_checkpoint
 
-    loaded = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes, class_names=args.class_names)
-    rep = export_onnx(args.checkpoint, args.output, opts, model_and_config=loaded)
+    model, cfg = load_checkpoint(args.checkpoint, arch=args.arch, num_classes=args.num_classes,
+                                 class_names=args.class_names)
+    rep = export_onnx(model, cfg, args.output, opts)
     m = rep["metadata"]
     print(f"{args.output}: {m['arch']}, {m['num_classes'] - 1} classes, canvas {m['input_size'][0]}x{m['input_size'][1]}, "
           f"batch {m['batch']}, {m['flavor']} flavor, {m['precision']}, {rep['nodes']} nodes, {rep['seconds']} s")

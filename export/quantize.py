@@ -20,7 +20,8 @@ What is quantized, and how (TensorRT's explicit-quantization rules, which OpenVI
   library computes the ranges and places the nodes.
 
 The output is written only when it passed ``onnx.checker``, the I/O contract and the TensorRT op and
-Q/DQ-placement check; its metadata says ``precision: int8`` and what it was calibrated on.
+Q/DQ-placement check (``mrcnn_edge.export.checks``, which also holds the op types TensorRT runs in
+INT8); its metadata says ``precision: int8`` and what it was calibrated on.
 """
 from __future__ import annotations
 
@@ -36,18 +37,17 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mrcnn_edge.core.contract import INPUT_NAME, QUANTIZED_PRECISIONS
+from mrcnn_edge.core.contract import INPUT_NAME, QUANTIZED_PRECISIONS, feed_mean_std
 from mrcnn_edge.core.errors import UserError, require
 
-__all__ = ["QUANTIZED_OPS", "calibration_images", "quantize_model", "qdq_problems", "is_quantized"]
+from mrcnn_edge.export.checks import QDQ_OPS, QUANTIZED_OPS
 
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
-"""Op types whose inputs get Q/DQ: the ones TensorRT runs as INT8 kernels (and OpenVINO too)."""
+__all__ = ["calibration_images", "quantize_model", "is_quantized", "CALIBRATION_METHODS"]
+
 FLOAT_LAYERS = ("cls_logits", "bbox_pred", "cls_score", "mask_fcn_logits")
 """Weights (torchvision module names, kept by the exporter) whose layers stay float: the layers that
 emit logits and box deltas. Their errors go straight into scores and boxes (mask AP of the demo
 model: -0.017 with them in INT8); they are a few percent of the compute."""
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")  # runtime.sources'
 DEFAULT_LIMIT = 200
 
@@ -124,10 +124,7 @@ class _Reader:
 
         H, W = (int(v) for v in meta["input_size"])
         B = int(meta.get("batch", 1))
-        if meta.get("input_normalization") == "in_graph":
-            mean, std = (0.0, 0.0, 0.0), (1 / 255,) * 3  # the graph takes 0-255 RGB: x*1 + 0
-        else:
-            mean, std = meta["mean"], meta["std"]
+        mean, std = feed_mean_std(meta.get("input_normalization"), meta["mean"], meta["std"])
         images = [letterbox(f, (H, W), mean, std)[0] for f in frames]
         images += images[: (-len(images)) % B]  # a full last batch: repeat the first images
         self.batches = [np.stack(images[i:i + B]) for i in range(0, len(images), B)]
@@ -242,37 +239,6 @@ def _type_plugin_outputs(proto: Any) -> None:
             proto.graph.value_info.append(helper.make_tensor_value_info(n.output[0], TensorProto.FLOAT, None))
 
 
-def qdq_problems(proto: Any) -> list[str]:
-    """Q/DQ nodes that TensorRT would not fuse into INT8 kernels (empty: all placed as it wants).
-
-    Every ``DequantizeLinear`` feeds only ``QUANTIZED_OPS`` nodes; activations go through a
-    ``QuantizeLinear`` -> ``DequantizeLinear`` pair; INT8 with zero point 0 (symmetric)."""
-    from onnx import TensorProto, numpy_helper
-
-    inits = {i.name: i for i in proto.graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    problems = []
-    for n in proto.graph.node:
-        if n.op_type not in QDQ_OPS:
-            continue
-        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
-        if zp is None or zp.data_type != TensorProto.INT8 or np.any(numpy_helper.to_array(zp) != 0):
-            problems.append(f"{n.op_type} {n.name}: TensorRT needs INT8 with zero point 0 (symmetric)")
-        if n.op_type == "QuantizeLinear":
-            bad = [c for c in consumers.get(n.output[0], []) if c.op_type != "DequantizeLinear"]
-            if bad:
-                problems.append(f"QuantizeLinear {n.name} feeds {bad[0].op_type}, not a DequantizeLinear")
-        else:
-            bad = [c for c in consumers.get(n.output[0], []) if c.op_type not in QUANTIZED_OPS]
-            if bad:
-                problems.append(f"DequantizeLinear {n.name} feeds {bad[0].op_type} {bad[0].name}, which TensorRT "
-                                "does not run in INT8")
-    return problems
-
-
 def _place_qdq(model_path: Path, out: Path, ranges: Path, method: str, keep_float: list[str]) -> None:
     """The library's QDQ quantizer, with the ranges already calibrated, set up for TensorRT."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -334,8 +300,7 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
     from mrcnn_edge.core.metadata import encode
     from mrcnn_edge.core.progress import Progress
 
-    from mrcnn_edge.export.onnx_export import ExportOptions, check_model
-    from mrcnn_edge.export.translations import register_schema
+    from mrcnn_edge.export.checks import check_model, register_schema
 
     if method not in CALIBRATION_METHODS:
         raise UserError(f"calibration method {method!r}: choose one of {', '.join(CALIBRATION_METHODS)}")
@@ -378,8 +343,7 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
     del quantized.metadata_props[:]
     for k, v in encode(new_meta).items():
         quantized.metadata_props.add(key=k, value=v)
-    opts = ExportOptions(input_size=(H, W), batch=int(meta.get("batch", 1)), flavor=str(meta["flavor"]))
-    check_model(quantized, opts)  # onnx.checker, I/O contract, TensorRT ops and Q/DQ placement
+    check_model(quantized, new_meta)  # onnx.checker, I/O contract, TensorRT ops and Q/DQ placement
     with atomic_output(out) as tmp_out:
         onnx.save(quantized, str(tmp_out))
     counts: dict[str, int] = {}

@@ -17,51 +17,12 @@ from typing import Callable, Sequence
 import onnxscript
 from onnxscript import opset18 as op
 
-from mrcnn_edge.core.contract import PLUGIN_DOMAIN, fpn_level_range, plugin_identity
+from mrcnn_edge.core.contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, fpn_level_range
 
-__all__ = ["PLUGIN", "OPSET", "translation_table", "register_schema"]
+__all__ = ["OPSET", "translation_table"]
 
 OPSET = 18
-PLUGIN = plugin_identity()
 _custom = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
-
-
-def register_schema() -> None:
-    """Register the ``MultilevelRoIAlign`` schema so that ``onnx.checker`` and shape inference know it."""
-    import onnx
-    from onnx import defs
-
-    if defs.has(PLUGIN["name"], PLUGIN_DOMAIN):
-        return
-    A = defs.OpSchema.AttrType
-    schema = defs.OpSchema(
-        PLUGIN["name"],
-        PLUGIN_DOMAIN,
-        1,
-        doc="Multi-level ROIAlign (FPN level per ROI); TensorRT plugin of mrcnn-edge.",
-        # One heterogeneous variadic input (rois [B,R,4] float32, then features [B,C,H_l,W_l] finest
-        # first): onnxscript binds a single-then-variadic signature wrongly (it repeats the first input).
-        inputs=[
-            defs.OpSchema.FormalParameter("inputs", "T", "rois, then one feature map per level",
-                                          param_option=defs.OpSchema.FormalParameterOption.Variadic,
-                                          is_homogeneous=False),
-        ],
-        outputs=[defs.OpSchema.FormalParameter("pooled", "T", "[B,R,C,out_h,out_w], dtype of the features")],
-        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 rois; float32 or float16 features")],
-        attributes=[
-            defs.OpSchema.Attribute("output_height", A.INT, "bins", required=False),
-            defs.OpSchema.Attribute("output_width", A.INT, "bins", required=False),
-            defs.OpSchema.Attribute("sampling_ratio", A.INT, "samples per bin side", required=False),
-            defs.OpSchema.Attribute("aligned", A.INT, "half-pixel offset", required=False),
-            defs.OpSchema.Attribute("spatial_scales", A.FLOATS, "one per feature map", required=False),
-            defs.OpSchema.Attribute("canonical_scale", A.FLOAT, "FPN level rule", required=False),
-            defs.OpSchema.Attribute("canonical_level", A.INT, "FPN level rule", required=False),
-            defs.OpSchema.Attribute("plugin_version", A.STRING, "TensorRT plugin version", required=False),
-            defs.OpSchema.Attribute("plugin_namespace", A.STRING, "TensorRT plugin namespace", required=False),
-        ],
-    )
-    defs.register_schema(schema)
-    del onnx
 
 
 def _roi_align_trt(rois, features: Sequence, output_size: Sequence[int], sampling_ratio: int, aligned: bool,
@@ -76,8 +37,8 @@ def _roi_align_trt(rois, features: Sequence, output_size: Sequence[int], samplin
         spatial_scales=[float(s) for s in spatial_scales],
         canonical_scale=float(canonical_scale),
         canonical_level=int(canonical_level),
-        plugin_version=PLUGIN["version"],
-        plugin_namespace=PLUGIN["namespace"],
+        plugin_version=PLUGIN_VERSION,
+        plugin_namespace=PLUGIN_NAMESPACE,
     )
     try:  # the custom node's output type is not inferable by onnxscript: state it
         pooled.dtype = features[0].dtype

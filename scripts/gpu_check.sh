@@ -13,7 +13,7 @@
 # On the device machine of this workplace (nvidia-h200: python3 there has torch, torchvision,
 # numpy, pytest, onnx, onnxruntime, opencv and cuda-bindings, and nvcc matches the driver; nothing
 # needs carrying for those):
-#   once, here:  mkdir -p .trt && cp -r /work/shared/tensorrt-headers/10.3 /work/shared/tensorrt-headers/11.1 .trt/
+#   once, here:  mkdir -p .trt && cp -r "$MRCNN_EDGE_TRT_HEADERS"/10.3 "$MRCNN_EDGE_TRT_HEADERS"/11.1 .trt/
 #                echo /.trt/ >> .git/info/exclude
 #   then:        run(command="bash scripts/gpu_check.sh", carry=[".trt"], timeout_s=540)
 # A Python package missing there travels as wheels in .whl/ (carry ".whl" too; see the device

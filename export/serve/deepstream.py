@@ -27,6 +27,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from mrcnn_edge.core.contract import feed_mean_std
 from mrcnn_edge.core.atomic import atomic_dir
 from mrcnn_edge.core.errors import UserError
 
@@ -68,10 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def normalization(meta: dict) -> tuple[float, tuple[float, float, float]]:
     """(net-scale-factor, offsets) that make nvinfer feed the model what it was exported for."""
-    if meta.get("input_normalization") == "in_graph":
-        return 1.0, (0.0, 0.0, 0.0)  # the graph takes 0-255 RGB and normalises itself
-    mean = [float(v) for v in meta["mean"]]
-    std = [float(v) for v in meta["std"]]
+    mean, std = feed_mean_std(meta.get("input_normalization"), meta["mean"], meta["std"])
     if max(std) - min(std) > 1e-6 * max(std):
         raise UserError(
             f"DeepStream normalises with one net-scale-factor for all channels, but this model's std is "

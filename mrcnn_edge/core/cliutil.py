@@ -5,9 +5,10 @@ import argparse
 import math
 import re
 
+from mrcnn_edge.core.contract import CANVAS_MULTIPLE
 from mrcnn_edge.core.errors import UserError
 
-__all__ = ["parse_hw", "positive_int", "non_negative_int", "positive_float", "probability"]
+__all__ = ["parse_hw", "parse_canvas", "positive_int", "non_negative_int", "positive_float", "probability"]
 
 _HW = re.compile(r"^\s*(\d+)\s*[xX×,]\s*(\d+)\s*$")
 
@@ -34,6 +35,12 @@ def parse_hw(text: str, multiple_of: int | None = None, minimum: int = 1) -> tup
             f"e.g. {-(-h // multiple_of) * multiple_of}x{-(-w // multiple_of) * multiple_of}"
         )
     return h, w
+
+
+def parse_canvas(text: str) -> tuple[int, int]:
+    """A model canvas ``HxW`` given on the command line: the contract's canvas rule (sides multiples
+    of ``CANVAS_MULTIPLE``), said before anything slow starts."""
+    return parse_hw(text, multiple_of=CANVAS_MULTIPLE, minimum=CANVAS_MULTIPLE)
 
 
 # argparse ``type=`` functions: the one way to check a number on the command line. argparse turns

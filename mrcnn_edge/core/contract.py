@@ -13,19 +13,31 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 __all__ = [
-    "INPUT_NAME", "OUTPUT_NAMES", "OutputSpec", "OUTPUTS", "OUTPUT_SPECS", "num_detections_of", "MODEL_KEYS", "SIDECAR_KEYS", "REQUIRED_KEYS",
+    "INPUT_NAME", "CANVAS_MULTIPLE", "canvas_problem", "OUTPUT_NAMES", "OutputSpec", "OUTPUTS", "OUTPUT_SPECS", "num_detections_of", "MODEL_KEYS", "SIDECAR_KEYS", "REQUIRED_KEYS",
     "TRT_NMS_MAX_BOXES", "TRT_TOPK_MAX_K",
     "PLUGIN_NAME", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_DOMAIN", "PLUGIN_MAX_LEVELS",
     "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
     "plugin_attribute_defaults", "check_plugin_attributes", "fpn_level_range",
-    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "OPTIONAL_KEYS",
-    "INPUT_NORMALIZATIONS", "DEVICES", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
+    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "MASK_HEADS", "OPTIONAL_KEYS",
+    "INPUT_NORMALIZATIONS", "feed_mean_std", "DEVICES", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
 ]
 
 # ---- engine I/O ------------------------------------------------------------------------------------
 INPUT_NAME = "images"
 """``images [B,3,H,W]`` float32 (float16 for fp16 models): RGB, ``(x/255 - mean)/std``, letterboxed
 top-left into the canvas, zeros elsewhere."""
+
+CANVAS_MULTIPLE = 32
+"""Both sides of a model's canvas ``H x W`` are multiples of this: the backbone's coarsest stride
+(1/32), so that every feature map tiles the canvas exactly."""
+
+
+def canvas_problem(height: int, width: int) -> str | None:
+    """Why ``height x width`` cannot be a model's canvas, or None when it can (the one canvas rule)."""
+    if height <= 0 or width <= 0 or height % CANVAS_MULTIPLE or width % CANVAS_MULTIPLE:
+        return f"both sides must be positive multiples of {CANVAS_MULTIPLE}"
+    return None
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -209,15 +221,39 @@ def check_plugin_attributes(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---- variants and files ------------------------------------------------------------------------------
-FLAVORS = ("tensorrt", "portable")
-"""``tensorrt``: one MultilevelRoIAlign plugin node; ``portable``: standard ONNX ops only."""
-PRECISIONS = ("fp32", "fp16")
+# One table per variant kind, name -> what it means: the command line takes its choices and help
+# from here, the exporter and the graph check against it.
+FLAVORS: dict[str, str] = {
+    "tensorrt": "multi-level ROIAlign as one MultilevelRoIAlign plugin node; for TensorRT engines",
+    "portable": "standard ONNX ops only (RoiAlign per level); any ONNX Runtime, TensorRT without the plugin",
+}
+PRECISIONS: dict[str, str] = {
+    "fp32": "float32 throughout",
+    "fp16": "backbone and heads in float16; boxes, levels and NMS in float32",
+}
 """Precision of the exported graph (INT8 is a Q/DQ model made from one of these by ``quantize``)."""
 QUANTIZED_PRECISIONS = {"int8": "fp32"}
 """Precision of a Q/DQ model -> the precision of the exported model it is made from: INT8 Q/DQ
 (symmetric, per-channel weights) on convolutions and fully connected layers of an fp32 model."""
-ALL_PRECISIONS = PRECISIONS + tuple(QUANTIZED_PRECISIONS)
+ALL_PRECISIONS = tuple(PRECISIONS) + tuple(QUANTIZED_PRECISIONS)
+MASK_HEADS: dict[str, str] = {
+    "static": "mask head on all max_detections rows (static shapes: TensorRT, any engine)",
+    "detections": "mask head on the real detections only (data-dependent shape: CPU engines)",
+}
+"""The ``mask_head`` metadata key's values (absent means ``static``)."""
 INPUT_NORMALIZATIONS = ("external", "in_graph")
+
+
+def feed_mean_std(input_normalization: str | None, mean: Sequence[float],
+                  std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``(mean, std)`` with which a feeder makes a model's input as ``(x/255 - mean)/std`` per RGB
+    channel (the one in-graph feed rule): the model's own ``mean``/``std`` when the metadata's
+    ``input_normalization`` is "external" or absent; ``(0, 0, 0)`` and ``(1/255, ...)`` for an
+    "in_graph" model, which takes 0-255 RGB (x unchanged) and normalises itself."""
+    if input_normalization == "in_graph":
+        return (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
 DEVICES = ("auto", "cpu", "cuda")
 """Where the runtime runs pre/post-processing (and ONNX Runtime its providers): ``auto`` picks the GPU
 when the backend is on one."""

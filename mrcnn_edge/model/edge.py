@@ -36,16 +36,10 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.image_list import ImageList
 
-from mrcnn_edge.model import ops # noqa: F401  registers torch.ops.mrcnn_edge.*
+from mrcnn_edge.core.contract import MASK_HEADS, PRECISIONS, TRT_NMS_MAX_BOXES, TRT_TOPK_MAX_K, canvas_problem
+from mrcnn_edge.model import ops  # noqa: F401  registers torch.ops.mrcnn_edge.*
 
-__all__ = ["EdgeMaskRCNN", "OUTPUT_NAMES", "TRT_NMS_MAX_BOXES", "MASK_HEADS"]
-
-MASK_HEADS = {
-    "static": "mask head on all max_detections rows (static shapes: TensorRT, any engine)",
-    "detections": "mask head on the real detections only (data-dependent shape: CPU engines)",
-}
-
-from mrcnn_edge.core.contract import OUTPUT_NAMES, TRT_NMS_MAX_BOXES, TRT_TOPK_MAX_K  # noqa: E402  (re-exported)
+__all__ = ["EdgeMaskRCNN"]
 
 
 def _decode(deltas: Tensor, anchors: Tensor, weights: tuple[float, float, float, float], clip: float) -> Tensor:
@@ -83,10 +77,11 @@ class EdgeMaskRCNN(nn.Module):
 
     Input ``images (Tensor[B, 3, H, W])``: RGB, ``(x/255 - mean)/std``, letterboxed top-left,
     zeros elsewhere (float32; float16 is accepted for fp16 models).
-    Output, in order ``OUTPUT_NAMES``: ``num_detections [B] int32``, ``boxes [B,K,4] float32``
-    (x1,y1,x2,y2 canvas pixels), ``scores [B,K] float32`` descending, ``classes [B,K] int32``
-    (torchvision label ids, -1 past ``num_detections``), ``masks [B,K,M,M]`` probabilities of the
-    detection's own class (float32, or float16 for fp16).
+    Output, in the order of ``contract.OUTPUTS`` (which states each shape and dtype):
+    ``num_detections [B,1] int32``, ``boxes [B,K,4] float32`` (x1,y1,x2,y2 canvas pixels),
+    ``scores [B,K] float32`` descending, ``classes [B,K] int32`` (torchvision label ids, -1 past
+    ``num_detections``), ``masks [B,K,M,M]`` probabilities of the detection's own class (float32,
+    or float16 for fp16).
     """
 
     def __init__(
@@ -107,12 +102,13 @@ class EdgeMaskRCNN(nn.Module):
     ) -> None:
         super().__init__()
         H, W = int(input_size[0]), int(input_size[1])
-        if H <= 0 or W <= 0 or H % 32 or W % 32:
-            raise ValueError(f"canvas {H}x{W}: both sides must be positive multiples of 32")
+        why = canvas_problem(H, W)
+        if why:
+            raise ValueError(f"canvas {H}x{W}: {why}")
         if batch < 1:
             raise ValueError(f"batch {batch}: must be >= 1")
-        if precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision {precision!r}: fp32 or fp16")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
         if mask_head not in MASK_HEADS:
             raise ValueError(f"mask head {mask_head!r}: one of {', '.join(MASK_HEADS)}")
         model = copy.deepcopy(model).eval()  # fp16 casts modules in place: the caller's model stays as it is
@@ -279,4 +275,5 @@ class EdgeMaskRCNN(nn.Module):
         proposals, valid = self.proposals(feats)
         num, boxes, scores, classes = self.detect(feats, proposals, valid)
         masks = self.segment(feats, boxes, classes, num if self.mask_head_rows == "detections" else None)
-        return num, boxes, scores, classes, masks
+        # [B,1]: one element per frame's layer, as the contract's num_detections is (nvinfer splits per frame)
+        return num.reshape(self.B, 1), boxes, scores, classes, masks

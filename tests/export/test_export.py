@@ -7,19 +7,24 @@ match ``EdgeMaskRCNN`` eager one to one in ONNX Runtime; fp16 exports must run a
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
-from mrcnn_edge.model.checkpoint import ARCHS, ModelConfig, build_model, save_checkpoint
 from mrcnn_edge.commands.cli import main
-from mrcnn_edge.model.edge import EdgeMaskRCNN, OUTPUT_NAMES
-from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx, nms_box_counts, tensorrt_compatibility
-from mrcnn_edge.export.ort_custom import make_session
-from mrcnn_edge.export.validate import TOLERANCES, Dets, compare
+from mrcnn_edge.core.contract import OUTPUT_NAMES, OUTPUTS, num_detections_of
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.metadata import MODEL_KEYS, decode
+from mrcnn_edge.export.checks import check_model, nms_box_counts, tensorrt_compatibility
+from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
+from mrcnn_edge.export.ort_custom import make_session
+from mrcnn_edge.export.validate.compare import TOLERANCES, compare
+from mrcnn_edge.model.checkpoint import ARCHS, ModelConfig, build_model, save_checkpoint
+from mrcnn_edge.model.edge import EdgeMaskRCNN
+from mrcnn_edge.runtime.postprocess import FrameRows
 
 VARIANTS = [((64, 96), "tensorrt", "fp32"), ((96, 64), "portable", "fp16")]
 # Random weights (BatchNorm statistics untouched) give large activations in deep trunks, so float
@@ -67,9 +72,8 @@ def test_every_arch_exports(tmp_path, arch, variant):
     for size, flavor, precision in [variant]:
         path = tmp_path / f"{flavor}.onnx"
         # score threshold 0: random weights score low, and every row should be a detection to compare
-        rep = export_onnx(None, path, ExportOptions(input_size=size, batch=2, flavor=flavor, precision=precision,
-                                                    score_threshold=0.0),
-                          model_and_config=(model, cfg), log=lambda s: None)
+        rep = export_onnx(model, cfg, path, ExportOptions(input_size=size, batch=2, flavor=flavor, precision=precision,
+                                                          score_threshold=0.0), log=lambda s: None)
         proto = onnx.load(str(path))
         meta = decode({p.key: p.value for p in proto.metadata_props})
         assert set(MODEL_KEYS) <= set(meta)
@@ -82,15 +86,15 @@ def test_every_arch_exports(tmp_path, arch, variant):
             assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"mrcnn_edge"
         assert tensorrt_compatibility(onnx.shape_inference.infer_shapes(proto), flavor) == []
         assert all(0 < n <= 5000 for n in nms_box_counts(proto))
-        assert rep["outputs"]["masks"] == [2, 100, 28, 28]
         onnx_out, eager = _run_both(model, path, size, precision)
-        assert onnx_out["num_detections"].dtype == np.int32 and onnx_out["classes"].dtype == np.int32
-        assert onnx_out["masks"].dtype == (np.float16 if precision == "fp16" else np.float32)
-        for b in range(2):  # padding rows are zero with class -1
-            n = int(onnx_out["num_detections"][b])
+        for spec in OUTPUTS:  # batch 2, torchvision's 100 detections, 28x28 masks
+            assert rep["outputs"][spec.name] == list(spec.shape(2, 100, 28)), spec.name
+            assert onnx_out[spec.name].shape == spec.shape(2, 100, 28), spec.name
+            assert onnx_out[spec.name].dtype == np.dtype(spec.dtype_for(precision)), spec.name
+        for b, n in enumerate(num_detections_of(onnx_out["num_detections"])):  # padding rows: zero, class -1
             assert (onnx_out["classes"][b, n:] == -1).all() and not onnx_out["boxes"][b, n:].any()
         if precision == "fp32":
-            res = compare([Dets.from_outputs(eager, b) for b in range(2)], [Dets.from_outputs(onnx_out, b) for b in range(2)],
+            res = compare([FrameRows.from_outputs(eager, b) for b in range(2)], [FrameRows.from_outputs(onnx_out, b) for b in range(2)],
                           RANDOM_WEIGHTS_TOL, size)
             assert res.ok, res.failures
             assert res.matched > 0
@@ -103,7 +107,41 @@ def test_export_is_static_and_guard_free():
     ep = torch.export.export(edge, (torch.zeros(1, 3, 64, 64),), strict=False)
     assert not ep.range_constraints  # no symbolic (data-dependent) sizes survive
     out_shapes = [tuple(n.meta["val"].shape) for n in ep.graph.output_node().args[0]]
-    assert out_shapes == [(1,), (1, 100, 4), (1, 100), (1, 100), (1, 100, 28, 28)]
+    assert out_shapes == [spec.shape(1, 100, 28) for spec in OUTPUTS]
+    assert out_shapes[0] == (1, 1)  # num_detections [B,1] (the contract since 0.2)
+
+
+def _constant_model(wrong: dict[str, tuple[tuple[int, ...], str]] = {}):
+    """images [1,3,64,64] in; each contract output a Constant of the contract's shape and dtype for
+    K=5, M=4, fp32, except those in ``wrong`` (name -> (shape, dtype))."""
+    from onnx import helper, numpy_helper
+
+    nodes, outputs = [], []
+    for spec in OUTPUTS:
+        shape, dtype = wrong.get(spec.name, (spec.shape(1, 5, 4), spec.dtype))
+        value = numpy_helper.from_array(np.zeros(shape, dtype), spec.name + "_value")
+        nodes.append(helper.make_node("Constant", [], [spec.name], value=value))
+        outputs.append(helper.make_tensor_value_info(spec.name, value.data_type, shape))
+    images = helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 64, 64])
+    return helper.make_model(helper.make_graph(nodes, "g", [images], outputs),
+                             opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_check_model_holds_outputs_to_the_contract_shapes_and_dtypes():
+    meta = {"batch": 1, "input_size": [64, 64], "max_detections": 5, "mask_size": 4, "flavor": "portable",
+            "precision": "fp32"}
+    report = check_model(_constant_model(), meta)
+    assert report["outputs"]["num_detections"] == [1, 1] and report["outputs"]["masks"] == [1, 5, 4, 4]
+    for wrong, words in [({"num_detections": ((1,), "int32")}, "'num_detections' is int32 [1]"),  # older [B]
+                         ({"masks": ((1, 5, 4, 4), "float16")}, "'masks' is float16"),
+                         ({"classes": ((1, 5), "int64")}, "'classes' is int64"),
+                         ({"boxes": ((1, 6, 4), "float32")}, "'boxes' is float32 [1, 6, 4]")]:
+        with pytest.raises(UserError, match=re.escape(words)):
+            check_model(_constant_model(wrong), meta)
+    # an fp16 model's masks are float16, and so must they be
+    check_model(_constant_model({"masks": ((1, 5, 4, 4), "float16")}), {**meta, "precision": "fp16"})
+    with pytest.raises(UserError, match=re.escape("expected [1, 3, 32, 64]")):
+        check_model(_constant_model(), {**meta, "input_size": [32, 64]})
 
 
 def test_tensorrt_compatibility_catches_problems():

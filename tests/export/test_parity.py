@@ -1,7 +1,8 @@
 """Parity on the demo model, small scale: torchvision eager vs EdgeMaskRCNN vs ONNX Runtime (both flavors, fp16).
 
-The synthetic images are 320x320 and the demo model resizes to 320, so the canvas equals the
-resized image size, the setting where DESIGN.md promises torchvision's answers.
+The synthetic images are the canvas's size (the session's cached demo exports, ``demo_onnx``), so
+the canvas equals the image region, the setting where DESIGN.md promises torchvision's answers
+(the torchvision runner starts after torchvision's resize).
 """
 from __future__ import annotations
 
@@ -13,40 +14,24 @@ import pytest
 
 import mrcnn_edge
 from mrcnn_edge.commands.cli import main
-from mrcnn_edge.export.onnx_export import ExportOptions, export_onnx
 from mrcnn_edge.export.validate import TOLERANCES, validate
 
-CANVAS = (320, 320)
+
+@pytest.fixture(scope="module")
+def exported(demo_onnx):
+    return {(flavor, precision): demo_onnx(flavor, precision)
+            for flavor, precision in (("tensorrt", "fp32"), ("portable", "fp32"), ("portable", "fp16"), ("tensorrt", "fp16"))}
 
 
 @pytest.fixture(scope="module")
-def demo():
-    from mrcnn_edge.model.checkpoint import load_checkpoint
-
-    return load_checkpoint(mrcnn_edge.demo_checkpoint())
-
-
-@pytest.fixture(scope="module")
-def exported(demo, tmp_path_factory):
-    d = tmp_path_factory.mktemp("onnx")
-    paths = {}
-    for flavor, precision in (("tensorrt", "fp32"), ("portable", "fp32"), ("portable", "fp16"), ("tensorrt", "fp16")):
-        p = d / f"{flavor}-{precision}.onnx"
-        export_onnx(None, p, ExportOptions(input_size=CANVAS, flavor=flavor, precision=precision),
-                    model_and_config=demo, log=lambda s: None)
-        paths[(flavor, precision)] = p
-    return paths
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def images(tmp_path_factory, demo_canvas):
     import cv2
 
     from mrcnn_edge.data.shapes import image_rng, render_sample
 
     d = tmp_path_factory.mktemp("img")
     for i in range(4):
-        cv2.imwrite(str(d / f"{i}.png"), render_sample(image_rng(777, i), CANVAS)[0])
+        cv2.imwrite(str(d / f"{i}.png"), render_sample(image_rng(777, i), demo_canvas)[0])
     return d
 
 
@@ -140,11 +125,9 @@ def test_validate_unreadable_images_and_mismatched_annotations(exported, tmp_pat
 
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_tensorrt_engine_of_the_demo_model(demo, images, tmp_path, precision):
+def test_tensorrt_engine_of_the_demo_model(demo_onnx, images, tmp_path, precision):
     """The tensorrt-flavor export parses, builds with the plugin, and validates against PyTorch."""
-    onnx_path = tmp_path / f"demo_{precision}.onnx"
-    export_onnx(None, onnx_path, ExportOptions(input_size=CANVAS, flavor="tensorrt", precision=precision),
-                model_and_config=demo, log=lambda s: None)
+    onnx_path = demo_onnx("tensorrt", precision)
     assert main(["build-plugin", "-o", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0
     engine = tmp_path / f"demo_{precision}.engine"
     assert main(["build", str(onnx_path), "-o", str(engine), "--plugin-lib", str(tmp_path / "libmrcnn_edge_plugins.so")]) == 0

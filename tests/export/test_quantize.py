@@ -13,7 +13,8 @@ from mrcnn_edge.runtime.testing import make_contract_model
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from mrcnn_edge.export.quantize import calibration_images, qdq_problems  # noqa: E402
+from mrcnn_edge.export.checks import qdq_problems, tensorrt_compatibility  # noqa: E402
+from mrcnn_edge.export.quantize import calibration_images  # noqa: E402
 
 CANVAS = (160, 160)
 
@@ -82,23 +83,22 @@ def test_qdq_placement_rules():
 
 
 @pytest.mark.slow
-def test_quantize_validate_run_end_to_end(tmp_path, capsys):
+def test_quantize_validate_run_end_to_end(tmp_path, capsys, demo_onnx, demo_canvas):
     """Both flavors quantize; the Q/DQ sit on conv/gemm inputs and weights only; ROIAlign (or the
     plugin) reads float maps; the portable INT8 model validates against the checkpoint and runs."""
     from mrcnn_edge.core.metadata import decode
-    from mrcnn_edge.export.onnx_export import tensorrt_compatibility
 
     ckpt = str(mrcnn_edge.demo_checkpoint())
-    assert main(["synth", "--out", str(tmp_path / "cal"), "--images", "4", "--seed", "5", "--size", "160x160",
+    size = f"{demo_canvas[0]}x{demo_canvas[1]}"
+    assert main(["synth", "--out", str(tmp_path / "cal"), "--images", "4", "--seed", "5", "--size", size,
                  "--quiet"]) == 0
     for flavor in ("portable", "tensorrt"):
-        fp32, int8 = tmp_path / f"{flavor}.onnx", tmp_path / f"{flavor}.int8.onnx"
-        assert main(["export", ckpt, "-o", str(fp32), "--flavor", flavor, "--input-size", "160x160"]) == 0
+        fp32, int8 = demo_onnx(flavor), tmp_path / f"{flavor}.int8.onnx"
         assert main(["quantize", str(fp32), "--calibration", str(tmp_path / "cal"), "-o", str(int8)]) == 0
         proto = onnx.load(str(int8))
         meta = decode({p.key: p.value for p in proto.metadata_props})
         assert meta["precision"] == "int8" and meta["flavor"] == flavor
-        assert meta["calibration"] == {"images": 4, "folder": "cal", "canvas": [160, 160], "method": "percentile"}
+        assert meta["calibration"] == {"images": 4, "folder": "cal", "canvas": list(demo_canvas), "method": "percentile"}
         assert tensorrt_compatibility(proto, flavor) == []
         producers = {o: n for n in proto.graph.node for o in n.output}
         convs = [n for n in proto.graph.node if n.op_type == "Conv"]
