@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrcnn_edge.core.contract import ENGINE_SUFFIXES, INPUT_NAME, ONNX_SUFFIXES, OUTPUT_NAMES
+from mrcnn_edge.core.contract import ENGINE_SUFFIXES, INPUT_NAME, ONNX_SUFFIXES, OUTPUT_NAMES, OUTPUTS
 from mrcnn_edge.core.errors import UserError
 
 __all__ = [
@@ -91,12 +91,15 @@ class ServedModel:
         return bool(self.meta.get("plugin")) or self.meta.get("flavor") == "tensorrt"
 
 
-def contract_io(meta: dict[str, Any], dtypes: dict[str, str] | None = None) -> list[IOTensor]:
+def contract_io(meta: dict[str, Any], dtypes: dict[str, str] | None = None,
+                shapes: dict[str, tuple[int, ...]] | None = None) -> list[IOTensor]:
     """The I/O tensors of DESIGN.md's contract for a model with this metadata.
 
     ``dtypes``: numpy dtype names read from the model itself (an ONNX); without them the contract's
-    rule: ``images`` float32 and ``masks`` float16 for an fp16 model (the exporter feeds float32 and
-    casts inside), everything else as the contract table says.
+    rule (``mrcnn_edge.core.contract.OUTPUTS``): ``images`` float32 and ``masks`` float16 for an
+    fp16 model (the exporter feeds float32 and casts inside), everything else as the contract says.
+    ``shapes``: shapes read from the model where the contract allows more than one (an ONNX
+    exported before ``num_detections`` became ``[B,1]`` declares ``[B]``).
     """
     try:
         h, w = (int(v) for v in meta["input_size"])
@@ -104,11 +107,11 @@ def contract_io(meta: dict[str, Any], dtypes: dict[str, str] | None = None) -> l
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"the model's metadata lacks a valid {exc} (input_size, batch, max_detections, "
                         "mask_size): export it with 'mrcnn-edge export'") from exc
-    rule = {INPUT_NAME: "float32", "num_detections": "int32", "boxes": "float32", "scores": "float32",
-            "classes": "int32", "masks": "float16" if meta.get("precision") == "fp16" else "float32"}
+    precision = str(meta.get("precision", "fp32"))
+    rule = {INPUT_NAME: "float32", **{o.name: o.dtype_for(precision) for o in OUTPUTS}}
     rule.update(dtypes or {})
-    dims = {INPUT_NAME: (b, 3, h, w), "num_detections": (b,), "boxes": (b, k, 4), "scores": (b, k),
-            "classes": (b, k), "masks": (b, k, m, m)}
+    dims = {INPUT_NAME: (b, 3, h, w), **{o.name: o.shape(b, k, m) for o in OUTPUTS}}
+    dims.update(shapes or {})
     out = []
     for name in (INPUT_NAME, *OUTPUT_NAMES):
         if rule[name] not in _KSERVE:
@@ -117,30 +120,33 @@ def contract_io(meta: dict[str, Any], dtypes: dict[str, str] | None = None) -> l
     return out
 
 
-def _onnx_io_dtypes(path: Path, meta: dict[str, Any]) -> dict[str, str] | None:
-    """The I/O dtypes written in the ONNX graph, checked against the contract's shapes; None without
-    the ``onnx`` package (then the contract's rule applies)."""
+def _onnx_io(path: Path, meta: dict[str, Any]) -> tuple[dict[str, str] | None, dict[str, tuple[int, ...]] | None]:
+    """The I/O dtypes and shapes written in the ONNX graph, checked against the contract's shapes;
+    ``(None, None)`` without the ``onnx`` package (then the contract's rule applies)."""
     try:
         import onnx
         from onnx import helper
     except ImportError:
-        return None
+        return None, None
     model = onnx.load(str(path), load_external_data=False)
     expected = {t.name: t.dims for t in contract_io(meta)}
+    older = {"num_detections": expected["num_detections"][:1]}  # [B]: exported before the [B,1] contract
     found: dict[str, str] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for vi in list(model.graph.input) + list(model.graph.output):
         if vi.name not in expected:
             continue
         tt = vi.type.tensor_type
         shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-        if shape != expected[vi.name]:
+        if shape != expected[vi.name] and shape != older.get(vi.name):
             raise UserError(f"{path.name}: tensor {vi.name!r} has shape {list(shape)} but its metadata says "
                             f"{list(expected[vi.name])}: re-export it with 'mrcnn-edge export'")
         found[vi.name] = str(helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        shapes[vi.name] = shape
     missing = [n for n in expected if n not in found]
     if missing:
         raise UserError(f"{path.name} lacks the contract tensors {', '.join(missing)}: export it with 'mrcnn-edge export'")
-    return found
+    return found, shapes
 
 
 def _check_plugin(model: ServedModel, given: str | None) -> None:
@@ -182,7 +188,7 @@ def read_served_model(path: str | os.PathLike, plugin_lib: str | None = None) ->
 
         meta = read_metadata(path, MODEL_KEYS)
         model = ServedModel(path, "onnx", dict(meta))
-        model.io = contract_io(model.meta, _onnx_io_dtypes(path, model.meta))
+        model.io = contract_io(model.meta, *_onnx_io(path, model.meta))
     else:
         raise UserError(f"don't know how to serve {path.name}: expected an engine "
                         f"({'/'.join(ENGINE_SUFFIXES)} with its .json sidecar) or an ONNX model")

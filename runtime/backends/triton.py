@@ -11,11 +11,18 @@ v2 inference protocol through NVIDIA's ``tritonclient`` (extra ``[triton]``):
   ``"mrcnn_edge.<key>" -> {string_value: <JSON>}`` (:data:`PARAMETER_PREFIX`), so nothing but the
   server is needed to run the model.
 
-A server that goes away mid-stream (gRPC ``UNAVAILABLE`` or a deadline passed) is retried with
-back-off, ``backoff * 2**attempt`` seconds capped at ``max_backoff``, like a lost camera; after
-``reconnect_tries`` the run stops with one line. Pre-/post-processing always run on this machine
-(the numpy/OpenCV reference): the server receives ``images [B,3,H,W]`` and returns the five
-contract outputs.
+A server that goes away mid-stream is retried with back-off, ``backoff * 2**attempt`` seconds
+capped at ``max_backoff``, like a lost camera; after ``reconnect_tries`` (``run --reconnect``) the
+run stops with one line. Going away covers the connection (gRPC ``UNAVAILABLE``, a deadline passed)
+and the model: a Triton server that shuts down unloads its models first and, until its endpoints
+close, answers ``NOT_FOUND`` "Request for unknown model: 'edge' has no available versions" (seen
+from Triton 2.51 restarting); a model being reloaded answers the same.
+
+Pre-/post-processing always run on this machine (the numpy/OpenCV reference): the server receives
+``images [B,3,H,W]`` and returns the five contract outputs, each checked against the shape the
+server's ModelMetadata declared (a server that answers an empty or short tensor gets one line). A
+repository written with ``serve triton --pre-post server`` does its pre/post on the server and takes
+images, not ``images`` tensors: this backend refuses it and says how to call it.
 """
 from __future__ import annotations
 
@@ -35,7 +42,7 @@ from mrcnn_edge.runtime.backends import Backend, check_feed
 from mrcnn_edge.runtime.spec import TensorSpec
 
 __all__ = [
-    "TritonBackend", "TritonURL", "parse_triton_url", "PARAMETER_PREFIX", "DEFAULT_GRPC_PORT",
+    "TritonBackend", "TritonURL", "parse_triton_url", "PARAMETER_PREFIX", "PRE_POST_KEY", "DEFAULT_GRPC_PORT",
     "KSERVE_DTYPES", "encode_parameters", "decode_parameters",
 ]
 
@@ -44,6 +51,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GRPC_PORT = 8001  # tritonserver's --grpc-port default
 PARAMETER_PREFIX = "mrcnn_edge."
 """Prefix of the ModelConfig ``parameters`` keys that carry the mrcnn-edge metadata."""
+PRE_POST_KEY = "pre_post"
+"""Metadata key (``mrcnn_edge.pre_post`` in the config) of a repository model that does its own pre-
+and post-processing: ``"server"``."""
 
 # KServe v2 tensor datatypes (the protocol's names; ModelConfig writes them as TYPE_<name>)
 KSERVE_DTYPES: dict[str, np.dtype] = {
@@ -51,8 +61,12 @@ KSERVE_DTYPES: dict[str, np.dtype] = {
     "INT64": np.dtype(np.int64), "UINT8": np.dtype(np.uint8), "FP64": np.dtype(np.float64),
     "INT8": np.dtype(np.int8), "BOOL": np.dtype(np.bool_),
 }
-# gRPC status codes after which the same request may succeed once the server is back
-_RETRYABLE = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+# gRPC status codes after which the same request may succeed once the server is back: the
+# connection is gone (UNAVAILABLE, DEADLINE_EXCEEDED) or the model is (NOT_FOUND: Triton unloads
+# its models while it shuts down and loads them as it starts)
+_CONNECTION_LOST = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+_MODEL_GONE = ("StatusCode.NOT_FOUND",)
+_RETRYABLE = _CONNECTION_LOST + _MODEL_GONE
 
 
 def encode_parameters(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -163,7 +177,7 @@ class TritonBackend(Backend):
         try:
             return fn(*args, client_timeout=self.timeout, **kwargs)
         except self._error as exc:
-            if _status(exc) in _RETRYABLE:
+            if _status(exc) in _CONNECTION_LOST:
                 raise UserError(f"the Triton server at {self.url.address} does not answer ({what}: "
                                 f"{_first_line(exc)}); is tritonserver running there with --grpc-port "
                                 f"{self.url.port}?") from exc
@@ -182,6 +196,10 @@ class TritonBackend(Backend):
         if not self.metadata:
             raise UserError(f"{self.url}: its config.pbtxt carries no mrcnn-edge metadata (parameters "
                             f"'{PARAMETER_PREFIX}*'): write the repository with 'mrcnn-edge serve triton'")
+        if self.metadata.get(PRE_POST_KEY) == "server":
+            raise UserError(f"{self.url} does its pre- and post-processing on the server (serve triton --pre-post "
+                            "server): send it encoded images over HTTP or gRPC (input 'image'), not 'mrcnn-edge run'; "
+                            "serve the model without --pre-post for run triton://")
         self.inputs = {t.name: self._spec(t) for t in meta.inputs}
         self.outputs = {t.name: self._spec(t) for t in meta.outputs}
         self._requested = [self._grpc.InferRequestedOutput(n) for n in self.outputs]
@@ -207,31 +225,47 @@ class TritonBackend(Backend):
             item = self._grpc.InferInput(name, list(array.shape), kserve)
             item.set_data_from_numpy(np.ascontiguousarray(array))
             inputs.append(item)
+        result = self._infer_retrying(inputs)
+        return {name: self._output(result, name, spec) for name, spec in self.outputs.items()}
+
+    def _infer_retrying(self, inputs: list[Any]) -> Any:
+        """``ModelInfer``, retried while the server or the model is away (see the module docstring)."""
         attempt = 0
         while True:
             try:
-                result = self.client.infer(self.url.model, inputs, model_version=self.url.version,
-                                           outputs=self._requested, client_timeout=self.timeout)
-                break
+                return self.client.infer(self.url.model, inputs, model_version=self.url.version,
+                                         outputs=self._requested, client_timeout=self.timeout)
             except self._error as exc:
-                if _status(exc) not in _RETRYABLE:
+                status = _status(exc)
+                if status not in _RETRYABLE:
                     raise UserError(f"Triton server {self.url.address}: inference failed: {_first_line(exc)}") from exc
                 if attempt >= self.reconnect_tries or self._stop.is_set():
-                    raise UserError(f"the Triton server at {self.url.address} stopped answering "
-                                    f"({_first_line(exc)}; gave up after {attempt} retries)") from exc
+                    what = (f"the Triton server at {self.url.address} stopped answering" if status in _CONNECTION_LOST
+                            else f"model {self.url.model!r} is unavailable on the Triton server at {self.url.address}")
+                    raise UserError(f"{what} ({_first_line(exc)}; gave up after {attempt} retries)") from exc
                 wait = min(self.max_backoff, self.backoff * 2 ** attempt)
                 attempt += 1
-                log.warning("Triton server %s unavailable (%s); retry %d/%d in %.1f s", self.url.address,
-                            _status(exc), attempt, self.reconnect_tries, wait)
+                log.warning("Triton server %s unavailable (%s: %s); retry %d/%d in %.1f s", self.url.address,
+                            status, _first_line(exc), attempt, self.reconnect_tries, wait)
                 if self._stop.wait(wait):
                     raise UserError(f"stopped while waiting for the Triton server at {self.url.address}") from exc
-        out = {}
-        for name, spec in self.outputs.items():
+
+    def _output(self, result: Any, name: str, spec: TensorSpec) -> np.ndarray:
+        """Output ``name`` as the server's ModelMetadata declared it, or one line saying what came instead
+        (tritonclient's ``as_numpy`` raises numpy's ValueError when the bytes do not fill the shape)."""
+        try:
             array = result.as_numpy(name)
-            if array is None:
-                raise UserError(f"{self.url}: the server returned no output {name!r}")
-            out[name] = array.astype(spec.dtype, copy=False)
-        return out
+        except ValueError as exc:
+            raise UserError(f"{self.url}: the server's output {name!r} does not hold the shape it announces "
+                            f"({exc}); check the model on the server") from exc
+        if array is None:
+            raise UserError(f"{self.url}: the server returned no output {name!r}")
+        expected = spec.shape
+        if len(array.shape) != len(expected) or any(e is not None and a != e for a, e in zip(array.shape, expected)):
+            shown = ["-1" if d is None else str(d) for d in expected]
+            raise UserError(f"{self.url}: the server returned output {name!r} with shape {list(array.shape)}, "
+                            f"not [{', '.join(shown)}] as its metadata declares; check the model on the server")
+        return array.astype(spec.dtype, copy=False)
 
     def interrupt(self) -> None:
         """Stop waiting for a server that went away, as soon as possible (any thread)."""

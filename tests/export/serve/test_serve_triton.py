@@ -98,8 +98,9 @@ def test_engine_repository_tensorrt_plan_with_plugin_and_no_cuda_graphs(tmp_path
     assert config.optimization.cuda.graphs is False and config.optimization.HasField("cuda")
     assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
     dims = {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in list(config.input) + list(config.output)}
+    # DESIGN.md's contract table; num_detections [B,1]: with max_batch_size 0 the dims are the full shapes
     assert dims == {
-        "images": ("TYPE_FP32", [2, 3, 128, 160]), "num_detections": ("TYPE_INT32", [2]),
+        "images": ("TYPE_FP32", [2, 3, 128, 160]), "num_detections": ("TYPE_INT32", [2, 1]),
         "boxes": ("TYPE_FP32", [2, 100, 4]), "scores": ("TYPE_FP32", [2, 100]),
         "classes": ("TYPE_INT32", [2, 100]), "masks": ("TYPE_FP16", [2, 100, 28, 28]),
     }

@@ -1,12 +1,17 @@
-"""The ``triton://`` backend against a KServe v2 gRPC server on 127.0.0.1 (tests/kserve_server.py).
+"""The ``triton://`` backend against two servers on 127.0.0.1.
 
-The server speaks the real protocol (tritonclient's grpc_service.proto) and answers with ONNX
-Runtime on a contract model; the repository it serves is the one ``serve triton`` writes, so the
-metadata reaches the client only through the ModelConfig RPC.
+- a KServe v2 gRPC server of our own (tests/kserve_server.py): the real protocol (tritonclient's
+  grpc_service.proto), ONNX Runtime on a contract model, quick and fully controlled;
+- a real ``tritonserver`` (tests/triton_server.py: the nvidia-pytriton wheel's Triton 2.51, Python
+  backend only, so the ONNX Runtime repository ``serve triton`` writes is served by a Python-backend
+  model with the same tensors): ``run triton://`` for 20 frames, the server restarted in the middle
+  of a run, and a server answering an empty or short output.
+
+Either way the repository is the one ``serve triton`` writes, so the metadata reaches the client
+only through the ModelConfig RPC.
 """
 from __future__ import annotations
 
-import argparse
 import socket
 import threading
 import time
@@ -20,15 +25,14 @@ pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
 
 from kserve_server import KServeServer  # noqa: E402
+from triton_server import TritonServer, contract_model, serve_onnx_with_python_backend, server_venv  # noqa: E402
 
 from mrcnn_edge.commands.cli import main  # noqa: E402
 from mrcnn_edge.core.errors import UserError  # noqa: E402
-from mrcnn_edge.export.serve import triton as serve_triton  # noqa: E402
-from mrcnn_edge.export.serve.cli import read_served_model  # noqa: E402
 from mrcnn_edge.runtime.backends import backend_for  # noqa: E402
 from mrcnn_edge.runtime.backends.triton import parse_triton_url  # noqa: E402
 from mrcnn_edge.runtime.segmenter import Segmenter  # noqa: E402
-from mrcnn_edge.runtime.testing import make_contract_model  # noqa: E402
+from mrcnn_edge.runtime.testing import make_contract_model, moving_squares, write_video  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +40,7 @@ def repo(tmp_path_factory) -> tuple[Path, Path]:
     """(the ONNX model, its Triton model folder as serve triton writes it)."""
     d = tmp_path_factory.mktemp("triton")
     model = make_contract_model(d / "seg.onnx", batch=1, mask_size=8)
-    serve_triton.write(read_served_model(model), argparse.Namespace(repo=str(d / "repo"), name=None, instances=1,
-                                                                    grpc_port=8001))
+    assert main(["serve", "triton", str(model), "--repo", str(d / "repo")]) == 0
     return model, d / "repo" / "seg"
 
 
@@ -80,7 +83,9 @@ def test_same_detections_as_onnxruntime_locally(repo):
 
 
 def test_two_sources_share_the_server(repo, tmp_path):
-    from mrcnn_edge.runtime.multi_source import run_sources
+    import contextlib
+
+    from mrcnn_edge.runtime.run import run_sources
 
     _, folder = repo
     sources = []
@@ -91,8 +96,9 @@ def test_two_sources_share_the_server(repo, tmp_path):
             cv2.imwrite(str(d / f"f{j}.png"), frame)
         sources.append(str(d))
     outs = [str(tmp_path / "out0"), str(tmp_path / "out1")]
-    with KServeServer(folder) as server:
-        runs = run_sources(lambda: Segmenter.from_path(server.url), sources, outs)
+    with KServeServer(folder) as server, contextlib.ExitStack() as stack:
+        segmenters = [stack.enter_context(Segmenter.from_path(server.url)) for _ in sources]
+        runs = run_sources(segmenters, sources, outs)
         assert server.servicer.requests == 6
     assert [r.stats.frames for r in runs] == [3, 3]
     assert all(r.stats.fps > 0 and "fps" in r.summary() for r in runs)
@@ -140,3 +146,100 @@ def test_server_that_goes_away_is_retried_with_backoff(repo, caplog):
                 seg(frame)
     finally:
         server.stop()
+
+
+# ---- a real tritonserver --------------------------------------------------------------------------
+FRAMES = 20
+DELAY_S = 0.1  # per request on the "slow" model: a run long enough to restart the server under
+
+
+def _real_server(d: Path, models: dict[str, dict[str, str]]):
+    """A tritonserver serving, under each name, the [B,1] contract model as ``serve triton`` writes
+    it, with the test-only parameters given (tests/triton_onnx_model.py); always stopped."""
+    pytest.importorskip("onnx")
+    venv = server_venv()
+    model = contract_model(d / "edge.onnx", batch=1, mask_size=8)
+    repo = d / "repo"
+    for name, params in models.items():
+        assert main(["serve", "triton", str(model), "--repo", str(repo), "--name", name]) == 0
+        serve_onnx_with_python_backend(repo / name, **params)
+    server = TritonServer(repo, venv, d / "tritonserver.log")
+    server.start()
+    try:
+        yield server, model
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tritonserver(tmp_path_factory):
+    """``edge`` answering as ONNX Runtime does; ``empty``/``short`` answering a broken ``masks``."""
+    yield from _real_server(tmp_path_factory.mktemp("tritonserver"), {
+        "edge": {}, "empty": {"broken_output": "masks:empty"}, "short": {"broken_output": "masks:short"}})
+
+
+@pytest.fixture
+def slow_tritonserver(tmp_path):
+    """``slow``, answering after DELAY_S, alone on its server: a restart is quicker with one model."""
+    yield from _real_server(tmp_path, {"slow": {"delay_s": str(DELAY_S)}})
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "squares.avi", moving_squares(FRAMES, (120, 160), side=40))
+
+
+@pytest.mark.slow
+def test_run_twenty_frames_on_a_real_triton_server(tritonserver, video, tmp_path, capsys):
+    server, model = tritonserver
+    out = tmp_path / "out"
+    assert main(["run", server.url("edge"), "--source", str(video), "--no-display", "--output", str(out), "-q"]) == 0
+    assert len(list(out.iterdir())) == FRAMES
+    assert server.inference_count("edge") >= FRAMES
+    # through the server, the same detections as ONNX Runtime here
+    with Segmenter.from_path(server.url("edge")) as remote, \
+            Segmenter.from_path(model, backend="onnxruntime", device="cpu") as local:
+        assert remote.backend.outputs["num_detections"].shape == (1, 1)
+        for frame in _frames():
+            a, b = remote(frame), local(frame)
+            assert len(a) == len(b) > 0
+            np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-5)
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+            np.testing.assert_array_equal(a.masks, b.masks)
+
+
+@pytest.mark.slow
+def test_real_server_restarted_mid_run_and_the_run_finishes(slow_tritonserver, video, tmp_path, capsys):
+    server, _ = slow_tritonserver
+    out = tmp_path / "out"
+    result: dict[str, int] = {}
+    run = threading.Thread(target=lambda: result.setdefault("rc", main([
+        "run", server.url("slow"), "--source", str(video), "--no-display", "--output", str(out), "-q",
+        "--reconnect", "8"])))
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while server.inference_count("slow") < 5 and run.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert run.is_alive(), "the run ended before the server could be restarted"
+        server.restart()  # SIGTERM: Triton unloads the model ("no available versions"), exits; then starts again
+    finally:
+        run.join(120)
+    assert not run.is_alive() and result.get("rc") == 0, capsys.readouterr().err
+    assert len(list(out.iterdir())) == FRAMES
+    assert server.inference_count("slow") >= 1  # the restarted server answered the rest
+    err = capsys.readouterr().err
+    assert "unavailable" in err and "retry" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, shape", [("empty", "[0]"), ("short", "[160]")])
+def test_real_server_with_a_broken_output_is_one_line(tritonserver, tmp_path, capsys, model, shape):
+    server, _ = tritonserver
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), _frames()[0])
+    assert main(["run", server.url(model), "--source", str(image), "--no-display"]) != 0
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mrcnn-edge: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"'masks' with shape {shape}" in errors[0] and "[1, 5, 8, 8]" in errors[0]
