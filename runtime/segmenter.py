@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from mrcnn_edge.core.contract import feed_mean_std
 from mrcnn_edge.core.errors import UserError
 
 from mrcnn_edge.runtime.backends import Backend, backend_for, open_backend, url_scheme
@@ -75,11 +76,9 @@ class Segmenter:
         if not 0.0 <= self.score_threshold <= 1.0:
             raise UserError(f"score threshold must be in [0, 1], got {self.score_threshold}")
         self.mask_threshold = float(mask_threshold)
-        if self.spec.input_normalization == "in_graph":
-            # the graph normalises itself: feed 0..255 RGB (padding stays 0, black, as DeepStream pads)
-            self._mul, self._add = np.ones(3, np.float32), np.zeros(3, np.float32)
-        else:
-            self._mul, self._add = normalization(self.spec.mean, self.spec.std)
+        # an in-graph model is fed 0..255 RGB (x*1 + 0; padding stays 0, black, as DeepStream pads)
+        self._mul, self._add = normalization(*feed_mean_std(self.spec.input_normalization, self.spec.mean,
+                                                            self.spec.std))
         self.ops: Any = self._choose_ops(device)
         # model-input buffers recycled between batches: a fresh 3 MB array per frame costs more
         # in page faults than the letterbox itself

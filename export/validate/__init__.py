@@ -148,7 +148,7 @@ def validate(
     items, dataset = collect_images(images, annotations, limit)
     if progress:
         note(f"[validate] {len(items)} images, canvas {H}x{W}, batch {B}, {precision}")
-    from mrcnn_edge.core.contract import ENGINE_SUFFIXES
+    from mrcnn_edge.core.contract import ENGINE_SUFFIXES, feed_mean_std
 
     kind = "tensorrt" if Path(model_path).suffix.lower() in ENGINE_SUFFIXES else "onnx"
     results: dict[str, list[Dets]] = {"torchvision": [], "edge": [], kind: []}
@@ -168,7 +168,8 @@ def validate(
                 xs.append(x)
                 lbs.append(lb)
                 if in_graph:  # the model normalises itself: it takes the 0-255 RGB canvas
-                    raws.append(letterbox(frame, (H, W), (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255))[0])
+                    raws.append(letterbox(frame, (H, W), *feed_mean_std("in_graph", cfg.image_mean,
+                                                                        cfg.image_std))[0])
             while len(xs) < B:  # pad a partial batch with a blank canvas
                 xs.append(np.zeros_like(xs[0]))
                 raws.append(np.zeros_like(xs[0]))

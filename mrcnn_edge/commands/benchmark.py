@@ -198,10 +198,9 @@ class _Bench:
 
             self._tmp = tempfile.TemporaryDirectory(prefix="mrcnn-edge-bench-")
             self._onnx = str(Path(self._tmp.name) / "portable.onnx")
-            export_onnx(None, self._onnx, ExportOptions(input_size=self.canvas, flavor="portable",
-                                                        max_detections=self.args.max_detections,
-                                                        rpn_post_nms_top_n=self.args.rpn_post_nms_top_n),
-                        model_and_config=(self.model, self.cfg))
+            export_onnx(self.model, self.cfg, self._onnx,
+                        ExportOptions(input_size=self.canvas, flavor="portable", max_detections=self.args.max_detections,
+                                      rpn_post_nms_top_n=self.args.rpn_post_nms_top_n))
         return self._onnx
 
     def open(self, row: Row) -> Any:
@@ -251,13 +250,12 @@ def _settings(model: Any, args: Any) -> None:
 
 def _feed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> tuple[dict[str, np.ndarray], Any]:
     """The runtime's letterbox into the runner's input (its dtype; 0-255 for in-graph normalisation)."""
-    from mrcnn_edge.core.contract import INPUT_NAME
+    from mrcnn_edge.core.contract import INPUT_NAME, feed_mean_std
     from mrcnn_edge.export.validate.runners import IMAGE_SIZES
     from mrcnn_edge.runtime.preprocess import letterbox
 
     spec = runner.inputs[INPUT_NAME]
-    if runner.metadata.get("input_normalization") == "in_graph":
-        mean, std = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)
+    mean, std = feed_mean_std(runner.metadata.get("input_normalization"), mean, std)
     x, lb = letterbox(frame, spec.shape[2:], mean, std, dtype=spec.dtype)
     feed = {INPUT_NAME: x[None]}
     if IMAGE_SIZES in runner.inputs:
@@ -305,12 +303,12 @@ def run_benchmark(args: Any) -> int:
     import torch
 
     from mrcnn_edge import demo_checkpoint
-    from mrcnn_edge.core.cliutil import parse_hw
+    from mrcnn_edge.core.cliutil import parse_canvas
     from mrcnn_edge.core.atomic import atomic_output, check_writable
     from mrcnn_edge.data.shapes import image_rng, render_sample
     from mrcnn_edge.model.checkpoint import load_checkpoint
 
-    H, W = parse_hw(args.input_size, multiple_of=32, minimum=32)
+    H, W = parse_canvas(args.input_size)
     rows = _rows_from_args(args)
     if len({r.label for r in rows}) != len(rows):
         raise UserError(f"two rows have the same label: {', '.join(r.label for r in rows)}; name them LABEL=...")

@@ -46,9 +46,9 @@ def _tensorrt_ready() -> str | None:
 
 
 def run_demo(args) -> int:
-    from mrcnn_edge.core.cliutil import parse_hw
+    from mrcnn_edge.core.cliutil import parse_canvas
 
-    size = parse_hw(args.input_size, multiple_of=32, minimum=32)
+    size = parse_canvas(args.input_size)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
@@ -76,7 +76,7 @@ def run_demo(args) -> int:
     models = {}
     for flavor in ("tensorrt", "portable"):
         path = out / f"demo_{flavor}.onnx"
-        rep = export_onnx(None, path, ExportOptions(input_size=size, flavor=flavor), model_and_config=loaded)
+        rep = export_onnx(*loaded, path, ExportOptions(input_size=size, flavor=flavor))
         models[flavor] = path
         steps.append((f"export {flavor}", rep["seconds"], str(path)))
 

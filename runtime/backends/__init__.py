@@ -1,6 +1,6 @@
 """Backends: one interface for every way of running the model, and the one table that lists them.
 
-Every backend (Polygraphy's runner shape, STYLE.md #5) is a context manager with
+Every backend (Polygraphy's runner shape) is a context manager with
 
 - ``inputs`` / ``outputs``: ``{name: TensorSpec}``, read from the artefact;
 - ``metadata``: the artefact's decoded metadata (ONNX ``metadata_props`` or the engine sidecar);

@@ -186,8 +186,8 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
     onnx_path = tmp_path / "r50.onnx"
     from mrcnn_edge.model.checkpoint import load_checkpoint
 
-    export_onnx(None, onnx_path, ExportOptions(input_size=(128, 192), flavor="tensorrt"),
-                model_and_config=load_checkpoint(ckpt), log=lambda s: None)
+    export_onnx(*load_checkpoint(ckpt), onnx_path, ExportOptions(input_size=(128, 192), flavor="tensorrt"),
+                log=lambda s: None)
     rep = validate(str(ckpt), str(onnx_path), images=str(images), progress=False)
     tv, ox = rep.comparisons["torchvision -> edge"], rep.comparisons["edge -> onnx"]
     assert tv.reference_detections >= 20 and ox.reference_detections == 200
