@@ -9,36 +9,46 @@ import argparse
 import contextlib
 import logging
 import sys
-from typing import Any
 
 from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
+from mrcnn_edge.core.contract import DEVICES  # not via segmenter: this module imports without OpenCV
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note, status
 
 from mrcnn_edge.runtime.backends import BACKENDS
 
-from mrcnn_edge.core.contract import DEVICES  # noqa: E402  (not via segmenter: this module imports without OpenCV)
-
 __all__ = ["DESCRIPTION_RUN", "add_run_arguments", "run_run"]
 
 DESCRIPTION_RUN = """\
-Segment a camera, video, images or a stream with an exported model (.onnx with ONNX Runtime,
-.engine with TensorRT). Capture, pre-processing, inference, post-processing and rendering run in
-a pipeline; a slow model drops camera frames (newest frame wins) but processes every frame of a
-file. Prints FPS and the median latency of each stage.
+Segment a camera, video, images or a stream with an exported model (.onnx with OpenVINO on x86
+CPUs where it is installed, else ONNX Runtime; .engine with TensorRT; see --backend). Capture,
+pre-processing, inference, post-processing and rendering run in a pipeline; a slow model drops
+camera frames (newest frame wins) but processes every frame of a file. Prints FPS, the median
+time of each stage and, per frame, the capture-to-output latency from a live source or the
+service time (queueing excluded) from files.
 
-models: model.onnx (ONNX Runtime), model.engine (TensorRT), triton://host:8001/model (a Triton
-Inference Server runs the model; capture, pre- and post-processing stay on this machine)
+recorder: with --output a live source is recorded at its capture times (a 10-minute recording lasts
+10 minutes even when frames are dropped). What was written is kept whatever ends the run: a source
+lost for good ends its own recording (the others go on; exit 3), Ctrl-C, SIGTERM and SIGHUP finish
+the frames in flight and close the outputs (a second one skips the frames in flight; exit 128 +
+the signal: 130, 143, 129), a full disk ends the run with one line (exit 2). --segment-minutes N
+rotates video files: out.mp4 becomes out_000.mp4, out_001.mp4, ... (numbered from 000, each
+finished and playable when the next begins).
+
+models: model.onnx (OpenVINO or ONNX Runtime), model.engine (TensorRT), triton://host:8001/model
+(a Triton Inference Server runs the model; capture, pre- and post-processing stay on this machine)
 sources: 0 (camera index), /dev/video0, csi://0?width=1920&height=1080&fps=30&flip=0 (Jetson CSI),
 rtsp://host/stream, video.mp4, image.jpg, a folder of images, 'frames/*.png'. --source is
 repeatable: several sources run at once, each in its own pipeline (with --no-display, and one
 --output per --source or none)
-outputs: out.mp4 / out.avi (video), out.jpg (single image source), a folder (one image per frame)
+outputs: out.mp4 / .mov / .m4v / .mkv (H.264), out.avi (MJPEG), out.jpg (single image source), a
+folder (one image per frame)
 
 examples:
   mrcnn-edge run model.engine --source csi://0
   mrcnn-edge run model.onnx --source video.mp4 --output out.mp4 --no-display
   mrcnn-edge run triton://server:8001/mrcnn --source rtsp://cam1/s --source rtsp://cam2/s --no-display
+  mrcnn-edge run model.engine --source rtsp://cam/s -o rec.mp4 --no-display --segment-minutes 10
 """
 
 
@@ -58,8 +68,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=probability, default=0.5, metavar="S",
                    help="keep detections scoring at least S")
     p.add_argument("--no-display", action="store_true", help="do not open a window")
-    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
-                   help="auto: by file type (.onnx -> onnxruntime, .engine -> tensorrt)")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help=_auto_help())
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="ONNX Runtime providers / where TensorRT pre- and post-processing run")
     p.add_argument("--providers", default=None, metavar="LIST",
@@ -70,8 +79,34 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="OpenVINO: inference precision (bf16 where the CPU has it; an INT8 model runs as quantized)")
     p.add_argument("--reconnect", type=non_negative_int, default=5, metavar="N",
-                   help="live sources: reconnect attempts before giving up")
+                   help="live sources: reconnect attempts before giving up (0.5, 1, 2, 4, 8 s apart); "
+                        "then that source's recording ends, kept")
+    p.add_argument("--segment-minutes", type=_positive_minutes, default=None, metavar="N",
+                   help="rotate video outputs every N minutes of the timeline (fractions allowed): "
+                        "out.mp4 -> out_000.mp4, out_001.mp4, ...")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
+
+
+def _auto_help() -> str:
+    """What --backend auto picks, read from the backend table (its order and ``auto_when`` rules)."""
+    rules = []
+    for entry in BACKENDS.values():
+        what = "/".join(entry.suffixes) or "/".join(f"{s}://" for s in entry.schemes)
+        when = ""
+        if entry.auto_when is not None and entry.auto_when.__doc__:
+            when = " when " + " ".join(entry.auto_when.__doc__.split(":")[0].split())
+        rules.append(f"{what} -> {entry.name}{when}")
+    return "auto: the first that applies: " + "; ".join(rules)
+
+
+def _positive_minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of minutes, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
 
 
 class _StderrHandler(logging.Handler):
@@ -95,81 +130,47 @@ def _setup_logging() -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    # sources first: without OpenCV it raises the one-line OpenCVMissing, before the modules below
-    # (which import cv2 too) can fail with a bare ModuleNotFoundError
-    from mrcnn_edge.runtime.io.sources import check_source, open_source
-    from mrcnn_edge.runtime.pipeline import Pipeline
+    # without OpenCV this first import raises the one-line OpenCVMissing (runtime/io/opencv.py)
+    from mrcnn_edge.runtime.io.sinks import window_unavailable
+    from mrcnn_edge.runtime.run import RunOptions, StopSignals, check_run, exit_code, run_sources
     from mrcnn_edge.runtime.segmenter import Segmenter
-    from mrcnn_edge.runtime.io.sinks import WindowSink, open_sink, window_unavailable
 
     _setup_logging()
     log = logging.getLogger("mrcnn_edge.runtime")
     outputs = args.output or []
+    sources = args.source
     providers = [p.strip() for p in args.providers.split(",") if p.strip()] if args.providers else None
-    if len(args.source) > 1:
-        return _run_many(args, outputs, providers)
-    if len(outputs) > 1:
+    if len(sources) == 1 and len(outputs) > 1:
         raise UserError(f"{len(outputs)} --output for one --source: give one --output per --source")
-    source_spec, output = args.source[0], (outputs[0] if outputs else None)
-    # a source that cannot work (unknown path, bad csi:// options, no GStreamer) is reported before
-    # the model loads: building an engine's context can take a minute on a Jetson
-    check_source(source_spec)
-    sinks: list[Any] = []
-    ok = False
-    with contextlib.ExitStack() as stack:
-        segmenter = stack.enter_context(Segmenter.from_path(
-            args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
-            score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-            precision=args.precision))
-        source = stack.enter_context(open_source(source_spec, reconnect_tries=args.reconnect))
-        stack.callback(lambda: [sink.close(ok) for sink in reversed(sinks)])
-        if not args.no_display:
-            reason = window_unavailable()
-            if reason is None:
-                sinks.append(WindowSink())
-            elif output:
-                log.warning("%s; continuing without a window (pass --no-display to silence this)", reason)
-            else:
-                raise UserError(f"cannot show a window: {reason}; pass --no-display, and --output OUT to save results")
-        if output:
-            sinks.append(open_sink(output, source))
-        note(f"model: {segmenter.description}")
-        note(f"source: {source.description}" + "".join(f"\noutput: {s.description}" for s in sinks))
-        pipeline = Pipeline(segmenter, source, sinks, max_frames=args.max_frames,
-                            progress=None if args.quiet else status)
-        stats = pipeline.run()
-        ok = True
-        if sys.stderr.isatty() and not args.quiet:
-            note("")
-        print(stats.summary())
-    if stats.interrupted:
-        return 130
-    if stats.frames == 0:
-        raise UserError(f"no frame of {source_spec} could be processed" + (f" ({stats.skipped} skipped)" if stats.skipped else ""))
-    return 0
-
-
-def _run_many(args: argparse.Namespace, outputs: list[str], providers: list[str] | None) -> int:
-    """Several ``--source``: one pipeline each on its own Segmenter (``multi_source.run_sources``)."""
-    from mrcnn_edge.runtime.multi_source import run_sources
-    from mrcnn_edge.runtime.segmenter import Segmenter
-
-    if not args.no_display:
+    window = not args.no_display
+    if window and len(sources) > 1:
         raise UserError("several --source run without a window: pass --no-display (and --output per source to save)")
-    if outputs and len(outputs) != len(args.source):
-        raise UserError(f"{len(args.source)} sources but {len(outputs)} outputs: give one --output per --source, or none")
-
-    def open_segmenter() -> Segmenter:
-        return Segmenter.from_path(args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
-                                   score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-            precision=args.precision)
-
-    runs = run_sources(open_segmenter, args.source, outputs, args.max_frames, args.reconnect)
+    if window:
+        reason = window_unavailable()
+        if reason is not None and outputs:
+            log.warning("%s; continuing without a window (pass --no-display to silence this)", reason)
+            window = False
+        elif reason is not None:
+            raise UserError(f"cannot show a window: {reason}; pass --no-display, and --output OUT to save results")
+    segment_seconds = 60.0 * args.segment_minutes if args.segment_minutes else None
+    # sources and outputs that cannot work (unknown path, bad csi:// options, an unwritable -o) are
+    # reported before the model loads: building an engine's context can take a minute on a Jetson
+    check_run(sources, outputs, segment_seconds)
+    options = RunOptions(max_frames=args.max_frames, reconnect_tries=args.reconnect, segment_seconds=segment_seconds,
+                         window=window, progress=None if args.quiet or len(sources) > 1 else status, announce=note)
+    with contextlib.ExitStack() as stack:
+        segmenters = []
+        for _ in sources:  # one per source (a triton:// one is one channel to the shared server)
+            segmenters.append(stack.enter_context(Segmenter.from_path(
+                args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
+                score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
+                precision=args.precision)))
+        note(f"model: {segmenters[0].description}")
+        # signals are ours from here: the outputs are opened inside, and closed before leaving
+        with StopSignals() as stopper:
+            runs = run_sources(segmenters, sources, outputs, options, stopper)
+    if sys.stderr.isatty() and not args.quiet and len(sources) == 1:
+        note("")
     for run in runs:
-        print(run.summary())
-    if all(run.stats.interrupted for run in runs) and runs:
-        return 130
-    empty = [run.source for run in runs if run.stats.frames == 0]
-    if empty:
-        raise UserError(f"no frame of {', '.join(empty)} could be processed")
-    return 0
+        print(run.summary() if len(runs) > 1 else run.stats.summary())
+    return exit_code(runs, stopper)

@@ -4,12 +4,25 @@ From a live source every stage boundary (capture -> pre -> infer -> post -> sink
 slot where the newest frame replaces one the next stage has not taken yet (counted as dropped,
 per boundary): no stage ever waits for a slower one, so a frame reaches the sink about one model
 time after capture instead of several. From files every frame is processed, in order (stages
-are connected by bounded queues and block on a full one instead). Capture-to-sink latency
-(capture finished -> sinks written) is reported as p50/p95 beside FPS and the per-stage times.
-A frame that cannot be read or converted is skipped with a warning. Sinks run on the calling
-thread (OpenCV windows must). With GPU pre-processing (TensorRT) the letterbox runs in the
-infer stage, whose time then includes the frame upload and the kernel. An error in any stage stops all of them and is re-raised by
-:meth:`Pipeline.run`; Ctrl-C stops cleanly and keeps what was written.
+are connected by bounded queues and block on a full one instead).
+
+Numbers: for a live source, capture-to-sink latency (capture finished -> sinks written) as
+p50/p95; for files, where a frame waits in the queues behind the ones read before it (so the
+time from capture is queueing, not speed), the service time: the time its batch spent in pre,
+infer, post and render plus its own write, queues excluded.
+
+A frame that cannot be read or converted is skipped with a warning (``Segmenter.prepare`` checks and
+converts each frame once; the pipeline does not convert them itself). Sinks run on the calling
+thread (OpenCV windows must). With GPU pre-processing (TensorRT) the letterbox runs in the infer
+stage, whose time then includes the frame upload and the kernel.
+
+Ends: the source's end; a live source lost for good (:class:`~mrcnn_edge.runtime.io.sources.SourceLost`:
+its message goes to ``RunStats.lost``, the frames in flight are still written, no error is raised);
+:meth:`Pipeline.stop` with ``drain=True`` (capture stops, the frames in flight are finished and
+written: a first Ctrl-C or SIGTERM) or ``drain=False`` (every stage stops now: a second one, an
+error, a sink that asks to stop). An error in any stage stops all of them and is re-raised by
+:meth:`Pipeline.run`. Closing the sinks is the caller's (``runtime/run.py``), after ``run`` returns
+or raises, so what was written is finalised in every case.
 """
 from __future__ import annotations
 
@@ -24,10 +37,9 @@ from typing import Any, Callable, Sequence
 
 from mrcnn_edge.core.errors import UserError
 
-from mrcnn_edge.runtime.frames import as_bgr8
-from mrcnn_edge.runtime.segmenter import Segmenter
+from mrcnn_edge.runtime.segmenter import Segmenter, Work
 from mrcnn_edge.runtime.io.sinks import Sink
-from mrcnn_edge.runtime.io.sources import Frame, Source
+from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
 
 __all__ = ["Pipeline", "RunStats", "LatestSlot", "STAGES"]
 
@@ -89,10 +101,13 @@ class RunStats:
     dropped: int = 0          # live frames replaced by newer ones before processing (all boundaries)
     skipped: int = 0          # unreadable or invalid frames
     elapsed: float = 0.0      # seconds from the first frame read to the end
-    interrupted: bool = False
+    interrupted: bool = False  # stopped by Ctrl-C or a signal (what was written is kept)
+    lost: str = ""            # a live source lost for good: why (its stream ended there)
+    live: bool = False        # a live source: latency is reported; from files, service time
     batch: int = 1
     samples: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=5000) for s in STAGES})
-    latency: deque = field(default_factory=lambda: deque(maxlen=5000))  # capture -> sinks, seconds
+    latency: deque = field(default_factory=lambda: deque(maxlen=5000))  # live: capture -> sinks, seconds
+    service: deque = field(default_factory=lambda: deque(maxlen=5000))  # files: pre..write of a frame, seconds
     dropped_at: dict[str, int] = field(default_factory=dict)  # boundary -> frames dropped there
 
     @property
@@ -107,15 +122,21 @@ class RunStats:
         return " ".join(f"{s} {ms:.1f}" for s, ms in self.median_ms().items()) + f" {unit} (median)"
 
     def latency_ms(self) -> tuple[float, float] | None:
-        """(p50, p95) capture-to-sink latency in ms, None before the first frame."""
-        if not self.latency:
-            return None
-        values = list(self.latency)
-        return 1000 * _percentile(values, 0.5), 1000 * _percentile(values, 0.95)
+        """(p50, p95) capture-to-sink latency in ms (live sources), None without samples."""
+        return _p50_p95(self.latency)
+
+    def service_ms(self) -> tuple[float, float] | None:
+        """(p50, p95) service time per frame in ms (file sources), None without samples."""
+        return _p50_p95(self.service)
 
     def latency_line(self) -> str:
-        lat = self.latency_ms()
-        return f"latency p50 {lat[0]:.1f} ms p95 {lat[1]:.1f} ms" if lat else "latency -"
+        """The time a frame takes, labelled: capture-to-output latency when live, service time from files."""
+        if self.live:
+            lat = self.latency_ms()
+            return f"latency p50 {lat[0]:.1f} ms p95 {lat[1]:.1f} ms (capture to output)" if lat else "latency -"
+        svc = self.service_ms()
+        return (f"service time p50 {svc[0]:.1f} ms p95 {svc[1]:.1f} ms (per frame, queueing excluded)"
+                if svc else "service time -")
 
     def summary(self) -> str:
         extra = ""
@@ -123,8 +144,17 @@ class RunStats:
             where = ", ".join(f"{k} {v}" for k, v in self.dropped_at.items() if v)
             extra = f", dropped {self.dropped} ({where})"
         extra += f", skipped {self.skipped}" if self.skipped else ""
+        extra += ", interrupted" if self.interrupted else ""
+        extra += ", source lost" if self.lost else ""
         return (f"{self.frames} frames in {self.elapsed:.1f} s: {self.fps:.2f} fps, {self.latency_line()}{extra}; "
                 f"per stage: {self.stage_line()}")
+
+
+def _p50_p95(samples: Sequence[float]) -> tuple[float, float] | None:
+    if not samples:
+        return None
+    values = list(samples)
+    return 1000 * _percentile(values, 0.5), 1000 * _percentile(values, 0.95)
 
 
 class Pipeline:
@@ -146,19 +176,31 @@ class Pipeline:
         self.render = bool(self.sinks) if render is None else render
         self.progress, self.progress_every = progress, progress_every
         self._stop = threading.Event()
+        self._draining = threading.Event()
         self._errors: list[BaseException] = []
         live = source.live
         self._slot: Any = LatestSlot() if live else queue.Queue(maxsize=queue_size)
         # pre->infer, infer->post, post->sinks: latest-frame slots when live, queues from files
         self._queues = [LatestSlot() if live else queue.Queue(maxsize=queue_size) for _ in range(3)]
         self._captured: dict[int, float] = {}  # id(frame) -> capture time, until its sinks are written
-        self.stats = RunStats(batch=segmenter.spec.batch)
+        self.stats = RunStats(batch=segmenter.spec.batch, live=live)
         self._lock = threading.Lock()
         self._start = 0.0
+        self._fps = source.fps if source.fps and source.fps > 0 else 25.0  # a file's timeline
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, drain: bool = False) -> None:
+        """Stop the run from any thread: ``drain`` finishes and writes the frames already captured,
+        otherwise every stage stops now. A drain may be followed by a stop without one."""
+        if drain:
+            self._draining.set()
+        else:
+            self._stop.set()
         self.source.interrupt()
+
+    def interrupt(self, drain: bool = True) -> None:
+        """:meth:`stop`, recorded as an interruption (Ctrl-C, SIGTERM, SIGHUP) in the statistics."""
+        self.stats.interrupted = True
+        self.stop(drain)
 
     # -- plumbing -------------------------------------------------------------------------------
     def _put(self, q: Any, item: Any) -> bool:
@@ -172,12 +214,16 @@ class Pipeline:
         return False
 
     def _get(self, q: Any) -> Any:
-        """Next item, or _END at the end of the stream or as soon as the pipeline is stopping."""
+        """Next item, or _END at the end of the stream or as soon as the pipeline is stopping.
+
+        While draining, an empty capture slot is the end too: capture may be stuck in a read
+        (a stalled stream blocks up to its read timeout) and is not waited for."""
         while not self._stop.is_set():
             try:
                 return q.get(timeout=0.1)
             except queue.Empty:
-                pass
+                if q is self._slot and self._draining.is_set():
+                    return _END
         return _END
 
     def _record(self, stage: str, seconds: float) -> None:
@@ -205,10 +251,17 @@ class Pipeline:
     # -- stages ---------------------------------------------------------------------------------
     def _capture(self) -> None:
         read = 0
-        while not self._stop.is_set() and (self.max_frames is None or self.source.live or read < self.max_frames):
+        live = self.source.live
+        while self._running() and (self.max_frames is None or live or read < self.max_frames):
             t0 = time.perf_counter()
-            frame = self.source.read()
-            if frame is None:
+            try:
+                frame = self.source.read()
+            except SourceLost as exc:
+                # the end of this source's stream, not of the run: what was captured is still written
+                self.stats.lost = str(exc)
+                log.warning("%s; ending its stream, what was recorded is kept", exc)
+                return
+            if frame is None or not self._running():
                 return
             if not self._start:
                 self._start = t0
@@ -217,13 +270,18 @@ class Pipeline:
             if frame.image is None:
                 self._skip(frame, frame.problem or "unreadable")
                 continue
+            if frame.time is None:
+                frame.time = done if live else frame.index / self._fps
             read += 1
             with self._lock:  # bounded: a slot drops the oldest and its entry goes in _forget
                 self._captured[id(frame)] = done
-            if self.source.live:
+            if live:
                 self._slot.put(frame)
             elif not self._put(self._slot, frame):
                 return
+
+    def _running(self) -> bool:
+        return not (self._stop.is_set() or self._draining.is_set())
 
     def _pre(self) -> None:
         batch = self.segmenter.spec.batch
@@ -235,19 +293,26 @@ class Pipeline:
                 if item is _END:
                     done = True
                     break
-                try:
-                    item.image = as_bgr8(item.image)
-                except UserError as exc:
-                    self._skip(item, str(exc))
-                    continue
                 frames.append(item)
                 if self.source.live:
                     break  # never wait for more camera frames: latency first
-            if frames:
-                work = self.segmenter.prepare([f.image for f in frames])
+            for group, work in self._prepare(frames):
                 self._record("pre", work.timings["pre"])
-                if not self._put(self._queues[0], (frames, work)):
+                if not self._put(self._queues[0], (group, work)):
                     return
+
+    def _prepare(self, frames: list[Frame]) -> list[tuple[list[Frame], Work]]:
+        """``Segmenter.prepare`` checks and converts the frames; when one is refused, each frame
+        goes alone so that only the bad ones are skipped (rare: the cost is paid only then)."""
+        if not frames:
+            return []
+        try:
+            return [(frames, self.segmenter.prepare([f.image for f in frames]))]
+        except UserError as exc:
+            if len(frames) == 1:
+                self._skip(frames[0], str(exc))
+                return []
+        return [one for f in frames for one in self._prepare([f])]
 
     def _infer(self) -> None:
         while (item := self._get(self._queues[0])) is not _END:
@@ -263,10 +328,13 @@ class Pipeline:
             detections = self.segmenter.finish(work)
             self._record("post", work.timings["post"])
             t0 = time.perf_counter()
-            images = [d.draw(f.image) if self.render else None for d, f in zip(detections, frames)]
+            # drawn on the frames as the segmenter converted them (the arrays it uploaded on a GPU)
+            images = [d.draw(image) if self.render else None for d, image in zip(detections, work.frames)]
+            render = time.perf_counter() - t0
             if self.render:
-                self._record("render", time.perf_counter() - t0)
-            if not self._put(self._queues[2], list(zip(frames, detections, images))):
+                self._record("render", render)
+            service = sum(work.timings.get(k, 0.0) for k in ("pre", "infer", "post")) + render
+            if not self._put(self._queues[2], [(f, d, i, service) for f, d, i in zip(frames, detections, images)]):
                 return
 
     # -- driver ---------------------------------------------------------------------------------
@@ -281,24 +349,12 @@ class Pipeline:
         last = time.perf_counter()
         try:
             while (item := self._get(self._queues[2])) is not _END:
-                for frame, detections, image in item:
-                    t0 = time.perf_counter()
-                    keep_going = all([sink.write(image, frame) for sink in self.sinks]) if image is not None else True
-                    t1 = time.perf_counter()
-                    self._record("write", t1 - t0)
-                    with self._lock:
-                        captured = self._captured.pop(id(frame), None)
-                        if len(self._captured) > 64:  # frames dropped on the way never reach here
-                            self._captured = dict(list(self._captured.items())[-16:])
-                        if captured is not None:
-                            self.stats.latency.append(t1 - captured)
-                    self.stats.frames += 1
-                    if not keep_going or (self.max_frames and self.stats.frames >= self.max_frames):
-                        self.stop()
+                for frame, detections, image, service in item:
+                    self._write(frame, image, service)
                 if self.progress and time.perf_counter() - last >= self.progress_every:
                     last = time.perf_counter()
                     self.progress(self._progress_line())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the Python API without runtime/run.py's signal handling
             self.stats.interrupted = True
         finally:
             self.stop()
@@ -317,6 +373,25 @@ class Pipeline:
         if self._errors:
             raise self._errors[0]
         return self.stats
+
+    def _write(self, frame: Frame, image: Any, service: float) -> None:
+        """One frame into every sink (an error there, e.g. a full disk, ends the run)."""
+        t0 = time.perf_counter()
+        keep_going = all([sink.write(image, frame) for sink in self.sinks]) if image is not None else True
+        t1 = time.perf_counter()
+        self._record("write", t1 - t0)
+        with self._lock:
+            captured = self._captured.pop(id(frame), None)
+            if len(self._captured) > 64:  # frames dropped on the way never reach here
+                self._captured = dict(list(self._captured.items())[-16:])
+            if self.source.live:
+                if captured is not None:
+                    self.stats.latency.append(t1 - captured)
+            else:
+                self.stats.service.append(service + t1 - t0)
+        self.stats.frames += 1
+        if not keep_going or (self.max_frames and self.stats.frames >= self.max_frames):
+            self.stop()
 
     def _progress_line(self) -> str:
         s = self.stats

@@ -1,42 +1,62 @@
 """Where rendered frames go: a window, a video file, an image folder or one image file.
 
-File outputs are atomic (``mrcnn_edge.core.atomic``): they are written under a temporary name and
-renamed into place by ``close(ok=True)``; ``close(ok=False)`` (an error) leaves nothing behind.
-A video keeps the size of its first frame (later frames of another size are resized).
+File outputs are written under a hidden temporary name and renamed into place by ``close()``
+(``mrcnn_edge.core.atomic.PendingOutput``). ``close()`` keeps whatever was written, however the
+run ended (an error, a lost camera, a signal): a recording is the user's data. Only an output that
+received no frame is removed. Every write is checked: a failure (a full disk) raises
+:class:`~mrcnn_edge.runtime.io.video.OutputError`, one line, and the frames before it stay.
+Videos: :mod:`mrcnn_edge.runtime.io.video` (PyAV, real timestamps, rotation).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from mrcnn_edge.core.atomic import atomic_dir, atomic_output
+from mrcnn_edge.core.atomic import PendingOutput, check_writable, check_writable_folder
 from mrcnn_edge.core.errors import UserError
 
 from mrcnn_edge.runtime.io.opencv import cv2
-from mrcnn_edge.runtime.io.sources import IMAGE_EXTS, VIDEO_EXTS, Frame, Source
+from mrcnn_edge.runtime.io.sources import IMAGE_EXTS, Frame, Source
 
-__all__ = ["Sink", "WindowSink", "VideoSink", "ImageFolderSink", "ImageFileSink", "open_sink", "window_unavailable"]
+__all__ = ["Sink", "WindowSink", "ImageFolderSink", "ImageFileSink", "OutputError", "open_sink",
+           "check_output", "window_unavailable", "describe_os_error"]
 
 log = logging.getLogger(__name__)
 
 
+class OutputError(UserError):
+    """An output could not be written (a full disk, a removed folder): the run ends, what was written is kept."""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A full disk said plainly; other OS errors by their own words."""
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full"
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 class Sink:
-    """``write(image, frame) -> bool`` (False: the user asked to stop); ``close(ok)``."""
+    """``write(image, frame) -> bool`` (False: the user asked to stop); ``close()`` keeps what was written."""
 
     description = ""
 
     def write(self, image: np.ndarray, frame: Frame) -> bool:
         raise NotImplementedError
 
-    def close(self, ok: bool = True) -> None:
+    def close(self) -> None:
         pass
+
+    def outputs(self) -> list[Path]:
+        """The files or folders it put in place (after ``close``)."""
+        return []
 
 
 def window_unavailable() -> str | None:
@@ -67,117 +87,119 @@ class WindowSink(Sink):
         visible = cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
         return key not in (ord("q"), 27) and visible
 
-    def close(self, ok: bool = True) -> None:
+    def close(self) -> None:
         with contextlib.suppress(cv2.error):
             cv2.destroyWindow(self.title)
 
 
-class _Atomic(Sink):
-    """Keeps an ``atomic_output``/``atomic_dir`` open for the sink's lifetime."""
-
-    def _open(self, cm: Any) -> Path:
-        self._cm = cm
-        return cm.__enter__()
-
-    def _finish(self, ok: bool) -> None:
-        cm, self._cm = getattr(self, "_cm", None), None
-        if cm is None:
-            return
-        if ok:
-            cm.__exit__(None, None, None)
-        else:
-            err = RuntimeError("aborted")
-            cm.__exit__(RuntimeError, err, None)
+def _write_image(path: Path, image: np.ndarray, shown: str) -> None:
+    """Encode in memory and write with checked calls: ``cv2.imwrite`` can report success over a
+    file the disk had no room for. A partial file is removed."""
+    ok, data = cv2.imencode(path.suffix, image)
+    if not ok:
+        raise OutputError(f"cannot encode {shown} as {path.suffix}")
+    try:
+        with open(path, "wb") as f:
+            f.write(data.tobytes())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise OutputError(f"cannot write {shown}: {describe_os_error(exc)}; the images written before are kept") from exc
 
 
-class VideoSink(_Atomic):
-    FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "MJPG"}
-
-    def __init__(self, path: str | Path, fps: float | None = None) -> None:
-        self.path = Path(path)
-        if self.path.suffix.lower() not in self.FOURCC:
-            raise UserError(f"cannot write video {self.path.name}: use .mp4, .avi, .mkv, .mov or .m4v")
-        self.fps = float(fps) if fps and fps > 0 else 25.0
-        self.description = f"video {self.path}"
-        self._tmp = self._open(atomic_output(self.path))
-        self._writer: Any = None
-        self._size: tuple[int, int] | None = None
-        self.frames = 0
-
-    def write(self, image: np.ndarray, frame: Frame) -> bool:
-        if self._writer is None:
-            self._size = (image.shape[1], image.shape[0])
-            fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[self.path.suffix.lower()])
-            self._writer = cv2.VideoWriter(str(self._tmp), fourcc, self.fps, self._size)
-            if not self._writer.isOpened():
-                raise UserError(f"OpenCV cannot write {self.path.name} (no encoder for it here); try an .avi output")
-        if (image.shape[1], image.shape[0]) != self._size:
-            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
-        self._writer.write(image)
-        self.frames += 1
-        return True
-
-    def close(self, ok: bool = True) -> None:
-        if self._writer is not None:
-            self._writer.release()
-            self._writer = None
-        if ok and not self.frames:
-            log.warning("no frames were written; %s not created", self.path)
-            ok = False
-        self._finish(ok)
-
-
-class ImageFolderSink(_Atomic):
+class ImageFolderSink(Sink):
     def __init__(self, path: str | Path, ext: str = ".jpg") -> None:
         self.path, self.ext = Path(path), ext
         self.description = f"images in {self.path}/"
-        self._tmp = self._open(atomic_dir(self.path))
+        self._pending = PendingOutput(self.path, folder=True)
         self._names: set[str] = set()
         self.frames = 0
 
     def write(self, image: np.ndarray, frame: Frame) -> bool:
         name = frame.name if frame.name not in self._names else f"{frame.name}_{frame.index:06d}"
         self._names.add(name)
-        if not cv2.imwrite(str(self._tmp / f"{name}{self.ext}"), image):
-            raise UserError(f"cannot write {name}{self.ext} into {self.path}")
+        _write_image(self._pending.tmp / f"{name}{self.ext}", image, f"{name}{self.ext} into {self.path}")
         self.frames += 1
         return True
 
-    def close(self, ok: bool = True) -> None:
-        self._finish(ok)
+    def close(self) -> None:
+        if self.frames:
+            self._pending.commit()
+        else:
+            self._pending.discard()
+
+    def outputs(self) -> list[Path]:
+        return [self.path] if self._pending.done and self.frames else []
 
 
-class ImageFileSink(_Atomic):
+class ImageFileSink(Sink):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.description = f"image {self.path}"
-        self._tmp = self._open(atomic_output(self.path))
+        self._pending = PendingOutput(self.path)
         self.frames = 0
 
     def write(self, image: np.ndarray, frame: Frame) -> bool:
         if self.frames:
             raise UserError(f"output {self.path.name} is one image but the source gave several frames")
-        if not cv2.imwrite(str(self._tmp), image):
-            raise UserError(f"cannot write image {self.path}")
+        _write_image(self._pending.tmp, image, f"image {self.path}")
         self.frames += 1
         return True
 
-    def close(self, ok: bool = True) -> None:
-        self._finish(ok and self.frames > 0)
+    def close(self) -> None:
+        if self.frames:
+            self._pending.commit()
+        else:
+            self._pending.discard()
+
+    def outputs(self) -> list[Path]:
+        return [self.path] if self._pending.done and self.frames else []
 
 
-def open_sink(output: str | Path, source: Source) -> Sink:
-    """``.mp4``/``.avi``/... -> video; ``.jpg``/``.png``/... -> one image (single-image sources);
-    anything else (a folder, existing or not) -> one image per frame."""
-    path = Path(output)
+def _kind(path: Path) -> str:
+    from mrcnn_edge.runtime.io.video import CONTAINERS  # video imports this module
+
     suffix = path.suffix.lower()
-    if suffix in VIDEO_EXTS:
-        return VideoSink(path, source.fps)
+    if suffix in CONTAINERS:
+        return "video"
     if suffix in IMAGE_EXTS:
+        return "image"
+    if suffix and not path.is_dir():
+        raise UserError(f"don't know how to write {path.name}: give a video ({', '.join(CONTAINERS)}), "
+                        "an image or a folder")
+    return "folder"
+
+
+def check_output(output: str | Path, segment_seconds: float | None = None) -> None:
+    """What :func:`open_sink` would refuse, found before the model loads (a Jetson engine takes a
+    minute): an unknown suffix, a folder that cannot be written, PyAV missing for a video."""
+    from mrcnn_edge.runtime.io.video import CONTAINERS, require_av, segment_name
+
+    path = Path(output)
+    kind = _kind(path)
+    if segment_seconds and kind != "video":
+        raise UserError(f"--segment-minutes rotates video files; {path.name} is not one ({', '.join(CONTAINERS)})")
+    if kind == "folder":
+        check_writable_folder(path)
+        return
+    check_writable(segment_name(path, 0) if segment_seconds else path)
+    if kind == "video":
+        require_av()
+
+
+def open_sink(output: str | Path, source: Source, segment_seconds: float | None = None) -> Sink:
+    """``.mp4``/``.avi``/... -> video (``segment_seconds``: rotated files); ``.jpg``/``.png``/... ->
+    one image (single-image sources); anything else (a folder, existing or not) -> one image per frame."""
+    from mrcnn_edge.runtime.io.video import VideoSink
+
+    path = Path(output)
+    check_output(path, segment_seconds)
+    kind = _kind(path)
+    if kind == "video":
+        return VideoSink(path, source.fps, segment_seconds)
+    if kind == "image":
         if source.length != 1:
             raise UserError(f"output {path.name} is one image but the source has several frames: "
                             "give a folder or a video file (.mp4, .avi)")
         return ImageFileSink(path)
-    if suffix and not path.is_dir():
-        raise UserError(f"don't know how to write {path.name}: give a video (.mp4, .avi), an image or a folder")
     return ImageFolderSink(path)

@@ -3,9 +3,15 @@
 :func:`open_source` reads a source string (the CLI's ``--source``) through the :data:`SOURCE_KINDS`
 table. Live sources (cameras, ``csi://``, ``rtsp://`` ...) reconnect when they stop delivering,
 waiting ``backoff * 2**attempt`` seconds (capped) between tries, and give up after
-``reconnect_tries`` with a one-line error. Files never reconnect; an unreadable frame or image in
+``reconnect_tries`` by raising :class:`SourceLost` (a one-line error; the pipeline ends that source's
+stream there and keeps what was recorded). Files never reconnect; an unreadable frame or image in
 the middle is returned as a :class:`Frame` with ``image=None`` and a ``problem`` (the pipeline
 warns and skips it).
+
+A :class:`Frame` carries ``time``, its place on the source's timeline in seconds: sources may set it
+(a capture clock); the pipeline stamps the ones left at None (live: when the read returned; files:
+``index / fps``). Video outputs write frames at these times, so a live recording lasts as long as
+the time it covers even when frames are dropped.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import numpy as np
 from mrcnn_edge.core.errors import UserError
 
 __all__ = [
-    "Frame", "Source", "CaptureSource", "ImageSource", "ArraySource", "open_source", "check_source",
+    "Frame", "Source", "SourceLost", "CaptureSource", "ImageSource", "ArraySource", "open_source", "check_source",
     "csi_pipeline", "parse_csi", "SOURCE_KINDS", "IMAGE_EXTS", "VIDEO_EXTS", "STREAM_SCHEMES",
     "OpenCVMissing", "OPENCV_MISSING", "PIP_OPENCV_DISTS",
 ]
@@ -48,6 +54,11 @@ class Frame:
     image: np.ndarray | None     # as read (BGR uint8 usually); None when unreadable
     name: str                    # image stem or frame_000123 (image sinks use it)
     problem: str = ""            # why image is None
+    time: float | None = None    # seconds on the source's timeline (see the module docstring)
+
+
+class SourceLost(UserError):
+    """A live source stopped delivering for good (its reconnect attempts ran out)."""
 
 
 class Source:
@@ -139,8 +150,8 @@ class CaptureSource(Source):
                 if ok and image is not None and image.size:
                     log.warning("%s: reconnected", self.description)
                     return self._frame(image)
-        raise UserError(f"lost {self.description}: no frames after {self._tries} reconnect attempts; "
-                        "check the camera, cable or network")
+        raise SourceLost(f"lost {self.description}: no frames after {self._tries} reconnect attempts; "
+                         "check the camera, cable or network")
 
     def interrupt(self) -> None:
         self._stop.set()

@@ -1,0 +1,131 @@
+"""The video output (runtime/io/video.py): frames written at their times, rotated files, every write
+checked, what was written kept. What was written is read back by ffprobe (a reader other than ours)."""
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.runtime.io.sinks import OutputError
+from mrcnn_edge.runtime.io.sources import Frame
+from mrcnn_edge.runtime.testing import moving_squares
+
+from media_tools import hidden_leftovers, needs_ffmpeg, probe
+
+pytest.importorskip("av", reason="needs PyAV (the [video] extra)")
+from mrcnn_edge.runtime.io.video import VideoSink  # noqa: E402  (after the skip: it needs PyAV)
+
+pytestmark = needs_ffmpeg
+FRAMES = list(moving_squares(60, hw=(48, 64)))
+
+
+def _write(sink: VideoSink, times: list[float]) -> None:
+    for i, t in enumerate(times):
+        img = FRAMES[i % len(FRAMES)]
+        sink.write(img, Frame(i, img, f"f{i}", time=t))
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".avi", ".mkv"])
+def test_frames_are_written_at_their_times_and_nothing_shows_before_close(tmp_path, suffix):
+    """Issue 18 item 4: OpenCV's writer put every frame 1/fps after the previous one, so a live
+    recording that dropped frames played too fast. Five frames over 2 s (gaps where the pipeline
+    dropped) must play 2 s, not 0.5 s."""
+    out = tmp_path / f"rec{suffix}"
+    sink = VideoSink(out, fps=10)
+    _write(sink, [100.0, 100.1, 100.5, 100.6, 102.0])
+    assert not out.exists()  # under a hidden name until closed
+    sink.close()
+    got = probe(out)
+    assert got.rc == 0 and got.frames == 5
+    assert got.duration == pytest.approx(2.1, abs=0.15)  # last frame at 2.0 s, shown for 1/10 s
+    assert sink.outputs() == [out] and hidden_leftovers(tmp_path) == []
+
+
+def test_file_frames_keep_their_source_timeline(tmp_path):
+    """Frames without a capture time (a file source stamps index / fps) keep the source's rate."""
+    out = tmp_path / "f.mp4"
+    sink = VideoSink(out, fps=20)
+    for i in range(10):
+        sink.write(FRAMES[i], Frame(i, FRAMES[i], f"f{i}"))
+    sink.close()
+    got = probe(out)
+    assert got.frames == 10 and got.duration == pytest.approx(0.5, abs=0.06)
+
+
+def test_segments_rotate_by_time_each_complete(tmp_path):
+    out = tmp_path / "rec.mp4"
+    sink = VideoSink(out, fps=10, segment_seconds=2.0)
+    _write(sink, [5.0 + i / 10 for i in range(50)])  # 5 s at 10 fps
+    done_before_close = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    sink.close()
+    names = ["rec_000.mp4", "rec_001.mp4", "rec_002.mp4"]
+    assert done_before_close == names[:2]  # a file is in place as soon as the next one starts
+    assert sorted(p.name for p in tmp_path.iterdir()) == names and not out.exists()
+    probes = [probe(tmp_path / n) for n in names]
+    assert [p.frames for p in probes] == [20, 20, 10]
+    assert [round(p.duration, 1) for p in probes] == [2.0, 2.0, 1.0]  # each starts at its own 0
+
+
+def test_a_failed_write_keeps_what_was_written(tmp_path, monkeypatch):
+    """A full disk injected where packets reach the file: the write raises one line, and closing
+    still puts the file in place with the frames written before it playable."""
+    out = tmp_path / "rec.mp4"
+    sink = VideoSink(out, fps=10)
+    mux, calls = sink._mux, []
+
+    def full_after_a_while(seg, packets):
+        calls.append(1)
+        if len(calls) > 25:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        mux(seg, packets)
+
+    monkeypatch.setattr(sink, "_mux", full_after_a_while)
+    with pytest.raises(OutputError, match="cannot write rec.mp4: the disk is full; what was recorded before is kept"):
+        _write(sink, [i / 10 for i in range(40)])
+    sink.close()
+    got = probe(out)
+    assert out.is_file() and hidden_leftovers(tmp_path) == []
+    assert got.frames >= 10  # whole fragments (a keyframe a second: 10 frames each) before the failure
+
+
+def test_no_frame_leaves_no_file(tmp_path):
+    sink = VideoSink(tmp_path / "rec.mp4")
+    sink.close()
+    assert list(tmp_path.iterdir()) == [] and sink.outputs() == []
+
+
+def test_frames_of_another_size_are_resized_to_the_first(tmp_path):
+    out = tmp_path / "rec.avi"
+    sink = VideoSink(out, fps=10)
+    big = np.zeros((96, 128, 3), np.uint8)
+    sink.write(FRAMES[0], Frame(0, FRAMES[0], "a", time=0.0))
+    sink.write(big, Frame(1, big, "b", time=0.1))
+    sink.close()
+    assert probe(out).frames == 2
+
+
+def test_the_base_install_imports_without_pyav_and_a_video_output_says_what_to_install(tmp_path):
+    """PyAV is an extra: without it the runtime and its sinks still import, image outputs work, and a
+    video output is one line naming the extra, before any model loads."""
+    code = (
+        "import sys; sys.modules['av'] = None\n"  # what an absent module looks like to import
+        "from mrcnn_edge.core.errors import UserError\n"
+        "from mrcnn_edge.runtime.io.sinks import check_output\n"
+        f"check_output({str(tmp_path / 'frames')!r})\n"
+        "try:\n"
+        f"    check_output({str(tmp_path / 'o.mp4')!r})\n"
+        "except UserError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "writing video needs PyAV: pip install 'mrcnn-edge[video]' (or write a folder of images)"
+
+
+def test_an_unknown_video_suffix_is_refused():
+    with pytest.raises(UserError, match="cannot write video x.wmv"):
+        VideoSink("x.wmv")
