@@ -25,10 +25,12 @@ from . import SOURCE_DIR
 
 __all__ = [
     "tensorrt_include_dirs", "nvcc", "cuda_home", "cxx", "cudart_static", "kernel_object", "plugin_objects",
-    "selftest_executable", "gpu_selftest_executable", "plugin_library", "standin_nvinfer", "BuildError",
+    "selftest_executable", "gpu_selftest_executable", "plugin_libraries", "standin_nvinfer", "BuildError",
 ]
 
-PLUGIN_SOURCES = ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp")
+PLUGIN_SOURCES = ("multilevel_roi_align_plugin.cpp", "multilevel_roi_align_attributes.cpp", "plugin_entry.cpp",
+                  "tensorrt_in_process.cpp")
+AUTOREG_SOURCES = ("plugin_autoreg.cpp", "tensorrt_in_process.cpp")
 _work: Path | None = None
 
 
@@ -121,7 +123,11 @@ def _kernel_object(archs: tuple[int, ...]) -> tuple[subprocess.CompletedProcess,
 
 
 def _flags(include: Path) -> list[object]:
-    return ["-std=c++17", "-O1", "-fPIC", "-Wall", "-Wextra", "-Werror", "-I", SOURCE_DIR,
+    # -fno-gnu-unique: g++ gives some inline statics of the standard library (std::to_string's digit
+    # table) STB_GNU_UNIQUE binding, and glibc never unloads a library that defines such a symbol.
+    # Without it only what the build itself asks for (-z nodelete) keeps a library mapped after
+    # dlclose, as with clang or a library that happens to have no such symbol.
+    return ["-std=c++17", "-O1", "-fPIC", "-fno-gnu-unique", "-Wall", "-Wextra", "-Werror", "-I", SOURCE_DIR,
             "-isystem", include, "-isystem", cuda_home() / "include"]
 
 
@@ -132,7 +138,8 @@ def plugin_objects(include: Path) -> tuple[Path, ...]:
     objects = []
     for name in PLUGIN_SOURCES:
         obj = folder / (name + ".o")
-        _run([cxx(), *_flags(include), "-c", SOURCE_DIR / name, "-o", obj], f"{name} against {include}")
+        _run([cxx(), *_flags(include), "-fvisibility=hidden", "-c", SOURCE_DIR / name, "-o", obj],
+             f"{name} against {include}")
         objects.append(obj)
     return tuple(objects)
 
@@ -179,12 +186,27 @@ def gpu_selftest_executable(include: Path, kernel: Path) -> Path:
 
 
 @functools.cache
-def plugin_library(include: Path, kernel: Path) -> Path:
-    """libmrcnn_edge_plugins.so as the real build links it (static cudart, every symbol resolved)."""
-    lib = _new_folder("library") / "libmrcnn_edge_plugins.so"
+def plugin_libraries(include: Path, kernel: Path) -> tuple[Path, Path]:
+    """libmrcnn_edge_plugins.so and libmrcnn_edge_plugins_autoreg.so in one folder, linked as
+    plugins/CMakeLists.txt links them: the first with static cudart, its soname, every symbol
+    resolved; the second linked against the first (RUNPATH $ORIGIN) and ``-z nodelete``."""
+    from mrcnn_edge.core.paths import PLUGIN_AUTOREG_LIBRARY_NAME, PLUGIN_LIBRARY_NAME
+
+    folder = _new_folder("library")
+    lib, autoreg = folder / PLUGIN_LIBRARY_NAME, folder / PLUGIN_AUTOREG_LIBRARY_NAME
     _run([cxx(), "-shared", "-fvisibility=hidden", *plugin_objects(include), kernel, cudart_static(),
-          "-Wl,--no-undefined", "-ldl", "-lpthread", "-lrt", "-o", lib], f"plugin library against {include}")
-    return lib
+          f"-Wl,-soname,{PLUGIN_LIBRARY_NAME}", "-Wl,--no-undefined", "-ldl", "-lpthread", "-lrt", "-o", lib],
+         f"plugin library against {include}")
+    objects = []
+    for name in AUTOREG_SOURCES:
+        obj = folder / (name + ".o")
+        _run([cxx(), *_flags(include), "-fvisibility=hidden", "-c", SOURCE_DIR / name, "-o", obj],
+             f"{name} against {include}")
+        objects.append(obj)
+    _run([cxx(), "-shared", "-fvisibility=hidden", *objects, "-L", folder, f"-l:{PLUGIN_LIBRARY_NAME}",
+          "-Wl,-rpath,$ORIGIN", "-Wl,-z,nodelete", "-Wl,--no-undefined", "-ldl", "-o", autoreg],
+         f"self-registering library against {include}")
+    return lib, autoreg
 
 
 @functools.cache

@@ -1,7 +1,12 @@
 // Attributes and logging of MultilevelRoIAlign: the field table the creator advertises, parsing
-// and checking fields by name, and the logger found through setLoggerFinder(). No CUDA here.
+// and checking fields by name, and the logger (the one setLoggerFinder() handed over, else
+// TensorRT's global getLogger()). No CUDA here.
 #include "multilevel_roi_align_plugin.h"
+#include "tensorrt_in_process.h"
 
+#include <NvInferVersion.h>
+
+#include <atomic>
 #include <cstdio>
 #include <mutex>
 #include <set>
@@ -185,6 +190,32 @@ void setPluginLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept
     }
 }
 
+namespace
+{
+//! TensorRT's getLogger() ("Return the logger object", NvInferRuntime.h of 10.3, 10.16 and 11.1), for
+//! when no logger finder was handed over: a creator registered by libmrcnn_edge_plugins_autoreg.so,
+//! or a library loaded with dlopen rather than loadLibrary. Only from a TensorRT of the major these
+//! headers describe (ILogger is called through its virtual table). nullptr when there is none.
+ILogger* tensorrtGlobalLogger() noexcept
+{
+    using GetLogger = ILogger* (*) ();
+    static std::atomic<GetLogger> sGetLogger{nullptr};
+    GetLogger getLogger = sGetLogger.load();
+    if (getLogger == nullptr)
+    {
+        // Looked up until found: TensorRT may be loaded after the plugin library.
+        TensorRTInProcess const trt = findTensorRT(false);
+        if (trt.major != NV_TENSORRT_MAJOR)
+        {
+            return nullptr;
+        }
+        getLogger = reinterpret_cast<GetLogger>(tensorrtSymbol(trt, "getLogger"));
+        sGetLogger.store(getLogger);
+    }
+    return getLogger != nullptr ? getLogger() : nullptr;
+}
+} // namespace
+
 void logMessage(ILogger::Severity severity, char const* message) noexcept
 {
     try
@@ -195,6 +226,10 @@ void logMessage(ILogger::Severity severity, char const* message) noexcept
             finder = gLoggerFinder;
         }
         ILogger* logger = finder != nullptr ? finder->findLogger() : nullptr;
+        if (logger == nullptr)
+        {
+            logger = tensorrtGlobalLogger();
+        }
         if (logger != nullptr)
         {
             logger->log(severity, message);

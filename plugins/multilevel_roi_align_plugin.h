@@ -42,7 +42,8 @@ std::string parseAttributes(nvinfer1::PluginFieldCollection const* fc, RoIAlignA
 //! The attributes the creator advertises (the ONNX parser forwards exactly these from a node).
 nvinfer1::PluginFieldCollection const* advertisedFields() noexcept;
 
-//! Log through the logger TensorRT handed to setLoggerFinder(), else to stderr. Never throws.
+//! Log through the logger TensorRT handed to setLoggerFinder(), else TensorRT's getLogger(), else to
+//! stderr (warnings and errors). Never throws.
 void logMessage(nvinfer1::ILogger::Severity severity, char const* message) noexcept;
 
 //! Remember TensorRT's logger finder (called by the exported setLoggerFinder()).

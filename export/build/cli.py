@@ -19,10 +19,13 @@ __all__ = [
 ]
 
 DESCRIPTION_BUILD_PLUGIN = (
-    "Compile the MultilevelRoIAlign TensorRT plugin (libmrcnn_edge_plugins.so) from the sources "
-    "shipped with mrcnn-edge. Needs nvcc (the CUDA toolkit) and TensorRT's headers (>= 10.3; "
-    "JetPack's libnvinfer-dev or a desktop TensorRT install), no GPU. Written by default to the "
-    "mrcnn-edge cache, where 'mrcnn-edge build' finds it; the file is replaced only once complete. "
+    "Compile the MultilevelRoIAlign TensorRT plugin (libmrcnn_edge_plugins.so, for loadLibrary: "
+    "'mrcnn-edge build' and 'run', trtexec --dynamicPlugins) and, next to it, "
+    "libmrcnn_edge_plugins_autoreg.so, which registers the plugin when merely loaded (Triton's plugins=, "
+    "DeepStream's custom-lib-path, LD_PRELOAD), from the sources shipped with mrcnn-edge. Needs nvcc (the "
+    "CUDA toolkit) and TensorRT's headers (>= 10.3; JetPack's libnvinfer-dev or a desktop TensorRT "
+    "install), no GPU. Written by default to the mrcnn-edge cache, where 'mrcnn-edge build' finds them; "
+    "the files are replaced only once both are complete. "
     "--cuda-archs auto builds for this machine's GPU as the CUDA driver reports it (sm_87 on a Jetson "
     "Orin) or, with none, for Turing and newer."
 )
@@ -44,7 +47,8 @@ def add_build_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     from mrcnn_edge.export.build.plugin_library import default_plugin_path
 
     parser.add_argument("-o", "--output", metavar="LIB", default=str(default_plugin_path()),
-                        help="library to write (given a folder, libmrcnn_edge_plugins.so inside it)")
+                        help="folder to write both libraries to, or the path of libmrcnn_edge_plugins.so in it "
+                             "(the libraries keep their names: one loads the other by name)")
     parser.add_argument("--tensorrt-include", metavar="DIR", default="auto",
                         help="folder with NvInferRuntime.h; auto: the usual places (see --check)")
     parser.add_argument("--cuda-home", metavar="DIR", default="auto",

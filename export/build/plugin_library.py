@@ -1,4 +1,5 @@
-"""Find the CUDA and TensorRT toolchain and build ``libmrcnn_edge_plugins.so``.
+"""Find the CUDA and TensorRT toolchain and build ``libmrcnn_edge_plugins.so`` and
+``libmrcnn_edge_plugins_autoreg.so``.
 
 (Over 400 lines: one command's whole story, where each tool is looked for on desktops and Jetsons
 and why, next to the build that uses it; most of the length is those search rules and their
@@ -21,8 +22,11 @@ Where things are looked for, in order:
 * TensorRT libraries, reported only: ``/usr/lib/<arch>-linux-gnu``, ``$TENSORRT_ROOT/lib``, pip's
   ``tensorrt_libs``.
 
-The build uses CMake (``plugins/CMakeLists.txt``) when ``cmake`` >= 3.18 is on ``PATH``, else one
-``nvcc`` command. Either way the library is written atomically.
+The build uses CMake (``plugins/CMakeLists.txt``) when ``cmake`` >= 3.18 is on ``PATH``, else two
+``nvcc`` commands. Either way both libraries are written side by side, each atomically and only once
+both are built: the plugin library (TensorRT's documented entry points, for ``loadLibrary``) and the
+small library that registers it when merely dlopen'ed (Triton, DeepStream, ``LD_PRELOAD``), which
+finds the first next to itself by its soname, ``libmrcnn_edge_plugins.so``: the pair keeps its names.
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "LIBRARY_NAME",
+    "AUTOREG_LIBRARY_NAME",
+    "autoreg_library_beside",
     "DEFAULT_CUDA_ARCHS",
     "Toolchain",
     "default_plugin_path",
@@ -63,6 +69,7 @@ __all__ = [
     "plugin_library_tensorrt_version",
 ]
 
+from mrcnn_edge.core.paths import PLUGIN_AUTOREG_LIBRARY_NAME as AUTOREG_LIBRARY_NAME  # noqa: E402
 from mrcnn_edge.core.paths import PLUGIN_LIBRARY_NAME as LIBRARY_NAME  # noqa: E402
 from mrcnn_edge.core.paths import plugin_build_log, plugin_library_path  # noqa: E402
 # Turing, Ampere (A100, RTX 30xx, Jetson Orin = 87), Ada, Hopper; then Blackwell and Thor (101 up to
@@ -73,7 +80,9 @@ _SOURCES = (
     "multilevel_roi_align_plugin.cpp",
     "multilevel_roi_align_attributes.cpp",
     "plugin_entry.cpp",
+    "tensorrt_in_process.cpp",
 )
+_AUTOREG_SOURCES = ("plugin_autoreg.cpp", "tensorrt_in_process.cpp")
 _MIN_CMAKE = (3, 18)
 
 
@@ -98,6 +107,11 @@ class Toolchain:
             f"TensorRT library:  {libs}",
             f"CMake:             {self.cmake or 'not found: building with nvcc directly'}",
         ]
+
+
+def autoreg_library_beside(plugin_library: str | os.PathLike) -> Path:
+    """The self-registering library that ``build-plugin`` writes next to ``plugin_library``."""
+    return Path(plugin_library).with_name(AUTOREG_LIBRARY_NAME)
 
 
 def default_plugin_path() -> Path:
@@ -411,7 +425,7 @@ def _run(cmd: list[str], log: Path, cwd: Path | None = None) -> None:
 def _source_dir() -> Path:
     from mrcnn_edge.plugins import SOURCE_DIR
 
-    missing = [s for s in (*_SOURCES, "CMakeLists.txt") if not (SOURCE_DIR / s).is_file()]
+    missing = [s for s in (*_SOURCES, *_AUTOREG_SOURCES, "CMakeLists.txt") if not (SOURCE_DIR / s).is_file()]
     if missing:
         raise UserError(f"plugin sources missing from {SOURCE_DIR}: {', '.join(missing)} (reinstall mrcnn-edge)")
     return SOURCE_DIR
@@ -425,9 +439,14 @@ def build_plugin_library(
     jobs: int | None = None,
     log: Callable[[str], None] = note,
 ) -> Path:
-    """Compile the plugin for ``archs`` and write it to ``output`` atomically; return the path."""
+    """Compile the plugin for ``archs`` and write ``output`` (named ``libmrcnn_edge_plugins.so``) and
+    the self-registering library beside it, each atomically once both are built; return ``output``."""
     src = _source_dir()
     output = Path(output).expanduser()
+    if output.name != LIBRARY_NAME:
+        raise UserError(f"the plugin library must be named {LIBRARY_NAME} ({AUTOREG_LIBRARY_NAME}, written next to "
+                        f"it, loads it by that name): give a folder or a path ending in /{LIBRARY_NAME}, not {output}")
+    autoreg_output = autoreg_library_beside(output)
     cmake = toolchain.cmake if use_cmake in (None, True) else None
     if use_cmake and cmake is None:
         raise UserError("--cmake: cmake >= 3.18 not found on PATH (or drop --cmake to build with nvcc directly)")
@@ -448,21 +467,38 @@ def build_plugin_library(
                   f"-DCMAKE_CUDA_COMPILER={toolchain.nvcc}", f"-DTENSORRT_INCLUDE_DIR={toolchain.tensorrt_include}",
                   f"-DCMAKE_CUDA_ARCHITECTURES={_cmake_archs(archs)}"], build_log)
             _run([str(cmake), "--build", str(build), "--parallel", str(jobs)], build_log)
-            built = build / LIBRARY_NAME
         else:
-            built = work / LIBRARY_NAME
-            _run([str(toolchain.nvcc), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
-                  "-Xlinker", "--no-undefined", "--cudart", "static", *_gencode_flags(archs),
-                  "-I", str(src), "-isystem", str(toolchain.tensorrt_include),
-                  *[str(src / s) for s in _SOURCES], "-o", str(built)], build_log)
-        if not built.is_file():
-            raise UserError(f"building the plugin produced no {LIBRARY_NAME} (full log: {build_log})")
+            build = work
+            _nvcc_build(src, build, toolchain, archs, build_log)
+        built, built_autoreg = build / LIBRARY_NAME, build / AUTOREG_LIBRARY_NAME
+        for path in (built, built_autoreg):
+            if not path.is_file():
+                raise UserError(f"building the plugin produced no {path.name} (full log: {build_log})")
         if plugin_library_tensorrt_version(built) is None:
             raise UserError(f"the plugin library just built cannot be loaded (full log: {build_log})")
-        with atomic_output(output) as tmp:
-            shutil.copyfile(built, tmp)
-            os.chmod(tmp, 0o755)
+        # both complete before either replaces an older file; the self-registering one lands first,
+        # and an older one beside a new plugin library still works (it only calls getCreators())
+        with atomic_output(output) as tmp_lib, atomic_output(autoreg_output) as tmp_autoreg:
+            for source, tmp in ((built, tmp_lib), (built_autoreg, tmp_autoreg)):
+                shutil.copyfile(source, tmp)
+                os.chmod(tmp, 0o755)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    log(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.0f} s")
+    log(f"wrote {output} ({output.stat().st_size / 1e6:.1f} MB) and {autoreg_output.name} beside it in "
+        f"{time.perf_counter() - t0:.0f} s")
     return output
+
+
+def _nvcc_build(src: Path, folder: Path, toolchain: Toolchain, archs: Sequence[int], build_log: Path) -> None:
+    """The two libraries with nvcc alone, linked as plugins/CMakeLists.txt links them."""
+    include = ["-I", str(src), "-isystem", str(toolchain.tensorrt_include)]
+    _run([str(toolchain.nvcc), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+          "-Xlinker", "--no-undefined", "-Xlinker", f"-soname,{LIBRARY_NAME}", "--cudart", "static",
+          *_gencode_flags(archs), *include, *[str(src / s) for s in _SOURCES], "-ldl",
+          "-o", str(folder / LIBRARY_NAME)], build_log)
+    # plain C++ (nvcc only drives the host compiler), no CUDA runtime; linked against the first by
+    # its soname, found next to it ($ORIGIN), never unloaded (-z nodelete: see plugin_autoreg.cpp)
+    _run([str(toolchain.nvcc), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+          "--cudart", "none", *include, *[str(src / s) for s in _AUTOREG_SOURCES],
+          str(folder / LIBRARY_NAME), "-Xlinker", "-rpath,$ORIGIN", "-Xlinker", "-z,nodelete",
+          "-Xlinker", "--no-undefined", "-ldl", "-o", str(folder / AUTOREG_LIBRARY_NAME)], build_log)

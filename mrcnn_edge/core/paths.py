@@ -9,11 +9,14 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "PLUGIN_LIBRARY_NAME", "cache_root", "plugin_library_path", "plugin_build_log", "timing_cache_path",
+    "PLUGIN_LIBRARY_NAME", "PLUGIN_AUTOREG_LIBRARY_NAME", "cache_root", "plugin_library_path", "plugin_build_log", "timing_cache_path",
     "host_library_dir", "kernel_cache_dir", "ort_tensorrt_cache_dir",
 ]
 
 PLUGIN_LIBRARY_NAME = "libmrcnn_edge_plugins.so"
+PLUGIN_AUTOREG_LIBRARY_NAME = "libmrcnn_edge_plugins_autoreg.so"
+"""The library that registers the plugin when merely dlopen'ed (Triton, DeepStream, LD_PRELOAD);
+``build-plugin`` writes it next to :data:`PLUGIN_LIBRARY_NAME`, which it needs (plugins/README.md)."""
 
 
 def cache_root() -> Path:

@@ -1,17 +1,21 @@
 // A stand-in libnvinfer for the plugin's registration tests: no GPU, no TensorRT library.
 //
-// Exports what the plugin library looks up in TensorRT at load (getPluginRegistry) and a plugin
-// registry that records every registration and behaves as NvInferRuntimeCommon.h documents the
-// real one (10.3 to 11.x): a duplicate name/version/namespace is refused, and loadLibrary() fails
-// when one of the library's creators is already registered. Plus a small C ABI the test reads it
-// through (standin_*). Built with -Wl,-soname,libnvinfer.so.<major> so that a dlopen of TensorRT's
-// soname finds it. Test code only.
+// Exports what the plugin libraries look up in TensorRT (getInferLibMajorVersion, getPluginRegistry,
+// getLogger) and a plugin registry that records every registration and behaves as
+// NvInferRuntimeCommon.h documents the real one (10.3 to 11.x): a duplicate name/version/namespace
+// is refused, and loadLibrary() fails when one of the library's creators is already registered.
+// Plus a small C ABI the test reads it through (standin_*). Built with
+// -Wl,-soname,libnvinfer.so.<major> so that a dlopen of TensorRT's soname finds it, against the
+// headers of the major it stands in for: a plugin built for another major then calls its registry
+// through the wrong virtual table, as it would call the real one (every registry method counts the
+// calls it gets, standin_registry_calls). Test code only.
 #include <NvInferRuntime.h>
 #include <NvInferVersion.h>
 
 #include <dlfcn.h>
 
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -53,6 +57,7 @@ public:
     // registered." (IPluginRegistry::registerCreator, NvInferRuntimeCommon.h)
     bool registerCreator(IPluginCreatorInterface& creator, AsciiChar const* const pluginNamespace) noexcept override
     {
+        ++mAnyCalls;
         std::lock_guard<std::mutex> lock(mMutex); // "calls to this method will be synchronized by a mutex"
         ++mRegisterCalls;
         Registration r{};
@@ -71,6 +76,7 @@ public:
 
     IPluginCreatorInterface* const* getAllCreators(int32_t* const numCreators) const noexcept override
     {
+        ++mAnyCalls;
         mAll.clear();
         for (Registration const& r : mRegistrations)
         {
@@ -83,12 +89,14 @@ public:
     IPluginCreatorInterface* getCreator(AsciiChar const* const pluginName, AsciiChar const* const pluginVersion,
         AsciiChar const* const pluginNamespace = "") noexcept override
     {
+        ++mAnyCalls;
         Registration const* r = find(pluginName, pluginVersion, pluginNamespace != nullptr ? pluginNamespace : "");
         return r != nullptr ? r->creator : nullptr;
     }
 
     bool deregisterCreator(IPluginCreatorInterface const& creator) noexcept override
     {
+        ++mAnyCalls;
         for (auto it = mRegistrations.begin(); it != mRegistrations.end(); ++it)
         {
             if (it->creator == &creator)
@@ -105,6 +113,7 @@ public:
     // found through its exported getCreators(), as TensorRT 10 looks it up.
     PluginLibraryHandle loadLibrary(AsciiChar const* pluginPath) noexcept override
     {
+        ++mAnyCalls;
         void* handle = dlopen(pluginPath, RTLD_LAZY | RTLD_LOCAL);
         if (handle == nullptr)
         {
@@ -142,51 +151,67 @@ public:
         return handle;
     }
 
-    void deregisterLibrary(PluginLibraryHandle /*handle*/) noexcept override {}
+    void deregisterLibrary(PluginLibraryHandle /*handle*/) noexcept override
+    {
+        ++mAnyCalls;
+    }
     void setErrorRecorder(IErrorRecorder* const recorder) noexcept override
     {
+        ++mAnyCalls;
         mRecorder = recorder;
     }
     IErrorRecorder* getErrorRecorder() const noexcept override
     {
+        ++mAnyCalls;
         return mRecorder;
     }
     bool isParentSearchEnabled() const override
     {
+        ++mAnyCalls;
         return true;
     }
-    void setParentSearchEnabled(bool const /*enabled*/) override {}
+    void setParentSearchEnabled(bool const /*enabled*/) override
+    {
+        ++mAnyCalls;
+    }
     IPluginResource* acquirePluginResource(AsciiChar const* /*key*/, IPluginResource* /*resource*/) noexcept override
     {
+        ++mAnyCalls;
         return nullptr;
     }
     int32_t releasePluginResource(AsciiChar const* /*key*/) noexcept override
     {
+        ++mAnyCalls;
         return 1;
     }
     // Pure virtual from some 10.x release on; no `override` so that 10.3's headers compile too.
     IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const numCreators) noexcept
     {
+        ++mAnyCalls;
         return getAllCreators(numCreators);
     }
 #if NV_TENSORRT_MAJOR < 11
     // The deprecated IPluginV2 half of the 10.x interface: this stand-in holds no V2 creator.
     bool registerCreator(IPluginCreator& /*creator*/, AsciiChar const* const /*ns*/) noexcept override
     {
+        ++mAnyCalls;
         return false;
     }
     IPluginCreator* const* getPluginCreatorList(int32_t* const numCreators) const noexcept override
     {
+        ++mAnyCalls;
         *numCreators = 0;
         return nullptr;
     }
     IPluginCreator* getPluginCreator(
         AsciiChar const* const /*name*/, AsciiChar const* const /*version*/, AsciiChar const* const /*ns*/) noexcept override
     {
+        ++mAnyCalls;
         return nullptr;
     }
     bool deregisterCreator(IPluginCreator const& /*creator*/) noexcept override
     {
+        ++mAnyCalls;
         return false;
     }
 #endif
@@ -205,6 +230,7 @@ public:
 
     std::vector<Registration> mRegistrations;
     int32_t mRegisterCalls{0};
+    mutable int32_t mAnyCalls{0}; //!< calls of any registry method, from whatever virtual table
     int32_t mLibraryCreators{0};
 
 private:
@@ -219,14 +245,107 @@ StandInRegistry& registry()
     return sRegistry;
 }
 
+//! The global logger: records every line, so that a test can see what reached TensorRT's logger.
+class RecordingLogger final : public ILogger
+{
+public:
+    void log(Severity severity, AsciiChar const* msg) noexcept override
+    {
+        std::lock_guard<std::mutex> lock(mMutex);
+        mLines.push_back(std::to_string(static_cast<int32_t>(severity)) + " " + (msg != nullptr ? msg : ""));
+    }
+    std::mutex mMutex;
+    std::vector<std::string> mLines;
+};
+
+RecordingLogger& recordingLogger()
+{
+    static RecordingLogger sLogger;
+    return sLogger;
+}
+
+IPluginCreatorV3One* v3Creator(char const* name, char const* version, char const* ns)
+{
+    Registration const* r = registry().find(name, version, ns);
+    if (r == nullptr)
+    {
+        return nullptr;
+    }
+    // A call into the creator: a creator whose library was unmapped crashes here, as TensorRT
+    // crashes when it asks that creator for a plugin while deserialising an engine.
+    if (std::strcmp(r->creator->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") != 0)
+    {
+        return nullptr;
+    }
+    return static_cast<IPluginCreatorV3One*>(r->creator);
+}
+
 } // namespace
 
 #define STANDIN_EXPORT extern "C" __attribute__((visibility("default")))
 
-// TensorRT's own entry point (NvInferRuntime.h): "Return the plugin registry".
+// TensorRT's own entry points (NvInferRuntime.h): "Return the plugin registry", "Return the logger
+// object" and "Return the library major version number".
 STANDIN_EXPORT nvinfer1::IPluginRegistry* getPluginRegistry() noexcept
 {
     return &registry();
+}
+
+STANDIN_EXPORT nvinfer1::ILogger* getLogger() noexcept
+{
+    return &recordingLogger();
+}
+
+STANDIN_EXPORT int32_t getInferLibMajorVersion() noexcept
+{
+    return NV_TENSORRT_MAJOR;
+}
+
+//! Calls of any registry method through its virtual table (right or wrong).
+STANDIN_EXPORT int32_t standin_registry_calls()
+{
+    return registry().mAnyCalls;
+}
+
+//! Lines the global logger received, and line i as "<severity> <message>" ("" past the end).
+STANDIN_EXPORT int32_t standin_logged_count()
+{
+    std::lock_guard<std::mutex> lock(recordingLogger().mMutex);
+    return static_cast<int32_t>(recordingLogger().mLines.size());
+}
+
+STANDIN_EXPORT char const* standin_logged(int32_t i)
+{
+    static std::string s;
+    std::lock_guard<std::mutex> lock(recordingLogger().mMutex);
+    auto const& lines = recordingLogger().mLines;
+    s = i >= 0 && i < static_cast<int32_t>(lines.size()) ? lines[i] : "";
+    return s.c_str();
+}
+
+//! The registered creator's own getPluginName(), called through the pointer the registry holds;
+//! "" when none is registered under name/version/namespace.
+STANDIN_EXPORT char const* standin_creator_name(char const* name, char const* version, char const* ns)
+{
+    IPluginCreatorV3One* creator = v3Creator(name, version, ns);
+    return creator != nullptr && creator->getPluginName() != nullptr ? creator->getPluginName() : "";
+}
+
+//! createPlugin() of the registered creator, as TensorRT's ONNX parser calls it, with one INT32
+//! attribute `field` = 1 (an unknown name makes the plugin refuse and log why): 1 when a plugin came
+//! back, 0 when the creator refused, -1 when no such creator is registered.
+STANDIN_EXPORT int32_t standin_create_plugin(char const* name, char const* version, char const* ns, char const* field)
+{
+    IPluginCreatorV3One* creator = v3Creator(name, version, ns);
+    if (creator == nullptr)
+    {
+        return -1;
+    }
+    int32_t one = 1;
+    PluginField f(field, &one, PluginFieldType::kINT32, 1);
+    PluginFieldCollection fc{1, &f};
+    std::unique_ptr<IPluginV3> plugin(creator->createPlugin("standin_layer", &fc, TensorRTPhase::kBUILD));
+    return plugin != nullptr ? 1 : 0;
 }
 
 //! Creators in the registry now.

@@ -260,9 +260,12 @@ def load_plugin_library(trt: ModuleType, library: str | os.PathLike,
     ``library`` is made absolute first. Checks, each a one-line ``UserError``: the file exists, it is
     a mrcnn-edge plugin library that loads, it was built for the installed TensorRT major (a 10.x
     library under 11 crashes at its first log line: the logger interface changed), and after loading
-    TensorRT has a ``MultilevelRoIAlign`` v1 ``mrcnn_edge`` creator. A creator already registered (an
-    earlier load in this process, or the library's own registration at dlopen) counts as loaded:
-    ``load_library`` is then not called, since it fails when any creator is already registered.
+    TensorRT has a ``MultilevelRoIAlign`` v1 ``mrcnn_edge`` creator. ``libmrcnn_edge_plugins.so``
+    registers nothing when dlopen'ed: ``load_library`` registers what its ``getCreators()`` returns
+    (the plugin logs through a logger finder TensorRT hands it, else through TensorRT's ``getLogger()``).
+    A creator already registered (an earlier load in this process, or the host's
+    ``libmrcnn_edge_plugins_autoreg.so``) counts as loaded: ``load_library`` is then not called, since
+    it fails when any creator is already registered.
 
     Args:
         errors: returns TensorRT's error lines logged so far (the caller's logger), to say why a
@@ -276,14 +279,14 @@ def load_plugin_library(trt: ModuleType, library: str | os.PathLike,
         registry = trt.get_plugin_registry()
         if str(path) in _LOADED and _has_creator(registry):
             return f"plugin {PLUGIN_NAME} v{PLUGIN_VERSION} from {path} (already loaded)"
-        built_for, why = _probe_library(path)  # dlopens it: a self-registering library registers here
+        built_for, why = _probe_library(path)  # dlopens it; the plugin library registers nothing by itself
         if built_for is None:
             raise UserError(f"cannot load the plugin library {path}: {why}; rebuild it with 'mrcnn-edge build-plugin'")
         if tensorrt_major(built_for) != tensorrt_major(installed):
             raise UserError(f"plugin library {path} was built against TensorRT {built_for} but TensorRT "
                             f"{installed} is installed: rebuild it with 'mrcnn-edge build-plugin'")
         if _has_creator(registry):
-            how = "registered when loaded"
+            how = "already registered"
         else:
             seen = len(errors()) if errors else 0
             try:

@@ -20,6 +20,7 @@ import ctypes
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -206,4 +207,13 @@ def test_cmake_builds_the_library(tmp_path):
     assert plugin_build.plugin_library_tensorrt_version(lib_path) == plugin_build.tensorrt_header_version(trt)
     lib.mrcnnEdgePluginDescription.restype = ctypes.c_char_p
     assert lib.mrcnnEdgePluginDescription() == b"MultilevelRoIAlign/1@mrcnn_edge"
-    assert lib.mrcnnEdgePluginSelfRegistered() == 0  # no TensorRT in this process to register with
+    # the self-registering library: found next to it, linked against it by its soname, never unloaded
+    autoreg = build / plugin_build.AUTOREG_LIBRARY_NAME
+    dynamic = _run(["readelf", "-d", autoreg]).stdout
+    assert f"Shared library: [{plugin_build.LIBRARY_NAME}]" in dynamic and "[$ORIGIN" in dynamic, dynamic
+    assert re.search(r"FLAGS_1\)\s+Flags:.*NODELETE", dynamic), dynamic
+    assert f"Library soname: [{plugin_build.LIBRARY_NAME}]" in _run(["readelf", "-d", lib_path]).stdout
+    run = _run([sys.executable, "-c", "import ctypes, sys; "
+                "print(ctypes.CDLL(sys.argv[1]).mrcnnEdgePluginAutoregStatus())", autoreg])
+    # no TensorRT in that process to register with: it says so and registers nothing
+    assert run.stdout.strip() == "-1" and "no TensorRT (libnvinfer) in this process" in run.stderr, run

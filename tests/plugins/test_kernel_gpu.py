@@ -29,6 +29,7 @@ import pytest
 
 from mrcnn_edge.core.contract import PLUGIN_MAX_LEVELS, fpn_level_range
 from mrcnn_edge.export.build import plugin_library as plugin_build
+from mrcnn_edge.export.plugin_host import multilevel_roi_align_host
 
 PLUGIN_DIR = Path(__file__).resolve().parents[2] / "plugins"
 LAUNCHER_SOURCE = PLUGIN_DIR / "tests" / "roi_align_launcher.cu"
@@ -317,3 +318,65 @@ def test_kernel_matches_torchvision(launcher, case: Case, precision: str, record
     record_property("torchvision_ms", f"{tv_ms:.4f}")
     print(f"{case.name} {precision}: max abs err {worst:.3g}, mean {float(err_per_roi.mean()):.3g}; "
           f"per level {per_level}; kernel {kernel_ms:.4f} ms, torchvision {tv_ms:.4f} ms")
+
+
+# ---- the kernel against the plugin's CPU build ---------------------------------------------------
+
+HARNESS = r"""
+#include "multilevel_roi_align_kernel.h"
+#include <cuda_runtime_api.h>
+extern "C" int run_multilevel_roi_align(mrcnn_edge::MultilevelRoIAlignParams const* p, int type)
+{
+    cudaError_t e = mrcnn_edge::launchMultilevelRoIAlign(*p, static_cast<mrcnn_edge::FeatureType>(type), nullptr);
+    if (e != cudaSuccess) return static_cast<int>(e);
+    return static_cast<int>(cudaDeviceSynchronize());
+}
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_kernel_matches_cpu_build_on_gpu(tmp_path, dtype):
+    """The launcher through a 10-line ctypes harness, on torch's CUDA buffers, against the CPU build
+    (roi_align_host.cpp, the reference ONNX Runtime and validation use), non-finite boxes included."""
+    import torch
+
+    from mrcnn_edge.export import plugin_host
+    from mrcnn_edge.plugins import SOURCE_DIR
+
+    nvcc = plugin_build.find_nvcc()
+    if nvcc is None:
+        pytest.skip("nvcc not found (CUDA toolkit)")
+    src = tmp_path / "harness.cu"
+    src.write_text(HARNESS)
+    lib_path = tmp_path / "libharness.so"
+    subprocess.run([str(nvcc), "-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC", "-arch=native", "-I",
+                    str(SOURCE_DIR), str(src), str(SOURCE_DIR / "multilevel_roi_align_kernel.cu"), "-o",
+                    str(lib_path)], check=True)
+    harness = ctypes.CDLL(str(lib_path))
+    harness.run_multilevel_roi_align.argtypes = [ctypes.POINTER(plugin_host._Params), ctypes.c_int]
+
+    rng = np.random.default_rng(1)
+    for batch, n in [(2, 1000), (1, 0)]:
+        rois = random_boxes(rng, Case("cpu-build", batch, n, 16, (128, 160)))
+        if n:
+            rois[:, :5] = np.nan  # non-finite boxes pool to zeros
+        feats = [rng.standard_normal((batch, 16, 128 // s, 160 // s)).astype(dtype) for s in (4, 8, 16, 32)]
+        want = multilevel_roi_align_host(rois, feats, 7, 7, 2, 0)
+        d_rois = torch.from_numpy(rois).cuda()
+        d_feats = [torch.from_numpy(f).cuda() for f in feats]
+        d_out = torch.full((batch, n, 16, 7, 7), 7.0, dtype=d_feats[0].dtype, device="cuda")
+        p = plugin_host._params(rois, list(Case.scales), 2, 224.0, 4)
+        p.rois, p.output, p.channels = d_rois.data_ptr(), d_out.data_ptr(), 16
+        p.output_height = p.output_width = 7
+        p.sampling_ratio, p.aligned = 2, 0
+        for i, f in enumerate(d_feats):
+            p.features[i] = f.data_ptr()
+            p.heights[i], p.widths[i] = f.shape[2], f.shape[3]
+        assert harness.run_multilevel_roi_align(ctypes.byref(p), 0 if dtype == np.float32 else 1) == 0
+        got = d_out.cpu().numpy()
+        if n:
+            assert np.all(got[:, :5] == 0)
+        err = np.abs(got.astype(np.float32) - want.astype(np.float32))
+        tol = 1e-4 if dtype == np.float32 else np.spacing(np.abs(want).astype(np.float16)).astype(np.float32) + 1e-4
+        assert np.all(err <= tol), float(err.max())
