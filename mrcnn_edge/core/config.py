@@ -11,20 +11,38 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mrcnn_edge.core.errors import UserError
 
-__all__ = ["ARCHS", "ModelConfig", "PRESETS", "preset_config"]
+__all__ = ["Arch", "ARCHS", "ModelConfig", "PRESETS", "preset_config"]
 
-# arch -> (family, depth); the family decides how the backbone is built and recognised.
-ARCHS: dict[str, tuple[str, int]] = {
-    "resnet18_fpn": ("resnet", 18),
-    "resnet34_fpn": ("resnet", 34),
-    "resnet50_fpn": ("resnet", 50),
-    "resnet101_fpn": ("resnet", 101),
-    "resnet50_fpn_v2": ("resnet_v2", 50),
-    "mobilenet_v3_large_fpn": ("mobilenet", 0),
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """One row of the architecture table: what torchvision builds under a name, and the defaults a
+    checkpoint without a config gets for it. A new architecture is one row of ``ARCHS``.
+
+    ``family`` names the backbone builder and recogniser (``mrcnn_edge.model.checkpoint.BACKBONES``:
+    "resnet" or "mobilenet"); ``blocks`` and ``bottleneck`` are a ResNet's blocks per stage and block
+    kind; ``v2`` is torchvision's v2 recipe (BatchNorm in the FPN and the heads, a conv box head, a
+    two-conv RPN head); ``returned_layers`` are the backbone stages that feed the FPN by default;
+    ``anchor_sizes`` are the anchor sizes on every map, or ``()`` for torchvision's FPN default of one
+    size per map (32, 64, 128, ...).
+    """
+
+    family: str
+    returned_layers: tuple[int, ...]
+    blocks: tuple[int, ...] = ()
+    bottleneck: bool = False
+    v2: bool = False
+    anchor_sizes: tuple[int, ...] = ()
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet18_fpn": Arch("resnet", (1, 2, 3, 4), blocks=(2, 2, 2, 2)),
+    "resnet34_fpn": Arch("resnet", (1, 2, 3, 4), blocks=(3, 4, 6, 3)),
+    "resnet50_fpn": Arch("resnet", (1, 2, 3, 4), blocks=(3, 4, 6, 3), bottleneck=True),
+    "resnet101_fpn": Arch("resnet", (1, 2, 3, 4), blocks=(3, 4, 23, 3), bottleneck=True),
+    "resnet50_fpn_v2": Arch("resnet", (1, 2, 3, 4), blocks=(3, 4, 6, 3), bottleneck=True, v2=True),
+    "mobilenet_v3_large_fpn": Arch("mobilenet", (4, 5), anchor_sizes=(32, 64, 128, 256, 512)),
 }
-# Blocks per ResNet stage, as torchvision builds them.
-_RESNET_LAYERS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
-_MOBILENET_STAGE_CHANNELS = (16, 24, 40, 80, 160, 960)  # outputs of mobilenet_v3_large's stages
 
 
 @dataclasses.dataclass
@@ -59,21 +77,21 @@ class ModelConfig:
         return cls(**dict(d))
 
     @property
-    def family(self) -> str:
-        return ARCHS[self.arch][0]
+    def architecture(self) -> Arch:
+        """This config's row of ``ARCHS``."""
+        return ARCHS[self.arch]
 
     def default_anchor_sizes(self) -> list[list[int]]:
         if self.anchor_sizes is not None:
             return [list(s) for s in self.anchor_sizes]
         n_maps = len(self.resolved_returned_layers()) + 1  # + the max-pool level
-        if self.family == "mobilenet":
-            return [[32, 64, 128, 256, 512]] * n_maps
-        return [[32 * 2**i] for i in range(n_maps)]
+        every_map = self.architecture.anchor_sizes
+        return [list(every_map) for _ in range(n_maps)] if every_map else [[32 * 2**i] for i in range(n_maps)]
 
     def resolved_returned_layers(self) -> list[int]:
         if self.returned_layers is not None:
             return list(self.returned_layers)
-        return [4, 5] if self.family == "mobilenet" else [1, 2, 3, 4]
+        return list(self.architecture.returned_layers)
 
 
 def _demo(num_classes: int) -> ModelConfig:

@@ -9,14 +9,18 @@ Accepted files (always ``torch.load(weights_only=True)``):
 Without a config, the architecture, class count, FPN width, head sizes and the backbone stages
 feeding the FPN are all read from tensor names and shapes; anchors and input normalisation then
 take torchvision's defaults for that architecture.
+
+Each architecture is one row of ``core.config.ARCHS``; ``BACKBONES`` says, per family of rows, how
+its trunk is built and recognised from the tensors, so that nothing here branches on a name.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,11 +33,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from mrcnn_edge.core.config import _MOBILENET_STAGE_CHANNELS, _RESNET_LAYERS, ARCHS, ModelConfig
+from mrcnn_edge.core.config import ARCHS, Arch, ModelConfig
 from mrcnn_edge.core.errors import UserError
 
 __all__ = [
     "ARCHS",
+    "BACKBONES",
     "ModelConfig",
     "build_model",
     "infer_config",
@@ -42,6 +47,74 @@ __all__ = [
     "read_class_names",
 ]
 
+# --------------------------------------------------------------------------- the backbone families
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """How one family of ``core.config.ARCHS`` rows is built and recognised (torch side).
+
+    ``stages(arch)``: stage index -> output channels, the stages ``returned_layers`` may name;
+    ``build(arch, cfg, norm)``: the trunk module and ``{trunk module name: stage index}`` of its stages;
+    ``present(sd)``: whether the state dict holds this family's trunk; ``fits(sd, arch)``: whether it
+    is this row's trunk; ``unrecognised(sd)``: the one-line reason when no row fits."""
+
+    name: str
+    stages: Callable[[Arch], dict[int, int]]
+    build: Callable[[Arch, ModelConfig, Callable[..., nn.Module]], tuple[nn.Module, dict[int, str]]]
+    present: Callable[[Mapping[str, torch.Tensor]], bool]
+    fits: Callable[[Mapping[str, torch.Tensor], Arch], bool]
+    unrecognised: Callable[[Mapping[str, torch.Tensor]], str]
+
+
+def _resnet_stages(arch: Arch) -> dict[int, int]:
+    base = 256 if arch.bottleneck else 64  # trunk.inplanes // 8, as torchvision's extractor computes it
+    return {k: base * 2 ** (k - 1) for k in range(1, 5)}
+
+
+def _resnet_build(arch: Arch, cfg: ModelConfig, norm: Callable[..., nn.Module]) -> tuple[nn.Module, dict[int, str]]:
+    block = resnet.Bottleneck if arch.bottleneck else resnet.BasicBlock
+    return resnet.ResNet(block, list(arch.blocks), norm_layer=norm), {k: f"layer{k}" for k in range(1, 5)}
+
+
+def _resnet_blocks(sd: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+    return tuple(_count(sd, f"backbone.body.layer{k}.") for k in range(1, 5))
+
+
+def _resnet_fits(sd: Mapping[str, torch.Tensor], arch: Arch) -> bool:
+    bottleneck = "backbone.body.layer1.0.conv3.weight" in sd
+    return bottleneck == arch.bottleneck and _resnet_blocks(sd) == arch.blocks
+
+
+def _resnet_unrecognised(sd: Mapping[str, torch.Tensor]) -> str:
+    bottleneck = "backbone.body.layer1.0.conv3.weight" in sd
+    return f"unrecognised ResNet backbone ({list(_resnet_blocks(sd))} blocks per stage, bottleneck={bottleneck})"
+
+
+_MOBILENET_STAGE_CHANNELS = (16, 24, 40, 80, 160, 960)  # outputs of mobilenet_v3_large's stages
+
+
+def _mobilenet_build(arch: Arch, cfg: ModelConfig,
+                     norm: Callable[..., nn.Module]) -> tuple[nn.Module, dict[int, str]]:
+    features = mobilenet_v3_large(weights=None, norm_layer=norm).features
+    # stage ends as torchvision's mobilenet_backbone finds them: the first block, every block that
+    # reduces resolution (_is_cn), the last block
+    ends = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+    return features, {k: str(i) for k, i in enumerate(ends)}
+
+
+BACKBONES: dict[str, Backbone] = {
+    "resnet": Backbone("ResNet", _resnet_stages, _resnet_build,
+                       present=lambda sd: "backbone.body.layer1.0.conv1.weight" in sd,
+                       fits=_resnet_fits, unrecognised=_resnet_unrecognised),
+    "mobilenet": Backbone("MobileNetV3-Large", lambda arch: dict(enumerate(_MOBILENET_STAGE_CHANNELS)),
+                          _mobilenet_build, present=lambda sd: "backbone.body.0.0.weight" in sd,
+                          fits=lambda sd, arch: True,
+                          unrecognised=lambda sd: "unrecognised MobileNetV3-Large backbone"),
+}
+"""Family (``Arch.family``) -> how its backbone is built and recognised."""
+
+
 def _check_arch(arch: str) -> None:
     if arch not in ARCHS:
         raise UserError(f"unknown arch {arch!r}; choose one of: {', '.join(ARCHS)}")
@@ -49,63 +122,56 @@ def _check_arch(arch: str) -> None:
 
 def build_model(cfg: ModelConfig) -> MaskRCNN:
     """A randomly initialised torchvision ``MaskRCNN`` for ``cfg`` (eval mode)."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
     _check_arch(cfg.arch)
-    family, depth = ARCHS[cfg.arch]
-    norm = nn.BatchNorm2d if (cfg.batch_norm or family == "resnet_v2") else None
+    arch = ARCHS[cfg.arch]
+    family = BACKBONES[arch.family]
     returned = cfg.resolved_returned_layers()
-    if family == "mobilenet":
-        from torchvision.ops.misc import FrozenBatchNorm2d
-
-        trunk = mobilenet_v3_large(weights=None, norm_layer=nn.BatchNorm2d if cfg.batch_norm else FrozenBatchNorm2d)
-        features = trunk.features
-        stages = [0] + [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
-        if min(returned) < 0 or max(returned) >= len(stages):
-            raise UserError(f"returned_layers {returned} out of range 0..{len(stages) - 1} for {cfg.arch}")
-        return_layers = {str(stages[k]): str(v) for v, k in enumerate(returned)}
-        in_channels = [features[stages[i]].out_channels for i in returned]
-        backbone = BackboneWithFPN(features, return_layers, in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
-    else:
-        from torchvision.ops.misc import FrozenBatchNorm2d
-
-        block = resnet.Bottleneck if depth >= 50 else resnet.BasicBlock
-        trunk = resnet.ResNet(block, _RESNET_LAYERS[depth], norm_layer=norm or FrozenBatchNorm2d)
-        if min(returned) < 1 or max(returned) > 4:
-            raise UserError(f"returned_layers {returned} out of range 1..4 for {cfg.arch}")
-        return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned)}
-        in_channels = [trunk.inplanes // 8 * 2 ** (i - 1) for i in returned]
-        backbone = BackboneWithFPN(
-            trunk,
-            return_layers,
-            in_channels,
-            cfg.fpn_channels,
-            extra_blocks=LastLevelMaxPool(),
-            norm_layer=nn.BatchNorm2d if family == "resnet_v2" else None,
-        )
+    stages = family.stages(arch)
+    if not set(returned) <= set(stages):
+        raise UserError(f"returned_layers {returned} out of range {min(stages)}..{max(stages)} for {cfg.arch}")
+    # v2 trains its BatchNorm; v1 checkpoints hold frozen statistics unless trained from scratch
+    norm = nn.BatchNorm2d if (cfg.batch_norm or arch.v2) else FrozenBatchNorm2d
+    trunk, stage_modules = family.build(arch, cfg, norm)
+    backbone = BackboneWithFPN(
+        trunk,
+        {stage_modules[k]: str(v) for v, k in enumerate(returned)},
+        [stages[k] for k in returned],
+        cfg.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=nn.BatchNorm2d if arch.v2 else None,
+    )
     anchors = AnchorGenerator(
         tuple(tuple(s) for s in cfg.default_anchor_sizes()),
         tuple(tuple(cfg.aspect_ratios) for _ in cfg.default_anchor_sizes()),
     )
-    kwargs: dict[str, Any] = dict(
-        rpn_anchor_generator=anchors,
-        min_size=cfg.min_size,
-        max_size=cfg.max_size,
-        image_mean=cfg.image_mean,
-        image_std=cfg.image_std,
-    )
     c = cfg.fpn_channels
-    if family == "resnet_v2":
-        kwargs["rpn_head"] = RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2)
-        kwargs["box_head"] = FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
-        kwargs["mask_head"] = MaskRCNNHeads(c, cfg.mask_layers, 1, norm_layer=nn.BatchNorm2d)
-    else:
-        kwargs["rpn_head"] = RPNHead(c, anchors.num_anchors_per_location()[0])
-        kwargs["box_head"] = TwoMLPHead(c * 7 * 7, cfg.representation_size)
-        kwargs["mask_head"] = MaskRCNNHeads(c, cfg.mask_layers, 1)
-        kwargs["box_predictor"] = FastRCNNPredictor(cfg.representation_size, cfg.num_classes)
-    kwargs["mask_predictor"] = MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_dim_reduced, cfg.num_classes)
-    if "box_predictor" not in kwargs:
-        kwargs["box_predictor"] = FastRCNNPredictor(1024, cfg.num_classes)
-    return MaskRCNN(backbone, num_classes=None, **kwargs).eval()
+    heads = _v2_heads(c, cfg, anchors) if arch.v2 else _v1_heads(c, cfg, anchors)
+    return MaskRCNN(backbone, num_classes=None, rpn_anchor_generator=anchors, min_size=cfg.min_size,
+                    max_size=cfg.max_size, image_mean=cfg.image_mean, image_std=cfg.image_std,
+                    mask_predictor=MaskRCNNPredictor(cfg.mask_layers[-1], cfg.mask_dim_reduced, cfg.num_classes),
+                    **heads).eval()
+
+
+def _v1_heads(c: int, cfg: ModelConfig, anchors: AnchorGenerator) -> dict[str, nn.Module]:
+    """torchvision's original heads: one-conv RPN head, two-layer MLP box head."""
+    return {
+        "rpn_head": RPNHead(c, anchors.num_anchors_per_location()[0]),
+        "box_head": TwoMLPHead(c * 7 * 7, cfg.representation_size),
+        "mask_head": MaskRCNNHeads(c, cfg.mask_layers, 1),
+        "box_predictor": FastRCNNPredictor(cfg.representation_size, cfg.num_classes),
+    }
+
+
+def _v2_heads(c: int, cfg: ModelConfig, anchors: AnchorGenerator) -> dict[str, nn.Module]:
+    """torchvision's v2 heads (maskrcnn_resnet50_fpn_v2): two-conv RPN head, conv box head, BatchNorm."""
+    return {
+        "rpn_head": RPNHead(c, anchors.num_anchors_per_location()[0], conv_depth=2),
+        "box_head": FastRCNNConvFCHead((c, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d),
+        "mask_head": MaskRCNNHeads(c, cfg.mask_layers, 1, norm_layer=nn.BatchNorm2d),
+        "box_predictor": FastRCNNPredictor(1024, cfg.num_classes),
+    }
 
 
 # --------------------------------------------------------------------------- recognising tensors
@@ -117,6 +183,24 @@ def _count(sd: Mapping[str, torch.Tensor], prefix: str) -> int:
     while any(k.startswith(f"{prefix}{n}.") for k in sd):
         n += 1
     return n
+
+
+def _recognise(sd: Mapping[str, torch.Tensor]) -> str:
+    """The ``ARCHS`` name whose trunk and heads these tensors are; one line when none is."""
+    families = [f for f, b in BACKBONES.items() if b.present(sd)]
+    if not families:
+        kinds = " or ".join(b.name for b in BACKBONES.values())
+        raise UserError(f"unrecognised backbone: expected a torchvision {kinds} FPN backbone")
+    family = BACKBONES[families[0]]
+    fitting = [name for name, a in ARCHS.items() if BACKBONES[a.family] is family and family.fits(sd, a)]
+    if not fitting:
+        raise UserError(family.unrecognised(sd))
+    v2 = "roi_heads.box_head.0.0.weight" in sd  # the conv box head of the v2 recipe
+    rows = [name for name in fitting if ARCHS[name].v2 == v2]
+    if not rows:
+        raise UserError(f"unrecognised checkpoint: a {'v2 (conv)' if v2 else 'v1 (MLP)'} box head on the backbone "
+                        f"of {fitting[0]}, which has no such variant")
+    return rows[0]
 
 
 def infer_config(sd: Mapping[str, torch.Tensor], check_anchors: bool = True) -> ModelConfig:
@@ -138,23 +222,9 @@ def infer_config(sd: Mapping[str, torch.Tensor], check_anchors: bool = True) -> 
     if not mask_layers:  # checkpoints written before torchvision 0.13 name the convs mask_fcn1..4
         mask_layers = [int(sd[f"roi_heads.mask_head.mask_fcn{i}.weight"].shape[0]) for i in range(1, 5) if f"roi_heads.mask_head.mask_fcn{i}.weight" in sd]
     batch_norm = any(k.endswith("num_batches_tracked") and k.startswith("backbone.body.") for k in sd)
-    if "backbone.body.layer1.0.conv1.weight" in sd:
-        bottleneck = "backbone.body.layer1.0.conv3.weight" in sd
-        blocks3 = _count(sd, "backbone.body.layer3.")
-        depth = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101}.get((bottleneck, blocks3))
-        if depth is None:
-            raise UserError(f"unrecognised ResNet backbone ({blocks3} blocks in layer3, bottleneck={bottleneck})")
-        v2 = "roi_heads.box_head.0.0.weight" in sd
-        if v2 and depth != 50:
-            raise UserError("unrecognised checkpoint: a v2 (conv) box head on a backbone other than ResNet-50")
-        arch = "resnet50_fpn_v2" if v2 else f"resnet{depth}_fpn"
-        base = 256 if bottleneck else 64  # trunk.inplanes // 8, as torchvision's extractor computes it
-        returned = [i for c in in_channels for i in range(1, 5) if base * 2 ** (i - 1) == c]
-    elif "backbone.body.0.0.weight" in sd:
-        arch = "mobilenet_v3_large_fpn"
-        returned = [_MOBILENET_STAGE_CHANNELS.index(c) for c in in_channels if c in _MOBILENET_STAGE_CHANNELS]
-    else:
-        raise UserError("unrecognised backbone: expected a torchvision ResNet or MobileNetV3-Large FPN backbone")
+    arch = _recognise(sd)
+    stages = BACKBONES[ARCHS[arch].family].stages(ARCHS[arch])
+    returned = [k for c in in_channels for k, ch in stages.items() if ch == c]
     if len(returned) != len(in_channels):
         raise UserError(f"unrecognised FPN inputs {in_channels} for {arch}")
     cfg = ModelConfig(arch=arch, num_classes=num_classes, fpn_channels=fpn_channels, mask_layers=mask_layers, batch_norm=batch_norm)

@@ -161,3 +161,26 @@ def test_weights_only_is_always_used(tmp_path, monkeypatch, models):
     torch.save(models["resnet18_fpn"].state_dict(), path)
     load_checkpoint(path)
     assert seen.get("weights_only") is True
+
+
+def test_a_new_architecture_is_one_row(tmp_path, monkeypatch):
+    """A row added to the architecture table builds, saves and is recognised from its tensors alone;
+    the same tensors without the row are refused in one line naming what is missing."""
+    from mrcnn_edge.core.config import ARCHS as TABLE, Arch
+
+    monkeypatch.setitem(TABLE, "resnet26_fpn", Arch("resnet", (1, 2, 3, 4), blocks=(2, 2, 2, 2), bottleneck=True))
+    monkeypatch.setitem(TABLE, "resnet18_fpn_v2", Arch("resnet", (1, 2, 3, 4), blocks=(2, 2, 2, 2), v2=True))
+    torch.manual_seed(0)
+    for arch in ("resnet26_fpn", "resnet18_fpn_v2"):
+        model = build_model(ModelConfig(arch=arch, num_classes=3))
+        path = tmp_path / f"{arch}.pth"
+        torch.save(model.state_dict(), path)  # a plain state dict: nothing but tensors to go by
+        loaded, cfg = load_checkpoint(path)
+        assert cfg.arch == arch
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    monkeypatch.delitem(TABLE, "resnet18_fpn_v2")
+    with pytest.raises(UserError, match="v2 \\(conv\\) box head on the backbone of resnet18_fpn"):
+        load_checkpoint(tmp_path / "resnet18_fpn_v2.pth")
+    monkeypatch.delitem(TABLE, "resnet26_fpn")
+    with pytest.raises(UserError, match=r"unrecognised ResNet backbone \(\[2, 2, 2, 2\] blocks per stage, bottleneck=True\)"):
+        load_checkpoint(tmp_path / "resnet26_fpn.pth")
