@@ -39,10 +39,10 @@ TARGETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorrt": ("building and running engines: the gpu target, TensorRT and a plugin library built for it",
                  ("GPU", "cuda-python", "NVRTC", "TensorRT", "plugin")),
     "csi": ("csi:// cameras: a Jetson, OpenCV with GStreamer that imports, a camera, nvargus-daemon",
-            ("L4T", "OpenCV", "numpy", "cameras")),
+            ("L4T", "Python", "OpenCV", "numpy", "cameras")),
     "jetson": ("a finished Jetson install (the README's last line): a supported JetPack, the tensorrt "
                "target, JetPack's OpenCV with GStreamer, numpy it was built for, a writable cache",
-               ("L4T", "GPU", "cuda-python", "NVRTC", "TensorRT", "plugin", "OpenCV", "numpy", "cache")),
+               ("L4T", "Python", "GPU", "cuda-python", "NVRTC", "TensorRT", "plugin", "OpenCV", "numpy", "cache")),
 }
 DESCRIPTION_DOCTOR = ("Check this machine for what mrcnn-edge needs, one line each with the fix. Targets (--for): "
                       + "; ".join(f"{name}: {text}" for name, (text, _) in TARGETS.items())
@@ -115,6 +115,23 @@ def _l4t(machine: Machine, driver: tuple[int, int] | None) -> tuple[Line, JetPac
                            f"Python {line.python}; the install: '.[{line.extra}]' with {line.constraints})"), line
 
 
+def _python(machine: Machine, report: dict[str, Any], tegra: bool) -> Line:
+    """The interpreter and its venv: on a Jetson the venv must see the system's site packages, where
+    JetPack's tensorrt and cv2 live."""
+    venv = report.get("venv")
+    text = f"Python {report.get('python')} ({machine.shown(report.get('executable', '?'))})"
+    if venv is None:
+        return Line("Python", OK, f"{text}, no venv")
+    shown = machine.shown(venv["path"])
+    if venv["system_site_packages"]:
+        return Line("Python", OK, f"{text}, venv {shown} seeing the system's site packages")
+    if not tegra:
+        return Line("Python", OK, f"{text}, venv {shown}")
+    return Line("Python", BAD, f"{text}: the venv {shown} does not see JetPack's tensorrt and cv2 (made without "
+                               "--system-site-packages)",
+                f"set include-system-site-packages = true in {shown}/pyvenv.cfg")
+
+
 def _gpu(info: CudaDriver) -> Line:
     if info.cuda_version is None:
         return Line("GPU", ABSENT, info.why or "no NVIDIA driver", "install the NVIDIA driver (on a Jetson: JetPack)")
@@ -155,25 +172,26 @@ def _nvrtc(machine: Machine, cuda: dict[str, Any], driver: int, tegra: bool) -> 
         problem = cuda_util.nvrtc_problem(bindings, driver, found, tegra)  # type: ignore[arg-type]
         text = f"NVRTC {found[0]}.{found[1]} from {where}"
         return Line("NVRTC", BAD, f"{text}: {problem}") if problem else Line("NVRTC", OK, text)
-    system = cuda_util.system_nvrtc(major, machine.environ, machine.root)
     if cuda.get("nvrtc_error"):
         return Line("NVRTC", BAD, f"cuda-python {bindings} cannot load NVRTC {major}: {cuda['nvrtc_error']}", fix)
+    system = cuda_util.system_nvrtc(major, machine.environ, machine.root)
     if system is not None:
         version = cuda_util.nvrtc_file_version(system)
-        text = f"NVRTC {'%d.%d' % version if version else major} at {machine.shown(system)} (cuda-python, absent, would use it)"
+        text = f"NVRTC {'%d.%d' % version if version else major} at {machine.shown(system)} (what the runtime will load)"
         return Line("NVRTC", OK, text)
     return Line("NVRTC", ABSENT, f"no libnvrtc.so.{major} found (the CUDA kernels compile with it)", fix)
 
 
-def _tensorrt(trt: dict[str, Any], tegra: bool) -> Line:
+def _tensorrt(machine: Machine, trt: dict[str, Any], tegra: bool) -> Line:
     if trt.get("absent") and not trt.get("lib_version"):
         return Line("TensorRT", ABSENT, "not installed (engines need it; ONNX Runtime runs without)", TENSORRT_MISSING.split(": ", 1)[1])
     if "error" in trt:
-        return Line("TensorRT", BAD, f"the tensorrt module at {trt.get('file')} does not import: {trt['error']}",
+        where = f" at {machine.shown(trt['file'])}" if trt.get("file") else ""
+        return Line("TensorRT", BAD, f"the tensorrt module{where} does not import: {trt['error']}",
                     "sudo apt install --reinstall python3-libnvinfer" if tegra else "pip install --force-reinstall tensorrt")
     python, lib = trt.get("version") or "", trt.get("lib_version") or ""
     text = f"TensorRT {python or '(no Python bindings)'}, library {lib or 'not found'}" + (
-        f" ({trt['lib_file']})" if trt.get("lib_file") else "")
+        f" ({machine.shown(trt['lib_file'])})" if trt.get("lib_file") else "")
     if python and lib and tensorrt_release(python)[:2] != tensorrt_release(lib)[:2]:
         return Line("TensorRT", BAD, f"{text}: the Python bindings and libnvinfer are different TensorRT releases",
                     "install one TensorRT: sudo apt install python3-libnvinfer libnvinfer-dev (JetPack's)" if tegra
@@ -340,12 +358,12 @@ def diagnose(machine: Machine | None = None) -> list[Line]:
         preload = cuda_util.system_nvrtc(major, machine.environ, machine.root)
     report = probe_python(machine, preload)
     if "error" in report and len(report) == 1:
-        return [l4t_line, _gpu(info), Line("Python", BAD, report["error"], "run mrcnn-edge doctor from the venv")]
+        return [l4t_line, Line("Python", BAD, report["error"], "run mrcnn-edge doctor from the venv"), _gpu(info)]
     cuda = report.get("cuda", {})
     hint = _install_hint(tegra, jetpack, info.cuda_version)
     return [
-        l4t_line, _gpu(info), _cuda_python(cuda, driver, tegra, hint), _nvrtc(machine, cuda, driver, tegra),
-        _tensorrt(report.get("tensorrt", {}), tegra), _plugin(machine, report.get("tensorrt", {})),
+        l4t_line, _python(machine, report, tegra), _gpu(info), _cuda_python(cuda, driver, tegra, hint), _nvrtc(machine, cuda, driver, tegra),
+        _tensorrt(machine, report.get("tensorrt", {}), tegra), _plugin(machine, report.get("tensorrt", {})),
         _opencv(machine, report, tegra), _numpy(machine, report, tegra, jetpack), _cameras(machine, tegra),
         _cache(machine),
     ]

@@ -71,13 +71,16 @@ def _scan_build_info(folder: Path) -> dict[str, Any]:
     for path in sorted(folder.rglob("*.so*")) if folder.is_dir() else []:
         try:
             with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                # read the groups while the map is open: a match holds the map, not a copy
                 numpy_built, gst = _NUMPY_BUILT.search(data), _GSTREAMER.search(data)
+                numpy_text = bytes(numpy_built.group(1)).decode() if numpy_built else None
+                gst_yes = bytes(gst.group(1)) == b"YES" if gst else None
         except (OSError, ValueError):
             continue
-        if numpy_built and "numpy_built" not in found:
-            found["numpy_built"] = numpy_built.group(1).decode()
-        if gst and "gstreamer" not in found:
-            found["gstreamer"] = gst.group(1) == b"YES"
+        if numpy_text and "numpy_built" not in found:
+            found["numpy_built"] = numpy_text
+        if gst_yes is not None and "gstreamer" not in found:
+            found["gstreamer"] = gst_yes
     return found
 
 
@@ -162,16 +165,32 @@ def probe_cuda(preload_nvrtc: str | None) -> dict[str, Any]:
     return facts
 
 
+def probe_venv() -> dict[str, Any] | None:
+    """The venv this interpreter belongs to and whether it sees the system's site packages. Found as
+    CPython finds it: ``pyvenv.cfg`` beside the executable or one folder up (PEP 405)."""
+    exe = Path(sys.executable)
+    for folder in (exe.parent, exe.parent.parent):
+        cfg = folder / "pyvenv.cfg"
+        if cfg.is_file():
+            system = re.search(r"^\s*include-system-site-packages\s*=\s*true\s*$", cfg.read_text(errors="replace"), re.M | re.I)
+            return {"path": str(folder), "system_site_packages": bool(system)}
+    return None
+
+
 def main(argv: list[str]) -> int:
     options = json.loads(argv[1]) if len(argv) > 1 else {}
-    numpy_facts, _ = _import("numpy")
-    report = {
+    report: dict[str, Any] = {
         "executable": sys.executable, "prefix": sys.prefix, "base_prefix": sys.base_prefix,
         "python": f"{sys.version_info[0]}.{sys.version_info[1]}",
-        "sys_path": [os.path.abspath(p) for p in sys.path if p],
-        "numpy": numpy_facts, "cv2": probe_cv2(), "tensorrt": probe_tensorrt(),
-        "cuda": probe_cuda(options.get("preload_nvrtc")),
+        "sys_path": [os.path.abspath(p) for p in sys.path if p], "venv": probe_venv(),
     }
+    probes = {"numpy": lambda: _import("numpy")[0], "cv2": probe_cv2, "tensorrt": probe_tensorrt,
+              "cuda": lambda: probe_cuda(options.get("preload_nvrtc"))}
+    for name, probe in probes.items():
+        try:
+            report[name] = probe()
+        except Exception as exc:  # noqa: BLE001 - one part failing to be asked must not hide the others
+            report[name] = {"error": f"the doctor could not ask: {_first_line(exc)}", "error_text": str(exc)[:4000]}
     sys.stdout.write(json.dumps(report))
     return 0
 
