@@ -4,6 +4,7 @@
   plugin's identity and attribute table, flavors, precisions, file suffixes);
 - :mod:`.paths`: every default location on disk (one cache root);
 - :mod:`.config`: architectures, :class:`~.config.ModelConfig` and training presets;
+- :mod:`.jetpack`: the JetPack lines (L4T, CUDA, TensorRT, Python, the pip extra and constraints file of each);
 - :mod:`.metadata`: reading and writing the metadata that travels with ONNX models and engines, and
   the one check of the keys a reader requires;
 - :mod:`.onnx_info`: what an ONNX file holds (metadata, op domains, plugin nodes) read without onnx, so
