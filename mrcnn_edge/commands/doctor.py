@@ -278,8 +278,8 @@ def _opencv(machine: Machine, report: dict[str, Any], tegra: bool) -> Line:
         hidden = "JetPack's OpenCV" if tegra else "apt's OpenCV"
         return Line("OpenCV", BAD if tegra else ABSENT,
                     f"{text}: {who} in {machine.shown(used)} hides {hidden} in {machine.shown(apt[0])}",
-                    _removal(machine, used, report.get("prefix", "")))
-    fix = (f"{_removal(machine, folders[0], report.get('prefix', ''))}; then {install}" if tegra and folders
+                    _removal(machine, used, _environment(report)))
+    fix = (f"{_removal(machine, folders[0], _environment(report))}; then {install}" if tegra and folders
            else install if tegra else "build OpenCV with -DWITH_GSTREAMER=ON (only csi:// needs it)")
     return Line("OpenCV", ABSENT, text, fix)
 
@@ -291,12 +291,18 @@ def _numpy_abi_error(cv2: dict[str, Any]) -> bool:
     return "compiled using NumPy 1.x" in text or "multiarray failed to import" in text
 
 
-def _guarded(machine: Machine, prefix: str) -> bool:
-    """Whether pip in this environment installs under a constraints file (so numpy cannot drift)."""
+def _environment(report: dict[str, Any]) -> str:
+    """The folder pip installs into: the venv's, else the interpreter's prefix."""
+    return (report.get("venv") or {}).get("path") or _environment(report)
+
+
+def _guarded(machine: Machine, report: dict[str, Any]) -> bool:
+    """Whether pip here installs under a constraints file, so that numpy cannot drift: ``PIP_CONSTRAINT``
+    or the venv's own ``pip.conf`` (what ``pip config --site set install.constraint`` writes)."""
     if machine.environ.get("PIP_CONSTRAINT"):
         return True
-    conf = Path(prefix) / "pip.conf" if prefix else None
-    return bool(conf and conf.is_file() and re.search(r"^\s*constraint\s*=", conf.read_text(), re.M))
+    conf = Path(_environment(report) or "/nonexistent") / "pip.conf"
+    return conf.is_file() and re.search(r"^\s*constraint\s*=", conf.read_text(errors="replace"), re.M) is not None
 
 
 def _numpy(machine: Machine, report: dict[str, Any], tegra: bool, line: JetPackLine | None) -> Line:
@@ -312,7 +318,7 @@ def _numpy(machine: Machine, report: dict[str, Any], tegra: bool, line: JetPackL
         return Line("numpy", BAD, f"numpy {version} is installed, but the cv2 in {where} was built against "
                                   f"{built_text} and does not import under numpy 2", f"pip install 'numpy<2'; keep it there: {keep}")
     text = f"numpy {version}" + (f" (cv2 built against {built})" if built else "")
-    if tegra and built and built.startswith("1.") and not _guarded(machine, report.get("prefix", "")):
+    if tegra and built and built.startswith("1.") and not _guarded(machine, report):
         return Line("numpy", OK, f"{text}; a later pip install may still move numpy to 2.x: {keep}")
     return Line("numpy", OK, text)
 

@@ -186,7 +186,9 @@ def test_a_complete_jetpack6_install_is_ready_for_jetson(jetson):
     # the probe loaded JetPack's NVRTC first, as the runtime does on a Jetson
     assert lines["NVRTC"] == "✔ NVRTC: NVRTC 12.6 from /usr/local/cuda-12.6/targets/aarch64-linux/lib/libnvrtc.so.12.6.68"
     assert lines["OpenCV"] == "✔ OpenCV: OpenCV 4.8.0 from /usr/lib/python3.10/dist-packages/cv2 (GStreamer: YES)"
-    assert lines["numpy"].startswith("✔ numpy: numpy 1.26.4 (cv2 built against 1.21.5)")
+    assert lines["numpy"] == ("✔ numpy: numpy 1.26.4 (cv2 built against 1.21.5); a later pip install may still move "
+                              "numpy to 2.x: pip config --site set install.constraint \"$PWD/constraints/jetpack6.txt\" "
+                              "(from the clone)")
     assert lines["cameras"] == "✔ cameras: /dev/video0; nvargus-daemon running"
     assert lines["TensorRT"] == "✔ TensorRT: TensorRT 10.3.0, library 10.3.0 (/usr/lib/aarch64-linux-gnu/libnvinfer.so.10.3.0)"
     assert lines["plugin"].startswith("✔ plugin: ") and "built against TensorRT 10.3.0" in lines["plugin"]
@@ -447,3 +449,18 @@ def test_without_any_nvrtc_the_jetson_fix_is_apt(jetson):
     assert lines["NVRTC"] == ("✘ NVRTC: cuda-python 12.6.2.post1 cannot load NVRTC 12: Failure finding libnvrtc.so.12; "
                               "fix: sudo apt install cuda-nvrtc-12-6 and export CUDA_HOME=/usr/local/cuda (JetPack's "
                               "NVRTC; remove pip's server build: pip uninstall -y nvidia-cuda-nvrtc-cu12)")
+
+
+def test_the_venvs_own_constraints_file_is_seen_as_the_numpy_guard(jetson):
+    # what 'pip config --site set install.constraint FILE' writes into the venv
+    _write(jetson["python"].parent.parent / "pip.conf", "[install]\nconstraint = /home/u/mrcnn-edge/constraints/jetpack6.txt\n")
+    status, lines, text = _run(_machine(jetson["root"], [jetson["venv"], jetson["apt"]], jetson["python"]), [])
+    assert status == 0 and lines["numpy"] == "✔ numpy: numpy 1.26.4 (cv2 built against 1.21.5)", text
+
+
+def test_a_pip_opencv_inside_the_venv_is_removed_with_the_venvs_pip(jetson):
+    fake_opencv(jetson["venv"], "4.10.0", gstreamer=False, numpy_built="2.0.2", dist="opencv-python-headless")
+    status, lines, text = _run(_machine(jetson["root"], [jetson["venv"], jetson["apt"]], jetson["python"]), [])
+    assert status == 1, text
+    assert lines["OpenCV"].endswith(f"pip's opencv-python-headless in {jetson['venv']} hides JetPack's OpenCV in "
+                                    "/usr/lib/python3.10/dist-packages; fix: pip uninstall -y opencv-python-headless")
