@@ -67,9 +67,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _key() -> str:
-    text = "\n".join([sys.version, sys.executable, str(ROOT), (ROOT / "pyproject.toml").read_text(), *SERVER_PACKAGES])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def _venv_name() -> tuple[str, str]:
+    """(prefix of this checkout's server venvs, this one's name): keyed by the interpreter, the pins
+    and the package layout the editable install maps (pyproject's [tool.setuptools]; the
+    dependencies do not matter, the checkout is installed without them)."""
+    text = (ROOT / "pyproject.toml").read_text()
+    try:
+        import tomllib  # Python >= 3.11; on 3.10 the whole file is the key
+    except ImportError:
+        layout = text
+    else:
+        layout = json.dumps(tomllib.loads(text)["tool"]["setuptools"], sort_keys=True)
+    prefix = f"triton-venv-{_digest(str(ROOT))}-"
+    return prefix, prefix + _digest(sys.version, sys.executable, layout, *SERVER_PACKAGES)
 
 
 def _pip(python: Path, *args: str) -> None:
@@ -105,18 +119,21 @@ def server_venv() -> Path:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         pytest.skip("nvidia-pytriton ships tritonserver for x86-64 Linux only")
     _CACHE.mkdir(parents=True, exist_ok=True)
-    venv = _CACHE / f"triton-venv-{_key()}"
+    prefix, name = _venv_name()
+    venv = _CACHE / name
     with open(_CACHE / "triton-venv.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building the same venv
         if not (venv / "ready").is_file():
-            tmp = _CACHE / f"{venv.name}.tmp{os.getpid()}"
+            tmp = _CACHE / f"{name}.tmp{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             try:
                 _build(tmp)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            shutil.rmtree(venv, ignore_errors=True)
+            for stale in _CACHE.glob(prefix + "*"):  # this checkout's older venvs (~0.5 GB each)
+                if stale != tmp:
+                    shutil.rmtree(stale, ignore_errors=True)
             tmp.rename(venv)  # the venv's scripts name the temporary path; we only run bin/python
             (venv / "ready").write_text(" ".join(SERVER_PACKAGES) + "\n")
     return venv
@@ -211,6 +228,22 @@ class TritonServer:
         with urllib.request.urlopen(f"{self.http}/v2/models/{model}/stats", timeout=5) as r:
             stats = json.loads(r.read())
         return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+
+    def infer_http(self, model: str, inputs: dict[str, tuple[str, list[int], bytes]]) -> dict:
+        """``POST /v2/models/<model>/infer`` as curl would send it, with the standard library only:
+        ``inputs`` name -> (KServe datatype, shape, raw bytes) in the binary tensor extension (a BYTES
+        element is its 4-byte little-endian length, then the bytes); outputs come back as JSON.
+        Returns the response's ``outputs`` by name; an error answer raises ``urllib.error.HTTPError``."""
+        header = {"inputs": [{"name": name, "datatype": datatype, "shape": shape,
+                              "parameters": {"binary_data_size": len(raw)}}
+                             for name, (datatype, shape, raw) in inputs.items()]}
+        head = json.dumps(header).encode()
+        request = urllib.request.Request(
+            f"{self.http}/v2/models/{model}/infer", data=head + b"".join(raw for _, _, raw in inputs.values()),
+            method="POST", headers={"Inference-Header-Content-Length": str(len(head)),
+                                    "Content-Type": "application/octet-stream"})
+        with urllib.request.urlopen(request, timeout=60) as r:
+            return {o["name"]: o for o in json.loads(r.read())["outputs"]}
 
     def log_tail(self, lines: int = 40) -> str:
         try:

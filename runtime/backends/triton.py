@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit

@@ -156,3 +156,61 @@ def test_tensorrt_flavor_onnx_is_refused_for_onnxruntime(tmp_path, capsys):
     assert main(["serve", "triton", str(model), "--repo", str(repo), "--plugin-lib", str(plugin)]) != 0
     assert "mrcnn-edge build" in _one_error_line(capsys)
     assert not repo.exists()
+
+
+def _parameters(config) -> dict[str, str]:
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
+def test_pre_post_server_onnx_repository_is_a_python_backend_model(tmp_path, capsys):
+    from mrcnn_edge.export.serve import prepost_model
+
+    model = make_contract_model(tmp_path / "seg.onnx", batch=1, mask_size=8)
+    repo = tmp_path / "repo"
+    assert main(["serve", "triton", str(model), "--repo", str(repo), "--pre-post", "server",
+                 "--score-threshold", "0.3"]) == 0
+    printed = capsys.readouterr().out
+    config = _parse(repo / "seg" / "config.pbtxt")
+    assert config.backend == "python" and config.max_batch_size == 0 and not config.default_model_filename
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    # images in: one encoded image, or one raw BGR frame, either optional (a request sends one)
+    inputs = {t.name: (mc.DataType.Name(t.data_type), list(t.dims), t.optional) for t in config.input}
+    assert inputs == {"image": ("TYPE_STRING", [1], True), "frame": ("TYPE_UINT8", [-1, -1, 3], True)}
+    outputs = {t.name: (mc.DataType.Name(t.data_type), list(t.dims)) for t in config.output}
+    assert outputs == {"boxes": ("TYPE_FP32", [-1, 4]), "scores": ("TYPE_FP32", [-1]), "classes": ("TYPE_INT32", [-1]),
+                       "class_names": ("TYPE_STRING", [-1]), "masks": ("TYPE_STRING", [-1])}
+    params = _parameters(config)
+    assert params["model_file"] == "model.onnx" and float(params["score_threshold"]) == 0.3
+    assert params["mrcnn_edge.pre_post"] == '"server"' and params["plugin_lib"] == ""
+    assert (repo / "seg" / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    assert (repo / "seg" / "1" / "model.py").read_text() == Path(prepost_model.__file__).read_text()
+    assert "/v2/models/seg/infer" in printed and "numpy < 2" in printed
+
+
+def test_pre_post_server_engine_repository_carries_sidecar_and_plugin(tmp_path):
+    plugin = _fake_plugin(tmp_path, 100300)
+    engine = _engine(tmp_path, plugin)
+    repo = tmp_path / "repo"
+    assert main(["serve", "triton", str(engine), "--repo", str(repo), "--name", "m", "--pre-post", "server"]) == 0
+    config = _parse(repo / "m" / "config.pbtxt")
+    assert config.backend == "python" and not config.platform
+    assert [g.kind for g in config.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    params = _parameters(config)
+    assert params["model_file"] == "model.plan" and float(params["score_threshold"]) == 0.5
+    assert params["plugin_lib"] == "libmrcnn_edge_plugins.so"
+    assert (repo / "m" / params["plugin_lib"]).read_bytes() == plugin.read_bytes()
+    # the runtime reads an engine's metadata from the sidecar beside it
+    assert (repo / "m" / "1" / "model.plan.json").read_text() == (tmp_path / "model.engine.json").read_text()
+    # the Python backend, not Triton's TensorRT backend, loads the plugin
+    assert "--backend-config" not in (repo / "m" / "tritonserver.sh").read_text()
+
+
+def test_score_threshold_without_server_pre_post_is_one_line(tmp_path, capsys):
+    model = make_contract_model(tmp_path / "seg.onnx")
+    repo = tmp_path / "repo"
+    assert main(["serve", "triton", str(model), "--repo", str(repo), "--score-threshold", "0.3"]) != 0
+    assert "--pre-post server" in _one_error_line(capsys)
+    assert main(["serve", "triton", str(model), "--repo", str(repo), "--pre-post", "server",
+                 "--score-threshold", "1.5"]) != 0
+    assert "[0, 1]" in _one_error_line(capsys)
+    assert not repo.exists()
