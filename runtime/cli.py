@@ -166,11 +166,15 @@ def run_run(args: argparse.Namespace) -> int:
                 score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
                 precision=args.precision)))
         note(f"model: {segmenters[0].description}")
-        # signals are ours from here: the outputs are opened inside, and closed before leaving
+        # signals are ours from here (the outputs open inside) until the models are closed and the
+        # summary printed: a late second Ctrl-C cannot raise into a close
         with StopSignals() as stopper:
-            runs = run_sources(segmenters, sources, outputs, options, stopper)
-    if sys.stderr.isatty() and not args.quiet and len(sources) == 1:
-        note("")
-    for run in runs:
-        print(run.summary() if len(runs) > 1 else run.stats.summary())
+            try:
+                runs = run_sources(segmenters, sources, outputs, options, stopper)
+            finally:
+                stack.close()
+            if sys.stderr.isatty() and not args.quiet and len(sources) == 1:
+                note("")
+            for run in runs:
+                print(run.summary() if len(runs) > 1 else run.stats.summary(), flush=True)
     return exit_code(runs, stopper)

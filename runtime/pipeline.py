@@ -109,6 +109,13 @@ class RunStats:
     latency: deque = field(default_factory=lambda: deque(maxlen=5000))  # live: capture -> sinks, seconds
     service: deque = field(default_factory=lambda: deque(maxlen=5000))  # files: pre..write of a frame, seconds
     dropped_at: dict[str, int] = field(default_factory=dict)  # boundary -> frames dropped there
+    first_time: float | None = None  # Frame.time of the first and the last frame written: the part of
+    last_time: float | None = None   # the source's timeline that a recording covers
+
+    @property
+    def span(self) -> float:
+        """Seconds of the source's timeline from the first to the last frame written."""
+        return self.last_time - self.first_time if self.first_time is not None and self.last_time is not None else 0.0
 
     @property
     def fps(self) -> float:
@@ -144,6 +151,7 @@ class RunStats:
             where = ", ".join(f"{k} {v}" for k, v in self.dropped_at.items() if v)
             extra = f", dropped {self.dropped} ({where})"
         extra += f", skipped {self.skipped}" if self.skipped else ""
+        extra += f", written frames span {self.span:.1f} s" if self.live and self.frames else ""
         extra += ", interrupted" if self.interrupted else ""
         extra += ", source lost" if self.lost else ""
         return (f"{self.frames} frames in {self.elapsed:.1f} s: {self.fps:.2f} fps, {self.latency_line()}{extra}; "
@@ -390,6 +398,9 @@ class Pipeline:
             else:
                 self.stats.service.append(service + t1 - t0)
         self.stats.frames += 1
+        if self.stats.first_time is None:
+            self.stats.first_time = frame.time
+        self.stats.last_time = frame.time
         if not keep_going or (self.max_frames and self.stats.frames >= self.max_frames):
             self.stop()
 

@@ -125,7 +125,9 @@ class VideoSink(Sink):
         if (image.shape[1], image.shape[0]) != self._size:
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
         seg = self._seg
-        if seg is not None and self.segment_seconds and t - seg.t0 >= self.segment_seconds:
+        # compared on the timestamp grid: 2.4 - 1.8 is 0.5999... in floats, and 6 ticks at 10 fps
+        if seg is not None and self.segment_seconds and \
+                round((t - seg.t0) * self.rate) >= round(self.segment_seconds * self.rate):
             self._close_segment()
             seg = None
         if seg is None:

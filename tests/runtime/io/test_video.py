@@ -129,3 +129,23 @@ def test_the_base_install_imports_without_pyav_and_a_video_output_says_what_to_i
 def test_an_unknown_video_suffix_is_refused():
     with pytest.raises(UserError, match="cannot write video x.wmv"):
         VideoSink("x.wmv")
+
+
+def test_run_segment_minutes_rotates_the_recording(tmp_path, capsys):
+    """``run --segment-minutes``: the file timeline (30 frames at 10 fps, 3 s) in 0.6 s files."""
+    from mrcnn_edge.commands.cli import main
+    from mrcnn_edge.runtime.testing import make_contract_model, write_video
+
+    model = make_contract_model(tmp_path / "model.onnx", mask_size=14)
+    video = write_video(tmp_path / "in.avi", moving_squares(30, hw=(48, 64)), fps=10)
+    out = tmp_path / "out" / "rec.mp4"
+    assert main(["run", str(model), "--source", str(video), "-o", str(out), "--no-display", "-q",
+                 "--segment-minutes", "0.01"]) == 0
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == [f"rec_{i:03d}.mp4" for i in range(5)]
+    probes = [probe(out.parent / n) for n in names]
+    assert [p.frames for p in probes] == [6] * 5 and all(p.duration == pytest.approx(0.6, abs=0.05) for p in probes)
+    assert main(["run", str(model), "--source", str(video), "-o", str(tmp_path / "frames"), "--no-display",
+                 "--segment-minutes", "1"]) == 2
+    assert "--segment-minutes rotates video files" in capsys.readouterr().err
+    assert not (tmp_path / "frames").exists()
