@@ -7,12 +7,21 @@ DIR receives (a self-contained folder to copy onto the device)::
     labels.txt                    one class name per line, id = line (0 is __background__)
     model.engine | model.onnx     the model (an ONNX is built by nvinfer itself on first start)
     mrcnn_edge_parser.cpp, Makefile, nvdsinfer_minimal.h   the instance-mask parser's source
-    libmrcnn_edge_plugins.so      the TensorRT plugin, when the model needs it
+    libmrcnn_edge_plugins.so, libmrcnn_edge_plugins_autoreg.so
+                                  the TensorRT plugin and the library that registers it when loaded,
+                                  when the model needs the plugin
     libnvds_mrcnn_edge_parser.so  compiled here when DeepStream's headers are found (--deepstream),
                                   else by 'make -C DIR' on the device
 
 nvinfer dlopens ``custom-lib-path`` before it deserialises or builds the engine; the parser library
-is linked against the plugin library (rpath ``$ORIGIN``), so loading it registers the plugin's creator.
+is linked against ``libmrcnn_edge_plugins_autoreg.so`` (rpath ``$ORIGIN``), so loading it registers
+the plugin's creator. nvinfer dlcloses the parser when the element is destroyed; the registering
+library is linked ``-z nodelete``, so the creator TensorRT keeps stays valid for the next pipeline.
+
+Precision: a prebuilt engine runs as built, whatever its precision (fp32, fp16, int8): nvinfer's
+``network-mode`` only matters when nvinfer builds the engine itself, from an ONNX. An fp32 or fp16
+ONNX it builds fine; an int8 (Q/DQ) ONNX is refused: nvinfer would want a calibration file (and,
+without one, falls back to fp16), so build the engine with ``mrcnn-edge build`` and serve that.
 
 Normalisation: nvinfer computes ``net-scale-factor * (x - offsets[c])`` on 0-255 pixels, one scale
 for all channels. The contract's ``(x/255 - mean)/std`` fits only when std is the same for R, G and B
@@ -42,7 +51,7 @@ PARSER_LIBRARY = "libnvds_mrcnn_edge_parser.so"
 PARSER_SOURCES = ("mrcnn_edge_parser.cpp", "nvdsinfer_minimal.h", "Makefile")
 DEFAULT_DEEPSTREAM_INCLUDES = Path("/opt/nvidia/deepstream/deepstream/sources/includes")
 _SOURCE_DIR = Path(__file__).resolve().parents[2] / "plugins" / "deepstream"
-_NETWORK_MODE = {"fp32": 0, "fp16": 2}  # nvinfer network-mode: 0 FP32, 1 INT8, 2 FP16
+_NETWORK_MODE = {"fp32": 0, "int8": 1, "fp16": 2}  # nvinfer network-mode: 0 FP32, 1 INT8, 2 FP16
 
 
 def _source_dir() -> Path:
@@ -88,6 +97,9 @@ def nvinfer_config(model: ServedModel, model_file: str, parser_library: Path, sc
     precision = model.precision
     if precision not in _NETWORK_MODE:
         raise UserError(f"precision {precision!r}: DeepStream configs are written for {', '.join(_NETWORK_MODE)}")
+    if precision == "int8" and model.kind != "engine":
+        raise UserError(f"{model.path.name} is an int8 (Q/DQ) ONNX: nvinfer would build it with a calibration file "
+                        "or else as fp16; build the engine with 'mrcnn-edge build' on the device and serve the engine")
     outputs = [t.name for t in model.io if not t.is_input]
     k = next(t.dims[1] for t in model.io if t.name == "scores")
     lines = [
@@ -131,10 +143,11 @@ def _check_out(out: Path) -> None:
 
 
 def _compile(folder: Path, includes: Path, plugin: Path | None) -> str:
-    """Compile the parser in ``folder`` against DeepStream's headers; return a line saying what happened."""
+    """Compile the parser in ``folder`` against DeepStream's headers; return a line saying what happened.
+    ``plugin``: the self-registering library the parser links, when the model needs the plugin."""
     if not (includes / "nvdsinfer_custom_impl.h").is_file():
-        return f"DeepStream headers not found at {includes}: on the DeepStream machine run 'make -C DIR" + (
-            f" PLUGIN={plugin.name}'" if plugin else "'")
+        return (f"DeepStream headers not found at {includes}: on the DeepStream machine run 'make -C DIR "
+                "CUDA_VER=<its CUDA version, e.g. 12.6>" + (f" PLUGIN={plugin.name}'" if plugin else "'"))
     if shutil.which("g++") is None:
         raise UserError("g++ is needed to compile the DeepStream parser (sudo apt install g++)")
     cmd = ["make", "-C", str(folder), f"DS_INCLUDES={includes}"] + ([f"PLUGIN={folder / plugin.name}"] if plugin else [])
@@ -143,6 +156,20 @@ def _compile(folder: Path, includes: Path, plugin: Path | None) -> str:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UserError(f"compiling the DeepStream parser failed: {last}")
     return f"compiled {PARSER_LIBRARY} against {includes}"
+
+
+def _copy_plugin(library: Path, folder: Path) -> Path:
+    """Copy the plugin library and the self-registering library beside it into ``folder``, under the
+    names the pair needs (the second loads the first by name); return the second's copy."""
+    from mrcnn_edge.core.paths import PLUGIN_AUTOREG_LIBRARY_NAME, PLUGIN_LIBRARY_NAME
+
+    autoreg = library.with_name(PLUGIN_AUTOREG_LIBRARY_NAME)
+    if not autoreg.is_file():
+        raise UserError(f"{PLUGIN_AUTOREG_LIBRARY_NAME} not found next to {library}: DeepStream loads the plugin "
+                        "through it; rebuild the plugin with 'mrcnn-edge build-plugin', which writes both")
+    shutil.copy2(library, folder / PLUGIN_LIBRARY_NAME)
+    shutil.copy2(autoreg, folder / PLUGIN_AUTOREG_LIBRARY_NAME)
+    return folder / PLUGIN_AUTOREG_LIBRARY_NAME
 
 
 def write(model: ServedModel, args: argparse.Namespace) -> list[str]:
@@ -159,11 +186,10 @@ def write(model: ServedModel, args: argparse.Namespace) -> list[str]:
         shutil.copy2(model.path, tmp / model_file)
         for name in PARSER_SOURCES:
             shutil.copy2(sources / name, tmp / name)
-        if model.plugin_library is not None:
-            shutil.copy2(model.plugin_library, tmp / model.plugin_library.name)
+        autoreg = _copy_plugin(model.plugin_library, tmp) if model.plugin_library is not None else None
         (tmp / "labels.txt").write_text("\n".join(str(n) for n in model.meta["class_names"]) + "\n")
         (tmp / CONFIG_NAME).write_text(text)
-        built = _compile(tmp, Path(args.deepstream), model.plugin_library)
+        built = _compile(tmp, Path(args.deepstream), autoreg)
     return [
         f"wrote {out / CONFIG_NAME} ({model.kind}, batch {model.batch}, {len(model.meta['class_names'])} classes)",
         built,

@@ -6,7 +6,8 @@
 // of each buffer and never indexes by batch itself; every frame gets its own detections.
 //
 // Output layout (DESIGN.md "Engine I/O contract"), per frame:
-//   num_detections int32 []         valid rows
+//   num_detections int32 [1]        valid rows (the engine's [B,1]: nvinfer gives a per-frame layer of
+//                                   0-d dims no element, so older [B] models cannot run under it)
 //   boxes          float32 [K,4]    x1, y1, x2, y2 in canvas pixels = the network input's pixels
 //   scores         float32 [K]      descending
 //   classes        int32   [K]      torchvision label ids; -1 past num_detections
@@ -85,8 +86,13 @@ bool parseFrame(Layers const &l, NvDsInferNetworkInfo const &net, NvDsInferParse
   }
   const unsigned k = bd.d[bd.numDims - 2];
   const unsigned mh = md.d[md.numDims - 2], mw = md.d[md.numDims - 1];
+  if (l.num->inferDims.numElements != 1) {
+    std::fprintf(stderr, "mrcnn-edge parser: num_detections must be one element per frame ([B,1], older "
+                         "exports have [B]): re-export the model with 'mrcnn-edge export'\n");
+    return false;
+  }
   if (l.scores->inferDims.numElements != k || l.classes->inferDims.numElements != k ||
-      md.numElements != k * mh * mw || l.num->inferDims.numElements != 1) {
+      md.numElements != k * mh * mw) {
     std::fprintf(stderr, "mrcnn-edge parser: outputs disagree on K (boxes %u)\n", k);
     return false;
   }

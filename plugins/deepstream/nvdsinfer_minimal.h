@@ -7,11 +7,18 @@
 // included only when MRCNN_EDGE_MINIMAL_NVDSINFER is defined.
 //
 // Only what the instance-mask parser touches is declared, with the documented field order (the
-// struct layouts are part of the ABI between nvinfer and the parser library).
+// struct layouts are part of the ABI between nvinfer and the parser library). It includes what the
+// SDK's nvdsinfer_custom_impl.h includes, so that a build missing an include path fails here as it
+// fails on a DeepStream machine: TensorRT (the SDK header includes TensorRT's parser headers, which
+// include NvInfer.h), and through it CUDA (NvInferRuntimeBase.h includes <cuda_runtime_api.h>, which
+// lives in /usr/local/cuda-<version>/include, on no compiler's default path).
 #ifndef MRCNN_EDGE_NVDSINFER_MINIMAL_H
 #define MRCNN_EDGE_NVDSINFER_MINIMAL_H
 
+#include <string>
 #include <vector>
+
+#include <NvInfer.h>
 
 #define NVDSINFER_MAX_DIMS 8
 
