@@ -5,10 +5,14 @@ Layout (Triton's model repository: one folder per model, numbered version folder
     DIR/<name>/config.pbtxt              ModelConfig in protobuf text format
     DIR/<name>/1/model.plan | model.onnx the default file names of the TensorRT / ONNX Runtime backends
     DIR/<name>/libmrcnn_edge_plugins.so  the TensorRT plugin an engine needs (beside the model)
+    DIR/<name>/libmrcnn_edge_plugins_autoreg.so  what Triton's TensorRT backend loads (plugins=)
     DIR/<name>/tritonserver.sh           the exact command that serves the repository
 
-The plugin library sits inside the model's folder, not in a folder of its own at DIR's top level:
-Triton takes every folder there for a model. ``config.pbtxt`` follows Triton's
+The plugin libraries sit inside the model's folder, not in a folder of its own at DIR's top level:
+Triton takes every folder there for a model. Triton's TensorRT backend only dlopens what
+``--backend-config=tensorrt,plugins=`` names, so it gets the self-registering library, which finds
+``libmrcnn_edge_plugins.so`` beside it; with ``--pre-post server`` the runtime inside the Python
+backend loads ``libmrcnn_edge_plugins.so`` itself, through TensorRT's ``load_library``. ``config.pbtxt`` follows Triton's
 ``model_config.proto``:
 
 - an engine: ``platform: "tensorrt_plan"``, ``instance_group`` on the GPU, CUDA graphs off
@@ -172,17 +176,30 @@ def _fill(folder: Path, model: ServedModel, args: argparse.Namespace, name: str,
     if model.kind == "engine" and model.plugin_library is not None:
         shutil.copy2(model.plugin_library, folder / model.plugin_library.name)
         plugin = final / model.plugin_library.name
+        if not server:  # the TensorRT backend loads the self-registering one before deserializing
+            autoreg = _autoreg_library(model.plugin_library)
+            shutil.copy2(autoreg, folder / autoreg.name)
+            plugin = final / autoreg.name
     threshold = _score_threshold(args)
     (folder / "config.pbtxt").write_text(config_pbtxt(model, name, args.instances, args.pre_post, threshold,
                                                       plugin.name if plugin and server else None))
-    # TensorRT's Triton backend loads the plugin before deserializing; with --pre-post server the
-    # runtime inside the Python backend loads it itself (parameter plugin_lib)
     cmd = " ".join(shlex.quote(c) for c in tritonserver_command(final.parent, None if server else plugin, args.grpc_port))
     script = folder / "tritonserver.sh"
     script.write_text("#!/bin/sh\n# written by mrcnn-edge serve triton: serves the repository this model is in\n"
                       f"exec {cmd} \"$@\"\n")
     script.chmod(0o755)
     return cmd
+
+
+def _autoreg_library(plugin_library: Path) -> Path:
+    """The self-registering library that ``mrcnn-edge build-plugin`` writes beside the plugin library."""
+    from mrcnn_edge.core.paths import PLUGIN_AUTOREG_LIBRARY_NAME
+
+    autoreg = plugin_library.with_name(PLUGIN_AUTOREG_LIBRARY_NAME)
+    if not autoreg.is_file():
+        raise UserError(f"{autoreg.name} not found beside {plugin_library}: Triton's TensorRT backend loads the plugin "
+                        "through it; rebuild with 'mrcnn-edge build-plugin', which writes both")
+    return autoreg
 
 
 def _score_threshold(args: argparse.Namespace) -> float:
@@ -203,6 +220,8 @@ def _score_threshold(args: argparse.Namespace) -> float:
 def write(model: ServedModel, args: argparse.Namespace) -> list[str]:
     """Write the repository entry for ``model``; return the lines to print."""
     server = args.pre_post == "server"
+    if model.kind == "engine" and model.plugin_library is not None and not server:
+        _autoreg_library(model.plugin_library)  # refused before anything is written
     if model.kind == "onnx" and model.needs_plugin:
         who = "the runtime's CPU backends inside Triton" if server else "Triton's ONNX Runtime backend"
         raise UserError(f"{model.path.name} is the tensorrt flavor, which {who} cannot run: "

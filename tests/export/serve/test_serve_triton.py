@@ -36,8 +36,9 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-def _fake_plugin(tmp_path: Path, version: int) -> Path:
-    """A library with the probe symbol of our plugin, reporting TensorRT ``version`` (10.3.0 = 100300)."""
+def _fake_plugin(tmp_path: Path, version: int, autoreg: bool = True) -> Path:
+    """A library with the probe symbol of our plugin, reporting TensorRT ``version`` (10.3.0 = 100300),
+    and beside it (unless not ``autoreg``) a stand-in of the self-registering library build-plugin writes."""
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         pytest.skip("needs a C compiler to build a stand-in plugin library")
@@ -46,6 +47,8 @@ def _fake_plugin(tmp_path: Path, version: int) -> Path:
     lib = tmp_path / f"v{version}" / "libmrcnn_edge_plugins.so"
     lib.parent.mkdir()
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    if autoreg:
+        (lib.parent / "libmrcnn_edge_plugins_autoreg.so").write_bytes(b"stand-in: copied, never loaded here")
     return lib
 
 
@@ -107,10 +110,24 @@ def test_engine_repository_tensorrt_plan_with_plugin_and_no_cuda_graphs(tmp_path
     copied = repo / "mrcnn" / "libmrcnn_edge_plugins.so"
     assert (repo / "mrcnn" / "1" / "model.plan").read_bytes() == engine.read_bytes()
     assert copied.read_bytes() == plugin.read_bytes()
-    expected = f"--backend-config=tensorrt,plugins={repo.resolve() / 'mrcnn' / 'libmrcnn_edge_plugins.so'}"
+    # Triton's TensorRT backend only dlopens plugins=: the self-registering library, which finds
+    # libmrcnn_edge_plugins.so beside it
+    autoreg = repo / "mrcnn" / "libmrcnn_edge_plugins_autoreg.so"
+    assert autoreg.read_bytes() == plugin.with_name(autoreg.name).read_bytes()
+    expected = f"--backend-config=tensorrt,plugins={repo.resolve() / 'mrcnn' / autoreg.name}"
     assert expected in (repo / "mrcnn" / "tritonserver.sh").read_text() and expected in printed
     # a second run replaces our own model folder
     assert main(["serve", "triton", str(engine), "--repo", str(repo), "--name", "mrcnn"]) == 0
+
+
+def test_plugin_without_its_self_registering_library_is_one_line(tmp_path, capsys):
+    engine = _engine(tmp_path, _fake_plugin(tmp_path, 100300, autoreg=False))
+    repo = tmp_path / "repo"
+    assert main(["serve", "triton", str(engine), "--repo", str(repo)]) != 0
+    assert "libmrcnn_edge_plugins_autoreg.so not found" in _one_error_line(capsys)
+    assert not repo.exists()
+    # with --pre-post server the runtime loads libmrcnn_edge_plugins.so itself: no need for it
+    assert main(["serve", "triton", str(engine), "--repo", str(repo), "--pre-post", "server"]) == 0
 
 
 def test_engine_without_sidecar_is_one_line_and_writes_nothing(tmp_path, capsys):
@@ -199,6 +216,7 @@ def test_pre_post_server_engine_repository_carries_sidecar_and_plugin(tmp_path):
     assert params["model_file"] == "model.plan" and float(params["score_threshold"]) == 0.5
     assert params["plugin_lib"] == "libmrcnn_edge_plugins.so"
     assert (repo / "m" / params["plugin_lib"]).read_bytes() == plugin.read_bytes()
+    assert not (repo / "m" / "libmrcnn_edge_plugins_autoreg.so").exists()
     # the runtime reads an engine's metadata from the sidecar beside it
     assert (repo / "m" / "1" / "model.plan.json").read_text() == (tmp_path / "model.engine.json").read_text()
     # the Python backend, not Triton's TensorRT backend, loads the plugin
