@@ -51,7 +51,9 @@ DESCRIPTION_DOCTOR = ("Check this machine for what mrcnn-edge needs, one line ea
 
 @dataclass
 class Machine:
-    """Where the doctor looks. The defaults are this machine; tests replace each part."""
+    """Where the doctor looks. The defaults are this machine; tests replace each part. ``environ`` is
+    what the probe and the CUDA lookups see; the cache folder is the runtime's own (``core.paths``,
+    ``$MRCNN_EDGE_CACHE`` of this process), so the doctor reports the folder mrcnn-edge will use."""
 
     root: Path = Path("/")
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
