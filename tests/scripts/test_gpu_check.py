@@ -184,6 +184,27 @@ def test_table_passes_when_every_check_passed_and_not_on_missing_results(tmp_pat
     assert proc.returncode == 1 and "no test selected" in proc.stdout
 
 
+def test_a_stage_that_did_not_run_is_not_a_pass(tmp_path):
+    """Every GPU test passed but the plugin's self-test stage did not run (no TensorRT headers): the
+    table shows it as skipped and the run does not pass."""
+    xml = _junit(tmp_path, "kernel_case or plain")
+    stage = "compile::gpu_selftest_enqueue_matches_the_cpu_build"
+    proc = _run_script(tmp_path, "--table", str(xml), f"--not-run={stage}: no TensorRT headers (carry .trt/)")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(rf"^{re.escape(stage)} +SKIP ", proc.stdout, re.M), proc.stdout
+    assert f"{stage}: SKIP: not run: no TensorRT headers (carry .trt/)" in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "2 passed, 1 not passed"
+    assert "all GPU checks passed" not in proc.stdout
+
+
+def test_the_script_reports_the_self_test_stage_when_it_does_not_run():
+    """The GPU path (run on a device only) hands the table a --not-run row where it skips the stage."""
+    script = SCRIPT.read_text()
+    branch = re.search(r'else\n(.*?)\nfi\n', script[script.index('-k selftest --junitxml'):], re.S)
+    assert branch and 'NOT_RUN+=("--not-run=' in branch.group(1), "the self-test stage's else branch changed"
+    assert re.search(r'^print_table "\$\{TABLE_FILES\[@\]\}" \$\{NOT_RUN\[@\]\+', script, re.M)
+
+
 @pytest.mark.slow
 def test_launcher_compiles_with_plain_nvcc_and_refuses_bad_arguments(tmp_path):
     """The GPU test's launcher builds here (one architecture, Orin's) and loads without a GPU."""
