@@ -253,7 +253,8 @@ def write(model: ServedModel, args: argparse.Namespace) -> list[str]:
         lines.append(f"plugin: {model.plugin_library.name} (built against TensorRT {model.plugin_tensorrt})")
     lines += [f"serve it with: {cmd}", f"   (or {final / 'tritonserver.sh'})"]
     if server:
-        inputs = ", ".join(f"'{n}' ({t} {list(d)})" for n, (t, d) in prepost_model.INPUTS.items())
+        # clients name the protocol's datatype: a config's TYPE_STRING is BYTES on the wire
+        inputs = ", ".join(f"'{n}' ({'BYTES' if t == 'STRING' else t} {list(d)})" for n, (t, d) in prepost_model.INPUTS.items())
         lines += [
             "   (the Python of Triton's Python backend needs mrcnn-edge and numpy < 2: "
             "pip install 'mrcnn-edge[opencv,ort]' 'numpy<2' there)",
