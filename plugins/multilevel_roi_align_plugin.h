@@ -1,6 +1,6 @@
 // TensorRT side of MultilevelRoIAlign: the IPluginV3 plugin and its IPluginCreatorV3One creator.
 //
-// With multilevel_roi_align_attributes.cpp and plugin_entry.cpp, the only files that include
+// With multilevel_roi_align_attributes.cpp, plugin_entry.cpp and plugin_autoreg.cpp, the only files that include
 // TensorRT. Works with the headers of TensorRT 10.3 and later,
 // 11.x included (the IPluginV3One* interfaces did not change between them). The library needs no
 // TensorRT library at link time: every TensorRT type used here is an interface TensorRT implements.
