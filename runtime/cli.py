@@ -11,11 +11,10 @@ import logging
 import sys
 
 from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
-from mrcnn_edge.core.contract import DEVICES  # not via segmenter: this module imports without OpenCV
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note, status
 
-from mrcnn_edge.runtime.backends import BACKENDS
+from mrcnn_edge.runtime.backends import BACKENDS, option_for_flag
 
 __all__ = ["DESCRIPTION_RUN", "add_run_arguments", "run_run"]
 
@@ -69,15 +68,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep detections scoring at least S")
     p.add_argument("--no-display", action="store_true", help="do not open a window")
     p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help=_auto_help())
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="ONNX Runtime providers / where TensorRT pre- and post-processing run")
-    p.add_argument("--providers", default=None, metavar="LIST",
-                   help="ONNX Runtime execution providers, comma-separated, best first")
-    p.add_argument("--plugin-lib", default=None, metavar="PATH",
-                   help="TensorRT plugin library (default: the one named in the engine's sidecar)")
-    p.add_argument("--cuda-graph", action="store_true", help="TensorRT: replay inference as a CUDA graph")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="OpenVINO: inference precision (bf16 where the CPU has it; an INT8 model runs as quantized)")
+    device = option_for_flag("--device")
+    p.add_argument("--device", choices=device.choices, default=device.default, help=device.help)
+    # backend options: choices, defaults and help from the backend table
+    p.add_argument("--providers", default=None, metavar="LIST", help=option_for_flag("--providers").help)
+    p.add_argument("--plugin-lib", default=None, metavar="PATH", help=option_for_flag("--plugin-lib").help)
+    p.add_argument("--cuda-graph", action="store_true", help=option_for_flag("--cuda-graph").help)
+    precision = option_for_flag("--precision")
+    p.add_argument("--precision", choices=precision.choices, default=precision.default, help=precision.help)
     p.add_argument("--reconnect", type=non_negative_int, default=5, metavar="N",
                    help="live sources: reconnect attempts before giving up (0.5, 1, 2, 4, 8 s apart); "
                         "then that source's recording ends, kept")

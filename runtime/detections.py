@@ -4,7 +4,9 @@ Built by ``Segmenter`` from the flat output tensors; masks are kept at model res
 probabilities) and pasted into the frame only when asked for (``masks``, ``instance_map()``,
 ``to_coco()``, ``draw()``), on the CPU or on the GPU depending on the segmenter's ``ops``.
 ``to_coco()`` pastes box by box (memory follows the boxes); with GPU post-processing ``draw()``
-renders on the device from the frame and masks already there (``device``).
+renders on the device from the frame and masks already there (``device``). ``frame`` is the frame
+the detections were made on, as the Segmenter converted it: ``draw()`` without an argument draws on
+it (its pixels as they are then, edits included) without converting it again.
 """
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ class Detections:
         paste_boxes (float32 ``[N,4]``): the boxes the masks belong to, in frame pixels (``boxes``
             before clipping to the frame; the same unless a box reached into the letterbox padding).
         frame_shape ((h, w)): the frame these refer to.
+        frame (uint8 ``[h,w,3]`` BGR or None): that frame, as converted for the model (kept by
+            reference: the caller's own array when it was BGR uint8 already).
     """
 
     def __init__(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, class_names: Sequence[str],
                  mask_probs: np.ndarray, frame_shape: Sequence[int], ops: Any = None,
                  mask_threshold: float = MASK_THRESHOLD, paste_boxes: np.ndarray | None = None,
-                 device: Any = None) -> None:
+                 device: Any = None, frame: np.ndarray | None = None) -> None:
         self.boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         # the boxes the masks were computed on (frame pixels); differ from `boxes` only where the
         # model's box reached into the letterbox padding, which `boxes` clips away
@@ -62,6 +66,7 @@ class Detections:
         # cuda_ops.DeviceFrame (with the engine rows of these detections) or None: what draw()
         # may render from on the device; a subset drops it (its rows would need remapping)
         self.device = device
+        self.frame = frame
 
     @classmethod
     def empty(cls, frame_shape: Sequence[int], mask_size: int = 28) -> "Detections":
@@ -81,7 +86,7 @@ class Detections:
         idx = np.atleast_1d(idx)
         return Detections(self.boxes[idx], self.scores[idx], self.class_ids[idx],
                           [self.class_names[i] for i in idx], self.mask_probs[idx], self.frame_shape,
-                          self._ops, self.mask_threshold, self.paste_boxes[idx])
+                          self._ops, self.mask_threshold, self.paste_boxes[idx], frame=self.frame)
 
     @property
     def masks(self) -> np.ndarray:
@@ -95,10 +100,7 @@ class Detections:
         (None when the box misses the frame): ``masks[i]`` without the frame-sized zeros."""
         if self._masks is not None:  # already pasted: crop, do not paste again
             return [_crop(m) for m in self._masks]
-        paste = getattr(self._ops, "paste_regions", None)
-        if paste is None:
-            return [_crop(m) for m in self.masks]
-        return paste(self.mask_probs, self.paste_boxes, self.frame_shape, self.mask_threshold)
+        return self._ops.paste_regions(self.mask_probs, self.paste_boxes, self.frame_shape, self.mask_threshold)
 
     def instance_map(self) -> np.ndarray:
         """int32 ``[h,w]``: 0 where no mask, ``i+1`` for detection ``i``; overlaps go to the higher score."""
@@ -131,16 +133,26 @@ class Detections:
             })
         return results
 
-    def draw(self, frame: np.ndarray, alpha: float = 0.5, labels: bool = True, boxes: bool = True) -> np.ndarray:
-        """A new BGR uint8 image: masks blended in their class colours, boxes and ``name score`` labels."""
-        image = as_bgr8(frame)
+    def draw(self, frame: np.ndarray | None = None, alpha: float = 0.5, labels: bool = True,
+             boxes: bool = True) -> np.ndarray:
+        """A new BGR uint8 image: masks blended in their class colours, boxes and ``name score`` labels.
+
+        ``frame``: the image to draw on (any layout ``frames.as_bgr8`` takes); None: the frame the
+        detections were made on (:attr:`frame`), as it is now.
+        """
+        if frame is None:
+            if self.frame is None:
+                raise UserError("draw() needs the frame to draw on: these detections do not keep theirs")
+            image = self.frame
+        else:
+            image = as_bgr8(frame)
         if image.shape[:2] != self.frame_shape:
             raise UserError(f"draw() got a {image.shape[1]}x{image.shape[0]} frame for detections "
                             f"of a {self.frame_shape[1]}x{self.frame_shape[0]} one")
         colours = self.colours()
         if not len(self):
             out = image.copy()
-        elif self._ids is None and getattr(self._ops, "name", "cpu") != "cpu":
+        elif self._ids is None and self._ops.fused_render:
             # GPU: paste, cull, threshold and blend in one kernel, no frame-sized id map on the bus
             out = self._ops.render(image, self.mask_probs, self.paste_boxes, self.scores, colours, alpha,
                                    self.mask_threshold, device=self.device)

@@ -203,6 +203,9 @@ class ReferenceOps:
     """The CPU implementation of the mask operations ``Detections`` delegates to (see ``cuda_ops.CudaOps``)."""
 
     name = "cpu"
+    # render() is overlay(instance_map()): Detections draws through its cached instance map instead;
+    # CudaOps renders in one pass without an id map (fused_render True)
+    fused_render = False
 
     def paste_masks(self, masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
                     threshold: float = MASK_THRESHOLD) -> np.ndarray:

@@ -23,21 +23,26 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from mrcnn_edge.core.contract import feed_mean_std
+from mrcnn_edge.core.contract import DEVICES
 from mrcnn_edge.core.errors import UserError
 
-from mrcnn_edge.runtime.backends import Backend, backend_for, open_backend, url_scheme
+from mrcnn_edge.runtime.backends import (BACKENDS, Backend, BackendEntry, DeviceBackend, backend_for, open_backend,
+                                         url_scheme)
 from mrcnn_edge.runtime.detections import Detections
 from mrcnn_edge.runtime.frames import as_bgr8
 from mrcnn_edge.runtime.postprocess import MASK_THRESHOLD, ReferenceOps, rows_to_frame
 from mrcnn_edge.runtime.preprocess import Letterbox, letterbox_into, normalization
 from mrcnn_edge.runtime.spec import INPUT_NAME, ModelSpec, model_spec
 
-__all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "DEVICES", "CLOSE_WAIT_S"]
+__all__ = ["Segmenter", "Work", "DEFAULT_SCORE_THRESHOLD", "CLOSE_WAIT_S", "BATCHES_IN_FLIGHT"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORE_THRESHOLD = 0.5
-from mrcnn_edge.core.contract import DEVICES  # noqa: E402  (re-exported)
+# Batches between upload (infer) and draw in a pipeline: one in inference, two queued for
+# post-processing, one being drawn. The GPU path keeps batch x this many frames on the device, so
+# that no frame is uploaded twice (a draw() finds its frame and masks still there).
+BATCHES_IN_FLIGHT = 4
 # How long close() waits for stage calls still running in other threads before it gives up and
 # leaves their device memory allocated (freeing it under a running kernel would crash the process).
 CLOSE_WAIT_S = 60.0
@@ -47,7 +52,7 @@ CLOSE_WAIT_S = 60.0
 class Work:
     """One model batch on its way through the stages (``len(frames) <= spec.batch``)."""
 
-    frames: list[np.ndarray]                       # H×W×3 uint8 BGR, as converted by as_bgr8
+    frames: list[np.ndarray]                       # H×W×3 uint8 BGR: converted once, by prepare()
     letterboxes: list[Letterbox] = field(default_factory=list)
     tensor: np.ndarray | None = None               # [B,3,H,W] model input (CPU pre-processing)
     outputs: dict[str, np.ndarray] | None = None   # copies of the model outputs
@@ -64,10 +69,16 @@ class Segmenter:
     kernels ("cuda"; "auto" falls back to the CPU with a warning when they cannot load) or the
     numpy reference ("cpu"). With ONNX Runtime, which execution providers run the model ("cuda":
     GPU providers required, "cpu": CPU only); its pre/post-processing is always the reference.
+    ``batches_in_flight``: batches a caller has between ``infer`` and ``draw`` at once (a
+    pipeline's depth; :data:`BATCHES_IN_FLIGHT` by default): the GPU path keeps that many batches
+    of frames on the device.
+
+    A frame is converted to ``H×W×3`` uint8 BGR once, where it enters (``prepare``, so ``__call__``
+    and ``batch`` too); ``Detections`` keep that frame, and ``draw()`` without an argument draws on it.
     """
 
     def __init__(self, backend: Backend, score_threshold: float | None = None, device: str = "auto",
-                 mask_threshold: float = MASK_THRESHOLD) -> None:
+                 mask_threshold: float = MASK_THRESHOLD, batches_in_flight: int = BATCHES_IN_FLIGHT) -> None:
         if device not in DEVICES:
             raise UserError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         self.backend = backend
@@ -79,7 +90,9 @@ class Segmenter:
         # an in-graph model is fed 0..255 RGB (x*1 + 0; padding stays 0, black, as DeepStream pads)
         self._mul, self._add = normalization(*feed_mean_std(self.spec.input_normalization, self.spec.mean,
                                                             self.spec.std))
-        self.ops: Any = self._choose_ops(device)
+        # the backend's GPU buffers when the pre/post-processing runs next to them (CudaOps), else None
+        self._device_io: DeviceBackend | None = None
+        self.ops: Any = self._choose_ops(device, max(int(batches_in_flight), 1))
         # model-input buffers recycled between batches: a fresh 3 MB array per frame costs more
         # in page faults than the letterbox itself
         self._pool: list[np.ndarray] = []
@@ -106,50 +119,61 @@ class Segmenter:
                 self._busy -= 1
                 self._idle.notify_all()
 
-    def _choose_ops(self, device: str) -> Any:
-        # ONNX Runtime takes and returns host arrays: its pre/post-processing stays on the CPU
-        # whatever its providers; device="cuda" there means GPU providers (OrtBackend checks)
-        if device == "cpu" or not hasattr(self.backend, "device_pointer"):
+    def _choose_ops(self, device: str, batches_in_flight: int) -> Any:
+        # A backend that takes and returns host arrays (ONNX Runtime, OpenVINO, Triton) keeps its
+        # pre/post-processing on the CPU whatever its providers; device="cuda" there means GPU
+        # providers (OrtBackend checks). Only a backend whose tensors are GPU buffers says so.
+        io = self.backend.on_device()
+        if device == "cpu" or io is None:
             return ReferenceOps()
         try:
             from mrcnn_edge.runtime.gpu.cuda_ops import CudaOps
 
-            # the backend's GPU: its stream and buffers live there (device 0 unless it says otherwise)
-            device_id = int(getattr(self.backend, "device_id", 0) or 0)
-            return CudaOps(device_id=device_id, stream=self.backend.stream)  # type: ignore[attr-defined]
+            # the backend's GPU and stream: the letterbox is ordered before its run
+            ops = CudaOps(device_id=io.device_id, stream=io.stream, slots=self.spec.batch * batches_in_flight)
         except (UserError, RuntimeError, OSError) as exc:
             if device == "cuda":
                 raise UserError(f"CUDA pre/post-processing is unavailable: {exc}") from exc
             log.warning("CUDA pre/post-processing unavailable (%s); using the CPU reference", exc)
             return ReferenceOps()
+        self._device_io = io
+        return ops
+
+    def frame_buffer(self, shape: Sequence[int]) -> np.ndarray | None:
+        """A ``shape`` (H, W, 3) uint8 array to capture the next frame into, or None.
+
+        Optional, for sources that can read into a given array (OpenCV's ``VideoCapture.read(image)``):
+        on an integrated GPU (Jetson) it is the mapped memory the kernels read, so the frame then
+        reaches the GPU without any copy. None where that saves nothing (CPU pre/post-processing, a
+        discrete GPU) or no slot is free: read into an array of your own then. The array is the
+        caller's frame as long as they keep it (it is not reused under them)."""
+        if self._device_io is None:
+            return None
+        return self.ops.frame_buffer(shape)
 
     @classmethod
     def from_path(cls, path: str | Path, backend: str | None = None, providers: Sequence[str] | None = None,
                   plugin_lib: str | Path | None = None, score_threshold: float | None = None,
-                  device: str = "auto", cuda_graph: bool = False, precision: str = "auto") -> "Segmenter":
-        """Open ``model.onnx`` (ONNX Runtime), ``model.engine`` (TensorRT) or ``triton://host:port/model``
-        (a Triton Inference Server: inference there, pre/post-processing here) and check it against the contract."""
-        entry = backend_for(path, backend)
-        if (providers or device == "cuda") and backend in (None, "auto") and entry.name != "onnxruntime" and url_scheme(path) is None:
-            # execution providers are ONNX Runtime's: they choose it where it runs the file too
-            with contextlib.suppress(UserError):
-                entry = backend_for(path, "onnxruntime")
-        if entry.name == "onnxruntime":
-            if plugin_lib or cuda_graph:
-                raise UserError("--plugin-lib and --cuda-graph apply to TensorRT engines, not ONNX Runtime")
-            options: dict[str, Any] = {"providers": providers, "device": device}
-        else:
-            if providers:
-                what = "a Triton server" if entry.name == "triton" else f"the {entry.name} backend"
-                raise UserError(f"--providers is for ONNX Runtime, not {what}")
-            options = {"plugin_lib": plugin_lib, "cuda_graph": cuda_graph}
-            if entry.name not in ("tensorrt", "triton"):  # backends without plugins or CUDA graphs
-                if plugin_lib or cuda_graph:
-                    raise UserError(f"--plugin-lib and --cuda-graph apply to TensorRT engines, not the {entry.name} backend")
-                options = {"precision": precision} if entry.name == "openvino" else {}
-        if precision != "auto" and entry.name != "openvino":
-            raise UserError(f"a precision is chosen at export for the {entry.name} backend; --precision is OpenVINO's")
-        be = open_backend(path, entry.name, **options)
+                  device: str = "auto", cuda_graph: bool = False, precision: str = "auto",
+                  **options: Any) -> "Segmenter":
+        """Open ``model.onnx`` (ONNX Runtime or OpenVINO), ``model.engine`` (TensorRT) or
+        ``triton://host:port/model`` (a Triton Inference Server: inference there, pre/post-processing
+        here) and check it against the contract.
+
+        ``providers``, ``plugin_lib``, ``cuda_graph``, ``precision`` and ``options`` are backend
+        options (``backends.BACKENDS`` lists who takes which): those left at their defaults are not
+        passed; any other is checked against the chosen backend's row. ``device`` is also passed to
+        a backend that takes it (ONNX Runtime's providers). With ``backend`` "auto" the first backend
+        that runs the file and takes every option given is chosen.
+        """
+        given = {"providers": providers, "plugin_lib": plugin_lib, "cuda_graph": cuda_graph, "precision": precision,
+                 **options}
+        given = {k: v for k, v in given.items() if not _is_default(k, v)}
+        entry = _choose_backend(path, backend, given, device)
+        device_option = next((o.name for o in entry.options if o.flag == "--device"), None)
+        if device_option is not None and device != "auto":
+            given[device_option] = device
+        be = open_backend(path, entry.name, **given)
         try:
             return cls(be, score_threshold=score_threshold, device=device)
         except BaseException:
@@ -169,8 +193,8 @@ class Segmenter:
         if not 0 < len(frames) <= self.spec.batch:
             raise ValueError(f"prepare() takes 1..{self.spec.batch} frames, got {len(frames)}")
         with self._stage():
-            work = Work([as_bgr8(f) for f in frames])
-            if self.ops.name == "cpu":
+            work = Work([as_bgr8(f) for f in frames])  # the one conversion of each frame
+            if self._device_io is None:
                 work.tensor = self._take_buffer()
                 work.letterboxes = [letterbox_into(f, work.tensor[i], self._mul, self._add)
                                     for i, f in enumerate(work.frames)]
@@ -188,8 +212,9 @@ class Segmenter:
         return work
 
     def _run_model(self, work: Work) -> dict[str, np.ndarray]:
-        if self.ops.name != "cpu":  # GPU pre-processing straight into the engine's input buffer
-            base = self.backend.device_pointer(INPUT_NAME)  # type: ignore[attr-defined]
+        io = self._device_io
+        if io is not None:  # GPU pre-processing straight into the engine's input buffer
+            base = io.device_pointer(INPUT_NAME)
             h, w = self.spec.input_hw
             item = 3 * h * w * self.spec.input_dtype.itemsize
             fp16 = self.spec.input_dtype == np.float16
@@ -199,8 +224,8 @@ class Segmenter:
                                 for i, d in enumerate(work.device)]
             if len(work.frames) < self.spec.batch:
                 self.ops.zero(base + len(work.frames) * item, (self.spec.batch - len(work.frames)) * item)
-            outputs = self.backend.execute()  # type: ignore[attr-defined]  (time includes the letterbox)
-            self._keep_device_masks(work)
+            outputs = io.execute()  # (its time includes the letterbox)
+            self._keep_device_masks(io, work)
             return outputs
         if work.tensor is None:
             raise ValueError("infer() needs a Work from prepare() that was not run yet")
@@ -209,16 +234,12 @@ class Segmenter:
         work.tensor = None
         return outputs
 
-    def _keep_device_masks(self, work: Work) -> None:
+    def _keep_device_masks(self, io: DeviceBackend, work: Work) -> None:
         """Copy the engine's masks into the frames' slots on the device, before the next run
-        overwrites them (float32 or float16 masks, kept as the engine wrote them, from a backend
-        that exposes its output buffers only)."""
+        overwrites them (float32 or float16 masks, kept as the engine wrote them)."""
         masks = self.backend.outputs.get("masks")
-        try:
-            ptr = self.backend.device_pointer("masks")  # type: ignore[attr-defined]
-        except (KeyError, AssertionError, AttributeError):
-            ptr = None
-        if masks is None or not ptr or np.dtype(masks.dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
+        ptr = io.device_pointer("masks") if masks is not None else 0
+        if not ptr or np.dtype(masks.dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
             work.device = []  # draw() uploads the masks it has on the host instead
             return
         shape = tuple(masks.shape)  # [B,K,M,M]
@@ -253,7 +274,7 @@ class Segmenter:
                 results.append(Detections(
                     rows.boxes, rows.scores, rows.classes, [self.spec.class_name(int(c)) for c in rows.classes],
                     rows.masks, frame.shape[:2], self.ops, self.mask_threshold, paste_boxes=rows.paste_boxes,
-                    device=device,
+                    device=device, frame=frame,
                 ))
         work.timings["post"] = time.perf_counter() - t0
         return results
@@ -296,7 +317,7 @@ class Segmenter:
                 log.error("a Segmenter stage is still running after %.0f s; leaving its GPU memory allocated",
                           CLOSE_WAIT_S if wait is None else wait)
                 return
-        if hasattr(self.ops, "close"):
+        if self._device_io is not None:
             self.ops.close()
         self.backend.close()
 
@@ -305,3 +326,30 @@ class Segmenter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _is_default(name: str, value: Any) -> bool:
+    """An option left as the caller's signature has it: None, False, or the table's default."""
+    if value is None or value is False:
+        return True
+    defaults = {o.default for e in BACKENDS.values() for o in e.options if o.name == name and o.kind == "str"}
+    return isinstance(value, str) and value in defaults
+
+
+def _choose_backend(path: str | Path, backend: str | None, given: dict[str, Any], device: str) -> BackendEntry:
+    """The backend for ``path``: the one named, else the automatic choice, unless that one does not
+    take an option given (or cannot put the model on a GPU with ``device="cuda"``) while another
+    backend that runs the file does (``--providers`` on an x86 CPU chooses ONNX Runtime over OpenVINO)."""
+    entry = backend_for(path, backend)
+    if backend not in (None, "auto"):
+        return entry
+
+    def fits(e: BackendEntry) -> bool:
+        return all(e.option(k) is not None for k in given) and device in e.devices
+
+    if fits(entry):
+        return entry
+    scheme = url_scheme(path)
+    suffix = Path(path).suffix.lower() if scheme is None else None
+    others = [e for e in BACKENDS.values() if (scheme in e.schemes if scheme else suffix in e.suffixes)]
+    return next((e for e in others if fits(e)), entry)

@@ -8,7 +8,13 @@ Every backend (Polygraphy's runner shape) is a context manager with
   arrays are the backend's own buffers, allocated once and overwritten by the next call: copy
   what you keep.
 
-:data:`BACKENDS` drives dispatch (``open_backend``), the CLI's ``--backend`` choices and the docs.
+A backend whose tensors live in GPU memory (TensorRT) also offers :class:`DeviceBackend`, returned
+by :meth:`Backend.on_device`: the GPU pre/post-processing writes the model input and reads the
+masks where the engine has them, and runs the model with ``execute()`` (no host copy of inputs).
+
+:data:`BACKENDS` drives dispatch (``open_backend``), the CLI's ``--backend`` choices and the
+options each backend accepts (:class:`BackendOption`: name, type, choices, default, help;
+checked by :func:`check_options` for every caller), and the docs (:func:`backend_docs`).
 """
 from __future__ import annotations
 
@@ -18,16 +24,17 @@ import importlib.util
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-from mrcnn_edge.core.contract import ENGINE_SUFFIXES, ONNX_SUFFIXES
+from mrcnn_edge.core.contract import DEVICES, ENGINE_SUFFIXES, ONNX_SUFFIXES
 from mrcnn_edge.core.errors import UserError
 
 from mrcnn_edge.runtime.spec import TensorSpec
 
-__all__ = ["Backend", "BackendEntry", "BACKENDS", "backend_for", "open_backend", "check_feed", "url_scheme"]
+__all__ = ["Backend", "DeviceBackend", "BackendOption", "BackendEntry", "BACKENDS", "backend_for", "open_backend",
+           "check_options", "option_for_flag", "backend_docs", "check_feed", "url_scheme"]
 
 
 class Backend(abc.ABC):
@@ -50,11 +57,36 @@ class Backend(abc.ABC):
     def description(self) -> str:
         return self.name
 
+    def on_device(self) -> "DeviceBackend | None":
+        """This backend as a :class:`DeviceBackend` when its tensors are GPU buffers, else None
+        (host arrays in and out: the pre/post-processing then stays on the CPU)."""
+        return None
+
     def __enter__(self) -> "Backend":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@runtime_checkable
+class DeviceBackend(Protocol):
+    """What a backend whose inputs and outputs are GPU buffers offers the GPU pre/post-processing
+    (``Segmenter`` with ``cuda_ops.CudaOps``): the buffers' device addresses, the stream its work is
+    ordered on, and a run on the inputs already there."""
+
+    device_id: int  # the GPU the buffers and the stream belong to
+
+    @property
+    def stream(self) -> Any:
+        """The cuda-python stream the backend's work is ordered on (the letterbox joins it)."""
+
+    def device_pointer(self, name: str) -> int:
+        """Device address of tensor ``name``'s buffer (KeyError for an unknown tensor)."""
+
+    def execute(self) -> dict[str, np.ndarray]:
+        """Run on the inputs already in the device buffers, after what is enqueued on ``stream``;
+        outputs by name in host memory (overwritten by the next run)."""
 
 
 def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping[str, TensorSpec]) -> None:
@@ -67,9 +99,88 @@ def check_feed(feed: Mapping[str, np.ndarray], inputs: Mapping[str, TensorSpec])
             raise ValueError(f"input {name!r}: got {a.dtype} {tuple(a.shape)}, expected {spec.dtype} {spec.shape}")
 
 
+_KINDS = ("str", "int", "float", "bool", "list", "path", "callable")
+
+
+@dataclass(frozen=True)
+class BackendOption:
+    """One keyword a backend class takes beyond the model path.
+
+    ``kind``: ``str``, ``int``, ``float``, ``bool``, ``list`` (of strings; a comma-separated string
+    is split), ``path`` or ``callable`` (API only). ``choices``: the allowed values (str options).
+    ``minimum``: the least allowed value (int and float options). ``flag``: the ``mrcnn-edge run``
+    option that sets it (``--plugin-lib``), None when only the API and ``benchmark --row`` set it.
+    ``default``: what the class does without it (a test holds the classes' signatures to it).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    flag: str | None = None
+
+    def parse(self, value: Any, backend: str) -> Any:
+        """``value`` checked and converted (strings as ``benchmark --row`` and the CLI give them);
+        one-line ``UserError`` naming the backend and the option otherwise."""
+        def bad(expected: str) -> UserError:
+            return UserError(f"{self.flag or self.name} {value!r} for the {backend} backend: expected {expected}")
+
+        if value is None:
+            return None
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise bad("true or false")
+        if self.kind in ("int", "float"):
+            if isinstance(value, bool):
+                raise bad(f"a{'' if self.kind == 'float' else ' whole'} number")
+            try:
+                number = int(str(value).strip()) if self.kind == "int" else float(value)
+            except (TypeError, ValueError):
+                raise bad(f"a{'' if self.kind == 'float' else ' whole'} number") from None
+            if self.kind == "float" and number != number:
+                raise bad("a number")
+            if self.minimum is not None and number < self.minimum:
+                raise bad(f"at least {self.minimum:g}")
+            return number
+        if self.kind == "list":
+            items = value.split(",") if isinstance(value, str) else value
+            try:
+                items = [str(v).strip() for v in items]
+            except TypeError:
+                raise bad("a list of names") from None
+            return [v for v in items if v]
+        if self.kind == "path":
+            if not isinstance(value, (str, Path)) or not str(value).strip():
+                raise bad("a file path")
+            return value
+        if self.kind == "callable":
+            if not callable(value):
+                raise bad("a function")
+            return value
+        if not isinstance(value, str):
+            raise bad("a string")
+        if self.choices and value not in self.choices:
+            raise bad(f"one of {', '.join(self.choices)}")
+        return value
+
+    def describe(self) -> str:
+        """``name=default`` and its choices or type, for the docs."""
+        values = " / ".join(self.choices) if self.choices else self.kind
+        return f"{self.name} ({values}, default {self.default!r})"
+
+
 @dataclass(frozen=True)
 class BackendEntry:
     name: str
+    title: str                  # how messages name it: "ONNX Runtime", "TensorRT engines"
     suffixes: tuple[str, ...]   # artefacts it runs
     module: str                 # defines `cls`; imported on use
     cls: str
@@ -79,7 +190,13 @@ class BackendEntry:
     # ``auto`` picks the first entry (table order) that runs the file and whose ``auto_when()`` is
     # true (None: always); a backend that is best only on some machines says which here
     auto_when: Callable[[Path], bool] | None = None
-    options: str = ""              # the options its class takes beyond the path, for the docs
+    options: tuple[BackendOption, ...] = ()  # the keywords its class takes beyond the path
+    # the Segmenter's ``device`` values it honours ("cuda": its model runs on a GPU there); the
+    # option flagged --device, if it has one, receives the value
+    devices: tuple[str, ...] = ("auto", "cpu")
+
+    def option(self, name: str) -> BackendOption | None:
+        return next((o for o in self.options if o.name == name), None)
 
 
 def x86_cpu_with_openvino(path: Path) -> bool:
@@ -101,28 +218,98 @@ def x86_cpu_with_openvino(path: Path) -> bool:
     return cuda_driver().devices == 0
 
 
+_DEVICE_HELP = "ONNX Runtime providers / where TensorRT pre- and post-processing run"
+
 BACKENDS: dict[str, BackendEntry] = {
     "openvino": BackendEntry(
-        "openvino", ONNX_SUFFIXES, "mrcnn_edge.runtime.backends.openvino", "OpenVinoBackend", "openvino",
+        "openvino", "OpenVINO", ONNX_SUFFIXES, "mrcnn_edge.runtime.backends.openvino", "OpenVinoBackend", "openvino",
         "OpenVINO on x86 CPUs: portable ONNX in fp32, bf16 (CPUs with BF16) or its INT8 Q/DQ model; "
         "the automatic choice for ONNX on x86 without a GPU where installed",
-        auto_when=x86_cpu_with_openvino, options="precision=auto|fp32|bf16, device=CPU",
+        auto_when=x86_cpu_with_openvino,
+        options=(
+            BackendOption("precision", "str", "auto", "OpenVINO: inference precision (bf16 where the CPU has it; "
+                          "an INT8 model runs as quantized)", choices=("auto", "fp32", "bf16"), flag="--precision"),
+            BackendOption("device", "str", "CPU", "OpenVINO device name (CPU)"),
+        ),
     ),
     "onnxruntime": BackendEntry(
-        "onnxruntime", ONNX_SUFFIXES, "mrcnn_edge.runtime.backends.ort", "OrtBackend", "ort",
+        "onnxruntime", "ONNX Runtime", ONNX_SUFFIXES, "mrcnn_edge.runtime.backends.ort", "OrtBackend", "ort",
         "ONNX Runtime: TensorRT, CUDA or CPU execution provider, whichever is available",
-        options="providers=..., device=auto|cpu|cuda, threads=N",
+        options=(
+            BackendOption("providers", "list", None, "ONNX Runtime execution providers, comma-separated, best first",
+                          flag="--providers"),
+            BackendOption("device", "str", "auto", _DEVICE_HELP, choices=DEVICES, flag="--device"),
+            BackendOption("threads", "int", None, "ONNX Runtime intra-op threads (default: its own choice)", minimum=1),
+            BackendOption("session_options_hook", "callable", None, "called with the SessionOptions before the "
+                          "session is made (registers custom-op libraries)"),
+        ),
+        devices=DEVICES,
     ),
     "tensorrt": BackendEntry(
-        "tensorrt", ENGINE_SUFFIXES, "mrcnn_edge.runtime.backends.trt", "TrtBackend", "gpu",
+        "tensorrt", "TensorRT engines", ENGINE_SUFFIXES, "mrcnn_edge.runtime.backends.trt", "TrtBackend", "gpu",
         "TensorRT engine with cuda-python buffers, one stream, optional CUDA graph",
+        options=(
+            BackendOption("plugin_lib", "path", None, "TensorRT plugin library (default: the one named in the "
+                          "engine's sidecar)", flag="--plugin-lib"),
+            BackendOption("cuda_graph", "bool", False, "TensorRT: replay inference as a CUDA graph", flag="--cuda-graph"),
+            BackendOption("device_id", "int", 0, "the GPU to run on", minimum=0),
+        ),
+        devices=DEVICES,
     ),
     "triton": BackendEntry(
-        "triton", (), "mrcnn_edge.runtime.backends.triton", "TritonBackend", "triton",
+        "triton", "a Triton Inference Server", (), "mrcnn_edge.runtime.backends.triton", "TritonBackend", "triton",
         "Triton Inference Server (triton://host:8001/model): gRPC, pre/post-processing on this machine",
         schemes=("triton",),
+        options=(
+            BackendOption("timeout", "float", 30.0, "seconds a request may take", minimum=0.001),
+            BackendOption("reconnect_tries", "int", 5, "reconnect attempts when the server goes away", minimum=0),
+            BackendOption("backoff", "float", 0.5, "first wait between attempts, seconds (doubles)", minimum=0),
+            BackendOption("max_backoff", "float", 8.0, "longest wait between attempts, seconds", minimum=0),
+        ),
     ),
 }
+
+
+def check_options(entry: BackendEntry, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against ``entry``'s declared options and converted; a one-line
+    ``UserError`` for an option it does not take (naming who does) or a bad value."""
+    out: dict[str, Any] = {}
+    refused: dict[str, list[str]] = {}  # title of the backends that take it -> names
+    for name, value in options.items():
+        opt = entry.option(name)
+        if opt is None:
+            owners = [e for e in BACKENDS.values() if e.option(name) is not None]
+            if not owners:
+                takes = ", ".join(o.name for o in entry.options) or "none"
+                raise UserError(f"the {entry.name} backend has no option {name!r} (it takes: {takes})")
+            flag = next((o.flag for e in owners if (o := e.option(name)) and o.flag), None) or name
+            refused.setdefault(" or ".join(e.title for e in owners), []).append(flag)
+            continue
+        out[name] = opt.parse(value, entry.name)
+    if refused:
+        titles, flags = next(iter(refused.items()))
+        verb = "applies" if len(flags) == 1 else "apply"
+        raise UserError(f"{' and '.join(flags)} {verb} to {titles}, not {entry.title}")
+    return out
+
+
+def option_for_flag(flag: str) -> BackendOption:
+    """The backend option a ``mrcnn-edge run`` flag sets (its choices, default and help feed the CLI)."""
+    for entry in BACKENDS.values():
+        for o in entry.options:
+            if o.flag == flag:
+                return o
+    raise KeyError(flag)
+
+
+def backend_docs() -> str:
+    """The backend table as Markdown (runtime/README.md carries it; a test keeps the two equal)."""
+    lines = ["| backend | runs | options (`run` flag) | extra |", "|---|---|---|---|"]
+    for e in BACKENDS.values():
+        runs = ", ".join([f"`{s}`" for s in e.suffixes] + [f"`{s}://`" for s in e.schemes])
+        opts = "; ".join(o.describe() + (f" `{o.flag}`" if o.flag else "") for o in e.options) or "-"
+        lines.append(f"| `{e.name}` | {runs} | {opts} | `[{e.extra}]` |")
+    return "\n".join(lines) + "\n"
 
 
 def url_scheme(path: str | Path) -> str | None:
@@ -176,14 +363,12 @@ def _entry_for_scheme(scheme: str, url: str, backend: str | None) -> BackendEntr
 
 def open_backend(path: str | Path, backend: str | None = None, **options: Any) -> Backend:
     """Open ``path`` (a model file or a URL such as ``triton://host:8001/model``) with its backend
-    (see :data:`BACKENDS`); options go to the backend class."""
-    if url_scheme(path) is not None:
-        entry = backend_for(path, backend)
-        cls = getattr(importlib.import_module(entry.module), entry.cls)
-        return cls(str(path), **options)
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"model {path} not found")
+    (see :data:`BACKENDS`); ``options`` are checked against the backend's row, then go to its class."""
+    if url_scheme(path) is None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"model {path} not found")
     entry = backend_for(path, backend)
+    checked = check_options(entry, options)
     cls = getattr(importlib.import_module(entry.module), entry.cls)
-    return cls(path, **options)
+    return cls(str(path) if url_scheme(path) is not None else path, **checked)

@@ -189,6 +189,10 @@ class TrtBackend(Backend):
             if _handle(graph):  # captured but not kept: destroy it now rather than leak it
                 cudart.cudaGraphDestroy(graph)
 
+    def on_device(self) -> "TrtBackend":
+        """Its tensors are GPU buffers: it is a ``DeviceBackend`` (``stream``, ``device_pointer``, ``execute``)."""
+        return self
+
     @property
     def stream(self) -> Any:
         """The cuda-python stream everything of this backend is ordered on."""

@@ -1,25 +1,32 @@
 """GPU pre/post-processing: the NVRTC-compiled kernels of ``runtime/gpu/kernels`` behind small methods.
 
 (Over 400 lines on purpose: this is all of the runtime's GPU-only code, one class over one set of
-device buffers and one stream, kept in one place so that it stays thin and is read as a whole; the
-argument structs and signatures are in ``kernel_args.py``.)
+device buffers and two streams, kept in one place so that it stays thin and is read as a whole; the
+argument structs and signatures are in ``kernel_args.py``, the lending of frame-sized memory in
+``frame_slots.py``.)
 
 :class:`CudaOps` has the methods of ``postprocess.ReferenceOps`` (``paste_masks``,
 ``instance_map``, ``overlay``, ``render``), host arrays in and out, plus the device-resident path
 the ``Segmenter`` uses:
 
-- :meth:`CudaOps.upload` puts a frame in one of a few device *frame slots* (through a pinned
-  staging buffer of that slot) and returns a :class:`DeviceFrame`; :meth:`CudaOps.letterbox_from`
-  writes the model input from it straight into the engine's input buffer;
+- :meth:`CudaOps.frame_buffer` (integrated GPUs) lends a source the mapped staging of a free frame
+  slot to capture the next frame into: that frame is then on the device without any copy;
+- :meth:`CudaOps.upload` puts a frame in a frame slot (captured there already, or copied into the
+  slot's pinned staging and, on a discrete GPU, up to the device) and returns a
+  :class:`DeviceFrame`; :meth:`CudaOps.letterbox_from` writes the model input from it straight
+  into the engine's input buffer;
 - :meth:`CudaOps.keep_masks` copies the engine's ``masks`` output for those frames into their
   slots on the device (before the next inference overwrites it);
 - :meth:`CudaOps.render` draws the detections from the slot (masks pasted, thresholded, culled
-  per tile, blended) into a new frame on the device and downloads it once.
+  per tile, blended) into a pinned buffer that it lends to the caller as the drawn frame: written
+  in place by the kernel on an integrated GPU, downloaded once on a discrete one; no CPU copy.
 
 Per drawn frame the bus then carries the frame up, the drawn frame down and the compact outputs
-(boxes, scores, classes, ``M x M`` masks); ``tests/runtime/gpu/test_budget.py`` holds it to that.
-A slot is reused round-robin; a ``DeviceFrame`` whose slot was reused (or a frame that is not the
-one uploaded) falls back to uploading again, so results never depend on it.
+(boxes, scores, classes, ``M x M`` masks); on an integrated GPU no frame-sized copy is made at all,
+on the bus or by the CPU, when the source captured into the slot. ``tests/runtime/gpu/test_budget.py``
+holds it to that. ``render`` reads the frame's pixels as they are when it is called: an edit made
+after ``upload`` (an overlay drawn before ``draw()``) is seen by comparing the frame with the staged
+copy (or is the staging itself, when captured there), and the edited frame is staged again.
 
 Nothing here blocks inside a cuda-python call: waits record an event and poll it
 (``cuda_util.wait_event``). Threads: every public method makes the ops' device current in the
@@ -35,17 +42,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.gpu.cuda_util import (DeviceBuffer, check, check_versions, cuda_modules, device_compute_capability, integrated_gpu,
                         wait_event, wait_stream)
+from mrcnn_edge.runtime.gpu.frame_slots import FrameSlot, HostFramePool, Lease, SlotRing
 from mrcnn_edge.runtime.gpu.kernel_args import TILE, InstanceParams, LetterboxParams, grid, pack_arguments
 from mrcnn_edge.runtime.gpu.kernel_build import KERNELS, compile_kernel, pick_arch
 from mrcnn_edge.runtime.postprocess import MASK_THRESHOLD, ReferenceOps, expand_boxes, paint_order
 from mrcnn_edge.runtime.preprocess import Letterbox
 
-__all__ = ["CudaOps", "DeviceFrame", "FRAME_SLOTS"]
+__all__ = ["CudaOps", "DeviceFrame", "FRAME_SLOTS", "check_frame"]
 
-# Frame slots in the ring: enough for the frames a pipeline has between upload and render (one in
-# inference, one waiting, one being drawn) plus a batch; more only costs memory.
+# Frame slots a CudaOps may keep when its owner does not say (Segmenter sizes them from its batch
+# and pipeline depth); they are made on demand, so an unused one costs nothing.
 FRAME_SLOTS = 4
 
 
@@ -56,32 +65,38 @@ PASTE_STAGING_BYTES = 8 << 20
 HEADROOM = 1.25
 
 
-class _Slot:
-    """One frame on the device: its pinned staging, the uploaded BGR frame and the engine's masks.
+def check_frame(frame: Any, what: str) -> np.ndarray:
+    """``frame`` if it is a C-contiguous ``H×W×3`` uint8 array, else a one-line ``UserError``: the
+    kernels index it as packed BGR bytes, so a gray ``H×W`` (or ``H×W×1``) frame would be read out
+    of bounds. ``frames.as_bgr8`` converts other layouts (``Segmenter`` does, once per frame)."""
+    if (not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3
+            or not frame.flags.c_contiguous or frame.size == 0):
+        desc = (f"shape {tuple(frame.shape)}, dtype {frame.dtype}{'' if frame.flags.c_contiguous else ', not contiguous'}"
+                if isinstance(frame, np.ndarray) else type(frame).__name__)
+        raise UserError(f"{what} takes a C-contiguous H×W×3 uint8 BGR frame, got {desc}: "
+                        "convert it with mrcnn_edge.runtime.frames.as_bgr8")
+    return frame
 
-    ``zero_copy`` (integrated GPUs: Jetson): the staging buffer is mapped pinned memory that the
-    kernels read through its device address, so the frame is never copied at all; else the
-    staging is copied into a device buffer.
-    """
 
-    def __init__(self, cudart: Any, event: Any, zero_copy: bool) -> None:
-        self.pinned = DeviceBuffer(cudart, pinned=True, headroom=HEADROOM, mapped=zero_copy)
-        self.frame = DeviceBuffer(cudart, headroom=HEADROOM)
-        self.masks = DeviceBuffer(cudart)
-        self.zero_copy = zero_copy
-        self.event = event            # recorded after the last work that reads or writes this slot
-        self.generation = 0
-        self.host: np.ndarray | None = None  # the frame uploaded (identity: draw() must get this one)
-        self.mask_shape: tuple[int, int] | None = None  # (rows, M) of the masks kept, None: none
-        self.mask_half = False        # the kept masks are the engine's fp16 (half bits), not float32
+_LIBC: Any = None
 
-    @property
-    def frame_ptr(self) -> int:
-        """Device address of the uploaded frame."""
-        return self.pinned.device_ptr if self.zero_copy else self.frame.ptr
 
-    def buffers(self) -> tuple[DeviceBuffer, ...]:
-        return self.pinned, self.frame, self.masks
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """``a`` and ``b`` (C-contiguous, same size) hold the same bytes: memcmp, which reads both once
+    and allocates nothing (``np.array_equal`` would allocate a frame of booleans)."""
+    global _LIBC
+    if a.nbytes != b.nbytes:
+        return False
+    if a.ctypes.data == b.ctypes.data:
+        return True
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(None)
+            _LIBC.memcmp.restype = ctypes.c_int
+            _LIBC.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        return _LIBC.memcmp(a.ctypes.data, b.ctypes.data, a.nbytes) == 0
+    except (OSError, AttributeError):  # no C library to ask: numpy, slower
+        return bool(np.array_equal(a.reshape(-1), b.reshape(-1)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -89,13 +104,15 @@ class DeviceFrame:
     """A frame in a device slot of ``ops`` (valid while the slot holds ``generation``).
 
     ``rows``: int32 ``[N]``, the engine output rows of the detections that use it (set by
-    ``Segmenter.finish``; their masks are those rows of the slot's copy of ``masks``).
+    ``Segmenter.finish``; their masks are those rows of the slot's copy of ``masks``). While any
+    copy of it is alive, the slot is not given to another frame unless the ring is full.
     """
 
     ops: "CudaOps"
     slot: int
     generation: int
     rows: np.ndarray | None = None
+    lease: Lease | None = None  # keeps the slot this frame's (frame_slots); copies share it
 
 
 class CudaOps:
@@ -103,9 +120,12 @@ class CudaOps:
     (it must belong to ``device_id``)."""
 
     name = "cuda"
+    fused_render = True  # render(): paste, cull, threshold and blend in one kernel, no id map on the bus
 
     def __init__(self, device_id: int = 0, stream: Any = None, slots: int = FRAME_SLOTS,
                  zero_copy: bool | None = None) -> None:
+        """``slots``: the most frame slots kept (frames uploaded and not yet drawn: a pipeline's
+        batch size times the batches between upload and draw); also the most drawn frames lent out."""
         driver, cudart, _ = cuda_modules()
         self._driver, self._cudart = driver, cudart
         self.device_id = int(device_id)
@@ -114,9 +134,9 @@ class CudaOps:
         self._own_stream = stream is None
         self._pre_stream: Any = stream
         self._post_stream: Any = None
-        self._events: list[Any] = []
-        self._slots: list[_Slot] = []
-        self._next_slot = 0
+        self._events: list[Any] = []   # the ops' own event; each slot has its own (SlotRing)
+        self._ring: SlotRing | None = None
+        self._drawn: HostFramePool | None = None
         self._dev: dict[str, DeviceBuffer] = {}
         self._host: dict[str, DeviceBuffer] = {}
         self._lock = threading.Lock()
@@ -139,25 +159,36 @@ class CudaOps:
             if self._own_stream:
                 self._pre_stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
             self._post_stream = check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-            # "Events created with this flag [cudaEventDisableTiming] specified and the
-            # cudaEventBlockingSync flag not specified will provide the best performance when used
-            # with cudaStreamWaitEvent() and cudaEventQuery()"
-            for _ in range(max(int(slots), 1) + 1):
-                self._events.append(check(cudart.cudaEventCreateWithFlags(cudart.cudaEventDisableTiming),
-                                          "cudaEventCreateWithFlags"))
+            self._new_event()
         except BaseException:
             self.close()
             raise
-        self._slots = [_Slot(cudart, ev, self.zero_copy) for ev in self._events[:-1]]
+        self._ring = SlotRing(cudart, self._new_event, self.zero_copy, slots, HEADROOM)
+        # drawn frames lent to the caller: mapped on an integrated GPU (the kernel writes them where
+        # the host reads them); a few more than the slots, for the sinks still writing older ones
+        self._drawn = HostFramePool(cudart, self.zero_copy, 2 * max(int(slots), 1), HEADROOM)
         self._dev = {k: DeviceBuffer(cudart, headroom=HEADROOM if k in ("frame", "ids", "render") else 1.0)
                      for k in ("frame", "masks", "boxes", "order", "ids", "paste", "colours", "render")}
-        self._host = {k: DeviceBuffer(cudart, pinned=True, headroom=HEADROOM) for k in ("frame", "ids", "paste")}
-        # the drawn frame: mapped on an integrated GPU (the kernel writes it where the host reads it)
-        self._host["render"] = DeviceBuffer(cudart, pinned=True, headroom=HEADROOM, mapped=self.zero_copy)
+        self._host = {k: DeviceBuffer(cudart, pinned=True, headroom=HEADROOM)
+                      for k in ("frame", "ids", "paste", "render")}
 
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def slots(self) -> list[FrameSlot]:
+        """The frame slots made so far (for tests and benchmarks)."""
+        return list(self._ring.slots) if self._ring is not None else []
+
+    def _new_event(self) -> Any:
+        # "Events created with this flag [cudaEventDisableTiming] specified and the
+        # cudaEventBlockingSync flag not specified will provide the best performance when used
+        # with cudaStreamWaitEvent() and cudaEventQuery()"
+        event = check(self._cudart.cudaEventCreateWithFlags(self._cudart.cudaEventDisableTiming),
+                      "cudaEventCreateWithFlags")
+        self._events.append(event)  # [0] is the ops' own, the others the slots': destroyed at close
+        return event
 
     # -- plumbing -----------------------------------------------------------------------------
     def _bind(self) -> None:
@@ -189,7 +220,7 @@ class CudaOps:
 
     def _finish(self, stream: Any, what: str) -> None:
         """Wait for everything enqueued on ``stream`` so far (event + poll, never a blocking call)."""
-        wait_stream(self._cudart, self._events[-1], stream, what)  # the ops' own event; each slot has its own
+        wait_stream(self._cudart, self._events[0], stream, what)  # the ops' own event; each slot has its own
 
     def _open(self) -> None:
         if self._closed:
@@ -197,36 +228,69 @@ class CudaOps:
         self._bind()
 
     # -- pre-processing -----------------------------------------------------------------------
+    def frame_buffer(self, shape: Sequence[int]) -> np.ndarray | None:
+        """A writable ``shape`` (H, W, 3) uint8 array in the mapped staging of a free frame slot, for
+        a source to capture the next frame into (OpenCV's ``VideoCapture.read(image)`` fills the
+        array it is given when the size matches); :meth:`upload` of that array then copies nothing.
+        Only on an integrated GPU (elsewhere the staging is not what the kernels read): else None,
+        as when every slot is taken (the source then reads into its own array)."""
+        shape = tuple(int(v) for v in shape)
+        if not self.zero_copy or len(shape) != 3 or shape[2] != 3 or min(shape) < 1:
+            return None
+        with self._lock:
+            if self._closed or self._ring is None:
+                return None
+            self._bind()
+            index = self._ring.take(capture=True)
+            if index is None:
+                return None
+            slot = self._ring[index]
+            # the slot's last copies and kernels may still read its staging: wait before lending it
+            wait_event(self._cudart, slot.event, "wait for a frame slot")
+            slot.generation += 1  # whatever it held is gone: older DeviceFrames fall back
+            slot.shape, slot.mask_shape = None, None
+            slot.pinned.ensure(int(np.prod(shape)))
+            return slot.lend_staging(shape)
+
     def upload(self, frame: np.ndarray) -> DeviceFrame:
-        """Enqueue a BGR uint8 ``H×W×3`` frame into the next device slot (one copy up, async)."""
+        """Enqueue a BGR uint8 ``H×W×3`` frame into a frame slot (async): nothing to copy for a frame
+        captured into :meth:`frame_buffer`; else one CPU copy into the slot's pinned staging and, on
+        a discrete GPU, one copy up."""
+        check_frame(frame, "CudaOps.upload")
         with self._lock:
             self._open()
-            index = self._next_slot
-            self._next_slot = (index + 1) % len(self._slots)
-            slot = self._slots[index]
-            # the slot's last copies and kernels may still be in flight (they read its memory)
-            wait_event(self._cudart, slot.event, "wait for a frame slot")
+            assert self._ring is not None
+            index = self._ring.find_captured(frame)
+            captured = index is not None
+            if index is None:
+                index = self._ring.take()
+                assert index is not None
+            slot = self._ring[index]
+            if not captured:
+                # the slot's last copies and kernels may still be in flight (they read its memory)
+                wait_event(self._cudart, slot.event, "wait for a frame slot")
+                slot.pinned.ensure(frame.nbytes)
             slot.generation += 1
-            slot.host, slot.mask_shape = frame, None
-            slot.pinned.ensure(frame.nbytes)
-            np.copyto(slot.pinned.view(frame.shape, np.uint8), frame)
+            slot.shape, slot.mask_shape = tuple(frame.shape), None
+            if not captured:
+                np.copyto(slot.staging(), frame)
             if not slot.zero_copy:  # zero copy: the kernels read the mapped staging itself
                 self._copy(slot.frame.ensure(frame.nbytes), slot.pinned.ptr, frame.nbytes, "HostToDevice",
                            self._pre_stream)
                 check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
-            return DeviceFrame(self, index, slot.generation)
+            return DeviceFrame(self, index, slot.generation, lease=slot.lease())
 
     def letterbox_from(self, dframe: DeviceFrame, dst_ptr: int, canvas_hw: Sequence[int], mul: np.ndarray,
                        add: np.ndarray, fp16: bool) -> Letterbox:
         """Enqueue the model input ``[3,H,W]`` at ``dst_ptr`` from an uploaded frame (async)."""
         with self._lock:
             self._open()
-            slot = self._slots[dframe.slot]
-            if slot.generation != dframe.generation or slot.host is None:
+            assert self._ring is not None
+            slot = self._ring[dframe.slot]
+            if slot.generation != dframe.generation or slot.shape is None:
                 raise RuntimeError("letterbox_from() got a frame whose device slot was reused")
-            frame = slot.host
-            box = Letterbox.fit(frame.shape[:2], canvas_hw)
-            params = LetterboxParams.make(box, frame.shape[1] * 3, mul, add)
+            box = Letterbox.fit(slot.shape[:2], canvas_hw)
+            params = LetterboxParams.make(box, slot.shape[1] * 3, mul, add)
             self._launch("letterbox_f16" if fp16 else "letterbox_f32", grid(box.canvas_h, box.canvas_w),
                          [slot.frame_ptr, params, dst_ptr], self._pre_stream)
             # the next upload into this slot waits for this read of its frame
@@ -255,24 +319,39 @@ class CudaOps:
         item = rows * mask_size * mask_size * itemsize
         with self._lock:
             self._open()
+            assert self._ring is not None
             for b, dframe in enumerate(frames):
-                slot = self._slots[dframe.slot]
+                slot = self._ring[dframe.slot]
                 if slot.generation != dframe.generation:
                     continue
                 self._copy(slot.masks.ensure(item), masks_ptr + b * item, item, "DeviceToDevice", self._pre_stream)
                 slot.mask_shape, slot.mask_half = (rows, mask_size), itemsize == 2
                 check(self._cudart.cudaEventRecord(slot.event, self._pre_stream), "cudaEventRecord")
 
-    def _resident(self, dframe: DeviceFrame | None, image: np.ndarray | None, m: int) -> _Slot | None:
-        """The slot still holding ``dframe`` (and ``image`` itself, when given) with its masks, else None."""
-        if dframe is None or dframe.ops is not self:
+    def _resident(self, dframe: DeviceFrame | None, m: int) -> FrameSlot | None:
+        """The slot still holding ``dframe`` with its masks (``M`` = ``m``), else None."""
+        if dframe is None or dframe.ops is not self or self._ring is None:
             return None
-        slot = self._slots[dframe.slot]
+        slot = self._ring[dframe.slot]
         if slot.generation != dframe.generation or slot.mask_shape is None or slot.mask_shape[1] != m:
             return None
-        if image is not None and image is not slot.host:
-            return None
         return slot
+
+    def _pixels(self, slot: FrameSlot, image: np.ndarray) -> int | None:
+        """Device address of ``image``'s pixels as they are now, from ``slot`` (None: not the same
+        frame; upload it). The frame captured into the slot is its staging, edits included; any
+        other array is compared with the staged copy, and an edited one (an overlay drawn on it
+        after ``upload``) is staged again (and copied up, on a discrete GPU) once the slot's earlier
+        work is done, so that a second draw of it finds it there."""
+        if slot.shape != tuple(image.shape):
+            return None
+        if slot.holds(image) or _same_bytes(image, slot.staging()):
+            return slot.frame_ptr
+        wait_event(self._cudart, slot.event, "wait for a frame slot")
+        np.copyto(slot.staging(), image)
+        if not slot.zero_copy:
+            self._copy(slot.frame.ptr, slot.pinned.ptr, image.nbytes, "HostToDevice", self._post_stream)
+        return slot.frame_ptr
 
     # -- post-processing (the ReferenceOps interface) -------------------------------------------
     def paste_regions(self, masks: np.ndarray, boxes: np.ndarray, frame_hw: Sequence[int],
@@ -347,7 +426,7 @@ class CudaOps:
         return out
 
     def _instances(self, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                   dframe: DeviceFrame | None, image: np.ndarray | None) -> tuple[int, int, int, Any]:
+                   dframe: DeviceFrame | None) -> tuple[int, int, int, Any]:
         """Enqueue what the tiled kernels read: ``(masks, boxes, order, slot)`` device pointers.
 
         Masks come from the frame's slot when it still holds them (``dframe.rows``: the engine
@@ -356,7 +435,7 @@ class CudaOps:
         m = np.asarray(masks).shape[-1]
         pboxes = expand_boxes(boxes, m)
         order = paint_order(scores)
-        slot = self._resident(dframe, image, m) if dframe is not None else None
+        slot = self._resident(dframe, m) if dframe is not None else None
         rows = getattr(dframe, "rows", None) if slot is not None else None
         if slot is not None and rows is not None and len(rows) == len(pboxes):
             # boxes and order in engine rows: the masks are used where the engine left them
@@ -379,7 +458,7 @@ class CudaOps:
             if self._closed:
                 return self._reference.instance_map(masks, boxes, scores, frame_hw, threshold)
             self._bind()
-            mp, bp, op, _ = self._instances(masks, boxes, scores, None, None)
+            mp, bp, op, _ = self._instances(masks, boxes, scores, None)
             ids = self._dev["ids"].ensure(h * w * 4)
             params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, 0, 0, threshold, 0.0)
             self._launch("instance_map", grid(h, w), [mp, bp, op, params, ids], self._post_stream)
@@ -394,9 +473,11 @@ class CudaOps:
                device: DeviceFrame | None = None) -> np.ndarray:
         """New BGR uint8 frame with the masks blended in (= ``overlay(frame, instance_map(...))``).
 
-        With ``device`` still resident and ``frame`` the very array uploaded, the frame and masks
-        are read where they are on the device; the drawn frame comes down once.
+        With ``device`` still resident, the masks are read where the engine left them and the frame
+        where it was uploaded (when its pixels are still those: see :meth:`_pixels`). The drawn
+        frame is pinned memory lent to the caller (no copy; reused once every view of it is gone).
         """
+        check_frame(frame, "CudaOps.render")
         h, w = frame.shape[:2]
         n = len(masks)
         if n == 0:
@@ -405,28 +486,35 @@ class CudaOps:
             if self._closed:
                 return self._reference.render(frame, masks, boxes, scores, colours, alpha, threshold)
             self._bind()
-            mp, bp, op, slot = self._instances(masks, boxes, scores, device, frame)
+            mp, bp, op, slot = self._instances(masks, boxes, scores, device)
             colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
             kernel = "render_instances"
+            src = self._pixels(slot, frame) if slot is not None else None
             if slot is not None:  # colours indexed like the engine rows, as boxes and masks
                 full = np.zeros((slot.mask_shape[0], 3), np.uint8)
                 full[device.rows] = colours  # type: ignore[union-attr]
-                colours, src = full, slot.frame_ptr
+                colours = full
                 if slot.mask_half:  # the engine's fp16 masks, read as they are
                     kernel = "render_instances_f16"
-            else:
+            if src is None:
                 src = self._upload("frame", frame, self._post_stream)
             cp = self._upload("colours", colours, self._post_stream)
-            host = self._host["render"]
+            assert self._drawn is not None
+            lent = self._drawn.take(frame.nbytes)
+            host = lent if lent is not None else self._host["render"]  # all lent out: copy out of a scratch one
             host.ensure(frame.nbytes)
             # zero copy: the kernel writes the mapped buffer the host reads; else it comes down once
-            dst = host.device_ptr if self.zero_copy else self._dev["render"].ensure(frame.nbytes)
+            dst = host.device_ptr if self.zero_copy and lent is not None else self._dev["render"].ensure(frame.nbytes)
             params = InstanceParams(n, np.asarray(masks).shape[-1], h, w, w * 3, w * 3, threshold, alpha)
             self._launch(kernel, grid(h, w), [src, mp, bp, op, cp, params, dst], self._post_stream)
-            if not self.zero_copy:
+            if dst != host.device_ptr:
                 self._copy(host.ptr, dst, frame.nbytes, "DeviceToHost", self._post_stream)
+            if slot is not None:  # the slot's frame and masks are read until here
+                check(self._cudart.cudaEventRecord(slot.event, self._post_stream), "cudaEventRecord")
             self._finish(self._post_stream, "render")
-            return host.view(frame.shape, np.uint8).copy()
+            if lent is None:
+                return host.view(frame.shape, np.uint8).copy()
+            return self._drawn.lend(lent, tuple(frame.shape))
 
     def overlay(self, frame: np.ndarray, ids: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
         h, w = ids.shape
@@ -461,13 +549,13 @@ class CudaOps:
                         self._finish(stream, "close")
             except RuntimeError:
                 pass  # a broken context: still release what can be released
-            for slot in self._slots:
-                slot.host = None
-                for buf in slot.buffers():
-                    buf.free()
+            for slot in self._ring.slots if self._ring is not None else []:
+                slot.free()  # a captured frame still held keeps its staging until it goes
+            if self._drawn is not None:
+                self._drawn.free()  # likewise a drawn frame still held
             for buf in (*self._dev.values(), *self._host.values()):
                 buf.free()
-            self._slots, self._dev, self._host = [], {}, {}
+            self._ring, self._drawn, self._dev, self._host = None, None, {}, {}
             for event in self._events:
                 self._cudart.cudaEventDestroy(event)
             self._events = []

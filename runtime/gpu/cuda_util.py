@@ -23,7 +23,7 @@ from mrcnn_edge.core.jetpack import JETPACK_LINES, line_for
 __all__ = [
     "cuda_modules", "check", "device_compute_capability", "bindings_version", "nvrtc_wheel",
     "is_tegra", "system_nvrtc", "nvrtc_file_version", "nvrtc_fix", "runtime_problem", "nvrtc_problem",
-    "version_problem", "check_versions", "DeviceBuffer", "wait_event", "wait_stream", "EVENT_POLL_S",
+    "version_problem", "check_versions", "DeviceBuffer", "SHRINK_AFTER", "wait_event", "wait_stream", "EVENT_POLL_S",
     "integrated_gpu",
 ]
 
@@ -351,12 +351,19 @@ def wait_stream(cudart: ModuleType, event: Any, stream: Any, what: str) -> None:
     wait_event(cudart, event, what)
 
 
+# A buffer that has needed at most half its size for this many uses in a row is reallocated at
+# its recent need (one 4K frame must not keep ~270 MB of frame buffers for the rest of a 1080p run).
+SHRINK_AFTER = 120
+
+
 class DeviceBuffer:
-    """Device (or pinned host) memory that grows on demand and is otherwise reused.
+    """Device (or pinned host) memory that grows on demand, is otherwise reused, and shrinks back.
 
     A regrowth frees the old block, and cudaFree synchronises the device, so a buffer grows to
     ``headroom`` times the request (rounded up to 64 KiB): a stream whose frames change size pays
-    for that a few times, not per frame. ``mapped`` (pinned only): allocated with
+    for that a few times, not per frame. After :data:`SHRINK_AFTER` uses in a row that each needed
+    at most half of it, it is reallocated at ``headroom`` times the largest of those needs (so it
+    keeps at most about twice what it recently used). ``mapped`` (pinned only): allocated with
     ``cudaHostAllocMapped`` ("Maps the allocation into the CUDA address space. The device pointer
     to the memory may be obtained by calling cudaHostGetDevicePointer()"), so kernels use
     :attr:`device_ptr` with no copy; else ``device_ptr`` is ``ptr``.
@@ -366,12 +373,26 @@ class DeviceBuffer:
         if mapped and not pinned:
             raise ValueError("only pinned host memory can be mapped")
         self._cudart, self._pinned, self._mapped, self._headroom = cudart, pinned, mapped, float(headroom)
-        self.ptr, self.device_ptr, self.size, self.grown = 0, 0, 0, 0
+        self.ptr, self.device_ptr, self.size, self.grown, self.shrunk = 0, 0, 0, 0, 0
+        self._uses, self._recent = 0, 0  # uses since the last (re)allocation or check, their largest need
 
     def ensure(self, nbytes: int) -> int:
-        if nbytes > self.size:
+        """The buffer's address, with room for ``nbytes``. The caller makes sure no work still in
+        flight uses the memory when it may be reallocated (a grow, or a shrink: see the class)."""
+        nbytes = int(nbytes)
+        self._uses += 1
+        self._recent = max(self._recent, nbytes)
+        want, shrink = nbytes, False
+        if self._uses >= SHRINK_AFTER:
+            shrink = self.size > 2 * max(self._recent, 256) + 65536
+            want = self._recent  # a shrink keeps room for the largest recent need
+            self._uses, self._recent = 0, 0
+        if shrink or nbytes > self.size:
             self.free()
-            size = max(int(nbytes * self._headroom), nbytes, 256)
+            self._uses, self._recent = 0, 0
+            self.shrunk += shrink
+            self.grown += not shrink
+            size = max(int(want * self._headroom), want, 256)
             if self._headroom > 1.0:
                 size = (size + 65535) // 65536 * 65536
             if self._mapped:
@@ -387,7 +408,6 @@ class DeviceBuffer:
                 ptr = int(check(alloc(size), "cuda allocation"))
                 self.device_ptr = ptr
             self.ptr, self.size = ptr, size
-            self.grown += 1
         return self.ptr
 
     def view(self, shape: Any, dtype: Any) -> np.ndarray:

@@ -329,3 +329,64 @@ def test_close_waits_for_a_stage_running_in_another_thread(tmp, monkeypatch):
     closer.join(30)
     assert events == ["infer returned", "backend closed"]
     assert len(got) == 1 and got[0].frame_shape == (60, 80)  # the call that was running finished
+
+
+@pytest.mark.parametrize("integrated,captured", [(False, False), (True, False), (True, True)],
+                         ids=["discrete", "integrated", "integrated-captured"])
+def test_gpu_draw_sees_edits_made_after_segmenting(tmp, fake_dirs, monkeypatch, integrated, captured):
+    """Issue 18 item 5: an overlay (a privacy mask, a caption) drawn on the frame between seg(frame)
+    and draw(frame) vanished on TensorRT only: draw() rendered the copy uploaded for inference,
+    chosen by an identity check. It must draw the frame as it is, like the CPU reference."""
+    gpu_machine = _install_fake(fake_dirs, monkeypatch, integrated=integrated)
+    path = make_contract_model(tmp / "gpu-edits.onnx", mask_size=28)
+    picture, _ = _square((240, 320), (60, 100), (90, 120))
+    with Segmenter.from_path(gpu_machine.engine_for(path), score_threshold=0.0, device="cuda") as gpu, \
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
+        want_plain = cpu(picture).draw(picture)
+        frame = picture.copy()
+        if captured:
+            frame = gpu.frame_buffer(picture.shape)
+            frame[...] = picture
+        dets = gpu(frame)
+        assert np.array_equal(dets.draw(frame), want_plain)  # unedited: drawn from the device copy
+        uploads = gpu_machine.cuda.stats["htod_copies"][:]
+        frame[100:140, 20:300] = (0, 0, 255)  # an overlay drawn before draw()
+        edited = frame.copy()
+        ref = cpu(picture)  # the detections are those of the unedited frame, on both sides
+        assert np.array_equal(dets.draw(frame), ref.draw(edited))
+        assert np.array_equal(dets.draw(), ref.draw(edited))  # the frame it keeps, as it is now
+        new = gpu_machine.cuda.stats["htod_copies"][len(uploads):]
+        # the edited frame went up again only where the device had a copy of its own (discrete)
+        assert [c for c in new if c >= picture.nbytes] == ([picture.nbytes] if not integrated else [])
+    assert gpu_machine.cuda.errors == []
+
+
+def test_frames_lent_by_the_gpu_path_are_never_reused_under_their_holder(tmp, fake_dirs, monkeypatch):
+    """Issue 18 item 8: the captured frame and the drawn frame handed to the sinks are the device's
+    own memory, lent without a copy; holding them (a slow sink) must keep their pixels: the slot or
+    buffer is only reused once every view of it is gone, and past the ring the GPU path copies."""
+    from mrcnn_edge.runtime.backends.trt import TrtBackend
+
+    gpu_machine = _install_fake(fake_dirs, monkeypatch, integrated=True)
+    path = make_contract_model(tmp / "gpu-lent.onnx", mask_size=28)
+    pictures = [_square((120, 160), (10 + 5 * i, 20), (60, 70))[0] for i in range(12)]
+    held = []
+    engine = TrtBackend(gpu_machine.engine_for(path))
+    with Segmenter(engine, score_threshold=0.0, device="cuda", batches_in_flight=2) as gpu, \
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
+        for picture in pictures:  # more than the ring's 2 slots and 4 lent drawings, all held
+            frame = gpu.frame_buffer(picture.shape)
+            if frame is None:  # every slot holds a frame somebody keeps: read into our own array
+                frame = np.empty_like(picture)
+            frame[...] = picture
+            dets = gpu(frame)
+            held.append((frame, dets.draw(), picture))
+        assert sum(gpu.frame_buffer((120, 160, 3)) is None for _ in range(3)) == 3  # nothing free to lend
+        for frame, drawn, picture in held:
+            assert np.array_equal(frame, picture)
+            assert np.array_equal(drawn, cpu(picture).draw(picture))
+        captured = sum(any(s.holds(f) for s in gpu.ops.slots) for f, _, _ in held)
+        assert captured == 2  # the ring lent what it had, then the frames were read elsewhere
+        held.clear()  # the sinks are done: everything can be lent again
+        assert gpu.frame_buffer((120, 160, 3)) is not None
+    assert gpu_machine.cuda.errors == []

@@ -99,13 +99,14 @@ def test_each_frame_waits_on_an_event_not_a_blocking_call(fake_gpu, monkeypatch,
         drawn = [g.draw(f) for g, f in zip(got, frames)]  # on the device with device="cuda"
         assert not fake.stats["stream_syncs"]  # not one blocking wait, at open or per frame
         assert fake.stats["event_polls"] - polls >= len(frames)
-    for g, w, d, f in zip(got, want, drawn, frames):
+    for g, w, d, f in zip(got, want, drawn, frames):  # drawn frames stay valid after the close
         assert len(g) == len(w) == 3
         assert np.array_equal(g.boxes, w.boxes) and np.allclose(g.scores, w.scores)
         assert np.array_equal(g.masks, w.masks) and np.array_equal(d, w.draw(f))
     # every event created (the backend's and the GPU ops') destroyed at close, each once
     events = [e for _, e in created]
     assert len(destroyed) == len(events) and {id(e) for e in events} == {id(e) for e in destroyed}
+    del d, drawn  # the pinned memory they were lent goes with them
     assert _nothing_left(fake) and fake.errors == []
 
 

@@ -302,3 +302,117 @@ def test_tensorrt_backend_runs_an_engine(tmp_path):
         got, want = be.infer({"images": x}), ref.infer({"images": x})
         for name in want:
             assert np.allclose(got[name], want[name], atol=1e-3), name
+
+
+# -- the backend table: the options each backend takes, checked generically ---------------------------
+def test_backend_rows_declare_the_keywords_their_classes_take():
+    """Each row's options are its class's keywords, with the class's defaults (so the table the
+    CLI, the checks and the docs read cannot drift from the code)."""
+    import importlib
+    import inspect
+
+    for entry in BACKENDS.values():
+        cls = getattr(importlib.import_module(entry.module), entry.cls)
+        params = {n: p for n, p in list(inspect.signature(cls.__init__).parameters.items())[2:]
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        declared = {o.name: o.default for o in entry.options}
+        # a class may take keywords only to refuse them (Triton: --plugin-lib): those are not options
+        refused = {"plugin_lib", "cuda_graph"} if entry.name == "triton" else set()
+        assert {n: p.default for n, p in params.items() if n not in refused} == declared, entry.name
+
+
+@pytest.mark.parametrize("backend,options,words", [
+    ("onnxruntime", {"cuda_graph": True}, "--cuda-graph applies to TensorRT engines, not ONNX Runtime"),
+    ("onnxruntime", {"plugin_lib": "x.so", "cuda_graph": True},
+     "--plugin-lib and --cuda-graph apply to TensorRT engines, not ONNX Runtime"),
+    ("tensorrt", {"precision": "bf16"}, "--precision applies to OpenVINO, not TensorRT engines"),
+    ("tensorrt", {"providers": ["CPUExecutionProvider"]}, "--providers applies to ONNX Runtime, not TensorRT engines"),
+    ("onnxruntime", {"threads": 0}, "threads 0 for the onnxruntime backend: expected at least 1"),
+    ("onnxruntime", {"threads": "two"}, "threads 'two' for the onnxruntime backend: expected a whole number"),
+    ("onnxruntime", {"device": "gpu"}, "--device 'gpu' for the onnxruntime backend: expected one of auto, cpu, cuda"),
+    ("openvino", {"precision": "int4"}, "--precision 'int4' for the openvino backend: expected one of auto, fp32, bf16"),
+    ("tensorrt", {"cuda_graph": "maybe"}, "--cuda-graph 'maybe' for the tensorrt backend: expected true or false"),
+    ("onnxruntime", {"warp_speed": 9}, "the onnxruntime backend has no option 'warp_speed' (it takes: providers, device"),
+])
+def test_open_backend_checks_options_against_the_table(models, backend, options, words):
+    from mrcnn_edge.runtime.backends import check_options
+
+    with pytest.raises(UserError) as err:
+        check_options(BACKENDS[backend], options)
+    assert words in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match=words.split(" (")[0].replace("'", ".").replace("-", ".")):
+        open_backend(models["fp32"] if backend != "tensorrt" else models["fp32"].with_suffix(".engine"), backend,
+                     **options) if backend != "tensorrt" else check_options(BACKENDS[backend], options)
+
+
+def test_options_given_as_text_are_converted(models):
+    """``benchmark --row onnxruntime::threads=1,providers=CPUExecutionProvider`` gives strings."""
+    from mrcnn_edge.runtime.backends import check_options
+
+    got = check_options(BACKENDS["onnxruntime"], {"threads": "2", "providers": "CPUExecutionProvider, X"})
+    assert got == {"threads": 2, "providers": ["CPUExecutionProvider", "X"]}
+    assert check_options(BACKENDS["tensorrt"], {"cuda_graph": "true"}) == {"cuda_graph": True}
+    assert check_options(BACKENDS["triton"], {"timeout": 2}) == {"timeout": 2.0}
+    with open_backend(models["fp32"], "onnxruntime", threads="1", providers="CPUExecutionProvider") as be:
+        assert be.providers == ["CPUExecutionProvider"]
+
+
+def test_segmenter_from_path_passes_what_was_given_and_picks_a_backend_that_takes_it(models, monkeypatch):
+    from mrcnn_edge.runtime import segmenter as segmenter_module
+    from mrcnn_edge.runtime.segmenter import Segmenter
+
+    opened = []
+    real = segmenter_module.open_backend
+    monkeypatch.setattr(segmenter_module, "open_backend",
+                        lambda path, name, **options: opened.append((name, options)) or real(path, name, **options))
+    with Segmenter.from_path(models["fp32"], providers=["CPUExecutionProvider"], device="cpu") as seg:
+        assert seg.backend.name == "onnxruntime"
+    assert opened[-1] == ("onnxruntime", {"providers": ["CPUExecutionProvider"], "device": "cpu"})
+    with Segmenter.from_path(models["fp32"], backend="onnxruntime", threads=1) as seg:
+        assert opened[-1] == ("onnxruntime", {"threads": 1})  # defaults are not passed
+    with pytest.raises(UserError, match="--cuda-graph applies to TensorRT engines, not ONNX Runtime"):
+        Segmenter.from_path(models["fp32"], backend="onnxruntime", cuda_graph=True)
+
+
+def test_auto_choice_skips_a_backend_that_does_not_take_the_options(tmp_path):
+    from dataclasses import replace
+
+    from mrcnn_edge.runtime.segmenter import _choose_backend
+
+    table = dict(BACKENDS)
+    try:  # OpenVINO as the automatic choice for ONNX, as on an x86 CPU without a GPU
+        BACKENDS["openvino"] = replace(BACKENDS["openvino"], auto_when=lambda path: True)
+        assert _choose_backend(tmp_path / "m.onnx", None, {}, "auto").name == "openvino"
+        assert _choose_backend(tmp_path / "m.onnx", None, {"precision": "bf16"}, "auto").name == "openvino"
+        assert _choose_backend(tmp_path / "m.onnx", None, {"providers": ["X"]}, "auto").name == "onnxruntime"
+        assert _choose_backend(tmp_path / "m.onnx", None, {}, "cuda").name == "onnxruntime"  # a GPU: not OpenVINO
+        assert _choose_backend(tmp_path / "m.onnx", "openvino", {"providers": ["X"]}, "auto").name == "openvino"
+    finally:
+        BACKENDS.clear()
+        BACKENDS.update(table)
+
+
+def test_backend_docs_come_from_the_table():
+    """runtime/README.md's backend table is backend_docs(): regenerate it when the table changes."""
+    from pathlib import Path
+
+    from mrcnn_edge.runtime.backends import backend_docs
+
+    readme = (Path(__file__).resolve().parents[3] / "runtime" / "README.md").read_text()
+    table = backend_docs()
+    assert table in readme
+    for entry in BACKENDS.values():
+        assert f"`{entry.name}`" in table and all(o.name in table for o in entry.options)
+
+
+def test_device_backends_are_told_apart_by_a_declared_capability(models):
+    """The GPU path asks Backend.on_device() (a DeviceBackend or None), not hasattr."""
+    from mrcnn_edge.runtime.backends import DeviceBackend
+    from mrcnn_edge.runtime.backends.ort import OrtBackend
+    from mrcnn_edge.runtime.backends.trt import TrtBackend
+
+    with OrtBackend(models["fp32"], device="cpu") as be:
+        assert be.on_device() is None and not isinstance(be, DeviceBackend)
+    for name in ("device_pointer", "execute", "stream"):
+        assert hasattr(TrtBackend, name)
+    assert TrtBackend.on_device is not OrtBackend.on_device

@@ -195,10 +195,131 @@ def test_frames_that_change_size_mid_stream_reuse_buffers_sized_for_the_largest(
         one_pass(0)
         one_pass(10)  # every slot has now held the largest frame
         live = fake.live_device_bytes() + fake.live_pinned_bytes()
-        regrowths = [b.grown for slot in gpu.ops._slots for b in slot.buffers()]
+        regrowths = [b.grown for slot in gpu.ops.slots for b in slot.buffers()]
         one_pass(20)
-        assert [b.grown for slot in gpu.ops._slots for b in slot.buffers()] == regrowths
+        assert [b.grown for slot in gpu.ops.slots for b in slot.buffers()] == regrowths
         assert fake.live_device_bytes() + fake.live_pinned_bytes() == live
         largest = 240 * 320 * 3
-        assert all(slot.frame.size <= 1.25 * largest + 65536 for slot in gpu.ops._slots)
+        assert all(slot.frame.size <= 1.25 * largest + 65536 for slot in gpu.ops.slots)
     assert fake.errors == []
+
+
+class _CpuCopies:
+    """Frame-sized copies made by the CPU while counting: ``np.copyto`` calls into frame-sized
+    memory (the staging copy), and allocations of a frame or more (``.copy()``, ``astype``...),
+    seen by tracemalloc, which numpy reports its buffers to (the peak over each step)."""
+
+    def __init__(self, monkeypatch, frame_bytes):
+        import tracemalloc
+
+        self.frame_bytes, self.copyto, self.allocations = frame_bytes, 0, 0
+        self._tm, self.counting = tracemalloc, False
+        plain = np.copyto
+
+        def copyto(dst, src, *args, **kwargs):
+            if self.counting and np.asarray(dst).nbytes >= frame_bytes:
+                self.copyto += 1
+            return plain(dst, src, *args, **kwargs)
+
+        monkeypatch.setattr(np, "copyto", copyto)
+
+    def __enter__(self):
+        self._tm.start()
+        self._tm.reset_peak()
+        self._base = self._tm.get_traced_memory()[0]
+        self.counting = True
+        return self
+
+    def __exit__(self, *exc):
+        self.counting = False
+        if self._tm.get_traced_memory()[1] - self._base >= self.frame_bytes // 2:
+            self.allocations += 1
+        self._tm.stop()
+
+
+@pytest.mark.parametrize("integrated", [False, True], ids=["discrete", "integrated"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_budget_holds_at_batch_1_and_2_with_a_pipeline_in_flight_and_counts_cpu_copies(
+        dirs, monkeypatch, batch, integrated):
+    """Issue 18 items 7 and 8: as ``run`` drives it (batches in flight between upload and draw, drawn
+    frames held by the sinks for a while), every frame goes up once and comes down once on a
+    discrete GPU, with one CPU copy (into the pinned staging) and no other frame-sized CPU copy;
+    on an integrated GPU, with the source capturing into ``Segmenter.frame_buffer``, no frame-sized
+    copy at all, on the bus or by the CPU. The slot ring was fixed at 4 frames (1.71 uploads per
+    frame at batch 2) and the Jetson path copied twice on the CPU (staging, drawn frame)."""
+    from mrcnn_edge.runtime.segmenter import BATCHES_IN_FLIGHT
+
+    machine = _stand_in(dirs, monkeypatch, integrated=integrated)
+    fake = machine.cuda
+    rng = np.random.default_rng(batch)
+    boxes = [[8 + 10 * i, 6 + 5 * i, 40 + 8 * i, 50 + 4 * i] for i in range(6)]
+    path = make_contract_model(dirs / f"budget-b{batch}.onnx", batch=batch, canvas_hw=CANVAS, mask_size=MASK,
+                               boxes=boxes, classes=[1, 2] * 3, base_scores=[0.95 - 0.05 * i for i in range(6)],
+                               max_detections=6, gain=8.0)
+    hw = (480, 640)
+    pictures = [_frame(hw, s) for s in range(batch * (2 * BATCHES_IN_FLIGHT + 2))]
+    frame_bytes = pictures[0].nbytes
+    with Segmenter.from_path(machine.engine_for(path), score_threshold=0.0, device="cuda") as gpu, \
+            Segmenter.from_path(path, backend="onnxruntime", score_threshold=0.0, device="cpu") as cpu:
+        want = [d.draw(p) for d, p in zip(cpu.batch(pictures), pictures)]
+
+        def capture(picture):
+            """The source: reads into the segmenter's buffer when it offers one (the decoder's write)."""
+            buf = gpu.frame_buffer(picture.shape)
+            assert (buf is not None) == integrated
+            if buf is None:
+                return picture.copy()
+            buf[...] = picture
+            return buf
+
+        copies = _CpuCopies(monkeypatch, frame_bytes)
+
+        def one_pass():
+            """Batches in flight between upload and draw as in a pipeline; the sinks hold the drawn
+            frames of two more batches before writing them. Returns the frames written."""
+            in_flight, sinks, written = [], [], 0
+
+            def draw_oldest():
+                work = in_flight.pop(0)
+                with copies:
+                    sinks.append([d.draw() for d in gpu.finish(work)])  # draws on the frame it was given
+
+            def write_oldest():
+                nonlocal written
+                for image in sinks.pop(0):  # a sink writes it: still the drawing, not reused under it
+                    assert np.array_equal(image, want[written]), written
+                    written += 1
+
+            for i in range(0, len(pictures), batch):
+                frames = [capture(p) for p in pictures[i:i + batch]]
+                with copies:
+                    in_flight.append(gpu.infer(gpu.prepare(frames)))
+                del frames
+                if len(in_flight) == BATCHES_IN_FLIGHT:
+                    draw_oldest()
+                while len(sinks) > 2:
+                    write_oldest()
+            while in_flight:
+                draw_oldest()
+            while sinks:
+                write_oldest()
+            return written
+
+        assert one_pass() == len(pictures)  # warm-up: slots and buffers are made on first use
+        for key in ("htod_bytes", "dtoh_bytes"):
+            fake.stats[key] = 0
+        fake.stats["htod_copies"].clear()
+        fake.stats["dtoh_copies"].clear()
+        copies.copyto = copies.allocations = 0
+        written = one_pass()
+        assert written == len(pictures)
+    n = len(pictures)
+    big_up = [c for c in fake.stats["htod_copies"] if c >= frame_bytes]
+    big_down = [c for c in fake.stats["dtoh_copies"] if c >= frame_bytes]
+    if integrated:
+        assert big_up == [] and big_down == [], (big_up, big_down)
+        assert copies.copyto == 0 and copies.allocations == 0, (copies.copyto, copies.allocations)
+    else:
+        assert len(big_up) == n and len(big_down) == n, (len(big_up), len(big_down), n)
+        assert copies.copyto == n and copies.allocations == 0, (copies.copyto, copies.allocations)
+    assert not fake.stats["stream_syncs"] and fake.errors == []

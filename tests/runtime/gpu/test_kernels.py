@@ -413,6 +413,65 @@ def test_tiled_instance_map_and_render_equal_the_reference(fake, n, hw):
     assert tiles == [((hw[1] + 31) // 32, (hw[0] + 7) // 8, 1)]
 
 
+@pytest.mark.parametrize("shape,dtype", [((90, 120), np.uint8), ((90, 120, 1), np.uint8), ((90, 120, 4), np.uint8),
+                                         ((90, 120, 3), np.float32)])
+def test_cuda_ops_refuse_frames_the_kernels_would_read_out_of_bounds(fake, shape, dtype):
+    """Issue 18 item 10: a gray H×W (or H×W×1) frame given to CudaOps.letterbox was staged at its
+    own size and read by the kernel as H×W×3 bytes, past its end: one line instead, nothing launched."""
+    from mrcnn_edge.core.errors import UserError
+    from mrcnn_edge.runtime.gpu.cuda_ops import CudaOps
+
+    ops = CudaOps()
+    try:
+        dst = int(fake.runtime.cudaMalloc(3 * 64 * 64 * 4)[1])
+        mul, add = normalization(MEAN, STD)
+        frame = np.zeros(shape, dtype)
+        with pytest.raises(UserError) as err:
+            ops.letterbox(frame, dst, (64, 64), mul, add, False)
+        assert "H×W×3 uint8" in str(err.value) and str(shape) in str(err.value) and "\n" not in str(err.value)
+        masks, boxes, scores, hw = _paste_case(3, hw=shape[:2])
+        with pytest.raises(UserError, match="CudaOps.render"):
+            ops.render(frame, masks, boxes, scores, np.zeros((3, 3), np.uint8))
+        fake.runtime.cudaFree(dst)
+    finally:
+        ops.close()
+    assert not fake.stats["launches"] and fake.errors == []
+
+
+def test_frame_buffers_shrink_back_after_a_big_frame(fake):
+    """Issue 18 item 10: one 4K frame kept ~270 MB of frame buffers for the rest of the run. After
+    SHRINK_AFTER smaller frames each buffer is back to about twice what those need."""
+    from mrcnn_edge.runtime.gpu import cuda_util
+    from mrcnn_edge.runtime.gpu.cuda_ops import CudaOps
+
+    ops = CudaOps()
+    try:
+        dst = int(fake.runtime.cudaMalloc(3 * 64 * 64 * 4)[1])
+        mul, add = normalization(MEAN, STD)
+        masks, boxes, scores, _ = _paste_case(5, hw=(48, 64))
+        colours = np.full((5, 3), 200, np.uint8)
+
+        def frame_through(hw):
+            frame = np.full((*hw, 3), 90, np.uint8)
+            ops.letterbox(frame, dst, (64, 64), mul, add, False)
+            return ops.render(frame, masks, boxes, scores, colours)
+
+        small = (48, 64)
+        frame_through(small)
+        before = fake.live_device_bytes() + fake.live_pinned_bytes()
+        frame_through((2160, 3840))
+        big = fake.live_device_bytes() + fake.live_pinned_bytes()
+        assert big > before + 4 * 2160 * 3840 * 3  # staging, device frame, render buffers ...
+        for _ in range(cuda_util.SHRINK_AFTER + 1):
+            frame_through(small)
+        after = fake.live_device_bytes() + fake.live_pinned_bytes()
+        assert after < before + 2 * 2160 * 3840 * 3 // 10, (before, big, after)  # a few small buffers' worth
+        fake.runtime.cudaFree(dst)
+    finally:
+        ops.close()
+    assert fake.errors == []
+
+
 def test_tiled_kernels_refuse_other_blocks(host):
     """The tiled kernels' shared lists hold 32x8 ranks: the host build refuses other blocks."""
     assert host.host_launch(b"instance_map", 1, 1, 1, 16, 16, 1, None) == -2
