@@ -82,6 +82,10 @@ def model_spec(path: str | Path, meta: Mapping[str, Any], inputs: Mapping[str, T
             f"{path}: missing outputs {absent} (has {sorted(outputs)}); "
             f"the runtime needs {', '.join(OUTPUT_NAMES)} (DESIGN.md engine I/O contract)"
         )
+    counts = outputs["num_detections"].shape  # [B,1]; [B] from models exported before that contract
+    if len(counts) not in (1, 2) or (len(counts) == 2 and counts[1] not in (1, None)):
+        raise UserError(f"{path}: output 'num_detections' has shape {list(counts)}; the contract has [B,1] "
+                        "(or [B] from older exports): re-export it with 'mrcnn-edge export'")
     order = str(meta.get("channel_order", "RGB"))
     if order.upper() != "RGB":
         raise UserError(f"{path}: channel_order {order!r} is not supported; models take RGB input")

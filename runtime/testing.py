@@ -6,7 +6,8 @@ whose detections are simple functions of the input, so that the whole runtime (l
 inference, box scaling, mask pasting) can be checked end to end without torch:
 
 - ``boxes``, ``classes``, ``num_detections``: constants (the given canvas boxes; padding rows are
-  zero with class -1);
+  zero with class -1); ``num_detections`` is ``[B,1]`` as the contract has it, or ``[B]`` as models
+  exported before that (``legacy_num_detections=True``), which the runtime still reads;
 - ``masks[b,k]`` = ``sigmoid(gain * RoiAlign(mean over RGB of images[b], boxes[k]))``: bright
   pixels inside a box give mask values near 1, dark ones near 0, canvas padding exactly 0.5;
 - ``scores[b,k]`` = ``base_scores[k] * (0.5 + 0.5 * sigmoid(mean(images[b])))`` (descending).
@@ -50,12 +51,14 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
                         classes: Sequence[int] = (1, 2, 1), base_scores: Sequence[float] = (0.9, 0.8, 0.7),
                         max_detections: int = 5, class_names: Sequence[str] = ("__background__", "square", "disk"),
                         precision: str = "fp32", flavor: str = "portable", gain: float = 4.0,
-                        metadata: Mapping[str, Any] | None = None, with_metadata: bool = True) -> Path:
-    """Write a contract-conforming ONNX model to ``path`` (see the module docstring)."""
+                        metadata: Mapping[str, Any] | None = None, with_metadata: bool = True,
+                        legacy_num_detections: bool = False) -> Path:
+    """Write a contract-conforming ONNX model to ``path`` (see the module docstring). Its outputs
+    are ``contract.OUTPUTS``: names, shapes and dtypes (per ``precision``) from there."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from mrcnn_edge.core.contract import PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
+    from mrcnn_edge.core.contract import OUTPUTS, PLUGIN_DOMAIN, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION
     from mrcnn_edge.core.metadata import encode
 
     h, w = int(canvas_hw[0]), int(canvas_hw[1])
@@ -81,7 +84,8 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
         const("gain", np.float32(gain)), const("half", np.float32(0.5)), const("base", base),
         const("valid", valid), const("mask_shape", np.array([b, k, m, m], np.int64)),
         const("boxes_c", np.tile(box_rows[None], (b, 1, 1))), const("classes_c", np.tile(cls_rows[None], (b, 1))),
-        const("num_c", np.full((b,), n, np.int32)), const("axis1", np.array([1], np.int64)),
+        const("num_c", np.full((b,) if legacy_num_detections else (b, 1), n, np.int32)),
+        const("axis1", np.array([1], np.int64)),
     ]
     nodes = [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT)]
     nodes.append(helper.make_node("ReduceMean", ["x"], ["gray"], axes=[1], keepdims=1))
@@ -99,7 +103,8 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
         helper.make_node("Sigmoid", ["logits"], ["prob"]),
         helper.make_node("Reshape", ["prob", "mask_shape"], ["prob4"]),
         helper.make_node("Mul", ["prob4", "valid"], ["masks32"]),
-        helper.make_node("Cast", ["masks32"], ["masks"], to=in_type),
+        helper.make_node("Cast", ["masks32"], ["masks"], to=helper.np_dtype_to_tensor_dtype(
+            np.dtype(next(o for o in OUTPUTS if o.name == "masks").dtype_for(precision)))),
         helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Sigmoid", ["mean"], ["smean"]),
         helper.make_node("Mul", ["smean", "half"], ["s1"]),
@@ -110,13 +115,13 @@ def make_contract_model(path: str | Path, *, canvas_hw: Sequence[int] = (128, 16
         helper.make_node("Identity", ["classes_c"], ["classes"]),
         helper.make_node("Identity", ["num_c"], ["num_detections"]),
     ]
-    outputs = [
-        helper.make_tensor_value_info("num_detections", TensorProto.INT32, [b]),
-        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [b, k, 4]),
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, [b, k]),
-        helper.make_tensor_value_info("classes", TensorProto.INT32, [b, k]),
-        helper.make_tensor_value_info("masks", in_type, [b, k, m, m]),
-    ]
+    outputs = []
+    for o in OUTPUTS:  # the contract's names, shape rule and dtype per precision, in its order
+        shape = list(o.shape(b, k, m))
+        if o.name == "num_detections" and legacy_num_detections:
+            shape = shape[:1]
+        outputs.append(helper.make_tensor_value_info(
+            o.name, helper.np_dtype_to_tensor_dtype(np.dtype(o.dtype_for(precision))), shape))
     graph = helper.make_graph(nodes, "contract", [helper.make_tensor_value_info("images", in_type, [b, 3, h, w])],
                               outputs, initializer=inits)
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(PLUGIN_DOMAIN, 1)] if flavor == "tensorrt" else [])

@@ -77,6 +77,53 @@ def test_boxes_are_scaled_back_by_frame_over_resized(three):
     assert np.all(np.diff(dets.scores) < 0)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_models_of_the_contract_and_older_b_counts_give_the_same_detections(tmp, batch):
+    """num_detections is [B,1] now (contract.OUTPUTS); models exported before that have [B]."""
+    from mrcnn_edge.core.contract import OUTPUTS
+
+    new = make_contract_model(tmp / f"new-b{batch}.onnx", batch=batch)
+    old = make_contract_model(tmp / f"old-b{batch}.onnx", batch=batch, legacy_num_detections=True)
+    frames = [_square((120, 160), (10 + 20 * i, 30), (50, 60))[0] for i in range(3)]
+    with Segmenter.from_path(new, score_threshold=0.0) as a, Segmenter.from_path(old, score_threshold=0.0) as b:
+        assert a.backend.outputs["num_detections"].shape == (batch, 1)
+        assert b.backend.outputs["num_detections"].shape == (batch,)
+        for spec in OUTPUTS:  # the test model's outputs are the contract's
+            assert a.backend.outputs[spec.name].shape == spec.shape(batch, 5, 8)
+            assert a.backend.outputs[spec.name].dtype == np.dtype(spec.dtype_for("fp32"))
+        for x, y in zip(a.batch(frames), b.batch(frames)):
+            assert len(x) == len(y) == 3
+            assert np.array_equal(x.boxes, y.boxes) and np.array_equal(x.masks, y.masks)
+
+
+def test_each_frame_is_converted_once(three, monkeypatch):
+    """Issue 17: a frame was made BGR uint8 three times (pipeline, segmenter, draw). It is converted
+    where it enters (prepare), carried in the Detections, and draw() with no argument draws on it."""
+    from mrcnn_edge.runtime import detections as detections_module
+    from mrcnn_edge.runtime import frames, segmenter
+
+    calls = []
+    real = frames.as_bgr8
+
+    def counting(frame):
+        calls.append(frame)
+        return real(frame)
+
+    monkeypatch.setattr(segmenter, "as_bgr8", counting)
+    monkeypatch.setattr(detections_module, "as_bgr8", counting)
+    gray = np.full((120, 160), 200, np.uint8)
+    dets = three(gray)
+    drawn = dets.draw()
+    assert len(calls) == 1 and calls[0] is gray
+    assert dets.frame.shape == (120, 160, 3) and (dets.frame == 200).all()
+    assert np.array_equal(drawn, dets.draw(gray))  # an explicit frame is the caller's: converted again
+    assert len(calls) == 2
+    bgr = np.zeros((120, 160, 3), np.uint8)
+    assert three(bgr).frame is bgr  # a BGR uint8 frame is kept by reference, not copied
+    with pytest.raises(UserError, match="do not keep theirs"):  # made by hand, without a frame
+        detections_module.Detections.empty((10, 10)).draw()
+
+
 def test_score_threshold_follows_the_scores(tmp):
     path = make_contract_model(tmp / "thr.onnx")
     bright = np.full((120, 160, 3), 255, np.uint8)

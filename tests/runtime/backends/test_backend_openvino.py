@@ -56,7 +56,7 @@ def test_bf16_only_where_openvino_says_the_cpu_has_it(models):
     if cpu_has_bf16(ov.Core()):
         with OpenVinoBackend(models["fp32"], precision="bf16") as be:
             out = be.infer({"images": np.zeros((1, 3, 128, 160), np.float32)})
-            assert out["num_detections"].tolist() == [3] and be.precision == "bf16"
+            assert out["num_detections"].tolist() == [[3]] and be.precision == "bf16"
     else:
         with pytest.raises(UserError, match="no BF16"):
             OpenVinoBackend(models["fp32"], precision="bf16")

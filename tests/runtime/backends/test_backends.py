@@ -42,7 +42,7 @@ def test_ort_backend_follows_the_contract(models):
         assert {k: v.dtype for k, v in out.items()} == {
             "num_detections": np.int32, "boxes": np.float32, "scores": np.float32, "classes": np.int32,
             "masks": np.float32}
-        assert out["num_detections"].tolist() == [3] and out["classes"][0, 3:].tolist() == [-1, -1]
+        assert out["num_detections"].tolist() == [[3]] and out["classes"][0, 3:].tolist() == [-1, -1]
         # buffers are allocated once and reused by the next call
         again = be.infer({"images": x + 1})
         assert again["scores"] is out["scores"] or np.shares_memory(again["scores"], out["scores"])
@@ -155,6 +155,19 @@ def test_bad_metadata_is_refused(change, words):
     meta.update(change)
     with pytest.raises(UserError, match=words.replace("[", r"\[").replace("]", r"\]")):
         model_spec("m.onnx", meta, *_specs())
+
+
+@pytest.mark.parametrize("shape,ok", [((1, 1), True), ((1,), True), ((1, 2), False), ((1, 1, 1), False)])
+def test_num_detections_of_the_contract_and_of_older_models(shape, ok):
+    """[B,1] is the contract; [B], from models exported before it, is still read; nothing else."""
+    meta = contract_metadata((128, 160), 1, ["__background__", "a"], 28, 5)
+    inputs, outputs = _specs()
+    outputs["num_detections"] = TensorSpec("num_detections", shape, np.dtype(np.int32))
+    if ok:
+        assert model_spec("m.onnx", meta, inputs, outputs).batch == 1
+    else:
+        with pytest.raises(UserError, match=r"'num_detections' has shape .*contract has \[B,1\]"):
+            model_spec("m.onnx", meta, inputs, outputs)
 
 
 def test_missing_outputs_are_named():
