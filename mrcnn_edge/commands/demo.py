@@ -102,7 +102,7 @@ def run_demo(args) -> int:
         # labelled once the backend is chosen: the step names the one that actually runs
         step(f"4/5 segment a synthetic video ({args.frames} frames) with the runtime: {seg.backend.description}")
         _segment(seg, video, annotated)
-        steps.append((f"segment video ({seg.backend.description})", time.time() - t, str(annotated)))
+        steps.append(("segment video", time.time() - t, f"{annotated} ({seg.backend.description})"))
         t = step("5/5 contact sheet and report")
         _contact_sheet(seg, video, sheet)
     trt_note = _tensorrt_ready()

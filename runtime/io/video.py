@@ -23,6 +23,8 @@ without it is a one-line error naming the extra.
 
 ``segment_seconds`` rotates files as recorders do: ``out_000.mp4``, ``out_001.mp4``, ... each one
 finished (trailer written, renamed into place) when the next starts, each starting at its own 0.
+The numbers go on after the highest one already in the folder, so a restarted recorder (a service
+after a lost camera) never replaces an earlier file.
 Every file is written under a hidden temporary name and renamed into place when it is closed
 (``mrcnn_edge.core.atomic.PendingOutput``); whatever ends the run, the frames written are kept.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -76,6 +79,14 @@ def segment_name(path: Path, index: int) -> Path:
     return path.with_name(f"{path.stem}_{index:03d}{path.suffix}")
 
 
+def next_segment_index(path: Path) -> int:
+    """One past the highest ``out_NNN.mp4`` already beside ``path`` (0 when there is none)."""
+    pattern = re.compile(rf"{re.escape(path.stem)}_(\d{{3,}}){re.escape(path.suffix)}")
+    folder = path.parent if str(path.parent) else Path(".")
+    found = [int(m.group(1)) for p in (folder.iterdir() if folder.is_dir() else ()) if (m := pattern.fullmatch(p.name))]
+    return max(found) + 1 if found else 0
+
+
 @dataclass
 class _Segment:
     """One open file of the recording."""
@@ -106,14 +117,16 @@ class VideoSink(Sink):
         rate = float(fps) if fps and 0 < fps < 1000 else DEFAULT_FPS
         self.rate = Fraction(rate).limit_denominator(1001)
         self.segment_seconds = float(segment_seconds) if segment_seconds else None
+        self._first_index = next_segment_index(self.path) if self.segment_seconds else 0
         self.description = f"video {self.path}" + (
-            f" in {self.segment_seconds / 60:g}-minute files {segment_name(self.path, 0).name}, ..."
+            f" in {self.segment_seconds / 60:g}-minute files {segment_name(self.path, self._first_index).name}, ..."
             if self.segment_seconds else "")
         self.frames = 0                 # written, all files
         self.files: list[Path] = []     # closed and in place
         self._seg: _Segment | None = None
         self._size: tuple[int, int] | None = None
         self._failed = False
+        self._opened = 0                # files begun (one may have been discarded: no frame)
 
     # -- writing --------------------------------------------------------------------------------
     def write(self, image: np.ndarray, frame: Frame) -> bool:
@@ -161,7 +174,8 @@ class VideoSink(Sink):
         return seg.pending.path.name
 
     def _open_segment(self, t0: float) -> _Segment:
-        path = segment_name(self.path, len(self.files)) if self.segment_seconds else self.path
+        path = segment_name(self.path, self._first_index + self._opened) if self.segment_seconds else self.path
+        self._opened += 1
         pending = PendingOutput(path)
         try:
             container = self._av.open(str(pending.tmp), "w", format=self.format, options=dict(self._options))

@@ -76,6 +76,13 @@ def test_demo_writes_every_artefact_and_a_report(demo_run):
     assert set(steps) == {"load", "export tensorrt", "export portable", "validate", "segment video", "sheet"}
     assert all(float(sec) >= 0 for sec in steps.values())
     assert "| validate |" in report and "PASS" in report and "canvas 64x64" in report
+    # the runtime step names the backend that ran it: the one 'auto' picks here (OpenVINO on an x86
+    # CPU where installed, else ONNX Runtime), not a fixed "ONNX Runtime"
+    from mrcnn_edge.runtime.backends import backend_for
+
+    ran = backend_for(out / "demo_portable.onnx").name
+    assert re.search(rf"== 4/5 segment a synthetic video \(2 frames\) with the runtime: {ran} \(", demo_run["stderr"])
+    assert re.search(rf"^\| segment video \| [\d.]+ \| \S*segmented\.mp4 \({ran} \(", report, re.M)
     assert re.search(r"^demo finished in [\d.]+ min: .*report\.md", demo_run["stdout"], re.M)
     # the validation table went to stdout too, both flavors
     assert demo_run["stdout"].count("**PASS**") == 2

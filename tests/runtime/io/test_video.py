@@ -70,6 +70,20 @@ def test_segments_rotate_by_time_each_complete(tmp_path):
     assert [round(p.duration, 1) for p in probes] == [2.0, 2.0, 1.0]  # each starts at its own 0
 
 
+def test_a_restarted_recording_numbers_on_and_replaces_nothing(tmp_path):
+    """A service restarted after a lost camera records again into the same name: its files follow
+    the ones there (out_003 after out_002), none is replaced."""
+    out = tmp_path / "rec.mp4"
+    (tmp_path / "rec_002.mp4").write_bytes(b"an earlier recording")
+    (tmp_path / "rec_x.mp4").write_bytes(b"not one of ours")
+    sink = VideoSink(out, fps=10, segment_seconds=1.0)
+    _write(sink, [i / 10 for i in range(15)])
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec_002.mp4", "rec_003.mp4", "rec_004.mp4", "rec_x.mp4"]
+    assert (tmp_path / "rec_002.mp4").read_bytes() == b"an earlier recording"
+    assert [probe(tmp_path / n).frames for n in ("rec_003.mp4", "rec_004.mp4")] == [10, 5]
+
+
 def test_a_failed_write_keeps_what_was_written(tmp_path, monkeypatch):
     """A full disk injected where packets reach the file: the write raises one line, and closing
     still puts the file in place with the frames written before it playable."""
