@@ -14,7 +14,7 @@ from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note, status
 
-from mrcnn_edge.runtime.backends import BACKENDS, option_for_flag
+from mrcnn_edge.runtime.backends import BACKENDS, option_for_flag, url_scheme
 
 __all__ = ["DESCRIPTION_RUN", "add_run_arguments", "run_run"]
 
@@ -77,8 +77,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     precision = option_for_flag("--precision")
     p.add_argument("--precision", choices=precision.choices, default=precision.default, help=precision.help)
     p.add_argument("--reconnect", type=non_negative_int, default=5, metavar="N",
-                   help="live sources: reconnect attempts before giving up (0.5, 1, 2, 4, 8 s apart); "
-                        "then that source's recording ends, kept")
+                   help="live sources and Triton servers: reconnect attempts before giving up (0.5, 1, 2, 4, 8 s "
+                        "apart); then that source's recording ends, kept")
     p.add_argument("--segment-minutes", type=_positive_minutes, default=None, metavar="N",
                    help="rotate video outputs every N minutes of the timeline (fractions allowed): "
                         "out.mp4 -> out_000.mp4, out_001.mp4, ...")
@@ -158,11 +158,13 @@ def run_run(args: argparse.Namespace) -> int:
                          window=window, progress=None if args.quiet or len(sources) > 1 else status, announce=note)
     with contextlib.ExitStack() as stack:
         segmenters = []
+        # a Triton server that goes away is retried like a lost camera, within the same --reconnect
+        server = {"reconnect_tries": args.reconnect} if url_scheme(args.model) == "triton" else {}
         for _ in sources:  # one per source (a triton:// one is one channel to the shared server)
             segmenters.append(stack.enter_context(Segmenter.from_path(
                 args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
                 score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-                precision=args.precision)))
+                precision=args.precision, **server)))
         note(f"model: {segmenters[0].description}")
         # signals are ours from here (the outputs open inside) until the models are closed and the
         # summary printed: a late second Ctrl-C cannot raise into a close

@@ -38,6 +38,8 @@ class _Servicer(pbg.GRPCInferenceServiceServicer):
     def __init__(self, config: Any, session: Any) -> None:
         self.config, self.session = config, session
         self.requests = 0
+        # answer ModelInfer as Triton does while it unloads the model (shutting down, reloading)
+        self.unloaded = False
 
     def _model(self, request: Any, context: Any) -> None:
         if request.name != self.config.name:  # ModelMetadataRequest and ModelConfigRequest: ``name``
@@ -68,6 +70,9 @@ class _Servicer(pbg.GRPCInferenceServiceServicer):
     def ModelInfer(self, request, context):  # noqa: N802
         if request.model_name != self.config.name:
             context.abort(grpc.StatusCode.NOT_FOUND, f"Request for unknown model: '{request.model_name}'")
+        if self.unloaded:  # Triton 2.51's words and status, seen restarting it (tests/triton_server.py)
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"Request for unknown model: '{request.model_name}' has no available versions")
         self.requests += 1
         if len(request.raw_input_contents) != len(request.inputs):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected raw_input_contents for every input")

@@ -148,6 +148,20 @@ def test_server_that_goes_away_is_retried_with_backoff(repo, caplog):
         server.stop()
 
 
+def test_model_unloaded_is_retried_within_run_reconnect(repo, tmp_path, capsys):
+    _, folder = repo
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), _frames()[0])
+    with KServeServer(folder) as server:
+        server.servicer.unloaded = True
+        assert main(["run", server.url, "--source", str(image), "--no-display", "--reconnect", "0"]) != 0
+        err = capsys.readouterr().err
+        assert "retry" not in err and "model 'seg' is unavailable" in err and "gave up after 0 retries" in err
+        assert main(["run", server.url, "--source", str(image), "--no-display", "--reconnect", "2"]) != 0
+        err = capsys.readouterr().err
+        assert "retry 2/2" in err and "gave up after 2 retries" in err and "Traceback" not in err
+
+
 # ---- a real tritonserver --------------------------------------------------------------------------
 FRAMES = 20
 DELAY_S = 0.1  # per request on the "slow" model: a run long enough to restart the server under
