@@ -36,6 +36,8 @@ def served(tmp_path_factory):
     model = contract_model(d / "edge.onnx", batch=1, mask_size=28)
     repo = d / "repo"
     assert main(["serve", "triton", str(model), "--repo", str(repo), "--name", "edge", "--pre-post", "server"]) == 0
+    assert main(["serve", "triton", str(model), "--repo", str(repo), "--name", "strict", "--pre-post", "server",
+                 "--score-threshold", "0.99"]) == 0  # the contract model scores below 0.9: nothing passes
     server = TritonServer(repo, venv, d / "tritonserver.log")
     server.start()
     try:
@@ -99,6 +101,14 @@ def test_a_raw_frame_is_answered_like_the_same_png(served):
     assert by_png["boxes"]["shape"][0] > 0
     for name in ("boxes", "scores", "classes", "class_names", "masks"):
         assert by_frame[name]["data"] == by_png[name]["data"], name
+
+
+def test_no_detection_is_an_empty_answer(served):
+    server, _ = served
+    png = cv2.imencode(".png", _frame(4))[1].tobytes()
+    out = server.infer_http("strict", {"image": ("BYTES", [1], _bytes_element(png))})
+    assert out["boxes"]["shape"] == [0, 4]
+    assert [out[n]["shape"] for n in ("scores", "classes", "class_names", "masks")] == [[0]] * 4
 
 
 @pytest.mark.parametrize("inputs, says", [
