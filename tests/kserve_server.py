@@ -40,6 +40,8 @@ class _Servicer(pbg.GRPCInferenceServiceServicer):
         self.requests = 0
         # answer ModelInfer as Triton does while it unloads the model (shutting down, reloading)
         self.unloaded = False
+        # an output whose bytes are cut in half while its announced shape stays (a broken server)
+        self.truncate: str | None = None
 
     def _model(self, request: Any, context: Any) -> None:
         if request.name != self.config.name:  # ModelMetadataRequest and ModelConfigRequest: ``name``
@@ -86,7 +88,8 @@ class _Servicer(pbg.GRPCInferenceServiceServicer):
         for name, value in zip(wanted, results):
             value = np.ascontiguousarray(value)
             response.outputs.add(name=name, datatype=_kserve(by_name[name].data_type), shape=list(value.shape))
-            response.raw_output_contents.append(value.tobytes())
+            raw = value.tobytes()
+            response.raw_output_contents.append(raw[: len(raw) // 2] if name == self.truncate else raw)
         return response
 
 

@@ -162,6 +162,15 @@ def test_model_unloaded_is_retried_within_run_reconnect(repo, tmp_path, capsys):
         assert "retry 2/2" in err and "gave up after 2 retries" in err and "Traceback" not in err
 
 
+def test_output_shorter_than_its_announced_shape_is_one_line(repo):
+    _, folder = repo
+    with KServeServer(folder) as server:
+        server.servicer.truncate = "masks"
+        with Segmenter.from_path(server.url) as seg:
+            with pytest.raises(UserError, match="'masks' does not hold the shape it announces"):
+                seg(_frames()[0])
+
+
 # ---- a real tritonserver --------------------------------------------------------------------------
 FRAMES = 20
 DELAY_S = 0.1  # per request on the "slow" model: a run long enough to restart the server under
