@@ -195,10 +195,12 @@ class CudaOps:
         """Make this GPU current in the calling thread (a pipeline calls from several threads).
 
         cudaSetDevice is per host thread: without it a worker thread's allocations and streams
-        would land on device 0, and a launch on this device's stream would fail.
+        would land on device 0, and a launch on this device's stream would fail. It also makes the
+        device's primary context current ("the context will be current on device immediately",
+        CUDA 12+ cudaSetDevice), the one the modules were loaded in (``_ctx``): no cuCtxSetCurrent
+        on top (one cuda-python call per method and frame fewer).
         """
         check(self._cudart.cudaSetDevice(self.device_id), f"cudaSetDevice({self.device_id})")
-        check(self._driver.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
 
     def _launch(self, name: str, grid: tuple[int, int, int], args: Sequence[Any], stream: Any) -> None:
         pointers, holders = pack_arguments(name, args)
