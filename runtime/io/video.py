@@ -176,7 +176,11 @@ class VideoSink(Sink):
     def _open_segment(self, t0: float) -> _Segment:
         path = segment_name(self.path, self._first_index + self._opened) if self.segment_seconds else self.path
         self._opened += 1
-        pending = PendingOutput(path)
+        try:  # a rotation can come with the disk already full: one line, like a failed write
+            pending = PendingOutput(path)
+        except OSError as exc:
+            self._failed = True
+            raise OutputError(f"cannot write {path.name}: {describe_os_error(exc)}") from exc
         try:
             container = self._av.open(str(pending.tmp), "w", format=self.format, options=dict(self._options))
             stream = self._add_stream(container)
@@ -184,6 +188,9 @@ class VideoSink(Sink):
             pending.discard()
             self._failed = True
             raise OutputError(f"cannot write {path.name}: {describe_os_error(exc)}") from exc
+        except BaseException:
+            pending.discard()
+            raise
         return _Segment(pending, container, stream, t0)
 
     def _add_stream(self, container: Any) -> Any:

@@ -106,6 +106,25 @@ def test_a_failed_write_keeps_what_was_written(tmp_path, monkeypatch):
     assert got.frames >= 10  # whole fragments (a keyframe a second: 10 frames each) before the failure
 
 
+def test_a_rotation_onto_a_full_disk_is_one_line_and_keeps_the_files_before(tmp_path, monkeypatch):
+    from mrcnn_edge.runtime.io import video
+
+    real, made = video.PendingOutput, []
+
+    def pending(path, *args, **kwargs):  # the second file cannot even be created
+        if made:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        made.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(video, "PendingOutput", pending)
+    sink = video.VideoSink(tmp_path / "rec.mp4", fps=10, segment_seconds=1.0)
+    with pytest.raises(OutputError, match="cannot write rec_001.mp4: the disk is full"):
+        _write(sink, [i / 10 for i in range(15)])
+    sink.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec_000.mp4"] and probe(tmp_path / "rec_000.mp4").frames == 10
+
+
 def test_no_frame_leaves_no_file(tmp_path):
     sink = VideoSink(tmp_path / "rec.mp4")
     sink.close()
