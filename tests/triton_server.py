@@ -45,8 +45,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["SERVER_PACKAGES", "server_venv", "TritonServer", "free_port", "serve_onnx_with_python_backend",
-           "contract_model"]
+__all__ = ["SERVER_PACKAGES", "server_venv", "TritonServer", "free_port", "serve_onnx_with_python_backend"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_PACKAGES = ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime>=1.20", "opencv-python-headless>=4.8")
@@ -277,26 +276,3 @@ def serve_onnx_with_python_backend(model_dir: Path, **parameters: str) -> None:
     path.write_text(text_format.MessageToString(config))
     shutil.copy2(Path(__file__).with_name("triton_onnx_model.py"), Path(model_dir) / "1" / "model.py")
 
-
-def contract_model(path: Path, **kwargs) -> Path:
-    """``runtime.testing.make_contract_model`` with ``num_detections`` as the contract has it now,
-    ``[B, 1]`` (an Unsqueeze after the model's own output when it still declares ``[B]``)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from mrcnn_edge.runtime.testing import make_contract_model
-
-    path = make_contract_model(path, **kwargs)
-    model = onnx.load(str(path))
-    out = next(o for o in model.graph.output if o.name == "num_detections")
-    if len(out.type.tensor_type.shape.dim) == 2:
-        return path
-    batch = out.type.tensor_type.shape.dim[0].dim_value
-    for node in model.graph.node:
-        node.output[:] = ["num_flat" if o == "num_detections" else o for o in node.output]
-    model.graph.initializer.append(helper.make_tensor("num_axis", TensorProto.INT64, [1], [1]))
-    model.graph.node.append(helper.make_node("Unsqueeze", ["num_flat", "num_axis"], ["num_detections"]))
-    out.CopyFrom(helper.make_tensor_value_info("num_detections", TensorProto.INT32, [batch, 1]))
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path

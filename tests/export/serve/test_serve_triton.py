@@ -62,8 +62,9 @@ def _engine(tmp_path: Path, plugin_lib: Path | None, trt: str = "10.3.0", batch:
     return engine
 
 
-def test_onnx_repository_parses_as_model_config_and_matches_the_model(tmp_path):
-    model = make_contract_model(tmp_path / "seg.onnx", batch=2, mask_size=8)
+@pytest.mark.parametrize("legacy", [False, True], ids=["num_detections_B1", "older_B"])
+def test_onnx_repository_parses_as_model_config_and_matches_the_model(tmp_path, legacy):
+    model = make_contract_model(tmp_path / "seg.onnx", batch=2, mask_size=8, legacy_num_detections=legacy)
     repo = tmp_path / "repo"
     assert main(["serve", "triton", str(model), "--repo", str(repo)]) == 0
     config = _parse(repo / "seg" / "config.pbtxt")
@@ -81,6 +82,8 @@ def test_onnx_repository_parses_as_model_config_and_matches_the_model(tmp_path):
     assert [t.name for t in config.output] == list(OUTPUT_NAMES)
     for t in list(config.input) + list(config.output):
         assert (mc.DataType.Name(t.data_type), list(t.dims)) == declared[t.name]
+    # [B,1] as the contract has it, or [B] as an ONNX exported before that declares it
+    assert [list(t.dims) for t in config.output if t.name == "num_detections"] == [[2] if legacy else [2, 1]]
     from mrcnn_edge.runtime.backends.triton import decode_parameters
 
     meta = decode_parameters({k: v.string_value for k, v in config.parameters.items()})

@@ -20,10 +20,11 @@ mask_api = pytest.importorskip("pycocotools.mask", reason="needs pycocotools ([m
 pytest.importorskip("onnx")
 pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (dev extra)")
 
-from triton_server import TritonServer, contract_model, server_venv  # noqa: E402
+from triton_server import TritonServer, server_venv  # noqa: E402
 
 from mrcnn_edge.commands.cli import main  # noqa: E402
 from mrcnn_edge.runtime.segmenter import Segmenter  # noqa: E402
+from mrcnn_edge.runtime.testing import make_contract_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def served(tmp_path_factory):
     """(server, local model): the [B,1] contract model written with --pre-post server, served."""
     venv = server_venv()
     d = tmp_path_factory.mktemp("prepost")
-    model = contract_model(d / "edge.onnx", batch=1, mask_size=28)
+    model = make_contract_model(d / "edge.onnx", batch=1, mask_size=28)
     repo = d / "repo"
     assert main(["serve", "triton", str(model), "--repo", str(repo), "--name", "edge", "--pre-post", "server"]) == 0
     assert main(["serve", "triton", str(model), "--repo", str(repo), "--name", "strict", "--pre-post", "server",

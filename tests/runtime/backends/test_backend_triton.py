@@ -25,7 +25,7 @@ pytest.importorskip("onnxruntime")
 cv2 = pytest.importorskip("cv2")
 
 from kserve_server import KServeServer  # noqa: E402
-from triton_server import TritonServer, contract_model, serve_onnx_with_python_backend, server_venv  # noqa: E402
+from triton_server import TritonServer, serve_onnx_with_python_backend, server_venv  # noqa: E402
 
 from mrcnn_edge.commands.cli import main  # noqa: E402
 from mrcnn_edge.core.errors import UserError  # noqa: E402
@@ -177,11 +177,11 @@ DELAY_S = 0.1  # per request on the "slow" model: a run long enough to restart t
 
 
 def _real_server(d: Path, models: dict[str, dict[str, str]]):
-    """A tritonserver serving, under each name, the [B,1] contract model as ``serve triton`` writes
+    """A tritonserver serving, under each name, the contract model ([B,1] num_detections) as ``serve triton`` writes
     it, with the test-only parameters given (tests/triton_onnx_model.py); always stopped."""
     pytest.importorskip("onnx")
     venv = server_venv()
-    model = contract_model(d / "edge.onnx", batch=1, mask_size=8)
+    model = make_contract_model(d / "edge.onnx", batch=1, mask_size=8)
     repo = d / "repo"
     for name, params in models.items():
         assert main(["serve", "triton", str(model), "--repo", str(repo), "--name", name]) == 0
