@@ -53,7 +53,6 @@ class TritonPythonModel:
     def initialize(self, args):
         try:
             import cv2  # noqa: F401 - imdecode
-            from mrcnn_edge.runtime.backends import open_backend
             from mrcnn_edge.runtime.segmenter import Segmenter
         except ImportError as exc:
             raise pb_utils.TritonModelException(
@@ -66,17 +65,12 @@ class TritonPythonModel:
         plugin = os.path.join(folder, params["plugin_lib"]) if params.get("plugin_lib") else None
         backend, device = params.get("backend", "auto"), params.get("device", "auto")
         threshold = float(params.get("score_threshold", "0.5"))
-        if params["model_file"].endswith((".plan", ".engine")) and backend in ("auto", "tensorrt"):
+        options = {}
+        if params["model_file"].endswith((".plan", ".engine")):
             # the engine on this instance's GPU (Triton gives each GPU instance its device)
             gpu = int(args.get("model_instance_device_id", 0) or 0) if args.get("model_instance_kind") == "GPU" else 0
-            be = open_backend(path, "tensorrt", plugin_lib=plugin, device_id=gpu)
-            try:
-                self.segmenter = Segmenter(be, score_threshold=threshold, device=device)
-            except BaseException:
-                be.close()
-                raise
-        else:
-            self.segmenter = Segmenter.from_path(path, backend=backend, score_threshold=threshold, device=device)
+            options = {"plugin_lib": plugin, "device_id": gpu}
+        self.segmenter = Segmenter.from_path(path, backend=backend, score_threshold=threshold, device=device, **options)
 
     def execute(self, requests):
         frames, errors = [], []
