@@ -27,7 +27,7 @@ _LAZY = {
     "as_bgr8": "frames",
     "rle_encode": "coco",
     "open_source": "io.sources", "csi_pipeline": "io.sources", "Source": "io.sources", "Frame": "io.sources",
-    "open_sink": "io.sinks", "Sink": "io.sinks",
+    "open_sink": "io.outputs", "Sink": "io.sinks",
     "Pipeline": "pipeline", "RunStats": "pipeline",
     "CudaOps": "gpu.cuda_ops",
 }

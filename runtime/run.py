@@ -130,7 +130,7 @@ class StopSignals:
 
 def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_seconds: float | None = None) -> None:
     """Everything about the sources and outputs that can be refused before the model loads."""
-    from mrcnn_edge.runtime.io.sinks import check_output
+    from mrcnn_edge.runtime.io.outputs import check_output
     from mrcnn_edge.runtime.io.sources import check_source
 
     if not sources:
@@ -146,7 +146,8 @@ def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_sec
 
 def open_outputs(source: Any, output: str | None, options: RunOptions, stack: contextlib.ExitStack) -> list[Any]:
     """The sinks of one source (a window first, when asked), each closed by ``stack`` on the way out."""
-    from mrcnn_edge.runtime.io.sinks import WindowSink, open_sink
+    from mrcnn_edge.runtime.io.outputs import open_sink
+    from mrcnn_edge.runtime.io.sinks import WindowSink
 
     sinks: list[Any] = []
     if options.window:

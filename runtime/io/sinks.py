@@ -5,7 +5,8 @@ File outputs are written under a hidden temporary name and renamed into place by
 run ended (an error, a lost camera, a signal): a recording is the user's data. Only an output that
 received no frame is removed. Every write is checked: a failure (a full disk) raises
 :class:`~mrcnn_edge.runtime.io.video.OutputError`, one line, and the frames before it stay.
-Videos: :mod:`mrcnn_edge.runtime.io.video` (PyAV, real timestamps, rotation).
+Videos: :mod:`mrcnn_edge.runtime.io.video` (PyAV, real timestamps, rotation); the choice of
+output by its name: :mod:`mrcnn_edge.runtime.io.outputs`.
 """
 from __future__ import annotations
 
@@ -19,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mrcnn_edge.core.atomic import PendingOutput, check_writable, check_writable_folder
+from mrcnn_edge.core.atomic import PendingOutput
 from mrcnn_edge.core.errors import UserError
 
 from mrcnn_edge.runtime.io.opencv import cv2
-from mrcnn_edge.runtime.io.sources import IMAGE_EXTS, Frame, Source
+from mrcnn_edge.runtime.io.sources import Frame
 
-__all__ = ["Sink", "WindowSink", "ImageFolderSink", "ImageFileSink", "OutputError", "open_sink",
-           "check_output", "window_unavailable", "describe_os_error"]
+__all__ = ["Sink", "WindowSink", "ImageFolderSink", "ImageFileSink", "OutputError", "window_unavailable",
+           "describe_os_error"]
 
 log = logging.getLogger(__name__)
 
@@ -154,52 +155,3 @@ class ImageFileSink(Sink):
 
     def outputs(self) -> list[Path]:
         return [self.path] if self._pending.done and self.frames else []
-
-
-def _kind(path: Path) -> str:
-    from mrcnn_edge.runtime.io.video import CONTAINERS  # video imports this module
-
-    suffix = path.suffix.lower()
-    if suffix in CONTAINERS:
-        return "video"
-    if suffix in IMAGE_EXTS:
-        return "image"
-    if suffix and not path.is_dir():
-        raise UserError(f"don't know how to write {path.name}: give a video ({', '.join(CONTAINERS)}), "
-                        "an image or a folder")
-    return "folder"
-
-
-def check_output(output: str | Path, segment_seconds: float | None = None) -> None:
-    """What :func:`open_sink` would refuse, found before the model loads (a Jetson engine takes a
-    minute): an unknown suffix, a folder that cannot be written, PyAV missing for a video."""
-    from mrcnn_edge.runtime.io.video import CONTAINERS, require_av, segment_name
-
-    path = Path(output)
-    kind = _kind(path)
-    if segment_seconds and kind != "video":
-        raise UserError(f"--segment-minutes rotates video files; {path.name} is not one ({', '.join(CONTAINERS)})")
-    if kind == "folder":
-        check_writable_folder(path)
-        return
-    check_writable(segment_name(path, 0) if segment_seconds else path)
-    if kind == "video":
-        require_av()
-
-
-def open_sink(output: str | Path, source: Source, segment_seconds: float | None = None) -> Sink:
-    """``.mp4``/``.avi``/... -> video (``segment_seconds``: rotated files); ``.jpg``/``.png``/... ->
-    one image (single-image sources); anything else (a folder, existing or not) -> one image per frame."""
-    from mrcnn_edge.runtime.io.video import VideoSink
-
-    path = Path(output)
-    check_output(path, segment_seconds)
-    kind = _kind(path)
-    if kind == "video":
-        return VideoSink(path, source.fps, segment_seconds)
-    if kind == "image":
-        if source.length != 1:
-            raise UserError(f"output {path.name} is one image but the source has several frames: "
-                            "give a folder or a video file (.mp4, .avi)")
-        return ImageFileSink(path)
-    return ImageFolderSink(path)

@@ -11,8 +11,8 @@ import pytest
 from mrcnn_edge.core.atomic import PendingOutput, atomic_output
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.io import sinks
-from mrcnn_edge.runtime.io.sinks import (ImageFileSink, ImageFolderSink, OutputError, WindowSink, check_output,
-                                         open_sink, window_unavailable)
+from mrcnn_edge.runtime.io.outputs import check_output, open_sink
+from mrcnn_edge.runtime.io.sinks import ImageFileSink, ImageFolderSink, OutputError, WindowSink, window_unavailable
 from mrcnn_edge.runtime.io.sources import ArraySource, Frame
 
 from media_tools import hidden_leftovers

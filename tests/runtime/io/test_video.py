@@ -147,7 +147,7 @@ def test_the_base_install_imports_without_pyav_and_a_video_output_says_what_to_i
     code = (
         "import sys; sys.modules['av'] = None\n"  # what an absent module looks like to import
         "from mrcnn_edge.core.errors import UserError\n"
-        "from mrcnn_edge.runtime.io.sinks import check_output\n"
+        "from mrcnn_edge.runtime.io.outputs import check_output\n"
         f"check_output({str(tmp_path / 'frames')!r})\n"
         "try:\n"
         f"    check_output({str(tmp_path / 'o.mp4')!r})\n"
