@@ -233,7 +233,9 @@ def exit_code(runs: Sequence[SourceRun], stopper: StopSignals) -> int:
         raise UserError(f"no frame of {', '.join(e.source for e in empty)} could be processed{why}")
     lost = [r for r in runs if r.stats.lost]
     for r in lost:
-        kept = ", ".join(p.name for p in r.outputs)
+        names = [p.name for p in r.outputs]
+        # a day of 10-minute files is 144 names: the first and the last say where they are
+        kept = ", ".join(names) if len(names) <= 3 else f"{names[0]} ... {names[-1]} ({len(names)} files)"
         log.warning("%s was lost%s (exit %d)", r.source,
                     f"; what it recorded is kept in {kept}" if kept else "", EXIT_SOURCE_LOST)
     return EXIT_SOURCE_LOST if lost else 0
