@@ -317,6 +317,27 @@ def test_run_command_errors_are_one_line(model, video, capsys, monkeypatch, argv
     assert rc == 2 and words in err[-1] and err[-1].startswith("mrcnn-edge: error:")
 
 
+def test_run_command_refuses_an_unwritable_output_before_loading_the_model(video, tmp_path, capsys):
+    """Issue 18 item 10: an output that cannot be written was reported only after the model had
+    loaded (a minute for an engine on a Jetson). The model here does not even exist: the output's
+    line must come first."""
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    out = tmp_path / "blocker" / "rec.mp4"
+    rc = main(["run", str(tmp_path / "no-such-model.onnx"), "--source", str(video), "-o", str(out), "--no-display"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"mrcnn-edge: error: cannot write {out}: {tmp_path / 'blocker'} is a file, not a folder"]
+
+
+def test_run_help_says_what_backend_auto_picks(capsys):
+    """Issue 18 item 10: the help said auto runs .onnx with ONNX Runtime where OpenVINO ran it."""
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert ".onnx -> openvino when OpenVINO installed, an x86-64 CPU, no CUDA GPU" in text
+    assert text.index(".onnx -> openvino") < text.index(".onnx -> onnxruntime")
+    assert ".onnx with OpenVINO on x86 CPUs where it is installed, else ONNX Runtime" in text
+
+
 def test_run_command_without_a_display_but_with_an_output_warns_and_goes_on(model, video, tmp_path, capsys,
                                                                              monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
