@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mrcnn_edge.core.contract import num_detections_of
 from mrcnn_edge.runtime.preprocess import Letterbox, bilinear_taps
 
 __all__ = [
@@ -63,7 +64,7 @@ def rows_to_frame(outputs: Mapping[str, np.ndarray], b: int, box: Letterbox, sco
     ``Segmenter.finish``, ``validate`` and ``benchmark`` all call it.
     """
     k = outputs["scores"].shape[1]
-    n = int(np.clip(outputs["num_detections"][b], 0, k))
+    n = min(max(num_detections_of(outputs["num_detections"])[b], 0), k)  # [B,1], or [B] of older models
     scores = outputs["scores"][b, :n].astype(np.float32)
     classes = outputs["classes"][b, :n].astype(np.int32)
     boxes = outputs["boxes"][b, :n].astype(np.float32)
