@@ -1,6 +1,10 @@
 """A stand-in cuda-python (``cuda.bindings`` driver + runtime, real NVRTC) that runs the runtime's
 kernels on the CPU, for tests on machines without a GPU.
 
+(Over 600 lines on purpose: it is the one model of the CUDA runtime and driver API calls the runtime
+makes, each behaviour next to the documentation line it follows; stream capture and graphs are in
+``fake_cuda_capture.py``, the shared types in ``cuda_types.py``.)
+
 "Device memory" is real host memory, so a device pointer is a real address and the kernels' host
 build (``runtime/gpu/kernels/host_build.cpp``, compiled with g++: the ``.cu`` kernels themselves with
 the CUDA built-ins emulated) reads and writes it directly. Work enqueued on a stream runs when the

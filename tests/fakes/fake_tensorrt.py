@@ -1,5 +1,8 @@
 """A stand-in ``tensorrt`` module: the parts mrcnn-edge calls, behaving as TensorRT's documentation says.
 
+(Over 450 lines on purpose: one module is one ``tensorrt`` as a process sees it, plugin registry,
+builder and runtime together, as the real module is.)
+
 It models one process: a plugin registry that outlives any module object, dlopen with its path
 rules, libraries that stay loaded, and a global logger. Each behaviour the code relies on carries
 the documentation line it follows. A "plugin library" here is a small text file written by

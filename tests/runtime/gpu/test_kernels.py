@@ -1,6 +1,10 @@
 """The CUDA kernels: compiled by NVRTC for Jetson (sm_87) and a desktop GPU (sm_89), no GPU needed;
 their per-pixel arithmetic built for the host with g++ and run against the numpy reference;
-on a GPU (marker ``gpu``), the kernels themselves against the reference."""
+on a GPU (marker ``gpu``), the kernels themselves against the reference.
+
+(Over 600 lines on purpose: the three layers of the kernels' tests share their cases and helpers:
+the NVRTC builds, the host build against the numpy reference, and CudaOps on the stand-in
+cuda-python and on a GPU.)"""
 from __future__ import annotations
 
 import ctypes
