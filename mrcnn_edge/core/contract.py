@@ -18,7 +18,8 @@ __all__ = [
     "PLUGIN_NAME", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_DOMAIN", "PLUGIN_MAX_LEVELS",
     "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
     "plugin_attribute_defaults", "check_plugin_attributes", "fpn_level_range",
-    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "MASK_HEADS", "OPTIONAL_KEYS",
+    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "MASK_HEADS", "DEFAULT_MASK_HEAD", "OPTIONAL_KEYS",
+    "VALIDATED_PRECISION_BOUNDS", "validated_drop",
     "INPUT_NORMALIZATIONS", "feed_mean_std", "DEVICES", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
 ]
 
@@ -94,12 +95,33 @@ MODEL_KEYS = (
     "opset",
 )
 SIDECAR_KEYS = MODEL_KEYS + ("tensorrt_version", "onnx_sha256", "plugin_library")
-OPTIONAL_KEYS = ("input_normalization", "mask_head", "calibration")
+OPTIONAL_KEYS = ("input_normalization", "mask_head", "calibration", "validated_precisions")
 """Keys present only where they say something: ``input_normalization`` ("in_graph": the graph takes
 0-255 RGB and applies mean/std itself; absent or "external": the feeder normalises),
 ``mask_head`` ("detections": the mask head runs on the real detections only; absent or "static":
 on all ``max_detections`` rows), ``calibration`` (INT8 models: ``{"images", "folder", "canvas",
-"method"}``, what ``mrcnn-edge quantize`` calibrated on)."""
+"method"}``, what ``mrcnn-edge quantize`` calibrated on), ``validated_precisions`` (precisions a
+CPU engine may pick by itself for this model, as measured by ``mrcnn-edge validate`` on annotated
+images: ``{"bf16": {"engine", "mask_AP", "fp32_mask_AP", "images", "annotations", "date"}}``;
+written only for a precision within its ``VALIDATED_PRECISION_BOUNDS``)."""
+VALIDATED_PRECISION_BOUNDS: dict[str, float] = {"bf16": 0.01}
+"""Precision -> the most mask AP it may lose against fp32, on the model's own annotated images, to
+be recorded in ``validated_precisions`` and chosen by a CPU engine without being asked."""
+
+
+def validated_drop(metadata: Mapping[str, Any], precision: str) -> float | None:
+    """The mask AP ``precision`` loses against fp32 according to the model's ``validated_precisions``
+    record, when there is one within the precision's bound; None otherwise (not measured, or
+    measured outside the bound: a hand-edited record is not trusted beyond what it says)."""
+    record = (metadata.get("validated_precisions") or {}).get(precision)
+    bound = VALIDATED_PRECISION_BOUNDS.get(precision)
+    if not isinstance(record, Mapping) or bound is None:
+        return None
+    try:
+        drop = float(record["fp32_mask_AP"]) - float(record["mask_AP"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return drop if math.isfinite(drop) and drop <= bound else None
 REQUIRED_KEYS = ("input_size", "mean", "std", "class_names")
 """What the runtime cannot do without; the other keys have defaults there."""
 
@@ -241,6 +263,11 @@ MASK_HEADS: dict[str, str] = {
     "detections": "mask head on the real detections only (data-dependent shape: CPU engines)",
 }
 """The ``mask_head`` metadata key's values (absent means ``static``)."""
+DEFAULT_MASK_HEAD: dict[str, str] = {"tensorrt": "static", "portable": "detections"}
+"""Flavor -> the mask head an export gets unless told otherwise: the ``tensorrt`` flavor keeps static
+shapes (its engines need them); the ``portable`` flavor, made for CPU engines, runs the mask head on
+the real detections only (the same outputs as the static graph, tested, and 1.4-2x less work where
+a frame holds fewer objects than ``max_detections``)."""
 INPUT_NORMALIZATIONS = ("external", "in_graph")
 
 

@@ -1,30 +1,46 @@
 """OpenVINO backend: a ``portable`` ONNX model (fp32, or the INT8 Q/DQ model) on an x86 CPU.
 
 OpenVINO reads the ONNX file itself (Q/DQ nodes become its INT8 layers). ``precision`` sets the
-CPU plugin's ``INFERENCE_PRECISION_HINT`` for the float parts: ``fp32`` (the model's arithmetic),
-``bf16`` (faster where the CPU has BF16 instructions, AVX512_BF16 or AMX; detections may differ
-slightly, measured by ``mrcnn-edge benchmark``), or ``auto`` = ``fp32``: OpenVINO itself would
-pick bf16 on such CPUs, and a silent change of the model's numbers is not ours to make.
+CPU plugin's ``INFERENCE_PRECISION_HINT`` for the float parts (:func:`choose_precision`):
+
+* ``fp32``: the model's own arithmetic, exactly (refused for an INT8 model, whose layers are INT8
+  whatever the hint: run the fp32 export it was made from);
+* ``bf16``: where the CPU computes BF16 natively (AVX512_BF16 or AMX); refused elsewhere;
+* ``auto`` (the default): ``bf16`` where the CPU computes it natively *and* the model's metadata
+  says bf16 was validated for it (``validated_precisions``: mask AP within
+  ``contract.VALIDATED_PRECISION_BOUNDS`` of fp32 on annotated images, recorded by
+  ``mrcnn-edge validate``), else ``fp32``. OpenVINO alone would pick bf16 on such CPUs for any
+  model; a change of the model's numbers nobody measured is not ours to make. An INT8 model runs
+  as quantized, its float parts in fp32.
+
+:attr:`OpenVinoBackend.description` says what was chosen and why, in one line (``run`` prints it).
+Inference requests: one, synchronous, ``PERFORMANCE_HINT: LATENCY`` (all cores on one frame).
+Two asynchronous requests (``THROUGHPUT``, one core each) were measured on the 2-core machine of
+the README's CPU table and are not used: see the README's CPU section for the numbers.
 
 The ``tensorrt`` flavor's ``MultilevelRoIAlign`` node has no OpenVINO op: refused in one line.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from mrcnn_edge.core.contract import VALIDATED_PRECISION_BOUNDS, validated_drop
 from mrcnn_edge.core.errors import UserError, require
 from mrcnn_edge.core.metadata import read_onnx_metadata
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
 from mrcnn_edge.runtime.spec import TensorSpec
 
-__all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "cpu_has_bf16", "openvino_available"]
+__all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "PrecisionChoice", "choose_precision", "cpu_has_bf16",
+           "openvino_available"]
 
-OPENVINO_PRECISIONS = {"auto": "f32", "fp32": "f32", "bf16": "bf16"}
-"""``precision`` -> OpenVINO's ``INFERENCE_PRECISION_HINT`` for the float parts of the model."""
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+"""What the backend computes the float parts in -> OpenVINO's ``INFERENCE_PRECISION_HINT``; ``auto``
+chooses one of them (:func:`choose_precision`)."""
 
 _OV_TYPES = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64, "u8": np.uint8,
              "i8": np.int8, "boolean": np.bool_, "f64": np.float64}
@@ -45,6 +61,41 @@ def cpu_has_bf16(core: Any, device: str = "CPU") -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What the float parts of a model run in (a key of ``OPENVINO_PRECISIONS``) and why, in words."""
+
+    precision: str
+    why: str
+
+
+def choose_precision(requested: str, metadata: Mapping[str, Any], cpu_bf16: bool, device: str = "CPU",
+                     name: str = "the model") -> PrecisionChoice:
+    """The precision for ``requested`` (``auto``, ``fp32`` or ``bf16``) on a device that does
+    (``cpu_bf16``) or does not compute BF16 natively; one-line ``UserError`` where it cannot be had."""
+    if requested not in ("auto", *OPENVINO_PRECISIONS):
+        raise UserError(f"OpenVINO precision {requested!r}: choose one of auto, {', '.join(OPENVINO_PRECISIONS)}")
+    int8 = metadata.get("precision") == "int8"
+    if requested == "bf16" and not cpu_bf16:
+        raise UserError(f"this {device} has no BF16 instructions (AVX512_BF16 or AMX): use --precision fp32 or auto")
+    if requested == "fp32" and int8:
+        raise UserError(f"{name} is an INT8 model: its layers run in INT8 whatever the precision, so exact fp32 "
+                        "is impossible; run the fp32 export it was quantized from, or --precision auto")
+    if requested != "auto":
+        return PrecisionChoice(requested, "as asked")
+    if int8:
+        return PrecisionChoice("fp32", "auto: an INT8 model runs as quantized, its float parts in fp32")
+    drop = validated_drop(metadata, "bf16")
+    if not cpu_bf16:
+        return PrecisionChoice("fp32", f"auto: this {device} has no BF16 instructions")
+    if drop is None:
+        return PrecisionChoice("fp32", "auto: bf16 is not validated for this model ('mrcnn-edge validate "
+                                       "--annotations' measures and records it); fp32")
+    return PrecisionChoice("bf16", f"auto: this {device} computes BF16 and bf16 was validated for this model "
+                                   f"(mask AP {-drop:+.4f} vs fp32, bound {VALIDATED_PRECISION_BOUNDS['bf16']}); "
+                                   "--precision fp32 for exact fp32")
+
+
 def _spec(port: Any) -> TensorSpec:
     name = port.get_any_name()
     type_name = port.get_element_type().get_type_name()
@@ -62,8 +113,8 @@ class OpenVinoBackend(Backend):
 
     def __init__(self, path: str | Path, precision: str = "auto", device: str = "CPU", **ignored: Any) -> None:
         self.path = Path(path)
-        if precision not in OPENVINO_PRECISIONS:
-            raise UserError(f"OpenVINO precision {precision!r}: choose one of {', '.join(OPENVINO_PRECISIONS)}")
+        if precision not in ("auto", *OPENVINO_PRECISIONS):
+            raise UserError(f"OpenVINO precision {precision!r}: choose one of auto, {', '.join(OPENVINO_PRECISIONS)}")
         info, self.metadata = read_onnx_metadata(self.path)
         custom = sorted(info.custom_ops())
         if custom or self.metadata.get("flavor") == "tensorrt":
@@ -75,11 +126,11 @@ class OpenVinoBackend(Backend):
         device = str(device).upper()
         if device not in self._core.available_devices:
             raise UserError(f"OpenVINO has no device {device} here (it has {', '.join(self._core.available_devices)})")
-        if precision == "bf16" and not cpu_has_bf16(self._core, device):
-            raise UserError(f"this {device} has no BF16 instructions (AVX512_BF16 or AMX): use --precision fp32")
-        self.precision = "fp32" if precision == "auto" else precision
+        self.choice = choose_precision(precision, self.metadata, cpu_has_bf16(self._core, device), device,
+                                       self.path.name)
+        self.precision = self.choice.precision
         self.device = device
-        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
         try:
             self._compiled = self._core.compile_model(self._core.read_model(str(self.path)), device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses for everything
@@ -92,8 +143,9 @@ class OpenVinoBackend(Backend):
 
     @property
     def description(self) -> str:
-        q = " int8" if self.metadata.get("precision") == "int8" else ""
-        return f"openvino ({self.device},{q} {self.precision})"
+        q = " int8," if self.metadata.get("precision") == "int8" else ""
+        why = "" if self.choice.why == "as asked" else f"; {self.choice.why}"
+        return f"openvino ({self.device},{q} {self.precision}{why})"
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feed(feed, self.inputs)

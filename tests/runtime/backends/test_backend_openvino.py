@@ -83,3 +83,85 @@ def test_segmenter_runs_on_openvino(models):
     with Segmenter(OpenVinoBackend(models["fp32"]), score_threshold=0.0) as seg:
         det = seg(frame)
         assert len(det) == 3 and det.masks.shape == (3, 64, 80)
+
+
+# ---- what `auto` picks, and the refusals of what cannot be had (issue 20) ----------------------------------
+
+def _stamp(fp32_ap: float, bf16_ap: float) -> dict:
+    """A ``validated_precisions`` record as 'mrcnn-edge validate' writes it (contract.OPTIONAL_KEYS)."""
+    return {"validated_precisions": {"bf16": {"engine": "openvino", "mask_AP": bf16_ap, "fp32_mask_AP": fp32_ap,
+                                              "images": 100, "annotations": "val", "date": "2026-12-07"}}}
+
+
+@pytest.mark.parametrize("cpu_bf16, metadata, expected", [
+    (True, _stamp(0.60, 0.595), "bf16"),      # native BF16 and validated within 0.01: bf16
+    (True, _stamp(0.60, 0.585), "fp32"),      # measured, but 0.015 lost: outside the bound
+    (True, {}, "fp32"),                       # never measured: the model's numbers stay
+    (False, _stamp(0.60, 0.595), "fp32"),     # validated, but this CPU would emulate BF16
+    (True, {**_stamp(0.60, 0.60), "precision": "int8"}, "fp32"),  # INT8 runs as quantized, float parts fp32
+])
+def test_auto_takes_bf16_only_where_the_cpu_has_it_and_the_model_was_validated(cpu_bf16, metadata, expected):
+    from mrcnn_edge.runtime.backends.openvino import choose_precision
+
+    choice = choose_precision("auto", metadata, cpu_bf16)
+    assert choice.precision == expected and choice.why.startswith("auto: ")
+    assert choose_precision("fp32", {}, cpu_bf16).precision == "fp32"  # the one option back to exact fp32
+
+
+@pytest.fixture
+def no_bf16_cpu(monkeypatch):
+    """A CPU whose OpenVINO lists no BF16 in OPTIMIZATION_CAPABILITIES (this machine's answer replaced)."""
+    real = ov.Core.get_property
+
+    def get_property(core, *args):
+        value = real(core, *args)
+        return [c for c in value if c != "BF16"] if "OPTIMIZATION_CAPABILITIES" in args else value
+
+    monkeypatch.setattr(ov.Core, "get_property", get_property)
+
+
+def _run_one_line_error(capsys, argv: list[str], words: str) -> None:
+    from mrcnn_edge.commands.cli import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and words in err[0], err
+
+
+def test_what_cannot_be_had_is_one_line(models, tmp_path, capsys, no_bf16_cpu, monkeypatch):
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "f.png"), np.full((64, 80, 3), 200, np.uint8))
+    run = ["run", "--source", str(tmp_path / "f.png"), "--no-display", "--backend", "openvino"]
+    _run_one_line_error(capsys, [*run[:1], str(models["fp32"]), *run[1:], "--precision", "bf16"], "no BF16")
+    int8 = make_contract_model(tmp_path / "m.int8.onnx", precision="int8")
+    _run_one_line_error(capsys, [*run[:1], str(int8), *run[1:], "--precision", "fp32"], "exact fp32 is impossible")
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
+    _run_one_line_error(capsys, [*run[:1], str(models["fp32"]), *run[1:]], "openvino")
+
+
+def test_run_says_what_auto_picked(models, tmp_path, capsys, no_bf16_cpu):
+    import cv2
+
+    from mrcnn_edge.commands.cli import main
+
+    cv2.imwrite(str(tmp_path / "f.png"), np.full((64, 80, 3), 200, np.uint8))
+    stamped = make_contract_model(tmp_path / "stamped.onnx", metadata=_stamp(0.60, 0.598))
+    assert main(["run", str(stamped), "--source", str(tmp_path / "f.png"), "--no-display", "--backend", "openvino"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "openvino (CPU, fp32; auto: " in ln]
+    assert len(lines) == 1 and "no BF16" in lines[0], lines
+
+
+def test_validated_bf16_is_what_auto_runs_on_a_bf16_cpu(tmp_path):
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    stamped = make_contract_model(tmp_path / "stamped.onnx", metadata=_stamp(0.60, 0.598))
+    with OpenVinoBackend(stamped) as be, OpenVinoBackend(stamped, precision="fp32") as exact:
+        assert be.precision == "bf16" and "validated" in be.description and "--precision fp32" in be.description
+        assert exact.precision == "fp32" and exact.description == "openvino (CPU, fp32)"
+        assert be._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
+        assert exact._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
