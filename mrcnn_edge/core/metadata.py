@@ -26,6 +26,7 @@ __all__ = [
     "sidecar_path",
     "read_sidecar",
     "write_sidecar",
+    "set_onnx_metadata",
     "read_onnx_metadata",
     "read_metadata",
     "require_keys",
@@ -84,6 +85,14 @@ def write_sidecar(engine_path: str | os.PathLike, meta: Mapping[str, Any]) -> Pa
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(encode(meta), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def set_onnx_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
+    """Make ``meta`` (JSON-encoded) the whole ``metadata_props`` of an ONNX ``ModelProto`` (no onnx
+    import: the proto object is the caller's)."""
+    del proto.metadata_props[:]
+    for k, v in encode(meta).items():
+        proto.metadata_props.add(key=k, value=v)
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> tuple[OnnxInfo, dict[str, Any]]:
