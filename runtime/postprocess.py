@@ -40,12 +40,16 @@ MASK_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class FrameRows:
-    """The detections of one image of a model batch, taken from canvas to frame pixels.
+    """The detections of one image as plain arrays: the one internal detections type.
 
-    rows (int64 ``[N]``): the model-output rows kept; boxes (float32 ``[N,4]``): x1,y1,x2,y2 in
-    frame pixels, clipped to the image; paste_boxes (float32 ``[N,4]``): the same boxes unclipped
-    (the boxes the masks were computed on: paste masks with these); scores (float32 ``[N]``);
-    classes (int32 ``[N]``); masks (float32 ``[N,M,M]`` probabilities of each detection's class).
+    The runtime builds the user's ``Detections`` from it; validation compares it, COCO evaluation
+    scores it. Its pixels are those of its maker: :func:`rows_to_frame` gives frame pixels,
+    :meth:`from_outputs` the model's canvas pixels as they are.
+
+    rows (int64 ``[N]``): the model-output rows kept; boxes (float32 ``[N,4]``): x1,y1,x2,y2
+    (in frame pixels clipped to the image); paste_boxes (float32 ``[N,4]``): the boxes the masks
+    were computed on, unclipped (paste masks with these); scores (float32 ``[N]``); classes
+    (int32 ``[N]``, label ids); masks (float32 ``[N,M,M]`` probabilities of each detection's class).
     """
 
     rows: np.ndarray
@@ -54,6 +58,15 @@ class FrameRows:
     scores: np.ndarray
     classes: np.ndarray
     masks: np.ndarray
+
+    @classmethod
+    def from_outputs(cls, outputs: Mapping[str, np.ndarray], b: int) -> "FrameRows":
+        """Image ``b``'s first ``num_detections`` rows of a model's outputs, in canvas pixels, unfiltered
+        (what the graph returned, for comparing two runners), copied: a backend's buffers are reused."""
+        n = num_detections_of(outputs["num_detections"])[b]
+        boxes = outputs["boxes"][b, :n].astype(np.float32)
+        return cls(np.arange(n), boxes, boxes.copy(), outputs["scores"][b, :n].astype(np.float32),
+                   outputs["classes"][b, :n].astype(np.int32), outputs["masks"][b, :n].astype(np.float32))
 
 
 def rows_to_frame(outputs: Mapping[str, np.ndarray], b: int, box: Letterbox, score_threshold: float) -> FrameRows:

@@ -1,7 +1,10 @@
 """Does the exported model give the same answers as the PyTorch model? A comparator over runners.
 
-Every runner (a :class:`mrcnn_edge.runtime.backends.Backend`) sees the same letterboxed input
-(the runtime's reference pre-processing) and returns the engine I/O contract in canvas pixels:
+Every runner (a :class:`mrcnn_edge.runtime.backends.Backend`, named in the table
+:data:`~mrcnn_edge.export.validate.runners.RUNNERS`) sees the same letterboxed input (the
+runtime's reference pre-processing) and returns the engine I/O contract in canvas pixels; the
+comparator loop (:mod:`.loop`, shared with ``mrcnn-edge benchmark``) feeds them and rebuilds each
+image's detections:
 
 * ``torchvision``: the user's modules run by torchvision's own RPN and ROI-heads code
   (:class:`mrcnn_edge.export.validate.runners.TorchvisionRunner`);
@@ -12,8 +15,8 @@ Every runner (a :class:`mrcnn_edge.runtime.backends.Backend`) sees the same lett
 
 Pairs are compared in canvas pixels (:mod:`.compare`, tolerances by precision in one table); with
 COCO annotations, box and mask AP per runner are computed on the original images after the
-runtime's own canvas-to-frame step (``runtime.postprocess.rows_to_frame``, masks pasted with the
-boxes the runtime pastes them with): the AP printed is the AP the runtime produces.
+runtime's own canvas-to-frame step (``runtime.postprocess.rows_to_frame``; ``data.coco`` pastes the
+masks with the runtime's paste): the AP printed is the AP the runtime produces.
 """
 from __future__ import annotations
 
@@ -28,9 +31,9 @@ import numpy as np
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import Progress, note
 
-from mrcnn_edge.export.validate.compare import AP, TOLERANCES, Comparison, Dets, compare, format_ap, format_pairs, judge_ap, tolerance_for
+from mrcnn_edge.export.validate.compare import AP, TOLERANCES, Comparison, compare, format_ap, format_pairs, judge_ap, tolerance_for
 
-__all__ = ["Dets", "TOLERANCES", "ValidationReport", "validate", "collect_images", "format_report", "open_runner"]
+__all__ = ["TOLERANCES", "ValidationReport", "validate", "collect_images", "format_report"]
 
 _IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -94,28 +97,6 @@ def collect_images(spec: str | None, annotations: str | None, limit: int | None)
     return items, None
 
 
-def open_runner(model_path: str | Path, device: str = "cpu") -> Any:
-    """The runtime backend for an exported model: ``.onnx`` in ONNX Runtime (``device`` "cpu" by
-    default: the CPU is the reference; tensorrt flavor through the plugin's reference
-    implementation), an engine in TensorRT."""
-    from mrcnn_edge.core.contract import ONNX_SUFFIXES
-    from mrcnn_edge.runtime.backends import open_backend
-
-    if Path(model_path).suffix.lower() in ONNX_SUFFIXES:  # ONNX Runtime even where another backend is the default
-        from mrcnn_edge.export.ort_custom import register
-
-        register()
-        return open_backend(model_path, "onnxruntime", device=device)
-    return open_backend(model_path)
-
-
-def _feed(runner: Any, batch: np.ndarray) -> dict[str, np.ndarray]:
-    """The canvas batch in the runner's input dtype (float16 inputs of fp16 models)."""
-    from mrcnn_edge.core.contract import INPUT_NAME
-
-    return {INPUT_NAME: batch.astype(runner.inputs[INPUT_NAME].dtype, copy=False)}
-
-
 def validate(
     checkpoint: str, model_path: str, images: str | None = None, annotations: str | None = None,
     limit: int | None = None, loaded: tuple[Any, Any] | None = None, progress: bool = True,
@@ -125,14 +106,14 @@ def validate(
     ``loaded``: ``(model, config)`` of ``checkpoint`` when the caller has it already (not reloaded).
     ``progress``: notes and an image counter on stderr.
     """
-    from mrcnn_edge.model.checkpoint import load_checkpoint
-    from mrcnn_edge.export.validate.runners import IMAGE_SIZES, EdgeRunner, TorchvisionRunner
-    from mrcnn_edge.runtime.preprocess import letterbox
-
     from mrcnn_edge.core.metadata import MODEL_KEYS, read_metadata
-    from mrcnn_edge.export.onnx_export import ExportOptions, build_edge
+    from mrcnn_edge.export.onnx_export import ExportOptions
+    from mrcnn_edge.export.validate.loop import Pass, run_passes
+    from mrcnn_edge.export.validate.runners import TorchSource, open_runner, reference_runner
+    from mrcnn_edge.model.checkpoint import load_checkpoint
 
     meta = read_metadata(model_path, MODEL_KEYS)
+    reference, reference_options = reference_runner(model_path)
     model, cfg = loaded if loaded is not None else load_checkpoint(checkpoint)
     if meta.get("num_classes") not in (None, cfg.num_classes):
         raise UserError(f"{model_path} has {meta['num_classes']} classes, the checkpoint {cfg.num_classes}: not the same model")
@@ -142,95 +123,47 @@ def validate(
     tolerance = tolerance_for(precision)
     # The reference is always the float32 graph: an fp16 or int8 model is judged against the model
     # as exported (and half convolutions on a CPU are very slow).
-    opts = ExportOptions(input_size=(H, W), batch=B, precision="fp32", max_detections=meta.get("max_detections"),
-                         score_threshold=meta.get("score_threshold"))
-    in_graph = meta.get("input_normalization") == "in_graph"
+    source = TorchSource(model, cfg, str(checkpoint), ExportOptions(
+        input_size=(H, W), batch=B, precision="fp32", max_detections=meta.get("max_detections"),
+        score_threshold=meta.get("score_threshold")))
     items, dataset = collect_images(images, annotations, limit)
     if progress:
         note(f"[validate] {len(items)} images, canvas {H}x{W}, batch {B}, {precision}")
-    from mrcnn_edge.core.contract import ENGINE_SUFFIXES, feed_mean_std
-
-    kind = "tensorrt" if Path(model_path).suffix.lower() in ENGINE_SUFFIXES else "onnx"
-    results: dict[str, list[Dets]] = {"torchvision": [], "edge": [], kind: []}
-    canvas_clipped: list[Dets] = []  # torchvision clipping at the canvas, as the graph does
-    frame_dets: dict[str, list[Any]] = {name: [] for name in results}
-    letterboxes = []
+    kind = reference.label  # "onnx" or "tensorrt"
+    with_ap = dataset is not None
     bar = Progress("[validate]", len(items), "images", enabled=progress)
     with contextlib.ExitStack() as stack:
-        tv = stack.enter_context(TorchvisionRunner(model, (H, W), B, path=checkpoint))
-        graphs = {"edge": stack.enter_context(EdgeRunner(build_edge(model, cfg, opts), path=checkpoint)),
-                  kind: stack.enter_context(open_runner(model_path))}
-        for start in range(0, len(items), B):
-            chunk = items[start: start + B]
-            xs, raws, lbs = [], [], []
-            for _, frame in chunk:
-                x, lb = letterbox(frame, (H, W), cfg.image_mean, cfg.image_std)
-                xs.append(x)
-                lbs.append(lb)
-                if in_graph:  # the model normalises itself: it takes the 0-255 RGB canvas
-                    raws.append(letterbox(frame, (H, W), *feed_mean_std("in_graph", cfg.image_mean,
-                                                                        cfg.image_std))[0])
-            while len(xs) < B:  # pad a partial batch with a blank canvas
-                xs.append(np.zeros_like(xs[0]))
-                raws.append(np.zeros_like(xs[0]))
-            batch = np.stack(xs)
-            model_batch = np.stack(raws) if in_graph else batch
-            n = len(chunk)
-            canvas = np.array([[H, W]] * B, np.int64)
-            regions = canvas.copy()
-            regions[:n] = [[lb.resized_h, lb.resized_w] for lb in lbs]
-            outputs = {"torchvision": tv.infer({"images": batch, IMAGE_SIZES: regions})}
-            _collect(results, frame_dets, "torchvision", outputs["torchvision"], lbs, dataset is not None)
-            if (regions[:n] == canvas[:n]).all():
-                canvas_clipped += results["torchvision"][-n:]
-            else:
-                twin = tv.infer({"images": batch, IMAGE_SIZES: canvas})
-                canvas_clipped += [Dets.from_outputs(twin, b) for b in range(n)]
-            for name, runner in graphs.items():
-                x = model_batch if name == kind else batch
-                _collect(results, frame_dets, name, runner.infer(_feed(runner, x)), lbs, dataset is not None)
-            letterboxes += lbs
-            bar.update(min(start + B, len(items)))
+        tv = stack.enter_context(open_runner("torchvision", source))
+        edge = stack.enter_context(open_runner("edge", source))
+        exported = stack.enter_context(open_runner(reference.name, model_path, **reference_options))
+        # torchvision clipping at the canvas, as the graph does, tells the clip difference apart
+        passes = [Pass("torchvision", tv, frame=with_ap), Pass("canvas clip", tv, image_sizes="canvas"),
+                  Pass("edge", edge, frame=with_ap), Pass(kind, exported, frame=with_ap)]
+        results, letterboxes = run_passes(passes, [frame for _, frame in items], cfg.image_mean, cfg.image_std,
+                                          on_batch=bar.update)
     bar.close()
 
     regions_hw = [(lb.resized_h, lb.resized_w) for lb in letterboxes]
     # The K each side keeps, for ties at the cut: the edge graph was built with the exported
     # model's max_detections; torchvision keeps its own detections_per_img (a tie needs one K)
-    k_edge = int(graphs["edge"].metadata["max_detections"])
+    k_edge = int(edge.metadata["max_detections"])
     k_tv = k_edge if int(tv.metadata["max_detections"]) == k_edge else None
-    comparisons = {"torchvision -> edge": compare(results["torchvision"], results["edge"], TOLERANCES["torchvision->edge"],
-                                                  (H, W), regions_hw, canvas_clipped, max_detections=k_tv),
-                   f"edge -> {kind}": compare(results["edge"], results[kind], tolerance, (H, W), regions_hw,
+    comparisons = {"torchvision -> edge": compare(results["torchvision"].canvas, results["edge"].canvas,
+                                                  TOLERANCES["torchvision->edge"], (H, W), regions_hw,
+                                                  results["canvas clip"].canvas, max_detections=k_tv),
+                   f"edge -> {kind}": compare(results["edge"].canvas, results[kind].canvas, tolerance, (H, W), regions_hw,
                                               max_detections=k_edge)}
     report = ValidationReport(str(model_path), str(checkpoint), len(items), [H, W], precision, meta.get("flavor"),
                               comparisons)
-    if dataset is not None:
-        report.ap = {name: _ap(dataset, [i for i, _ in items], dets) for name, dets in frame_dets.items()}
+    if with_ap:
+        from mrcnn_edge.data.coco import evaluate_detections
+
+        image_ids = [image_id for image_id, _ in items]
+        for name in ("torchvision", "edge", kind):
+            stats = evaluate_detections(dataset, list(zip(image_ids, results[name].frame)))
+            report.ap[name] = AP(stats["box_AP"], stats["box_AP50"], stats["mask_AP"], stats["mask_AP50"])
         judge_ap(comparisons[f"edge -> {kind}"], report.ap["edge"], report.ap[kind])
     return report
-
-
-def _collect(results: dict[str, list[Dets]], frame_dets: dict[str, list[Any]], name: str,
-             out: dict[str, np.ndarray], letterboxes: list, with_frames: bool) -> None:
-    """Keep copies of a runner's outputs (its buffers are reused): canvas ``Dets`` for the
-    comparisons and, for AP, the detections in frame pixels exactly as the runtime makes them."""
-    from mrcnn_edge.runtime.postprocess import paste_masks, rows_to_frame
-
-    for b, lb in enumerate(letterboxes):
-        results[name].append(Dets.from_outputs(out, b))
-        if with_frames:
-            rows = rows_to_frame(out, b, lb, 0.0)  # every detection the graph returned
-            masks = paste_masks(rows.masks, rows.paste_boxes, (lb.frame_h, lb.frame_w))
-            frame_dets[name].append((rows, masks))
-
-
-def _ap(dataset: Any, image_ids: list, dets: list) -> AP:
-    from mrcnn_edge.data.coco import ImageDetections, evaluate_detections
-
-    out = [ImageDetections(image_id, rows.boxes, rows.scores, rows.classes, masks)
-           for image_id, (rows, masks) in zip(image_ids, dets)]
-    stats = evaluate_detections(dataset, out)
-    return AP(stats["box_AP"], stats["box_AP50"], stats["mask_AP"], stats["mask_AP50"])
 
 
 def format_report(report: ValidationReport) -> str:

@@ -1,8 +1,9 @@
 """Comparing two runners' detections: matching, per-output statistics, verdicts, the report's tables.
 
-Polygraphy's comparator shape (STYLE.md #9): per pair of runners, detections are matched one to
-one (same class, box IoU), the differences of matched pairs are summarised (max, mean, p99) and
-judged against a stated tolerance, and the tolerance is printed beside the numbers.
+Per pair of runners, each image's detections (:class:`~mrcnn_edge.runtime.postprocess.FrameRows`
+in canvas pixels) are matched one to one (same class, box IoU), the differences of matched pairs
+are summarised (max, mean, p99) and judged against a stated tolerance, and the tolerance is
+printed beside the numbers.
 
 A tolerance is a small dict of numbers (printed as ``key=value``):
 
@@ -24,7 +25,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Dets", "Stats", "ClipDifference", "CutTie", "Comparison", "AP", "TOLERANCES", "tolerance_for", "match",
+from mrcnn_edge.runtime.postprocess import FrameRows, paste_masks
+
+__all__ = ["Stats", "ClipDifference", "CutTie", "Comparison", "AP", "TOLERANCES", "tolerance_for", "match",
            "compare", "judge_ap", "EDGE_CLIP", "CUT_TIE", "format_pairs", "format_ap", "as_json"]
 
 EDGE_CLIP = "edge clip (canvas vs image)"
@@ -63,23 +66,6 @@ def tolerance_for(precision: str) -> dict[str, float]:
     if precision not in TOLERANCES or precision == "torchvision->edge":
         raise UserError(f"no tolerance for precision {precision!r}; known: fp32, fp16, int8")
     return TOLERANCES[precision]
-
-
-@dataclass
-class Dets:
-    """Detections of one image in canvas pixels (copies: a runner's buffers are reused)."""
-
-    boxes: np.ndarray    # float32 [N,4] x1,y1,x2,y2, canvas pixels
-    scores: np.ndarray   # float32 [N], descending
-    classes: np.ndarray  # int64 [N], torchvision label ids
-    masks: np.ndarray    # float32 [N,M,M] probabilities of the detection's class
-
-    @classmethod
-    def from_outputs(cls, out: Mapping[str, np.ndarray], b: int) -> "Dets":
-        """Row ``b`` of a runner's outputs (the engine I/O contract), the ``num_detections`` valid rows."""
-        n = int(out["num_detections"][b])
-        return cls(out["boxes"][b, :n].astype(np.float32), out["scores"][b, :n].astype(np.float32),
-                   out["classes"][b, :n].astype(np.int64), out["masks"][b, :n].astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -180,7 +166,7 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), (np.abs(a[:, None] - b[None]).max(2) == 0).astype(float))
 
 
-def match(ref: Dets, cand: Dets, iou_thr: float, min_score: float = 0.0) -> list[tuple[int, int, float]]:
+def match(ref: FrameRows, cand: FrameRows, iou_thr: float, min_score: float = 0.0) -> list[tuple[int, int, float]]:
     """Greedy one-to-one matching by reference score: same class, box IoU >= ``iou_thr``.
 
     Only reference detections scoring ``>= min_score`` are matched; candidates of any score may match.
@@ -207,7 +193,7 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(inter) / float(union)
 
 
-def _clip_differences(k: int, r: Dets, c: Dets, twin: Dets, pairs: list, tol: Mapping[str, float],
+def _clip_differences(k: int, r: FrameRows, c: FrameRows, twin: FrameRows, pairs: list, tol: Mapping[str, float],
                       region: list[int] | None) -> list[ClipDifference]:
     """Unmatched detections of image ``k`` that the clip explains: a reference detection the twin
     (reference clipping at the canvas) lacks too, a candidate detection the twin has."""
@@ -224,7 +210,7 @@ def _clip_differences(k: int, r: Dets, c: Dets, twin: Dets, pairs: list, tol: Ma
     return out
 
 
-def _cut_ties(k: int, r: Dets, c: Dets, pairs: list, tol: Mapping[str, float], max_detections: int | None,
+def _cut_ties(k: int, r: FrameRows, c: FrameRows, pairs: list, tol: Mapping[str, float], max_detections: int | None,
               attributed: set[tuple[str, int]]) -> list[CutTie]:
     """Unmatched detections of image ``k`` (not already ``attributed``) that tie at the top-K cut.
 
@@ -248,8 +234,8 @@ def _cut_ties(k: int, r: Dets, c: Dets, pairs: list, tol: Mapping[str, float], m
     return out
 
 
-def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float], canvas_hw: tuple[int, int],
-            regions: Sequence[tuple[int, int]] | None = None, clip_twin: Sequence[Dets] | None = None,
+def compare(ref: Sequence[FrameRows], cand: Sequence[FrameRows], tol: Mapping[str, float], canvas_hw: tuple[int, int],
+            regions: Sequence[tuple[int, int]] | None = None, clip_twin: Sequence[FrameRows] | None = None,
             max_detections: int | None = None) -> Comparison:
     """Statistics of ``cand`` against ``ref`` over images, and whether they are within ``tol``.
 
@@ -266,8 +252,6 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
     ``regions``: per image, ``(resized_h, resized_w)`` of the letterboxed image, for the report.
     Mask IoU pastes both masks into the canvas with the runtime's paste.
     """
-    from mrcnn_edge.runtime.postprocess import paste_masks
-
     n_ref = n_cand = n_matched = n_cand_matched = 0
     box_d: list[float] = []
     score_d: list[float] = []
@@ -296,8 +280,8 @@ def compare(ref: Sequence[Dets], cand: Sequence[Dets], tol: Mapping[str, float],
         box_d += np.abs(r.boxes[ri] - c.boxes[ci]).max(1).tolist()
         score_d += np.abs(r.scores[ri] - c.scores[ci]).tolist()
         mask_d += np.abs(r.masks[ri] - c.masks[ci]).reshape(len(ri), -1).max(1).tolist()
-        pr = paste_masks(r.masks[ri], r.boxes[ri], canvas_hw)
-        pc = paste_masks(c.masks[ci], c.boxes[ci], canvas_hw)
+        pr = paste_masks(r.masks[ri], r.paste_boxes[ri], canvas_hw)
+        pc = paste_masks(c.masks[ci], c.paste_boxes[ci], canvas_hw)
         mask_ious += [_mask_iou(a, b) for a, b in zip(pr, pc)]
     clip_ref = sum(1 for d in clipped if d.side == "reference")
     exempt = bool(tol.get("edge_clip_exempt"))

@@ -1,13 +1,14 @@
 """Side-by-side latency (and, on a validation split, mask AP) of runners: a comparator over runners.
 
-A row is ``(label, backend, model, options)``: torchvision eager or ``EdgeMaskRCNN`` eager on the
-checkpoint (:mod:`mrcnn_edge.export.validate.runners`), or any backend of the runtime's table
-(``runtime.backends.BACKENDS``: ONNX Runtime, TensorRT, OpenVINO, ...) on a model file. Every row
-runs the same three timed stages on the same frame, one run of each row in turn (interleaved) so
-that machine drift hits all alike:
+A row is ``(label, backend, model, options)``: any runner of the table
+:data:`mrcnn_edge.export.validate.runners.RUNNERS`: torchvision eager or ``EdgeMaskRCNN`` eager on
+the checkpoint, or any backend of the runtime's table (ONNX Runtime, TensorRT, OpenVINO, ...) on a
+model file. Every row runs validation's comparator loop (:mod:`mrcnn_edge.export.validate.loop`) on
+the same frame, one run of each row in turn (interleaved) so that machine drift hits all alike,
+timed in the pipeline's stages:
 
 * ``pre``: the runtime's reference letterbox (frame to the runner's input);
-* ``model``: ``runner.infer`` and nothing else (the TensorRT row included);
+* ``infer``: ``runner.infer`` and nothing else (the TensorRT row included);
 * ``post``: the runtime's canvas-to-frame step (``rows_to_frame``) and the masks pasted at frame size.
 
 torchvision's row starts after its ``transform`` (the same letterboxed tensor as every other row)
@@ -30,8 +31,6 @@ from mrcnn_edge.core.progress import Progress, note
 __all__ = ["Row", "Timing", "RowResult", "parse_row", "default_rows", "run_benchmark", "time_rows", "format_table",
            "ROW_HELP"]
 
-TORCH_RUNNERS = ("torchvision", "edge")
-LEGACY_NAMES = {"onnx": "onnxruntime"}  # --backends names -> backend table names
 ROW_HELP = (
     "a row to time: [LABEL=]BACKEND[:MODEL][:KEY=VALUE,...]; BACKEND is torchvision or edge (MODEL: a "
     "checkpoint, default the benchmark's) or a runtime backend ({backends}; MODEL: its model file, default for "
@@ -65,7 +64,7 @@ class Timing:
 
 @dataclass
 class RowResult:
-    """A row's timings in milliseconds (``stages_ms``: pre, model, post) and, with annotations, its AP."""
+    """A row's timings in milliseconds (``stages_ms``: pre, infer, post) and, with annotations, its AP."""
 
     label: str
     backend: str
@@ -97,16 +96,17 @@ def parse_row(text: str) -> Row:
     The part after the last ``:`` is options when it is ``KEY=VALUE`` pairs, so model paths and
     URLs with colons (``triton://host:8001/model``) stay whole; ``BACKEND::KEY=VALUE`` keeps the
     default model."""
-    from mrcnn_edge.runtime.backends import BACKENDS
+    from mrcnn_edge.export.validate.runners import RUNNERS
 
     head, _, rest = text.strip().partition(":")
     label = None
     if "=" in head:
         label, head = (s.strip() for s in head.split("=", 1))
     head = head.strip()
-    backend = LEGACY_NAMES.get(head, head)
-    if backend not in (*TORCH_RUNNERS, *BACKENDS):
-        raise UserError(f"--row {text!r}: unknown backend {head!r}; choose from {', '.join((*TORCH_RUNNERS, *BACKENDS))}")
+    by_label = {e.label: e.name for e in RUNNERS.values()}  # the short names of --backends ("onnx")
+    backend = head if head in RUNNERS else by_label.get(head, head)
+    if backend not in RUNNERS:
+        raise UserError(f"--row {text!r}: unknown backend {head!r}; choose from {', '.join(RUNNERS)}")
     base, colon, last = rest.rpartition(":")
     if colon and _is_options(last):
         model, opts_text = base, last
@@ -126,12 +126,12 @@ def parse_row(text: str) -> Row:
 def default_rows(onnx_ok: bool, engine: str | None) -> list[Row]:
     """torchvision, edge, then every runtime backend that runs ONNX (on the portable export) and,
     given ``--engine``, TensorRT. Rows of backends not installed are skipped when they open."""
-    from mrcnn_edge.runtime.backends import BACKENDS
+    from mrcnn_edge.export.validate.runners import RUNNERS
 
-    rows = [Row("torchvision", "torchvision"), Row("edge", "edge")]
-    if onnx_ok:
-        rows += [Row("onnx" if e.name == "onnxruntime" else e.name, e.name, implicit=e.name != "onnxruntime")
-                 for e in BACKENDS.values() if ".onnx" in e.suffixes]
+    rows = [Row(e.label, e.name) for e in RUNNERS.values() if e.takes == "checkpoint"]
+    if onnx_ok:  # ONNX Runtime is the one every install has: the others are skipped where missing
+        rows += [Row(e.label, e.name, implicit=e.name != "onnxruntime")
+                 for e in RUNNERS.values() if e.takes == "model" and ".onnx" in e.suffixes]
     if engine:
         rows.append(Row("tensorrt", "tensorrt", engine))
     return rows
@@ -156,7 +156,7 @@ def time_rows(rows: dict[str, Callable[[], dict[str, float]]], runs: int, warmup
 def format_table(results: list[RowResult], baseline: str = "torchvision") -> str:
     base = next((r.total_ms.median for r in results if r.label == baseline), None)
     with_ap = any(r.mask_AP is not None for r in results)
-    lines = ["| backend | median ms | p90 ms | min ms | FPS | pre ms | model ms | post ms | speed-up vs torchvision |"
+    lines = ["| backend | median ms | p90 ms | min ms | FPS | pre ms | infer ms | post ms | speed-up vs torchvision |"
              + (" box AP | mask AP |" if with_ap else ""),
              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_ap else "")]
     for r in results:
@@ -164,7 +164,7 @@ def format_table(results: list[RowResult], baseline: str = "torchvision") -> str
         sp = f"{base / t.median:.2f}x" if base else "-"
         ap = f" {r.box_AP:.4f} | {r.mask_AP:.4f} |" if with_ap and r.mask_AP is not None else (" - | - |" if with_ap else "")
         lines.append(f"| {r.label} | {t.median:.1f} | {t.p90:.1f} | {t.min:.1f} | {r.fps:.2f} | {s['pre'].median:.1f} | "
-                     f"{s['model'].median:.1f} | {s['post'].median:.1f} | {sp} |" + ap)
+                     f"{s['infer'].median:.1f} | {s['post'].median:.1f} | {sp} |" + ap)
     return "\n".join(lines) + "\n"
 
 
@@ -204,37 +204,32 @@ class _Bench:
         return self._onnx
 
     def open(self, row: Row) -> Any:
-        """The runner of ``row`` (UserError with the row's label when it cannot open)."""
-        from mrcnn_edge.export.validate.runners import EdgeRunner, TorchvisionRunner
+        """The runner of ``row`` from the runner table (UserError with the row's label when it cannot open)."""
+        from mrcnn_edge.export.onnx_export import ExportOptions
+        from mrcnn_edge.export.validate.runners import RUNNERS, TorchSource, open_runner
 
-        if row.backend in TORCH_RUNNERS:
+        entry = RUNNERS[row.backend]
+        target: Any
+        if entry.takes == "checkpoint":
             model, cfg = self.model, self.cfg
             if row.model:
                 from mrcnn_edge.model.checkpoint import load_checkpoint
 
                 model, cfg = load_checkpoint(row.model)
                 _settings(model, self.args)
-            if row.backend == "torchvision":
-                return TorchvisionRunner(model, self.canvas, 1, path=row.model or "torchvision")
-            from mrcnn_edge.model.edge import EdgeMaskRCNN
-
-            return EdgeRunner(EdgeMaskRCNN(model, self.canvas, 1, max_detections=self.args.max_detections,
-                                           rpn_post_nms_top_n=self.args.rpn_post_nms_top_n), path=row.model or "edge")
-        from mrcnn_edge.runtime.backends import BACKENDS, open_backend
-
-        path = row.model
-        if path is None:
-            if ".onnx" not in BACKENDS[row.backend].suffixes:
-                raise UserError(f"row {row.label}: the {row.backend} backend needs a model (--row {row.backend}:MODEL)")
-            path = self.portable_onnx()
-        if row.backend == "onnxruntime":
-            from mrcnn_edge.export.ort_custom import register
-
-            register()  # tensorrt-flavor files run with the plugin's reference implementation
+            target = TorchSource(model, cfg, row.model or row.backend, ExportOptions(
+                input_size=self.canvas, max_detections=self.args.max_detections,
+                rpn_post_nms_top_n=self.args.rpn_post_nms_top_n))
+        elif row.model is not None:
+            target = row.model
+        elif ".onnx" in entry.suffixes:
+            target = self.portable_onnx()
+        else:
+            raise UserError(f"row {row.label}: the {row.backend} backend needs a model (--row {row.backend}:MODEL)")
         try:
-            return open_backend(path, row.backend, **row.options)
-        except TypeError as exc:  # an option the backend class does not take
-            raise UserError(f"row {row.label}: {row.backend} does not take the options {sorted(row.options)} ({exc})") from exc
+            return open_runner(row.backend, target, **row.options)
+        except UserError as exc:
+            raise UserError(f"row {row.label}: {exc}") from exc
 
     def close(self) -> None:
         if self._tmp is not None:
@@ -248,52 +243,21 @@ def _settings(model: Any, args: Any) -> None:
         model.rpn._post_nms_top_n["testing"] = args.rpn_post_nms_top_n
 
 
-def _feed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> tuple[dict[str, np.ndarray], Any]:
-    """The runtime's letterbox into the runner's input (its dtype; 0-255 for in-graph normalisation)."""
-    from mrcnn_edge.core.contract import INPUT_NAME, feed_mean_std
-    from mrcnn_edge.export.validate.runners import IMAGE_SIZES
-    from mrcnn_edge.runtime.preprocess import letterbox
-
-    spec = runner.inputs[INPUT_NAME]
-    mean, std = feed_mean_std(runner.metadata.get("input_normalization"), mean, std)
-    x, lb = letterbox(frame, spec.shape[2:], mean, std, dtype=spec.dtype)
-    feed = {INPUT_NAME: x[None]}
-    if IMAGE_SIZES in runner.inputs:
-        feed[IMAGE_SIZES] = np.array([[lb.resized_h, lb.resized_w]], np.int64)
-    return feed, lb
-
-
-def _post(out: dict[str, np.ndarray], lb: Any) -> tuple[Any, np.ndarray]:
-    """The runtime's canvas-to-frame step and the pasted masks (what ``Detections.masks`` gives)."""
-    from mrcnn_edge.runtime.postprocess import paste_masks, rows_to_frame
-
-    rows = rows_to_frame(out, 0, lb, 0.0)
-    return rows, paste_masks(rows.masks, rows.paste_boxes, (lb.frame_h, lb.frame_w))
-
-
 def _timed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> Callable[[], dict[str, float]]:
-    def run() -> dict[str, float]:
-        t0 = time.perf_counter()
-        feed, lb = _feed(runner, frame, mean, std)
-        t1 = time.perf_counter()
-        out = runner.infer(feed)
-        t2 = time.perf_counter()
-        _post(out, lb)
-        t3 = time.perf_counter()
-        return {"pre": (t1 - t0) * 1e3, "model": (t2 - t1) * 1e3, "post": (t3 - t2) * 1e3}
-    return run
+    """One timed step of the comparator loop: the frame in, its detections in frame pixels with
+    their masks pasted (what a user of the runtime gets) out."""
+    from mrcnn_edge.export.validate.loop import step
+
+    return lambda: step(runner, [frame], mean, std, canvas=False, paste=True).ms
 
 
 def _row_ap(runner: Any, items: list, dataset: Any, mean: Any, std: Any) -> tuple[float, float]:
     """Box and mask AP of one runner on the validation split, frames as the runtime makes them."""
-    from mrcnn_edge.data.coco import ImageDetections, evaluate_detections
+    from mrcnn_edge.data.coco import evaluate_detections
+    from mrcnn_edge.export.validate.loop import Pass, run_passes
 
-    dets = []
-    for image_id, frame in items:
-        feed, lb = _feed(runner, frame, mean, std)
-        rows, masks = _post(runner.infer(feed), lb)
-        dets.append(ImageDetections(image_id, rows.boxes, rows.scores, rows.classes, masks))
-    stats = evaluate_detections(dataset, dets)
+    results, _ = run_passes([Pass("ap", runner, frame=True)], [frame for _, frame in items], mean, std)
+    stats = evaluate_detections(dataset, [(image_id, rows) for (image_id, _), rows in zip(items, results["ap"].frame)])
     return stats["box_AP"], stats["mask_AP"]
 
 

@@ -1,7 +1,9 @@
 """COCO-format datasets in, COCO box and mask AP out (pycocotools).
 
 ``load_dataset`` reads ``DIR/annotations.json`` (images under ``DIR/images`` or next to it);
-``evaluate_detections`` scores per-image detections in image pixels against it.
+``evaluate_detections`` scores per-image detections in image pixels against it: the runtime's
+:class:`~mrcnn_edge.runtime.postprocess.FrameRows`, masks pasted into the image by the runtime's
+own paste (torchvision's ``paste_masks_in_image`` semantics), so the AP is the runtime's.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mrcnn_edge.core.errors import UserError, require
+from mrcnn_edge.runtime.postprocess import FrameRows, paste_masks
 
-__all__ = ["Dataset", "load_dataset", "ImageDetections", "evaluate_detections", "encode_masks"]
+__all__ = ["Dataset", "load_dataset", "evaluate_detections", "encode_masks"]
 
 
 @dataclass
@@ -102,17 +105,6 @@ def load_dataset(path: str | os.PathLike) -> Dataset:
     return Dataset(root=root, coco=coco, image_ids=sorted(coco.imgs), class_names=names)
 
 
-@dataclass
-class ImageDetections:
-    """Detections of one image in its own pixels. masks: ``[N,H,W]`` bool/uint8, or None."""
-
-    image_id: int
-    boxes: np.ndarray  # [N,4] x1,y1,x2,y2
-    scores: np.ndarray  # [N]
-    labels: np.ndarray  # [N] category ids
-    masks: np.ndarray | None = None
-
-
 def encode_masks(masks: np.ndarray) -> list[dict]:
     """``[N,H,W]`` binary masks to COCO compressed RLE dicts (counts as str)."""
     mask_api = require("pycocotools.mask", "model", "COCO RLE")
@@ -122,15 +114,18 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     return rles
 
 
-def _results(dets: Iterable[ImageDetections], with_masks: bool) -> list[dict]:
+def _results(dataset: Dataset, detections: Iterable[tuple[int, FrameRows]], with_masks: bool) -> list[dict]:
     out: list[dict] = []
-    for d in dets:
-        rles = encode_masks(d.masks) if (with_masks and d.masks is not None and len(d.boxes)) else None
+    for image_id, d in detections:
+        rles = None
+        if with_masks and len(d.boxes):
+            info = dataset.coco.imgs[image_id]
+            rles = encode_masks(paste_masks(d.masks, d.paste_boxes, (info["height"], info["width"])))
         for i in range(len(d.boxes)):
             x1, y1, x2, y2 = (float(v) for v in d.boxes[i])
             r = {
-                "image_id": int(d.image_id),
-                "category_id": int(d.labels[i]),
+                "image_id": int(image_id),
+                "category_id": int(d.classes[i]),
                 "bbox": [x1, y1, x2 - x1, y2 - y1],
                 "score": float(d.scores[i]),
             }
@@ -140,15 +135,14 @@ def _results(dets: Iterable[ImageDetections], with_masks: bool) -> list[dict]:
     return out
 
 
-def evaluate_detections(dataset: Dataset, dets: Sequence[ImageDetections]) -> dict[str, float]:
-    """COCO AP of ``dets``: keys ``box_AP``, ``box_AP50``, ``box_AP75``, ``mask_AP``, ... (-1 where undefined)."""
+def evaluate_detections(dataset: Dataset, detections: Sequence[tuple[int, FrameRows]]) -> dict[str, float]:
+    """COCO AP of ``(image_id, rows)`` pairs, ``rows`` in the image's pixels (``rows_to_frame``): keys
+    ``box_AP``, ``box_AP50``, ``box_AP75``, ``mask_AP``, ... (-1 where undefined)."""
     cocoeval = require("pycocotools.cocoeval", "model", "COCO evaluation")
-    image_ids = [int(d.image_id) for d in dets]
+    image_ids = [int(image_id) for image_id, _ in detections]
     stats: dict[str, float] = {}
     for iou_type, prefix in (("bbox", "box"), ("segm", "mask")):
-        res = _results(dets, with_masks=iou_type == "segm")
-        if iou_type == "segm" and not all(d.masks is not None for d in dets):
-            continue
+        res = _results(dataset, detections, with_masks=iou_type == "segm")
         if not res:
             for k in ("AP", "AP50", "AP75"):
                 stats[f"{prefix}_{k}"] = 0.0

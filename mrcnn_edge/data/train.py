@@ -17,8 +17,9 @@ import torch
 
 from mrcnn_edge.model.checkpoint import build_model, save_checkpoint
 from mrcnn_edge.core.config import preset_config
-from .coco import Dataset, ImageDetections, evaluate_detections, load_dataset
+from .coco import Dataset, evaluate_detections, load_dataset
 from mrcnn_edge.core.errors import UserError
+from mrcnn_edge.runtime.postprocess import FrameRows
 
 __all__ = ["train", "predict", "evaluate_model"]
 
@@ -155,15 +156,23 @@ def train(
 
 
 @torch.inference_mode()
-def predict(model, images_bgr: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """torchvision eager inference on BGR uint8 images; masks pasted by torchvision, thresholded at 0.5."""
+def predict(model, images_bgr: Sequence[np.ndarray]) -> list[FrameRows]:
+    """torchvision eager inference on BGR uint8 images (its own resize), each image's detections in
+    its pixels: torchvision's ``forward`` up to its mask paste, which COCO evaluation does with the
+    runtime's paste (the same semantics) for every model alike."""
+    from torchvision.models.detection.transform import resize_boxes
+
     tensors = [torch.from_numpy(np.ascontiguousarray(im[:, :, ::-1])).permute(2, 0, 1).float() / 255.0 for im in images_bgr]
-    outs = model(tensors)
-    return [
-        {"boxes": o["boxes"].numpy(), "scores": o["scores"].numpy(), "labels": o["labels"].numpy(),
-         "masks": (o["masks"][:, 0] > 0.5).numpy()}
-        for o in outs
-    ]
+    images, _ = model.transform(tensors)
+    features = model.backbone(images.tensors)
+    proposals, _ = model.rpn(images, features)
+    detections, _ = model.roi_heads(features, proposals, images.image_sizes)
+    out = []
+    for d, resized, t in zip(detections, images.image_sizes, tensors):
+        boxes = resize_boxes(d["boxes"], resized, t.shape[-2:]).numpy().astype(np.float32)
+        out.append(FrameRows(np.arange(len(boxes)), boxes, boxes.copy(), d["scores"].numpy().astype(np.float32),
+                             d["labels"].numpy().astype(np.int32), d["masks"][:, 0].numpy().astype(np.float32)))
+    return out
 
 
 def evaluate_model(model, ds: Dataset, limit: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, float]:
@@ -172,8 +181,7 @@ def evaluate_model(model, ds: Dataset, limit: int | None = None, log: Callable[[
     ids = ds.image_ids[:limit] if limit else ds.image_ids
     dets = []
     for n, image_id in enumerate(ids):
-        o = predict(model, [ds.read_image(image_id)])[0]
-        dets.append(ImageDetections(image_id, o["boxes"], o["scores"], o["labels"], o["masks"]))
+        dets.append((image_id, predict(model, [ds.read_image(image_id)])[0]))
         if log and ((n + 1) % 25 == 0 or n + 1 == len(ids)):
             log(f"[evaluate] {n + 1}/{len(ids)} images")
     return evaluate_detections(ds, dets)

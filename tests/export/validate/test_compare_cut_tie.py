@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mrcnn_edge.export.validate.compare import CUT_TIE, TOLERANCES, Dets, compare, format_pairs
+from mrcnn_edge.export.validate.compare import CUT_TIE, TOLERANCES, compare, format_pairs
+from mrcnn_edge.runtime.postprocess import FrameRows
 
 CANVAS = (64, 96)
 K = 4
@@ -14,14 +15,15 @@ K = 4
 BOXES = [[2, 2, 12, 12], [20, 2, 30, 12], [40, 2, 50, 12], [60, 2, 70, 12], [2, 30, 12, 40]]
 
 
-def _dets(rows: list[int], scores: list[float]) -> Dets:
-    """Detections made of ``BOXES[rows]`` (class 1 each) with ``scores`` (descending)."""
+def _dets(rows: list[int], scores: list[float]) -> FrameRows:
+    """Detections made of ``BOXES[rows]`` (class 1 each) with ``scores`` (descending), canvas pixels."""
     n = len(rows)
-    return Dets(np.asarray([BOXES[i] for i in rows], np.float32), np.asarray(scores, np.float32),
-                np.ones(n, np.int64), np.full((n, 4, 4), 0.9, np.float32))
+    boxes = np.asarray([BOXES[i] for i in rows], np.float32)
+    return FrameRows(np.arange(n), boxes, boxes, np.asarray(scores, np.float32), np.ones(n, np.int32),
+                     np.full((n, 4, 4), 0.9, np.float32))
 
 
-def _swap_at_cut(last_ref: float, last_cand: float) -> tuple[Dets, Dets]:
+def _swap_at_cut(last_ref: float, last_cand: float) -> tuple[FrameRows, FrameRows]:
     """Reference keeps boxes 0-3, the candidate keeps 0-2 and box 4 in the last row."""
     return _dets([0, 1, 2, 3], [1.0, 1.0, 1.0, last_ref]), _dets([0, 1, 2, 4], [1.0, 1.0, 1.0, last_cand])
 

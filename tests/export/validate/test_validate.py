@@ -15,7 +15,8 @@ import mrcnn_edge
 from mrcnn_edge.commands.cli import main
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.export import ort_custom
-from mrcnn_edge.export.validate import TOLERANCES, Dets, collect_images, compare
+from mrcnn_edge.export.validate import TOLERANCES, collect_images, compare
+from mrcnn_edge.runtime.postprocess import FrameRows
 
 # ------------------------------------------------------------------ a plugin node alone, in ORT
 
@@ -109,10 +110,11 @@ def test_plugin_node_of_double_features_is_refused():
 # ------------------------------------------------------------------ edge-clip attribution
 
 
-def _dets(boxes, scores, classes) -> Dets:
+def _dets(boxes, scores, classes) -> FrameRows:
     n = len(scores)
-    return Dets(np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-                np.asarray(classes, np.int64), np.full((n, 4, 4), 0.9, np.float32))
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return FrameRows(np.arange(n), boxes, boxes, np.asarray(scores, np.float32), np.asarray(classes, np.int32),
+                     np.full((n, 4, 4), 0.9, np.float32))
 
 
 def test_unmatched_detections_explained_by_the_clip_are_edge_clip_not_failures():
@@ -186,9 +188,9 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
     onnx_path = tmp_path / "r50.onnx"
     from mrcnn_edge.model.checkpoint import load_checkpoint
 
-    export_onnx(*load_checkpoint(ckpt), onnx_path, ExportOptions(input_size=(128, 192), flavor="tensorrt"),
-                log=lambda s: None)
-    rep = validate(str(ckpt), str(onnx_path), images=str(images), progress=False)
+    loaded = load_checkpoint(ckpt)
+    export_onnx(*loaded, onnx_path, ExportOptions(input_size=(128, 192), flavor="tensorrt"), log=lambda s: None)
+    rep = validate(str(ckpt), str(onnx_path), images=str(images), loaded=loaded, progress=False)
     tv, ox = rep.comparisons["torchvision -> edge"], rep.comparisons["edge -> onnx"]
     assert tv.reference_detections >= 20 and ox.reference_detections == 200
     assert tv.max_detections == ox.max_detections == 100  # the cut is known on both pairs (ties at it)
@@ -203,8 +205,19 @@ def test_many_class_deep_model_validates_and_a_wrong_level_fails(tmp_path):
                     a.i = 3
     wrong = tmp_path / "wrong_level.onnx"
     onnx.save(proto, str(wrong))
-    bad = validate(str(ckpt), str(wrong), images=str(images), progress=False)
-    assert not bad.ok and bad.comparisons["edge -> onnx"].failures
+    # judged as validate judges its "edge -> onnx" pair (its loop, its fp32 tolerance), without
+    # running torchvision again: the wrong level fails
+    from mrcnn_edge.export.validate.compare import tolerance_for
+    from mrcnn_edge.export.validate.loop import Pass, run_passes
+    from mrcnn_edge.export.validate.runners import TorchSource, open_runner
+
+    model, cfg = loaded
+    source = TorchSource(model, cfg, str(ckpt), ExportOptions(input_size=(128, 192)))
+    frames = [cv2.imread(str(p)) for p in sorted(images.iterdir())]
+    with open_runner("edge", source) as edge, open_runner("onnxruntime", wrong, device="cpu") as bad:
+        got, _ = run_passes([Pass("edge", edge), Pass("onnx", bad)], frames, cfg.image_mean, cfg.image_std)
+    c = compare(got["edge"].canvas, got["onnx"].canvas, tolerance_for("fp32"), (128, 192), max_detections=100)
+    assert c.reference_detections == 200 and not c.ok and c.failures
 
 
 # ------------------------------------------------------------------ runners: the runtime's ORT backend, the frame step
@@ -239,28 +252,6 @@ def test_fp16_plugin_file_runs_in_the_runtime_onnxruntime_backend(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip().splitlines()[-1] == "EXACT"
-
-
-def test_validate_pastes_masks_as_the_runtime_does():
-    """AP is computed on what the runtime produces: a box reaching into the letterbox padding keeps
-    its reported box clipped to the image but pastes its mask with the unclipped box."""
-    from mrcnn_edge.export.validate import _collect
-    from mrcnn_edge.runtime.detections import Detections
-    from mrcnn_edge.runtime.postprocess import rows_to_frame
-    from mrcnn_edge.runtime.preprocess import Letterbox
-
-    lb = Letterbox.fit((40, 20), (64, 64))  # a tall frame: resized 64x32, padding on the right
-    masks = np.zeros((1, 2, 28, 28), np.float32)
-    masks[0, 0, :, 8:] = 0.9  # the mask's right part lies in the padding
-    out = {"num_detections": np.array([1], np.int32), "boxes": np.array([[[10, 10, 50, 40], [0, 0, 0, 0]]], np.float32),
-           "scores": np.array([[0.9, 0]], np.float32), "classes": np.array([[1, -1]], np.int32), "masks": masks}
-    results, frames = {"x": []}, {"x": []}
-    _collect(results, frames, "x", out, [lb], True)
-    rows, pasted = frames["x"][0]
-    assert rows.boxes[0, 2] == pytest.approx(20.0) and rows.paste_boxes[0, 2] > 20.0  # clipped vs the paste box
-    want = rows_to_frame(out, 0, lb, 0.0)
-    runtime = Detections(want.boxes, want.scores, want.classes, ["a"], want.masks, (40, 20), paste_boxes=want.paste_boxes)
-    assert pasted.any() and np.array_equal(pasted, runtime.masks)
 
 
 def test_reference_falls_back_to_torch_without_a_compiler(monkeypatch):
