@@ -18,8 +18,8 @@ from mrcnn_edge.core.contract import (
 )
 from mrcnn_edge.core.errors import UserError
 
-__all__ = ["TENSORRT_OPS", "QUANTIZED_OPS", "QDQ_OPS", "register_schema", "check_model", "tensorrt_compatibility",
-           "qdq_problems", "nms_box_counts"]
+__all__ = ["TENSORRT_OPS", "QUANTIZED_OPS", "QDQ_OPS", "INT8_PASSTHROUGH", "register_schema", "check_model",
+           "tensorrt_compatibility", "qdq_problems", "skip_connection_adds", "quantized_nodes", "nms_box_counts"]
 
 # ONNX ops that TensorRT 10's ONNX parser imports (TensorRT's operators.md), restricted to those
 # an exported Mask R-CNN can contain; anything else fails the compatibility check.
@@ -33,9 +33,18 @@ TENSORRT_OPS = frozenset(
     Squeeze Sub Sum Tanh Tile TopK Transpose Unsqueeze Where Xor
     QuantizeLinear DequantizeLinear""".split()
 )
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
-"""Op types whose inputs may take Q/DQ: the ones TensorRT runs as INT8 kernels (and OpenVINO too)."""
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""The weighted ops: Q/DQ on all their inputs makes TensorRT (and OpenVINO) run them as INT8 kernels.
+Transposed convolutions included (TensorRT's explicit-quantization guide quantizes deconvolutions
+like convolutions, weights per output channel, axis 1)."""
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+INT8_PASSTHROUGH = frozenset(
+    """Relu Clip LeakyRelu HardSwish HardSigmoid Sigmoid MaxPool AveragePool GlobalAveragePool ReduceMean Resize
+    Reshape Flatten Transpose Squeeze Unsqueeze Identity Concat Slice Pad Add Mul""".split()
+)
+"""Ops between two weighted layers that do not end an INT8 region: TensorRT fuses the activations and
+element-wise ops into the layer before, and moves Q/DQ across the data-movement ops and pooling.
+A weighted layer left in float with INT8 layers on both sides across only these is a float island."""
 
 
 def register_schema() -> None:
@@ -148,34 +157,142 @@ def tensorrt_compatibility(proto: Any, flavor: str) -> list[str]:
     return problems
 
 
-def qdq_problems(proto: Any) -> list[str]:
-    """Q/DQ nodes that TensorRT would not fuse into INT8 kernels (empty: all placed as it wants).
+class _Graph:
+    """Producers and consumers of every tensor of a graph, and the constants (initializers, Constant)."""
 
-    Every ``DequantizeLinear`` feeds only ``QUANTIZED_OPS`` nodes; activations go through a
-    ``QuantizeLinear`` -> ``DequantizeLinear`` pair; INT8 with zero point 0 (symmetric)."""
+    def __init__(self, proto: Any) -> None:
+        self.nodes = list(proto.graph.node)
+        self.inits = {i.name: i for i in proto.graph.initializer}
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+
+    def constant(self, name: str) -> bool:
+        p = self.producer.get(name)
+        return name in self.inits or (p is not None and p.op_type == "Constant")
+
+    def dequantized(self, name: str) -> bool:
+        """Whether ``name`` is the output of a ``DequantizeLinear`` (an INT8 value for the reader)."""
+        p = self.producer.get(name)
+        return p is not None and p.op_type == "DequantizeLinear"
+
+    def int8_layer(self, n: Any) -> bool:
+        """A weighted op whose activation input is dequantized: TensorRT runs it in INT8."""
+        return n.op_type in QUANTIZED_OPS and bool(n.input) and self.dequantized(n.input[0])
+
+
+def quantized_nodes(proto: Any) -> dict[str, int]:
+    """Op type -> how many weighted ops take INT8 inputs (a Q/DQ model's summary)."""
+    g = _Graph(proto)
+    counts: dict[str, int] = {}
+    for n in g.nodes:
+        if g.int8_layer(n):
+            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    return counts
+
+
+def skip_connection_adds(proto: Any) -> dict[str, tuple[str, str]]:
+    """``Add`` nodes that join a weighted layer's output with a skip connection: name -> (the layer's
+    output, the residual input).
+
+    TensorRT fuses such an ``Add`` into the weighted layer before it (residual blocks of ResNet and
+    MobileNet, the FPN's top-down sums), in INT8 when the *residual* input carries Q/DQ. Of two
+    weighted-layer inputs, the residual is the one read elsewhere too (a block's input, read by the
+    next block), else the one made earlier in the graph."""
+    g = _Graph(proto)
+    order = {id(n): k for k, n in enumerate(g.nodes)}
+
+    def source(name: str) -> Any:
+        """The node that computed ``name``, looking through a Q/DQ pair already placed on it."""
+        p = g.producer.get(name)
+        while p is not None and p.op_type in QDQ_OPS:
+            p = g.producer.get(p.input[0])
+        return p
+
+    adds = {}
+    for n in g.nodes:
+        if n.op_type != "Add" or len(n.input) != 2 or any(g.constant(i) for i in n.input):
+            continue
+        src = [source(i) for i in n.input]
+        weighted = [k for k in (0, 1) if src[k] is not None and src[k].op_type in QUANTIZED_OPS]
+        if not weighted:
+            continue  # box arithmetic and the like: no layer to fuse into
+        if len(weighted) == 2:
+            readers = [len(g.consumers.get(n.input[k], [])) for k in (0, 1)]
+            if readers[0] != readers[1]:
+                branch = 0 if readers[0] < readers[1] else 1
+            else:
+                branch = 0 if order[id(src[0])] > order[id(src[1])] else 1
+        else:
+            branch = weighted[0]
+        adds[n.name] = (n.input[branch], n.input[1 - branch])
+    return adds
+
+
+def _reaches_int8(g: _Graph, start: Any, forward: bool) -> bool:
+    """Whether an INT8 layer is reached from node ``start`` across ``INT8_PASSTHROUGH`` ops only,
+    downstream (its readers) or upstream (what made its activation input)."""
+    seen: set[int] = set()
+    todo = [start]
+    while todo:
+        n = todo.pop()
+        if forward:
+            nxt = [c for o in n.output for c in g.consumers.get(o, [])]
+        else:
+            nxt = [g.producer[i] for i in (n.input[:1] if n is start else n.input) if i in g.producer]
+        for m in nxt:
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            if (forward and m.op_type in QDQ_OPS) or (not forward and g.int8_layer(m)):
+                return True
+            if m.op_type in INT8_PASSTHROUGH or (not forward and m.op_type in QDQ_OPS):
+                todo.append(m)
+    return False
+
+
+def qdq_problems(proto: Any) -> list[str]:
+    """Q/DQ placement that TensorRT would not run as one INT8 region (empty: placed as it wants).
+
+    TensorRT's explicit-quantization rules: INT8 symmetric (zero point 0); activations go through a
+    ``QuantizeLinear`` -> ``DequantizeLinear`` pair; a ``DequantizeLinear`` feeds weighted ops
+    (``QUANTIZED_OPS``: all their inputs) or the residual input of a skip-connection ``Add``
+    (:func:`skip_connection_adds`), nothing else (ROIAlign, NMS, box decoding and softmax stay
+    float); a skip-connection ``Add`` after an INT8 layer has its residual input quantized; and no
+    weighted op stays float between INT8 layers (a float island)."""
     from onnx import TensorProto, numpy_helper
 
-    inits = {i.name: i for i in proto.graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    for n in proto.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    g = _Graph(proto)
+    skips = skip_connection_adds(proto)
+    residuals = {(name, r) for name, (_, r) in skips.items()}
     problems = []
-    for n in proto.graph.node:
+    for n in g.nodes:
         if n.op_type not in QDQ_OPS:
             continue
-        zp = inits.get(n.input[2]) if len(n.input) > 2 else None
+        zp = g.inits.get(n.input[2]) if len(n.input) > 2 else None
         if zp is None or zp.data_type != TensorProto.INT8 or np.any(numpy_helper.to_array(zp) != 0):
             problems.append(f"{n.op_type} {n.name}: TensorRT needs INT8 with zero point 0 (symmetric)")
         if n.op_type == "QuantizeLinear":
-            bad = [c for c in consumers.get(n.output[0], []) if c.op_type != "DequantizeLinear"]
+            bad = [c for c in g.consumers.get(n.output[0], []) if c.op_type != "DequantizeLinear"]
             if bad:
                 problems.append(f"QuantizeLinear {n.name} feeds {bad[0].op_type}, not a DequantizeLinear")
-        else:
-            bad = [c for c in consumers.get(n.output[0], []) if c.op_type not in QUANTIZED_OPS]
-            if bad:
-                problems.append(f"DequantizeLinear {n.name} feeds {bad[0].op_type} {bad[0].name}, which TensorRT "
-                                "does not run in INT8")
+            continue
+        for c in g.consumers.get(n.output[0], []):
+            if c.op_type not in QUANTIZED_OPS and (c.name, n.output[0]) not in residuals:
+                problems.append(f"DequantizeLinear {n.name} feeds {c.op_type} {c.name}, which TensorRT does not run "
+                                "in INT8")
+    for name, (branch, residual) in skips.items():
+        layer = g.producer.get(branch)
+        if layer is not None and g.int8_layer(layer) and not g.dequantized(residual):
+            problems.append(f"Add {name} after INT8 {layer.op_type} {layer.name} has a float residual input "
+                            f"{residual}: without Q/DQ there TensorRT cannot fuse it into the INT8 layer")
+    for n in g.nodes:
+        if (n.op_type in QUANTIZED_OPS and not g.int8_layer(n) and _reaches_int8(g, n, forward=False)
+                and _reaches_int8(g, n, forward=True)):
+            problems.append(f"{n.op_type} {n.name} stays float between INT8 layers (a float island: quantize its "
+                            "inputs too)")
     return problems
 
 

@@ -9,10 +9,18 @@ polygraphy, and pins an older onnx, which breaks the pinned environment of a CPU
 
 What is quantized, and how (TensorRT's explicit-quantization rules, which OpenVINO shares):
 
-* ``Conv``, ``Gemm`` and ``MatMul`` only (convolutions and fully connected layers): Q/DQ on their
-  activation input and per-channel INT8 weights (stored as INT8 with a ``DequantizeLinear``), where
-  TensorRT fuses them into INT8 kernels; their outputs, biases and everything else stay float
-  (the plugin node / RoiAlign, NMS, box decoding, softmax, level mapping, the mask ConvTranspose).
+* The weighted ops, ``Conv``, ``ConvTranspose``, ``Gemm`` and ``MatMul`` (``checks.QUANTIZED_OPS``):
+  Q/DQ on all their inputs, the activation and per-channel INT8 weights (stored as INT8 with a
+  ``DequantizeLinear``), where TensorRT fuses them into INT8 kernels; their outputs and biases stay
+  float (the next layer's Q/DQ quantizes what it reads).
+* The residual input of every skip-connection ``Add`` after an INT8 layer (residual blocks, the
+  FPN's top-down sums; ``checks.skip_connection_adds``): TensorRT fuses the ``Add`` into that layer
+  and keeps the block in INT8 only when the residual arrives quantized. Without it (the placement
+  before 0.2) each block ended in a float add and TensorRT went INT8 -> float -> INT8 per block.
+* Everything else stays float: the plugin node / RoiAlign, NMS, box decoding, softmax, level
+  mapping; so do the first convolution (it reads the image) and the prediction layers
+  (``FLOAT_LAYERS``), which sit at the edges of the INT8 region, never between two INT8 layers
+  (``checks.qdq_problems`` refuses a float island).
 * Symmetric INT8 (zero point 0) for activations and weights: TensorRT's only INT8 scheme.
 * Calibration: min/max of each quantized tensor over the user's images, letterboxed exactly as the
   runtime does it (``mrcnn_edge.runtime.preprocess.letterbox``). The calibrating session is ours
@@ -40,7 +48,7 @@ import numpy as np
 from mrcnn_edge.core.contract import INPUT_NAME, QUANTIZED_PRECISIONS, feed_mean_std
 from mrcnn_edge.core.errors import UserError, require
 
-from mrcnn_edge.export.checks import QDQ_OPS, QUANTIZED_OPS
+from mrcnn_edge.export.checks import QDQ_OPS, QUANTIZED_OPS, quantized_nodes, skip_connection_adds
 
 __all__ = ["calibration_images", "quantize_model", "is_quantized", "CALIBRATION_METHODS"]
 
@@ -159,8 +167,9 @@ CALIBRATION_METHODS = ("minmax", "percentile")
 """``minmax``: the range seen; ``percentile``: 99.999th percentile of |x| (clips rare outliers)."""
 
 
-def _calibrate(model_path: Path, reader: _Reader, workdir: Path, method: str) -> Any:
-    """``TensorsData`` (ranges) of the inputs and outputs of every ``QUANTIZED_OPS`` node."""
+def _calibrate(model_path: Path, reader: _Reader, workdir: Path, method: str, residuals: list[str]) -> Any:
+    """``TensorsData`` (ranges) of the inputs and outputs of every ``QUANTIZED_OPS`` node and of the
+    ``residuals`` (skip-connection inputs)."""
     import onnx
     from onnxruntime.quantization.calibrate import MinMaxCalibrater, PercentileCalibrater
 
@@ -172,6 +181,12 @@ def _calibrate(model_path: Path, reader: _Reader, workdir: Path, method: str) ->
         # The library's session knows no custom ops: ours runs the plugin node (tensorrt flavor).
         def create_inference_session(self) -> None:
             self.infer_session = make_session(onnx.load(str(self.augmented_model_path)))
+
+        # the residual inputs of skip-connection Adds are measured too (the library's choice is by
+        # op type, and Add would take every box-arithmetic Add with it)
+        def select_tensors_to_calibrate(self, model: Any) -> tuple[set, dict]:
+            tensors, value_infos = super().select_tensors_to_calibrate(model)
+            return tensors | {r for r in residuals if r in value_infos}, value_infos
 
         # One batch per library call: ranges and histograms accumulate across calls, and a tensor
         # whose shape depends on the image (mask head on the detections) never meets another
@@ -195,10 +210,11 @@ def _float_edges_back(proto: Any) -> int:
     """Give float consumers of a quantized activation their float tensor back; returns how many.
 
     ONNX Runtime's quantizer rewires *every* consumer of a tensor it quantizes for a Conv to the
-    ``DequantizeLinear`` output (a dedicated pair exists only among quantized consumers), so an
-    ``Add`` of a residual block or the RoiAlign/plugin reading an FPN map would read the INT8-rounded
-    value, and TensorRT would see a DQ it cannot fuse. Those consumers read the original tensor
-    again (what they read before quantization); Q/DQ pairs left without a consumer are dropped."""
+    ``DequantizeLinear`` output (a dedicated pair exists only among quantized consumers), so the
+    RoiAlign/plugin reading an FPN map, or a box decoder, would read the INT8-rounded value, and
+    TensorRT would see a DQ it cannot fuse. Those consumers read the original tensor again (what
+    they read before quantization); Q/DQ pairs left without a consumer are dropped. Skip-connection
+    ``Add`` inputs get their own pair afterwards (:func:`_residual_qdq`)."""
     producers = {o: n for n in proto.graph.node for o in n.output}
     original: dict[str, str] = {}
     for n in proto.graph.node:
@@ -221,6 +237,46 @@ def _float_edges_back(proto: Any) -> int:
             return moved
         for n in dead:
             proto.graph.node.remove(n)
+
+
+def _residual_qdq(proto: Any, ranges: Any, keep_float: list[str]) -> int:
+    """A Q/DQ pair on the residual input of every skip-connection ``Add`` after an INT8 layer;
+    returns how many. The scale is the tensor's own calibrated range, symmetric (TensorRT's
+    ``scale = amax / 127``), or the scale of a ``QuantizeLinear`` already on that tensor (a block's
+    input also read by the next block's first convolution: one tensor, one scale)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    skips = skip_connection_adds(proto)
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    existing = {n.input[0]: n for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    placed = 0
+    for name, (branch, residual) in skips.items():
+        layer = producers.get(branch)
+        if layer is None or layer.name in keep_float or layer.op_type not in QUANTIZED_OPS:
+            continue
+        q = existing.get(residual)
+        if q is not None:
+            scale, zero = q.input[1], q.input[2]
+        else:
+            if residual not in ranges:
+                raise UserError(f"no calibrated range for the residual input {residual} of {name}")
+            low, high = (float(np.asarray(v).reshape(-1)[0]) for v in ranges[residual].range_value)
+            amax = max(abs(low), abs(high)) or 1.0  # an all-zero tensor: any scale represents it
+            scale, zero = f"{residual}_residual_scale", f"{residual}_residual_zero_point"
+            proto.graph.initializer.extend([numpy_helper.from_array(np.array(amax / 127, np.float32), scale),
+                                            numpy_helper.from_array(np.array(0, np.int8), zero)])
+        add = next(n for n in proto.graph.node if n.name == name)
+        quantized, dequantized = f"{residual}_residual_QuantizeLinear_Output", f"{residual}_residual_DequantizeLinear_Output"
+        nodes = [helper.make_node("QuantizeLinear", [residual, scale, zero], [quantized], name=f"{name}_residual_Q"),
+                 helper.make_node("DequantizeLinear", [quantized, scale, zero], [dequantized], name=f"{name}_residual_DQ")]
+        at = list(proto.graph.node).index(add)
+        for k, node in enumerate(nodes):  # right before the Add: its residual was made earlier
+            proto.graph.node.insert(at + k, node)
+        add.input[list(add.input).index(residual)] = dequantized
+        proto.graph.value_info.extend([helper.make_tensor_value_info(quantized, TensorProto.INT8, None),
+                                       helper.make_tensor_value_info(dequantized, TensorProto.FLOAT, None)])
+        placed += 1
+    return placed
 
 
 def _type_plugin_outputs(proto: Any) -> None:
@@ -321,15 +377,19 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
         workdir = Path(tmp)
         source = workdir / "fp32.onnx"  # a typed copy (fp32: checked above); the user's file is not touched
         _type_plugin_outputs(proto)
+        keep_float = float_layers(proto)
+        residuals = [r for b, r in skip_connection_adds(proto).values()
+                     if b not in {o for n in proto.graph.node if n.name in keep_float for o in n.output}]
         onnx.save(proto, str(source))
         try:
             try:
-                ranges = _calibrate(source, reader, workdir, method)
+                ranges = _calibrate(source, reader, workdir, method, residuals)
             finally:
                 progress.close()
             save_tensors_data(ranges, workdir / "ranges.json")
-            log(f"[quantize] placing Q/DQ on {', '.join(QUANTIZED_OPS)} (per-channel INT8 weights, symmetric)")
-            _place_qdq(source, workdir / "int8.onnx", workdir / "ranges.json", method, float_layers(proto))
+            log(f"[quantize] placing Q/DQ on {', '.join(QUANTIZED_OPS)} and residual inputs (per-channel INT8 "
+                "weights, symmetric)")
+            _place_qdq(source, workdir / "int8.onnx", workdir / "ranges.json", method, keep_float)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - the library's and ONNX Runtime's own types; --debug shows it
@@ -337,6 +397,7 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
             raise UserError(f"quantizing {model_path.name} failed: {first}") from exc
         quantized = onnx.load(str(workdir / "int8.onnx"))
     _float_edges_back(quantized)
+    residual_pairs = _residual_qdq(quantized, ranges, keep_float)
     _type_plugin_outputs(quantized)
     calibrated = {"images": len(frames), "folder": Path(calibration).name, "canvas": [H, W], "method": method}
     new_meta = {**meta, "precision": "int8", "calibration": calibrated}
@@ -344,11 +405,8 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
     check_model(quantized, new_meta)  # onnx.checker, I/O contract, TensorRT ops and Q/DQ placement
     with atomic_output(out) as tmp_out:
         onnx.save(quantized, str(tmp_out))
-    counts: dict[str, int] = {}
-    inputs_of_dq = {n.output[0] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
-    for n in quantized.graph.node:
-        if n.op_type in QUANTIZED_OPS and any(i in inputs_of_dq for i in n.input):
-            counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    counts = quantized_nodes(quantized)
     log(f"[quantize] wrote {out} ({out.stat().st_size / 1e6:.1f} MB): INT8 "
-        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    return {"path": str(out), "metadata": new_meta, "quantized_nodes": counts, "images": len(frames)}
+        + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + f", {residual_pairs} residual Add inputs")
+    return {"path": str(out), "metadata": new_meta, "quantized_nodes": counts, "residual_adds": residual_pairs,
+            "images": len(frames)}

@@ -78,8 +78,77 @@ def _qdq_graph(consumer: str, zero_point: int):
 
 def test_qdq_placement_rules():
     assert qdq_problems(_qdq_graph("Conv", 0)) == []
+    assert qdq_problems(_qdq_graph("ConvTranspose", 0)) == []  # a weighted op like Conv (TensorRT deconvolution)
     assert any("Add" in p and "does not run in INT8" in p for p in qdq_problems(_qdq_graph("Add", 0)))
     assert any("zero point 0" in p for p in qdq_problems(_qdq_graph("Conv", 3)))
+
+
+def _layers(spec: list[tuple]) -> "onnx.ModelProto":
+    """A chain of 1x1 convolutions and adds from ``(op, inputs, output, int8)`` rows: ``int8`` puts a
+    Q/DQ pair (scale 0.1, zero point 0) on every input that is not a weight (True) or on those named."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z")]
+    nodes = []
+    for op, inputs, out, int8 in spec:
+        ins = []
+        for i in inputs:
+            if int8 is True or (int8 and i in int8):
+                nodes += [helper.make_node("QuantizeLinear", [i, "s", "z"], [f"{out}.{i}.q"], name=f"{out}.{i}.Q"),
+                          helper.make_node("DequantizeLinear", [f"{out}.{i}.q", "s", "z"], [f"{out}.{i}.dq"],
+                                           name=f"{out}.{i}.DQ")]
+                i = f"{out}.{i}.dq"
+            ins.append(i)
+        if op == "Conv":
+            inits.append(numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), f"{out}.w"))
+            ins.append(f"{out}.w")
+        nodes.append(helper.make_node(op, ins, [out], name=out))
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 1, 2, 2]) for n in ("x", spec[-1][2])]
+    return helper.make_model(helper.make_graph(nodes, "g", io[:1], io[1:], inits))
+
+
+def test_the_residual_input_of_a_skip_connection_is_quantized():
+    """x -> conv a -> conv b, then b + a (a skip connection): TensorRT keeps the block INT8 only with
+    the residual input a quantized, and finds nothing to fuse in an Add of two non-layer inputs."""
+    block = [("Conv", ["x"], "a", True), ("Conv", ["a"], "b", True)]
+    float_residual = _layers([*block, ("Relu", ["a"], "r", False), ("Add", ["b", "r"], "y", False)])
+    assert [p for p in qdq_problems(float_residual) if "residual input r" in p and "Add y" in p]
+    assert qdq_problems(_layers([*block, ("Relu", ["a"], "r", False), ("Add", ["r", "b"], "y", ("r",))])) == []
+    # both inputs quantized: the layer's own output takes no Q/DQ (it would not fuse)
+    assert [p for p in qdq_problems(_layers([*block, ("Add", ["b", "a"], "y", True)])) if "feeds Add y" in p]
+
+
+def test_a_float_layer_between_int8_layers_is_an_island():
+    island = _layers([("Conv", ["x"], "a", True), ("Relu", ["a"], "r", False), ("Conv", ["r"], "b", False),
+                      ("Conv", ["b"], "c", True)])
+    assert [p for p in qdq_problems(island) if p.startswith("Conv b") and "float island" in p]
+    # at the edge of the INT8 region (a prediction layer after the last INT8 layer) float is fine
+    assert qdq_problems(_layers([("Conv", ["x"], "a", True), ("Relu", ["a"], "r", False),
+                                 ("Conv", ["r"], "b", False)])) == []
+
+
+def _assert_int8_as_tensorrt_places_it(proto) -> None:
+    """The transposed convolution (mask head) is INT8, and every Add joining a convolution's output
+    with another activation (the residual blocks, the FPN's top-down sums) reads a dequantized
+    residual: written from the graph, independently of the quantizer's own bookkeeping."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    inits = {i.name for i in proto.graph.initializer}
+
+    def dequantized(name: str) -> bool:
+        return name in producers and producers[name].op_type == "DequantizeLinear"
+
+    def made_by(name: str) -> str:
+        while name in producers and producers[name].op_type in ("QuantizeLinear", "DequantizeLinear"):
+            name = producers[name].input[0]
+        return producers[name].op_type if name in producers else "input"
+
+    deconv = [n for n in proto.graph.node if n.op_type == "ConvTranspose"]
+    assert deconv and all(dequantized(n.input[0]) and dequantized(n.input[1]) for n in deconv)
+    skips = [n for n in proto.graph.node if n.op_type == "Add" and not any(i in inits for i in n.input)
+             and "Conv" in {made_by(i) for i in n.input}]
+    assert len(skips) >= 2  # the demo's MobileNetV3 blocks and FPN sums
+    for add in skips:
+        assert sum(dequantized(i) for i in add.input) == 1, add.name  # the residual, not the layer's output
 
 
 @pytest.mark.slow
@@ -108,6 +177,7 @@ def test_quantize_validate_run_end_to_end(tmp_path, capsys, demo_onnx, demo_canv
         for n in proto.graph.node:
             if n.op_type in ("RoiAlign", "MultilevelRoIAlign", "NonMaxSuppression", "Softmax"):
                 assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in n.input)
+        _assert_int8_as_tensorrt_places_it(proto)
     # validate (against the checkpoint) and run, on the portable INT8 model
     int8 = tmp_path / "portable.int8.onnx"
     capsys.readouterr()
