@@ -5,7 +5,7 @@ import argparse
 import json
 
 from mrcnn_edge.core.cliutil import parse_canvas, positive_int, probability
-from mrcnn_edge.core.contract import CANVAS_MULTIPLE, FLAVORS, MASK_HEADS, PRECISIONS
+from mrcnn_edge.core.contract import CANVAS_MULTIPLE, DEFAULT_MASK_HEAD, FLAVORS, MASK_HEADS, PRECISIONS
 from mrcnn_edge.core.progress import note
 
 DESCRIPTION_EXPORT = (
@@ -34,9 +34,10 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--score-threshold", type=probability, default=None, help="minimum detection score (model default: 0.05)")
     p.add_argument("--rpn-pre-nms-top-n", type=positive_int, default=None, help="proposals per level before NMS (default 1000)")
     p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept after NMS (default 1000)")
-    p.add_argument("--mask-head", choices=tuple(MASK_HEADS), default="static",
+    p.add_argument("--mask-head", choices=tuple(MASK_HEADS), default=None,
                    help=_choices_help(MASK_HEADS) + " (detections: portable flavor only; outputs still padded "
-                        "to --max-detections rows)")
+                        "to --max-detections rows). Default: "
+                        + ", ".join(f"{v} for --flavor {k}" for k, v in DEFAULT_MASK_HEAD.items()))
     p.add_argument("--normalize-in-graph", action="store_true",
                    help="the graph takes 0-255 RGB and applies mean/std itself (DeepStream's nvinfer needs it "
                         "when std differs per channel)")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mrcnn_edge.core.contract import (
-    FLAVORS, INPUT_NAME, MASK_HEADS, OUTPUT_NAMES, PLUGIN_DOMAIN, PRECISIONS, canvas_problem, plugin_identity,
+    DEFAULT_MASK_HEAD, FLAVORS, INPUT_NAME, MASK_HEADS, OUTPUT_NAMES, PLUGIN_DOMAIN, PRECISIONS, canvas_problem, plugin_identity,
 )
 from mrcnn_edge.core.errors import UserError
 
@@ -36,8 +36,14 @@ class ExportOptions:
     rpn_post_nms_top_n: int | None = None
     opset: int = 18
     normalize_in_graph: bool = False   # 0-255 RGB input, mean/std folded into the graph (DeepStream)
-    mask_head: str = "static"          # "detections": mask head on the real detections only (CPU)
+    mask_head: str | None = None       # None: the flavor's default (contract.DEFAULT_MASK_HEAD)
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chosen_mask_head(self) -> str:
+        """``mask_head`` as given, else the flavor's default: static for ``tensorrt``, the real
+        detections for ``portable``."""
+        return self.mask_head or DEFAULT_MASK_HEAD.get(self.flavor, "static")
 
     def validate(self) -> None:
         h, w = self.input_size
@@ -50,10 +56,10 @@ class ExportOptions:
             raise UserError(f"unknown flavor {self.flavor!r}; choose one of: {', '.join(FLAVORS)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        if self.mask_head not in MASK_HEADS:
+        if self.chosen_mask_head not in MASK_HEADS:
             raise UserError(f"unknown mask head {self.mask_head!r}; choose one of: {', '.join(MASK_HEADS)}")
-        if self.mask_head != "static" and self.flavor != "portable":
-            raise UserError(f"--mask-head {self.mask_head} makes a data-dependent shape that TensorRT engines do not "
+        if self.chosen_mask_head != "static" and self.flavor != "portable":
+            raise UserError(f"--mask-head {self.chosen_mask_head} makes a data-dependent shape that TensorRT engines do not "
                             "take: use it with --flavor portable (CPU engines), or keep --mask-head static")
         if self.max_detections is not None and self.max_detections < 1:
             raise UserError("--max-detections must be >= 1")
@@ -74,7 +80,7 @@ def build_edge(model, cfg, opts: ExportOptions):
             model, opts.input_size, opts.batch, rpn_pre_nms_top_n=opts.rpn_pre_nms_top_n,
             rpn_post_nms_top_n=opts.rpn_post_nms_top_n, score_threshold=opts.score_threshold,
             max_detections=opts.max_detections, precision=opts.precision,
-            normalize_in_graph=opts.normalize_in_graph, mask_head=opts.mask_head,
+            normalize_in_graph=opts.normalize_in_graph, mask_head=opts.chosen_mask_head,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -102,7 +108,7 @@ def metadata_for(edge, cfg, opts: ExportOptions) -> dict[str, Any]:
         "opset": opts.opset,
         # optional keys (contract.OPTIONAL_KEYS): written only where they differ from the default
         **({"input_normalization": "in_graph"} if opts.normalize_in_graph else {}),
-        **({"mask_head": opts.mask_head} if opts.mask_head != "static" else {}),
+        **({"mask_head": opts.chosen_mask_head} if opts.chosen_mask_head != "static" else {}),
         **opts.extra_metadata,
     }
 

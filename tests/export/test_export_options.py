@@ -83,6 +83,15 @@ def test_mask_head_on_detections_refused_for_tensorrt_flavor():
     ExportOptions(flavor="portable", mask_head="detections").validate()  # the allowed combination
 
 
+def test_each_flavor_gets_its_default_mask_head():
+    """Portable exports are for CPU engines: the head on the real detections unless told otherwise;
+    the tensorrt flavor keeps static shapes. An explicit choice wins."""
+    assert ExportOptions(flavor="portable").chosen_mask_head == "detections"
+    assert ExportOptions(flavor="tensorrt").chosen_mask_head == "static"
+    assert ExportOptions(flavor="portable", mask_head="static").chosen_mask_head == "static"
+    ExportOptions(flavor="tensorrt").validate()  # the tensorrt default is one it accepts
+
+
 @pytest.mark.slow
 def test_exported_options_run_in_onnx_runtime_and_say_so(demo, demo_onnx, demo_canvas, frames):
     """Both options through torch.export + ONNX: same outputs as the static graph in ONNX Runtime,
@@ -95,11 +104,12 @@ def test_exported_options_run_in_onnx_runtime_and_say_so(demo, demo_onnx, demo_c
     model, cfg = demo
     assert tuple(demo_canvas) == CANVAS  # the frames fill the canvas
     paths = {name: demo_onnx("portable", **kw)
-             for name, kw in (("static", {}), ("dets", {"mask_head": "detections"}), ("norm", {"normalize_in_graph": True}))}
+             for name, kw in (("static", {"mask_head": "static"}), ("dets", {}), ("norm", {"normalize_in_graph": True}))}
     meta = {k: decode({p.key: p.value for p in onnx.load(str(v), load_external_data=False).metadata_props})
             for k, v in paths.items()}
     assert meta["norm"]["input_normalization"] == "in_graph" and meta["dets"]["mask_head"] == "detections"
     assert "input_normalization" not in meta["static"] and "mask_head" not in meta["static"]
+    assert meta["norm"]["mask_head"] == "detections"  # the portable flavor's default, written down
     sess = {k: ort.InferenceSession(str(v), providers=["CPUExecutionProvider"]) for k, v in paths.items()}
     for frame in frames:
         x = _feed(frame, cfg.image_mean, cfg.image_std)
