@@ -245,7 +245,7 @@ def test_cli_synth(tmp_path, capsys):
         (["synth", "--size", "0x64"], "at least 32"),
         (["synth", "--size", "16x64"], "at least 32"),
         (["synth", "--images", "0"], "at least 1"),
-        (["synth", "--out", "{file}/sub"], "cannot create folder"),
+        (["synth", "--out", "{file}/sub"], "file.txt is a file, not a folder"),  # names what is in the way
         (["synth", "--out", "{file}"], "not a folder"),
         (["synth-video", "--out", "{tmp}/v.mov"], ".mp4 or .avi"),
         (["synth-video", "--frames", "0"], "at least 1"),
