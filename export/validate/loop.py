@@ -142,8 +142,9 @@ def run_passes(passes: Sequence[Pass], frames: Sequence[np.ndarray], mean: Seque
         done: list[tuple[Pass, Mapping[str, np.ndarray], Step]] = []
         for p in passes:
             feed = feed_for(p.runner, chunk, mean, std, p.image_sizes)
+            # an earlier step stands in only if it kept what this pass keeps (frame rows)
             same = next((s for q, f, s in done if q.runner is p.runner and _same_feed(f, feed[0])
-                         and (s.frame or not p.frame)), None)
+                         and (bool(s.frame) or not p.frame)), None)
             got = same if same is not None else step(p.runner, chunk, mean, std, frame=p.frame, feed=feed)
             done.append((p, feed[0], got))
             results[p.name].canvas += got.canvas

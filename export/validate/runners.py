@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from mrcnn_edge.core.contract import ENGINE_SUFFIXES, INPUT_NAME, ONNX_SUFFIXES,
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.backends import BACKENDS, Backend, check_feed
 from mrcnn_edge.runtime.spec import TensorSpec
+
+if TYPE_CHECKING:
+    from mrcnn_edge.export.onnx_export import ExportOptions
 
 __all__ = ["TorchvisionRunner", "EdgeRunner", "IMAGE_SIZES", "TorchSource", "RunnerEntry", "RUNNERS",
            "open_runner", "reference_runner"]
@@ -147,7 +150,7 @@ class TorchSource:
     model: Any
     config: Any
     path: str
-    options: Any
+    options: "ExportOptions"
 
 
 def _open_torchvision(source: TorchSource) -> Backend:
