@@ -28,7 +28,7 @@ _LAZY = {
     "rle_encode": "coco",
     "open_source": "io.sources", "csi_pipeline": "io.sources", "Source": "io.sources", "Frame": "io.sources",
     "open_sink": "io.outputs", "Sink": "io.sinks",
-    "Pipeline": "pipeline", "RunStats": "pipeline",
+    "Pipeline": "pipeline", "RunStats": "pipeline", "Batcher": "batcher", "BatchStats": "batcher",
     "CudaOps": "gpu.cuda_ops",
 }
 

@@ -38,13 +38,23 @@ models: model.onnx (OpenVINO or ONNX Runtime), model.engine (TensorRT), triton:/
 (a Triton Inference Server runs the model; capture, pre- and post-processing stay on this machine)
 sources: 0 (camera index), /dev/video0, csi://0?width=1920&height=1080&fps=30&flip=0 (Jetson CSI),
 rtsp://host/stream, video.mp4, image.jpg, a folder of images, 'frames/*.png'. --source is
-repeatable: several sources run at once, each in its own pipeline (with --no-display, and one
---output per --source or none)
+repeatable: several sources share one model (all cameras and streams, or all files; with
+--no-display, and one --output per --source or none)
 outputs: out.mp4 / .mov / .m4v / .mkv (H.264), out.avi (MJPEG), out.jpg (single image source), a
 folder (one image per frame)
 
+many cameras: one model, one inference per batch of one frame from each source: the newest frame
+of each camera (a camera that stalls is left out of the batch after one frame interval; one lost
+for good ends its own recording), every frame of each file, frames of any size. Export with
+--batch N for N sources; more sources than the batch are served in turn. Prints each source's FPS,
+drops and latency, then the frames per inference and the memory. For many streams per device use
+DeepStream (serve deepstream: hardware decode and batching in GStreamer); for many devices sharing
+GPUs, a Triton server (serve triton, then run triton://... on each device).
+
 examples:
   mrcnn-edge run model.engine --source csi://0
+  mrcnn-edge run model_b4.engine --source rtsp://cam1/s --source rtsp://cam2/s --source rtsp://cam3/s
+      --source rtsp://cam4/s -o cam1.mp4 -o cam2.mp4 -o cam3.mp4 -o cam4.mp4 --no-display
   mrcnn-edge run model.onnx --source video.mp4 --output out.mp4 --no-display
   mrcnn-edge run triton://server:8001/mrcnn --source rtsp://cam1/s --source rtsp://cam2/s --no-display
   mrcnn-edge run model.engine --source rtsp://cam/s -o rec.mp4 --no-display --segment-minutes 10
@@ -130,6 +140,7 @@ def _setup_logging() -> None:
 def run_run(args: argparse.Namespace) -> int:
     # without OpenCV this first import raises the one-line OpenCVMissing (runtime/io/opencv.py)
     from mrcnn_edge.runtime.io.sinks import window_unavailable
+    from mrcnn_edge.runtime.batcher import resident_mib, serving_plan
     from mrcnn_edge.runtime.run import RunOptions, StopSignals, check_run, exit_code, run_sources
     from mrcnn_edge.runtime.segmenter import Segmenter
 
@@ -157,24 +168,30 @@ def run_run(args: argparse.Namespace) -> int:
     options = RunOptions(max_frames=args.max_frames, reconnect_tries=args.reconnect, segment_seconds=segment_seconds,
                          window=window, progress=None if args.quiet or len(sources) > 1 else status, announce=note)
     with contextlib.ExitStack() as stack:
-        segmenters = []
         # a Triton server that goes away is retried like a lost camera, within the same --reconnect
         server = {"reconnect_tries": args.reconnect} if url_scheme(args.model) == "triton" else {}
-        for _ in sources:  # one per source (a triton:// one is one channel to the shared server)
-            segmenters.append(stack.enter_context(Segmenter.from_path(
-                args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
-                score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-                precision=args.precision, **server)))
-        note(f"model: {segmenters[0].description}")
+        before = resident_mib()
+        # one model for every source (runtime/batcher.py batches one frame of each)
+        segmenter = stack.enter_context(Segmenter.from_path(
+            args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
+            score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
+            precision=args.precision, **server))
+        after = resident_mib()
+        note(f"model: {segmenter.description}")
+        if len(sources) > 1:
+            note(serving_plan(len(sources), segmenter.spec.batch))
         # signals are ours from here (the outputs open inside) until the models are closed and the
         # summary printed: a late second Ctrl-C cannot raise into a close
         with StopSignals() as stopper:
             try:
-                runs = run_sources(segmenters, sources, outputs, options, stopper)
+                runs = run_sources(segmenter, sources, outputs, options, stopper,
+                                   model_mib=after - before if before is not None and after is not None else None)
             finally:
                 stack.close()
             if sys.stderr.isatty() and not args.quiet and len(sources) == 1:
                 note("")
             for run in runs:
                 print(run.summary() if len(runs) > 1 else run.stats.summary(), flush=True)
+            if runs and runs[0].batch is not None:
+                print(f"model: {runs[0].batch.summary()}", flush=True)
     return exit_code(runs, stopper)

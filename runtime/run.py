@@ -1,12 +1,13 @@
 """One run: sources -> the model stage -> sinks, closed in every case. ``mrcnn-edge run`` (one or
 several ``--source``) and ``mrcnn-edge demo`` both run through :func:`run_sources`.
 
-The three parts stay separate: :func:`open_outputs` makes a source's sinks, a
-:class:`~mrcnn_edge.runtime.pipeline.Pipeline` is the model stage (one per source, each on its own
-:class:`~mrcnn_edge.runtime.segmenter.Segmenter`; for ``triton://`` each its own channel to the one
-server), and :func:`run_sources` runs N sources, each into its sinks, and returns each source's
-statistics. One source runs on the calling thread (an OpenCV window needs the main thread);
-several run one thread each, without a window.
+The three parts stay separate: :func:`open_outputs` makes a source's sinks, the model stage is
+one :class:`~mrcnn_edge.runtime.segmenter.Segmenter` for every source (a
+:class:`~mrcnn_edge.runtime.pipeline.Pipeline` for one source; for several, a
+:class:`~mrcnn_edge.runtime.batcher.Batcher` puts one frame of each into one batch), and
+:func:`run_sources` runs N sources, each into its sinks, and returns each source's statistics.
+Sinks are written on the calling thread (an OpenCV window needs the main thread); several sources
+run without a window, all of one kind (cameras or files, :func:`check_run`).
 
 What a recording survives (docs/DESIGN.md, "Command line"; README "Recorder"):
 
@@ -57,6 +58,7 @@ class SourceRun:
     source: str
     stats: Any
     outputs: list[Path] = field(default_factory=list)
+    batch: Any = None  # several sources: the one model's batcher.BatchStats, shared by all of them
 
     def summary(self) -> str:
         return f"{self.source}: {self.stats.summary()}"
@@ -120,16 +122,10 @@ class StopSignals:
             if pipeline in self._pipelines:
                 self._pipelines.remove(pipeline)
 
-    def stop_all(self) -> None:
-        """Stop the watched pipelines with a drain, as a first signal would (another source failed)."""
-        with self._lock:
-            pipelines = list(self._pipelines)
-        for pipeline in pipelines:
-            pipeline.stop(drain=True)
-
 
 def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_seconds: float | None = None) -> None:
     """Everything about the sources and outputs that can be refused before the model loads."""
+    from mrcnn_edge.runtime.batcher import check_kinds
     from mrcnn_edge.runtime.io.outputs import check_output
     from mrcnn_edge.runtime.io.sources import check_source
 
@@ -137,8 +133,8 @@ def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_sec
         raise UserError("give at least one --source")
     if outputs and len(outputs) != len(sources):
         raise UserError(f"{len(sources)} sources but {len(outputs)} outputs: give one --output per --source, or none")
-    for spec in sources:
-        check_source(spec)
+    kinds = [check_source(spec) for spec in sources]
+    check_kinds(sources, kinds)
     for out in outputs:
         if out:
             check_output(out, segment_seconds)
@@ -179,45 +175,56 @@ def _run_one(segmenter: Any, spec: str, output: str | None, options: RunOptions,
     return SourceRun(str(spec), stats, [p for sink in sinks for p in sink.outputs()])
 
 
-def run_sources(segmenters: Sequence[Any], sources: Sequence[str], outputs: Sequence[str | None] = (),
-                options: RunOptions | None = None, stopper: StopSignals | None = None) -> list[SourceRun]:
-    """Run ``sources[i]`` through ``segmenters[i]`` into ``outputs[i]`` (one per source, or none);
-    one :class:`SourceRun` per source, in order. The caller owns the segmenters.
+def run_sources(segmenter: Any, sources: Sequence[str], outputs: Sequence[str | None] = (),
+                options: RunOptions | None = None, stopper: StopSignals | None = None,
+                model_mib: float | None = None) -> list[SourceRun]:
+    """Run ``sources[i]`` through ``segmenter`` into ``outputs[i]`` (one per source, or none);
+    one :class:`SourceRun` per source, in order. The caller owns the segmenter.
 
+    One source runs in a :class:`~mrcnn_edge.runtime.pipeline.Pipeline`; several share the one
+    model through a :class:`~mrcnn_edge.runtime.batcher.Batcher` (one frame of each source per
+    batch; ``model_mib``, the memory the model took when it opened, goes into its statistics).
     A source lost for good ends its own stream (``stats.lost``); any other error stops every
-    source (their frames in flight are finished) and is raised once all outputs are closed.
+    source and is raised once all outputs are closed.
     """
     options = options or RunOptions()
     stopper = stopper or StopSignals()
     outputs = list(outputs) or [None] * len(sources)
-    if len(segmenters) != len(sources) or len(outputs) != len(sources):
-        raise ValueError(f"{len(sources)} sources, {len(segmenters)} segmenters, {len(outputs)} outputs")
+    if len(outputs) != len(sources):
+        raise ValueError(f"{len(sources)} sources, {len(outputs)} outputs")
     if len(sources) == 1:
-        return [_run_one(segmenters[0], str(sources[0]), outputs[0], options, stopper, options.progress)]
+        return [_run_one(segmenter, str(sources[0]), outputs[0], options, stopper, options.progress)]
     if options.window:
         raise UserError("several --source run without a window: pass --no-display (and --output per source to save)")
+    return _run_batched(segmenter, [str(s) for s in sources], outputs, options, stopper, model_mib)
 
-    results: list[SourceRun | None] = [None] * len(sources)
-    errors: list[BaseException] = []
-    lock = threading.Lock()
 
-    def one(i: int) -> None:
+def _run_batched(segmenter: Any, specs: list[str], outputs: list[str | None], options: RunOptions,
+                 stopper: StopSignals, model_mib: float | None) -> list[SourceRun]:
+    from mrcnn_edge.runtime.batcher import Batcher
+    from mrcnn_edge.runtime.io.sources import open_source
+
+    with contextlib.ExitStack() as stack:
+        # one after the other (OpenCV opens streams one at a time anyway); what a stream opened
+        # first buffers meanwhile is dropped by its newest-frame slot, not processed late
+        opened, sinks = [], []
+        for spec, output in zip(specs, outputs):
+            source = stack.enter_context(open_source(spec, reconnect_tries=options.reconnect_tries))
+            opened.append(source)
+            sinks.append(open_outputs(source, output, options, stack))
+            if options.announce:
+                options.announce(f"source: {source.description}" + "".join(f"\noutput: {s.description}"
+                                                                            for s in sinks[-1]))
+        batcher = Batcher(segmenter, opened, sinks, max_frames=options.max_frames)
+        batcher.stats.model_mib = model_mib
+        stopper.watch(batcher)
         try:
-            results[i] = _run_one(segmenters[i], str(sources[i]), outputs[i], options, stopper, None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            with lock:
-                errors.append(exc)
-            stopper.stop_all()
-
-    threads = [threading.Thread(target=one, args=(i,), name=f"source-{i}", daemon=True) for i in range(len(sources))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():  # a timed join: the main thread stays free for the signal handlers
-            t.join(0.2)
-    if errors:
-        raise errors[0]
-    return [r for r in results if r is not None]
+            stats = batcher.run()
+        finally:
+            stopper.forget(batcher)
+    # the stack closed the sinks: their files are in place now
+    return [SourceRun(spec, st, [p for sink in ss for p in sink.outputs()], batcher.stats)
+            for spec, st, ss in zip(specs, stats, sinks)]
 
 
 def exit_code(runs: Sequence[SourceRun], stopper: StopSignals) -> int:

@@ -124,7 +124,7 @@ def _segment(seg: Any, video: Path, output: Path) -> None:
     from mrcnn_edge.runtime.run import RunOptions, run_sources
 
     note(f"model: {seg.description}")
-    run, = run_sources([seg], [str(video)], [str(output)], RunOptions(announce=note))
+    run, = run_sources(seg, [str(video)], [str(output)], RunOptions(announce=note))
     stats = run.stats
     note(stats.summary())
     if stats.frames == 0:

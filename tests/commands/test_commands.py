@@ -189,5 +189,7 @@ def test_run_segments_two_sources_at_once(demo_run, tmp_path, capsys):
     code, stdout, err = _cli(["run", str(demo_run["out"] / "demo_portable.onnx"), "--source", str(video), "--source",
                               str(video), "--output", str(outs[0]), "--output", str(outs[1]), "--no-display"], capsys)
     assert code == 0, err[-5:]
-    assert [line.split(":")[0] for line in stdout.strip().splitlines()] == [str(video), str(video)]
+    lines = stdout.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(video), str(video), "model"]  # one model for both
+    assert "one model for 2 sources" in lines[-1]
     assert all(o.is_file() and o.stat().st_size > 0 for o in outs)

@@ -45,8 +45,8 @@ def stand_in_sources(monkeypatch):
     return table
 
 
-def _segmenters(stack, model, n):
-    return [stack.enter_context(Segmenter.from_path(model)) for _ in range(n)]
+def _segmenter(stack, model):
+    return stack.enter_context(Segmenter.from_path(model))
 
 
 def test_a_lost_source_ends_alone_and_the_others_go_on(model, stand_in_sources, tmp_path):
@@ -58,7 +58,7 @@ def test_a_lost_source_ends_alone_and_the_others_go_on(model, stand_in_sources, 
     stand_in_sources["rtsp://b"] = lambda: ArraySource(_frames(40, every=0.02), live=True)
     outs = [str(tmp_path / "a"), str(tmp_path / "b")]
     with contextlib.ExitStack() as stack:
-        runs = run_sources(_segmenters(stack, model, 2), ["rtsp://a", "rtsp://b"], outs)
+        runs = run_sources(_segmenter(stack, model), ["rtsp://a", "rtsp://b"], outs)
     a, b = runs
     assert a.stats.lost.startswith("lost stream rtsp://a") and a.stats.frames == 3
     assert not b.stats.lost and b.stats.frames > 20  # went on long after a was lost (3 x 0.05 s)
@@ -73,7 +73,7 @@ def test_an_error_in_one_source_stops_all_and_keeps_every_output(model, stand_in
     outs = [str(tmp_path / "a"), str(tmp_path / "b")]
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack, pytest.raises(RuntimeError, match="decoder crashed"):
-        run_sources(_segmenters(stack, model, 2), ["a", "b"], outs)
+        run_sources(_segmenter(stack, model), ["a", "b"], outs)
     assert time.monotonic() - t0 < 10  # b (20 s of frames) was stopped
     # an error stops at once (frames in flight are not finished), what was written stays
     assert len(list((tmp_path / "a").iterdir())) >= 1 and len(list((tmp_path / "b").iterdir())) > 0
@@ -97,9 +97,9 @@ def test_signals_stop_like_ctrl_c_and_keep_the_output(model, stand_in_sources, t
 
     stand_in_sources["cam"] = lambda: ArraySource(frames(), live=True)
     with contextlib.ExitStack() as stack:
-        segmenters = _segmenters(stack, model, 1)
+        segmenter = _segmenter(stack, model)
         with StopSignals() as stopper:
-            runs = run_sources(segmenters, ["cam"], [str(tmp_path / "rec")], RunOptions(), stopper)
+            runs = run_sources(segmenter, ["cam"], [str(tmp_path / "rec")], RunOptions(), stopper)
     (run,) = runs
     assert run.stats.interrupted and 0 < run.stats.frames < 100
     assert len(list((tmp_path / "rec").iterdir())) == run.stats.frames
@@ -111,11 +111,11 @@ def test_signals_stop_like_ctrl_c_and_keep_the_output(model, stand_in_sources, t
 def test_a_source_that_gave_nothing_is_the_error_line(model, stand_in_sources):
     stand_in_sources["empty"] = lambda: ArraySource([None, None])
     with contextlib.ExitStack() as stack:
-        runs = run_sources(_segmenters(stack, model, 1), ["empty"])
+        runs = run_sources(_segmenter(stack, model), ["empty"])
     with pytest.raises(UserError, match=r"no frame of empty could be processed \(2 skipped\)"):
         exit_code(runs, StopSignals())
 
 
 def test_several_sources_refuse_a_window(model):
     with contextlib.ExitStack() as stack, pytest.raises(UserError, match="several --source run without a window"):
-        run_sources(_segmenters(stack, model, 2), ["a", "b"], options=RunOptions(window=True))
+        run_sources(_segmenter(stack, model), ["a", "b"], options=RunOptions(window=True))

@@ -97,8 +97,8 @@ def test_two_sources_share_the_server(repo, tmp_path):
         sources.append(str(d))
     outs = [str(tmp_path / "out0"), str(tmp_path / "out1")]
     with KServeServer(folder) as server, contextlib.ExitStack() as stack:
-        segmenters = [stack.enter_context(Segmenter.from_path(server.url)) for _ in sources]
-        runs = run_sources(segmenters, sources, outs)
+        segmenter = stack.enter_context(Segmenter.from_path(server.url))  # one channel, the sources in turn
+        runs = run_sources(segmenter, sources, outs)
         assert server.servicer.requests == 6
     assert [r.stats.frames for r in runs] == [3, 3]
     assert all(r.stats.fps > 0 and "fps" in r.summary() for r in runs)

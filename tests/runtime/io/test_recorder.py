@@ -47,15 +47,18 @@ def _summary(out: str, source: str | None = None) -> tuple[int, float]:
     return int(frames.group(1)), float(span.group(1))
 
 
-def test_a_stream_lost_for_good_keeps_its_recording_and_the_other_goes_on(model, tmp_path, monkeypatch, capsys):
-    """Two streams, a model slower than both (frames dropped). Stream a ends for good after 2 s,
-    b after 5 s. Before: out.mp4 deleted, b stopped, exit 2. Now: a warning, both files
+def test_a_stream_lost_for_good_keeps_its_recording_and_the_other_goes_on(tmp_path, monkeypatch, capsys):
+    """Two streams, a model slower than both (frames dropped). Stream a ends for good after 3 s,
+    b after 6 s. Before: out.mp4 deleted, b stopped, exit 2. Now: a warning, both files
     kept and playable, every written frame decodable, and each file lasts as long as the time it
-    covers (within 10%) although most frames were dropped: exit 3."""
+    covers (within 10%) although most frames were dropped: exit 3. The two streams share one
+    batch-2 model (one frame of each per inference, runtime/batcher.py); both are open before either
+    is read (each open reads about a second of its stream), hence streams of 3 s and 6 s."""
+    model = make_contract_model(tmp_path / "model2.onnx", batch=2, mask_size=14)
     infer = Segmenter.infer
     monkeypatch.setattr(Segmenter, "infer", lambda self, work: (time.sleep(MODEL_S), infer(self, work))[1])
     ports = free_port(), free_port()
-    servers = [serve_or_fail(ports[0], 2.0), serve_or_fail(ports[1], 5.0)]
+    servers = [serve_or_fail(ports[0], 3.0), serve_or_fail(ports[1], 6.0)]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     outs = [tmp_path / "a.mp4", tmp_path / "b.mp4"]
     try:
