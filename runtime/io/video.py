@@ -97,6 +97,7 @@ class _Segment:
     t0: float                 # timeline seconds of its first frame
     last_pts: int = -1
     last_key_pts: int | None = None
+    last_frame: Any = None    # the last picture written (PyAV's copy), shown again up to the next file
     frames: int = 0
 
 
@@ -141,7 +142,7 @@ class VideoSink(Sink):
         # compared on the timestamp grid: 2.4 - 1.8 is 0.5999... in floats, and 6 ticks at 10 fps
         if seg is not None and self.segment_seconds and \
                 round((t - seg.t0) * self.rate) >= round(self.segment_seconds * self.rate):
-            self._close_segment()
+            self._close_segment(until=t)
             seg = None
         if seg is None:
             seg = self._seg = self._open_segment(t)
@@ -159,7 +160,7 @@ class VideoSink(Sink):
             self._failed = True
             raise OutputError(f"cannot write {self._name(seg)}: {describe_os_error(exc)}; what was recorded "
                               f"before is kept in it (up to the last {KEYFRAME_EVERY_S:g} s may be missing)") from exc
-        seg.last_pts = pts
+        seg.last_pts, seg.last_frame = pts, vf
         seg.frames += 1
         self.frames += 1
         return True
@@ -220,13 +221,23 @@ class VideoSink(Sink):
         return stream
 
     # -- closing --------------------------------------------------------------------------------
-    def _close_segment(self) -> None:
+    def _close_segment(self, until: float | None = None) -> None:
         """Flush the encoder, write the trailer and put the file in place; after a failed write
-        (a full disk) the trailer may not fit: the fragments already written are kept as they are."""
+        (a full disk) the trailer may not fit: the fragments already written are kept as they are.
+
+        ``until``: the timeline time the next file starts at. The last picture is shown again
+        just before it, so that the files laid end to end last as long as the time they cover
+        (otherwise each would end one frame after its last capture, short of the gap to the next)."""
         seg, self._seg = self._seg, None
         if seg is None:
             return
         try:
+            if not self._failed and until is not None and seg.last_frame is not None:
+                end = int(round((until - seg.t0) * self.rate)) - 1
+                if end > seg.last_pts:
+                    seg.last_frame.pts = end
+                    seg.last_frame.pict_type = self._av.video.frame.PictureType.NONE
+                    self._mux(seg, seg.stream.encode(seg.last_frame))
             if not self._failed:
                 self._mux(seg, seg.stream.encode(None))
         except (OSError, self._av.FFmpegError) as exc:

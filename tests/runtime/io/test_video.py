@@ -70,6 +70,20 @@ def test_segments_rotate_by_time_each_complete(tmp_path):
     assert [round(p.duration, 1) for p in probes] == [2.0, 2.0, 1.0]  # each starts at its own 0
 
 
+def test_rotated_files_laid_end_to_end_last_the_time_they_cover(tmp_path):
+    """Frames 0.3 s apart (a slow model) in 1 s files: each file shows its last picture again up to
+    where the next file starts, so the files together last as long as the recording's time."""
+    out = tmp_path / "rec.mp4"
+    sink = VideoSink(out, fps=10, segment_seconds=1.0)
+    times = [i * 0.3 for i in range(11)]  # 0 .. 3.0 s
+    _write(sink, times)
+    sink.close()
+    probes = [probe(p) for p in sorted(tmp_path.iterdir())]
+    assert len(probes) == 3
+    assert [round(p.duration, 1) for p in probes[:-1]] == [1.2, 1.2]  # 0-1.2 s, 1.2-2.4 s
+    assert sum(p.duration for p in probes) == pytest.approx(times[-1] - times[0] + 0.1, abs=0.01)
+
+
 def test_a_restarted_recording_numbers_on_and_replaces_nothing(tmp_path):
     """A service restarted after a lost camera records again into the same name: its files follow
     the ones there (out_003 after out_002), none is replaced."""
