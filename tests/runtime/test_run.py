@@ -119,3 +119,18 @@ def test_a_source_that_gave_nothing_is_the_error_line(model, stand_in_sources):
 def test_several_sources_refuse_a_window(model):
     with contextlib.ExitStack() as stack, pytest.raises(UserError, match="several --source run without a window"):
         run_sources(_segmenter(stack, model), ["a", "b"], options=RunOptions(window=True))
+
+
+def test_a_lost_rotated_recording_names_its_first_and_last_file(model, stand_in_sources, tmp_path, caplog):
+    """A service recording in rotated files for a day has 144 of them: the warning names the first
+    and the last, and how many, instead of every name."""
+    pytest.importorskip("av", reason="needs PyAV (the [video] extra)")
+    lost = sources.SourceLost("lost camera 0: no frames after 5 reconnect attempts; check the camera")
+    stand_in_sources["0"] = lambda: ArraySource(_frames(12, every=0.05, then=lost), live=True)
+    with contextlib.ExitStack() as stack:
+        runs = run_sources(_segmenter(stack, model), ["0"], [str(tmp_path / "rec.mp4")],
+                           RunOptions(segment_seconds=0.1))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert len(names) >= 4 and [p.name for p in runs[0].outputs] == names
+    assert exit_code(runs, StopSignals()) == EXIT_SOURCE_LOST
+    assert f"0 was lost; what it recorded is kept in {names[0]} ... {names[-1]} ({len(names)} files) (exit 3)" in caplog.text
