@@ -81,3 +81,38 @@ def test_run_command_works_where_torch_cannot_be_imported(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "5 frames in" in out.stdout and (tmp_path / "o.avi").is_file()
+
+
+def _package_modules(package: str) -> list[str]:
+    """Every module of ``package`` by its dotted name, found from the files (nothing imported)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(importlib.util.find_spec(package).origin).parent
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        parts = [p for p in path.relative_to(root).with_suffix("").parts if p != "__init__"]
+        names.append(".".join([package, *parts]))
+    return names
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("mrcnn_edge.runtime", ("torch", "torchvision", "onnx")),
+    ("mrcnn_edge.export.build", ("torch", "torchvision", "onnx")),
+    ("mrcnn_edge.export.serve", ("torch", "torchvision")),
+    ("mrcnn_edge.plugins", ("torch", "torchvision")),
+])
+def test_each_floor_imports_what_it_promises(package, forbidden):
+    """The floors of docs/DESIGN.md: the runtime and the engine build run on a device without torch
+    or onnx; serving writes configs for NVIDIA's engines and needs no torch; neither do the plugin
+    sources. Every module of the package is imported, in a fresh interpreter."""
+    modules = [m for m in _package_modules(package)
+               if m != "mrcnn_edge.export.serve.prepost_model"]  # runs inside Triton's Python backend
+    loaded = _modules_after("\n".join(f"import {m}" for m in modules))
+    offenders = sorted(f for f in forbidden if f in loaded)
+    assert not offenders, f"importing {package} loads {offenders}"
+
+
+def test_the_floor_check_sees_a_forbidden_import():
+    """The check above can fail: the edge graph, a module of the torch floor, loads torch."""
+    assert "torch" in _modules_after("import mrcnn_edge.model.edge")
