@@ -1,0 +1,131 @@
+"""Which lower precisions a model may run in without being asked: measured, then written into the model.
+
+A CPU engine's ``auto`` precision (``runtime.backends.openvino.choose_precision``) takes bf16 only
+where the model's metadata says bf16 was validated for it: the ``validated_precisions`` key
+(``contract.OPTIONAL_KEYS``). This module measures it and writes it. ``mrcnn-edge validate
+--annotations`` calls :func:`check_cpu_precisions` after its own comparison: the portable fp32
+model runs through OpenVINO in fp32 and in bf16 on the annotated images (validation's comparator
+loop, the runtime's canvas-to-frame step, COCO mask AP), and bf16 is recorded when its mask AP is
+within ``contract.VALIDATED_PRECISION_BOUNDS["bf16"]`` of fp32's; a record that a new measurement
+no longer supports is removed. ``mrcnn-edge benchmark`` makes the same decision from its own rows
+(:func:`bf16_record`), so its "run's default" row is what ``run`` picks after ``validate``.
+
+Only the metadata changes; the file is replaced atomically (``core.atomic``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mrcnn_edge.core.contract import VALIDATED_PRECISION_BOUNDS, validated_drop
+from mrcnn_edge.core.progress import note
+
+__all__ = ["bf16_record", "write_validated_precisions", "check_cpu_precisions", "PrecisionCheck"]
+
+
+def bf16_record(fp32_mask_ap: float, bf16_mask_ap: float, images: int, annotations: str,
+                engine: str = "openvino") -> dict[str, Any]:
+    """The ``validated_precisions["bf16"]`` entry of one measurement (whether it is within the
+    bound is :func:`contract.validated_drop`'s to say, for the writer and the reader alike)."""
+    return {"engine": engine, "mask_AP": round(float(bf16_mask_ap), 4), "fp32_mask_AP": round(float(fp32_mask_ap), 4),
+            "images": int(images), "annotations": str(annotations), "date": time.strftime("%Y-%m-%d")}
+
+
+def write_validated_precisions(model: str | Path, records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """Set (a record) or remove (None) each precision's entry in ``model``'s ``validated_precisions``;
+    the file is replaced atomically. Returns the new metadata."""
+    import onnx
+
+    from mrcnn_edge.core.atomic import atomic_output
+    from mrcnn_edge.core.metadata import decode, set_onnx_metadata
+
+    model = Path(model)
+    proto = onnx.load(str(model))
+    meta = decode({p.key: p.value for p in proto.metadata_props})
+    validated = dict(meta.get("validated_precisions") or {})
+    for precision, record in records.items():
+        if record is None:
+            validated.pop(precision, None)
+        else:
+            validated[precision] = record
+    if validated:
+        meta["validated_precisions"] = validated
+    else:
+        meta.pop("validated_precisions", None)
+    set_onnx_metadata(proto, meta)
+    with atomic_output(model) as tmp:
+        onnx.save(proto, str(tmp))
+    return meta
+
+
+@dataclass
+class PrecisionCheck:
+    """One measurement: mask AP in fp32 and bf16, and whether bf16 is now recorded in the model."""
+
+    fp32_mask_AP: float
+    bf16_mask_AP: float
+    images: int
+    recorded: bool
+
+    @property
+    def line(self) -> str:
+        bound = VALIDATED_PRECISION_BOUNDS["bf16"]
+        delta = self.bf16_mask_AP - self.fp32_mask_AP
+        verdict = (f"within {bound}: recorded in the model's metadata, 'run' picks bf16 on CPUs with BF16"
+                   if self.recorded else f"outside {bound}: not recorded, 'run' stays in fp32")
+        return (f"OpenVINO bf16 on {self.images} annotated images: mask AP {self.bf16_mask_AP:.4f} vs fp32 "
+                f"{self.fp32_mask_AP:.4f} ({delta:+.4f}), {verdict}")
+
+
+def why_not_checked(model: str | Path, metadata: dict[str, Any]) -> str | None:
+    """Why bf16 cannot be measured for ``model`` here (None: it can)."""
+    import importlib.util
+
+    if Path(model).suffix.lower() != ".onnx" or metadata.get("flavor") != "portable" \
+            or metadata.get("precision", "fp32") != "fp32":
+        return "only a portable fp32 ONNX model runs in OpenVINO's bf16"
+    if importlib.util.find_spec("openvino") is None:
+        return "OpenVINO is not installed (pip install 'mrcnn-edge[openvino]')"
+    from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
+
+    import openvino as ov
+
+    if not cpu_has_bf16(ov.Core()):
+        return "this CPU has no BF16 instructions"
+    return None
+
+
+def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarray]], dataset: Any,
+                         annotations: str, record: bool = True,
+                         log: Callable[[str], None] = note) -> PrecisionCheck | None:
+    """Measure OpenVINO bf16 against fp32 on ``items`` (``[(image_id, BGR frame)]`` of ``dataset``)
+    and, with ``record``, write the result into ``model`` (bf16 recorded within its bound, removed
+    otherwise). None, with the reason logged, where bf16 cannot be measured here."""
+    from mrcnn_edge.core.metadata import read_onnx_metadata
+    from mrcnn_edge.data.coco import evaluate_detections
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend
+
+    from mrcnn_edge.export.validate.loop import Pass, run_passes
+
+    _, meta = read_onnx_metadata(model)
+    why = why_not_checked(model, meta)
+    if why is not None:
+        log(f"[validate] bf16 not measured: {why}")
+        return None
+    frames = [frame for _, frame in items]
+    ap: dict[str, float] = {}
+    for precision in ("fp32", "bf16"):
+        log(f"[validate] OpenVINO {precision} on {len(frames)} annotated images")
+        with OpenVinoBackend(model, precision=precision) as backend:
+            got, _ = run_passes([Pass(precision, backend, frame=True)], frames, meta["mean"], meta["std"])
+        rows = [(image_id, r) for (image_id, _), r in zip(items, got[precision].frame)]
+        ap[precision] = evaluate_detections(dataset, rows)["mask_AP"]
+    entry = bf16_record(ap["fp32"], ap["bf16"], len(frames), annotations)
+    within = validated_drop({"validated_precisions": {"bf16": entry}}, "bf16") is not None
+    if record:
+        write_validated_precisions(model, {"bf16": entry if within else None})
+    return PrecisionCheck(ap["fp32"], ap["bf16"], len(frames), record and within)

@@ -1,0 +1,68 @@
+"""How a model gets its ``validated_precisions`` record (issue 20): ``mrcnn-edge validate --annotations``
+measures OpenVINO bf16 against fp32 and writes bf16 into the model only within its bound; the
+record is removed when a new measurement no longer supports it; nothing else in the model moves."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import mrcnn_edge
+from mrcnn_edge.commands.cli import main
+from mrcnn_edge.core.contract import VALIDATED_PRECISION_BOUNDS
+from mrcnn_edge.runtime.testing import make_contract_model
+
+onnx = pytest.importorskip("onnx")
+
+from mrcnn_edge.export.validated_precisions import bf16_record, write_validated_precisions  # noqa: E402
+
+
+def _meta(path):
+    from mrcnn_edge.core.metadata import read_onnx_metadata
+
+    return read_onnx_metadata(path)[1]
+
+
+def test_records_are_written_and_removed_and_nothing_else_moves(tmp_path):
+    model = make_contract_model(tmp_path / "m.onnx")
+    before = _meta(model)
+    graph = onnx.load(str(model)).graph.SerializeToString()
+    record = bf16_record(0.60, 0.595, 100, "val")
+    write_validated_precisions(model, {"bf16": record})
+    after = _meta(model)
+    assert after["validated_precisions"] == {"bf16": record}
+    assert {k: v for k, v in after.items() if k != "validated_precisions"} == before
+    assert onnx.load(str(model)).graph.SerializeToString() == graph  # the graph itself untouched
+    write_validated_precisions(model, {"bf16": None})
+    assert _meta(model) == before
+    assert not [p for p in tmp_path.iterdir() if p.name != "m.onnx"]  # no temporary left beside it
+
+
+@pytest.mark.slow
+def test_validate_measures_bf16_and_records_it_only_within_the_bound(tmp_path, capsys, demo_onnx, demo_canvas):
+    ov = pytest.importorskip("openvino", reason="bf16 is measured with OpenVINO")
+    from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions: validate says so and measures nothing")
+    model = tmp_path / "portable.onnx"
+    shutil.copyfile(demo_onnx("portable"), model)
+    model.chmod(0o644)
+    size = f"{demo_canvas[0]}x{demo_canvas[1]}"
+    assert main(["synth", "--out", str(tmp_path / "val"), "--images", "3", "--seed", "2", "--size", size, "--quiet"]) == 0
+    argv = ["validate", "--checkpoint", str(mrcnn_edge.demo_checkpoint()), "--model", str(model),
+            "--annotations", str(tmp_path / "val")]
+    untouched = model.read_bytes()
+    assert main([*argv, "--no-bf16-check"]) == 0
+    assert model.read_bytes() == untouched
+    capsys.readouterr()
+    assert main(argv) == 0
+    line = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("OpenVINO bf16 on 3 annotated images")]
+    assert len(line) == 1, line
+    record = (_meta(model).get("validated_precisions") or {}).get("bf16")
+    if "recorded in the model's metadata" in line[0]:
+        assert record is not None and record["images"] == 3 and record["annotations"] == "val"
+        assert record["fp32_mask_AP"] - record["mask_AP"] <= VALIDATED_PRECISION_BOUNDS["bf16"]
+        assert f"{record['mask_AP']:.4f} vs fp32 {record['fp32_mask_AP']:.4f}" in line[0]
+    else:
+        assert "not recorded" in line[0] and record is None
