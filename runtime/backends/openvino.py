@@ -120,7 +120,7 @@ class OpenVinoBackend(Backend):
         if custom or self.metadata.get("flavor") == "tensorrt":
             raise UserError(
                 f"{self.path.name} is the 'tensorrt' flavor (custom node {custom[0][1] if custom else 'MultilevelRoIAlign'}),"
-                " which OpenVINO cannot run: export it with '--flavor portable' for CPUs")
+                " which OpenVINO cannot run: export it with '--flavor portable', the fast one on CPUs")
         ov = require("openvino", "openvino", "the OpenVINO backend")
         self._core = ov.Core()
         device = str(device).upper()

@@ -144,8 +144,8 @@ class OrtBackend(Backend):
     def _flavor_error(self, nodes: str) -> UserError:
         return UserError(
             f"{self.path.name} is the 'tensorrt' flavor (custom node {nodes}), which ONNX Runtime "
-            f"cannot run: export it with '--flavor portable', or build an engine with "
-            f"'mrcnn-edge build {self.path}' and run that"
+            f"cannot run: export it with '--flavor portable' (on a CPU the fast one: OpenVINO, the mask head on the "
+            f"real detections), or build an engine with 'mrcnn-edge build {self.path}' and run that"
         )
 
     def _create(self, ort: Any, model: str | bytes, options: Any, providers: list[str], fallback: bool) -> Any:

@@ -165,3 +165,14 @@ def test_validated_bf16_is_what_auto_runs_on_a_bf16_cpu(tmp_path):
         assert exact.precision == "fp32" and exact.description == "openvino (CPU, fp32)"
         assert be._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "bf16"
         assert exact._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
+
+
+def test_run_says_the_portable_export_is_the_fast_one_on_a_cpu(models, tmp_path, capsys):
+    """A tensorrt-flavor model on a CPU: one line saying the portable export is the one to run there."""
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "f.png"), np.full((64, 80, 3), 200, np.uint8))
+    run = ["--source", str(tmp_path / "f.png"), "--no-display", "--device", "cpu"]
+    _run_one_line_error(capsys, ["run", str(models["trt"]), *run], "'--flavor portable' (on a CPU the fast one")
+    _run_one_line_error(capsys, ["run", str(models["trt"]), *run, "--backend", "openvino"],
+                        "'--flavor portable', the fast one on CPUs")
