@@ -1,18 +1,35 @@
-"""Side-by-side latency (and, on a validation split, mask AP) of runners: a comparator over runners.
+"""``mrcnn-edge benchmark``: speed and accuracy of runners side by side, over a set of frames.
 
 A row is ``(label, backend, model, options)``: any runner of the table
 :data:`mrcnn_edge.export.validate.runners.RUNNERS`: torchvision eager or ``EdgeMaskRCNN`` eager on
-the checkpoint, or any backend of the runtime's table (ONNX Runtime, TensorRT, OpenVINO, ...) on a
-model file. Every row runs validation's comparator loop (:mod:`mrcnn_edge.export.validate.loop`) on
-the same frame, one run of each row in turn (interleaved) so that machine drift hits all alike,
-timed in the pipeline's stages:
+the checkpoint, or any backend of the runtime's table (ONNX Runtime, OpenVINO, TensorRT, ...) on a
+model file. Without rows given, every installed CPU engine at each precision it offers: ONNX
+Runtime fp32, OpenVINO fp32 and (CPUs with BF16) bf16, and with ``--int8 MODEL`` both on that INT8
+model, beside torchvision eager, the baseline.
+
+The frames: the images of ``--annotations`` (the first ``--frames``), else, for the shipped demo
+model, ``--frames`` images of its synthetic validation split (``mrcnn-edge synth --seed 2 --size
+320x320``, annotated), else ``--frames`` synthetic scenes. Every row runs validation's comparator
+loop (:mod:`mrcnn_edge.export.validate.loop`) on one frame, then the next row on the same frame
+(interleaved, so that a neighbour's load hits all rows alike), timed in the pipeline's stages:
 
 * ``pre``: the runtime's reference letterbox (frame to the runner's input);
 * ``infer``: ``runner.infer`` and nothing else (the TensorRT row included);
 * ``post``: the runtime's canvas-to-frame step (``rows_to_frame``) and the masks pasted at frame size.
 
+Per row: mean and median per frame, the speed-up over torchvision (of the means), with annotations
+box and mask AP of the detections of the first pass (every detection the graph returned, as COCO
+evaluation wants), and for ONNX rows the floor (:mod:`mrcnn_edge.commands.floors`: the weighted
+ops' arithmetic at this CPU's GEMM speed for the row's precision) and the share of it the row's
+``infer`` reaches. The row ``run`` would take on the portable model without options is marked:
+the backend table's automatic choice, and for OpenVINO the precision ``auto`` picks
+(``choose_precision``), bf16 counting as validated when these frames say so by the rule ``mrcnn-edge
+validate`` records it by (``export.validated_precisions``).
+
 torchvision's row starts after its ``transform`` (the same letterboxed tensor as every other row)
 and pastes its masks with the runtime's paste, so its numbers compare with the others stage by stage.
+(About 460 lines: rows, frames, the interleaved loop and the default-row rule are one command;
+the floors are in ``floors.py``.)
 """
 from __future__ import annotations
 
@@ -21,15 +38,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import Progress, note
 
-__all__ = ["Row", "Timing", "RowResult", "parse_row", "default_rows", "run_benchmark", "time_rows", "format_table",
-           "ROW_HELP"]
+__all__ = ["Row", "Timing", "RowResult", "parse_row", "default_rows", "run_benchmark", "format_table",
+           "ROW_HELP", "DEFAULT_FRAMES"]
 
 ROW_HELP = (
     "a row to time: [LABEL=]BACKEND[:MODEL][:KEY=VALUE,...]; BACKEND is torchvision or edge (MODEL: a "
@@ -37,6 +54,14 @@ ROW_HELP = (
     "ONNX backends the portable ONNX of the benchmark's checkpoint); KEY=VALUE options go to the backend, e.g. "
     "'ov-bf16=openvino:model.onnx:precision=bf16', 'onnxruntime::threads=1', 'tensorrt:model.engine'. Repeatable"
 )
+DEFAULT_FRAMES = 50
+BASELINE = "torchvision"
+# the CPU engines and the precisions each offers (backend options), the rows timed without --row
+CPU_PRECISIONS: dict[str, dict[str, dict[str, Any]]] = {
+    "onnxruntime": {"fp32": {"device": "cpu"}},
+    "openvino": {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}},
+}
+INT8_OPTIONS: dict[str, dict[str, Any]] = {"onnxruntime": {"device": "cpu"}, "openvino": {"precision": "auto"}}
 
 
 @dataclass(frozen=True)
@@ -52,19 +77,22 @@ class Row:
 
 @dataclass(frozen=True)
 class Timing:
+    mean: float
     median: float
     p90: float
     min: float
 
     @classmethod
-    def of(cls, ms: list[float]) -> "Timing":
+    def of(cls, ms: Sequence[float]) -> "Timing":
         a = np.asarray(ms)
-        return cls(float(np.median(a)), float(np.percentile(a, 90)), float(a.min()))
+        return cls(float(a.mean()), float(np.median(a)), float(np.percentile(a, 90)), float(a.min()))
 
 
 @dataclass
 class RowResult:
-    """A row's timings in milliseconds (``stages_ms``: pre, infer, post) and, with annotations, its AP."""
+    """A row's timings per frame in milliseconds (``stages_ms``: pre, infer, post), the detection rows
+    per frame, with annotations its AP, for ONNX rows its floor (ms) and the share of it ``infer``
+    reaches, and whether it is what ``run`` takes on the model without options."""
 
     label: str
     backend: str
@@ -72,8 +100,12 @@ class RowResult:
     total_ms: Timing
     stages_ms: dict[str, Timing]
     fps: float
+    rows_per_frame: float = 0.0
     mask_AP: float | None = None
     box_AP: float | None = None
+    floor_ms: float | None = None
+    floor_share: float | None = None
+    run_default: bool = False
 
 
 def _value(text: str) -> Any:
@@ -123,49 +155,23 @@ def parse_row(text: str) -> Row:
     return Row(label or head, backend, model.strip() or None, options)
 
 
-def default_rows(onnx_ok: bool, engine: str | None) -> list[Row]:
-    """torchvision, edge, then every runtime backend that runs ONNX (on the portable export) and,
-    given ``--engine``, TensorRT. Rows of backends not installed are skipped when they open."""
+def default_rows(onnx_ok: bool, engine: str | None, int8: str | None = None) -> list[Row]:
+    """torchvision, then every CPU engine at each precision it offers (:data:`CPU_PRECISIONS`) on the
+    portable export, both on ``int8`` when given, and TensorRT on ``engine``. Rows of backends or
+    precisions this machine lacks are skipped, with a note, when they fail to open; ONNX Runtime, the
+    one every install has, is not."""
     from mrcnn_edge.export.validate.runners import RUNNERS
 
-    rows = [Row(e.label, e.name) for e in RUNNERS.values() if e.takes == "checkpoint"]
-    if onnx_ok:  # ONNX Runtime is the one every install has: the others are skipped where missing
-        rows += [Row(e.label, e.name, implicit=e.name != "onnxruntime")
-                 for e in RUNNERS.values() if e.takes == "model" and ".onnx" in e.suffixes]
+    rows = [Row(BASELINE, BASELINE)]
+    if onnx_ok:
+        for backend, precisions in CPU_PRECISIONS.items():
+            rows += [Row(f"{backend} {p}", backend, None, dict(o), implicit=backend != "onnxruntime")
+                     for p, o in precisions.items()]
+        if int8:
+            rows += [Row(f"{b} int8", b, int8, dict(o), implicit=b != "onnxruntime") for b, o in INT8_OPTIONS.items()]
     if engine:
         rows.append(Row("tensorrt", "tensorrt", engine))
-    return rows
-
-
-def time_rows(rows: dict[str, Callable[[], dict[str, float]]], runs: int, warmup: int) -> dict[str, dict[str, list[float]]]:
-    """Each row is a callable returning its stage times in ms; called ``warmup + runs`` times, interleaved."""
-    for _ in range(warmup):
-        for fn in rows.values():
-            fn()
-    samples: dict[str, dict[str, list[float]]] = {k: {} for k in rows}
-    bar = Progress("[benchmark]", runs, "runs")
-    for r in range(runs):
-        for name, fn in rows.items():
-            for stage, ms in fn().items():
-                samples[name].setdefault(stage, []).append(ms)
-        bar.update(r + 1)
-    bar.close()
-    return samples
-
-
-def format_table(results: list[RowResult], baseline: str = "torchvision") -> str:
-    base = next((r.total_ms.median for r in results if r.label == baseline), None)
-    with_ap = any(r.mask_AP is not None for r in results)
-    lines = ["| backend | median ms | p90 ms | min ms | FPS | pre ms | infer ms | post ms | speed-up vs torchvision |"
-             + (" box AP | mask AP |" if with_ap else ""),
-             "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if with_ap else "")]
-    for r in results:
-        t, s = r.total_ms, r.stages_ms
-        sp = f"{base / t.median:.2f}x" if base else "-"
-        ap = f" {r.box_AP:.4f} | {r.mask_AP:.4f} |" if with_ap and r.mask_AP is not None else (" - | - |" if with_ap else "")
-        lines.append(f"| {r.label} | {t.median:.1f} | {t.p90:.1f} | {t.min:.1f} | {r.fps:.2f} | {s['pre'].median:.1f} | "
-                     f"{s['infer'].median:.1f} | {s['post'].median:.1f} | {sp} |" + ap)
-    return "\n".join(lines) + "\n"
+    return [r for r in rows if r.backend in RUNNERS]
 
 
 def _rows_from_args(args: Any) -> list[Row]:
@@ -174,14 +180,45 @@ def _rows_from_args(args: Any) -> list[Row]:
             raise UserError("give either --row or --backends, not both")
         return [parse_row(r) for r in args.row]
     if args.backends is None:
-        return default_rows(True, args.engine)
+        return default_rows(True, args.engine, args.int8)
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(wanted) - {"torchvision", "edge", "onnx", "tensorrt"}
     if unknown:
         raise UserError(f"unknown backends {sorted(unknown)}; choose from torchvision, edge, onnx, tensorrt")
-    rows = [r for r in default_rows("onnx" in wanted, args.engine if "tensorrt" in wanted else None)
-            if r.label in wanted]
+    rows = [Row(BASELINE, BASELINE)] if "torchvision" in wanted else []
+    rows += [Row("edge", "edge")] if "edge" in wanted else []
+    rows += [Row("onnx", "onnxruntime", None, {"device": "cpu"})] if "onnx" in wanted else []
+    rows += [Row("tensorrt", "tensorrt", args.engine)] if "tensorrt" in wanted and args.engine else []
     return rows
+
+
+def format_table(results: list[RowResult], baseline: str = BASELINE) -> str:
+    """The markdown table: per frame mean, median and p90, the infer stage, the speed-up over the
+    baseline (of the means), the floor and its share, and with annotations box and mask AP and the
+    mask AP change against the fp32 reference row (OpenVINO's, else ONNX Runtime's)."""
+    base = next((r.total_ms.mean for r in results if r.label == baseline), None)
+    with_ap = any(r.mask_AP is not None for r in results)
+    ref = next((r.mask_AP for name in ("openvino fp32", "onnxruntime fp32", "onnx", baseline)
+                for r in results if r.label == name and r.mask_AP is not None), None)
+    lines = ["| backend | mean ms | median ms | p90 ms | infer ms | speed-up vs torchvision | floor ms | share of floor |"
+             + (" box AP | mask AP | mask AP vs fp32 |" if with_ap else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if with_ap else "")]
+    for r in results:
+        t = r.total_ms
+        label = f"**{r.label}** (run's default)" if r.run_default else r.label
+        speed = f"{base / t.mean:.2f}x" if base else "-"
+        floor = (f"{r.floor_ms:.1f} | {100 * r.floor_share:.0f}%" if r.floor_ms is not None and r.floor_share is not None
+                 else "- | -")
+        line = (f"| {label} | {t.mean:.1f} | {t.median:.1f} | {t.p90:.1f} | {r.stages_ms['infer'].mean:.1f} | {speed} | "
+                f"{floor} |")
+        if with_ap:
+            if r.mask_AP is None or r.box_AP is None:
+                line += " - | - | - |"
+            else:
+                delta = f"{r.mask_AP - ref:+.4f}" if ref is not None else "-"
+                line += f" {r.box_AP:.4f} | {r.mask_AP:.4f} | {delta} |"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 class _Bench:
@@ -243,22 +280,55 @@ def _settings(model: Any, args: Any) -> None:
         model.rpn._post_nms_top_n["testing"] = args.rpn_post_nms_top_n
 
 
-def _timed(runner: Any, frame: np.ndarray, mean: Any, std: Any) -> Callable[[], dict[str, float]]:
-    """One timed step of the comparator loop: the frame in, its detections in frame pixels with
-    their masks pasted (what a user of the runtime gets) out."""
-    from mrcnn_edge.export.validate.loop import step
+def _frames(args: Any, demo: bool, canvas: tuple[int, int], workdir: Path) -> tuple[list[tuple[Any, np.ndarray]], Any, str]:
+    """``[(image id, BGR frame)]``, the COCO dataset they come from (None: no AP), and what they are."""
+    from mrcnn_edge.export.validate import collect_images
 
-    return lambda: step(runner, [frame], mean, std, canvas=False, paste=True).ms
+    n = args.frames
+    if args.annotations:
+        items, dataset = collect_images(None, args.annotations, n)
+        return items, dataset, f"{len(items)} images of {Path(args.annotations).name}"
+    if demo:  # the demo model's own validation split: synthetic scenes with their annotations
+        from mrcnn_edge.data.dataset import generate_dataset
+
+        folder = generate_dataset(workdir / "val", n, seed=2, size=(320, 320), progress=False)
+        items, dataset = collect_images(None, str(folder), n)
+        return items, dataset, f"{n} images of the demo's validation split (synthetic, seed 2, 320x320)"
+    from mrcnn_edge.data.shapes import image_rng, render_sample
+
+    note("[benchmark] no --annotations: timing on synthetic scenes, no AP")
+    items = [(f"synthetic-{i}", render_sample(image_rng(2024, i), canvas)[0]) for i in range(n)]
+    return items, None, f"{n} synthetic scenes of {canvas[0]}x{canvas[1]}"
 
 
-def _row_ap(runner: Any, items: list, dataset: Any, mean: Any, std: Any) -> tuple[float, float]:
-    """Box and mask AP of one runner on the validation split, frames as the runtime makes them."""
-    from mrcnn_edge.data.coco import evaluate_detections
-    from mrcnn_edge.export.validate.loop import Pass, run_passes
+def _run_default(bench: _Bench, runners: dict[str, tuple[Row, Any]], results: dict[str, RowResult],
+                 frames: int) -> tuple[str, str] | None:
+    """The label of the row ``run`` takes on the benchmark's portable model without options, with
+    the reason; None when no timed row is that one. bf16 counts as validated when the model says
+    so, or when these frames' fp32 and bf16 rows say so by the rule validate records it by."""
+    from mrcnn_edge.core.contract import validated_drop
+    from mrcnn_edge.core.metadata import read_onnx_metadata
+    from mrcnn_edge.runtime.backends import backend_for
 
-    results, _ = run_passes([Pass("ap", runner, frame=True)], [frame for _, frame in items], mean, std)
-    stats = evaluate_detections(dataset, [(image_id, rows) for (image_id, _), rows in zip(items, results["ap"].frame)])
-    return stats["box_AP"], stats["mask_AP"]
+    model = bench.portable_onnx()
+    entry = backend_for(model)
+    if entry.name != "openvino":
+        label = next((k for k, (r, _) in runners.items() if r.backend == entry.name and r.model is None), None)
+        return (label, f"the backend table's automatic choice for {Path(model).name} here") if label else None
+    from mrcnn_edge.export.validated_precisions import bf16_record
+    from mrcnn_edge.runtime.backends.openvino import choose_precision, cpu_has_bf16
+
+    import openvino as ov
+
+    meta = dict(read_onnx_metadata(model)[1])
+    fp32, bf16 = results.get("openvino fp32"), results.get("openvino bf16")
+    measured = ""
+    if validated_drop(meta, "bf16") is None and fp32 and bf16 and fp32.mask_AP is not None and bf16.mask_AP is not None:
+        meta["validated_precisions"] = {"bf16": bf16_record(fp32.mask_AP, bf16.mask_AP, frames, "benchmark")}
+        measured = " (bf16 judged on these frames as 'mrcnn-edge validate --annotations' would record it)"
+    choice = choose_precision("auto", meta, cpu_has_bf16(ov.Core()))
+    label = f"openvino {choice.precision}"
+    return (label, choice.why + measured) if label in results else None
 
 
 def run_benchmark(args: Any) -> int:
@@ -267,31 +337,29 @@ def run_benchmark(args: Any) -> int:
     import torch
 
     from mrcnn_edge import demo_checkpoint
-    from mrcnn_edge.core.cliutil import parse_canvas
     from mrcnn_edge.core.atomic import atomic_output, check_writable
-    from mrcnn_edge.data.shapes import image_rng, render_sample
+    from mrcnn_edge.core.cliutil import parse_canvas
     from mrcnn_edge.model.checkpoint import load_checkpoint
 
-    H, W = parse_canvas(args.input_size)
+    from mrcnn_edge.commands.floors import gemm_limits, parse_gemm_limits
+
+    H, W = parse_canvas(args.input_size or _canvas_of(args.onnx) or "512x512")
     rows = _rows_from_args(args)
     if len({r.label for r in rows}) != len(rows):
         raise UserError(f"two rows have the same label: {', '.join(r.label for r in rows)}; name them LABEL=...")
     for out in (args.json, args.markdown):
         if out:
             check_writable(out)
-    items, dataset = [], None
-    if args.annotations:
-        from mrcnn_edge.export.validate import collect_images
-
-        items, dataset = collect_images(None, args.annotations, args.ap_images)
+    given_limits = parse_gemm_limits(args.gemm_limits) if args.gemm_limits else None
     ckpt = Path(args.model) if args.model else demo_checkpoint()
     model, cfg = load_checkpoint(ckpt)
     _settings(model, args)
-    frame = render_sample(image_rng(2024, 0), (H, W))[0]  # a canvas-sized frame: every row sees H x W pixels
     bench = _Bench(args, model, cfg, (H, W))
-    results: list[RowResult] = []
+    results: dict[str, RowResult] = {}
     with contextlib.ExitStack() as stack:
         stack.callback(bench.close)
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mrcnn-edge-bench-frames-")))
+        items, dataset, what = _frames(args, args.model is None, (H, W), work)
         runners: dict[str, tuple[Row, Any]] = {}
         for row in rows:
             try:
@@ -300,26 +368,31 @@ def run_benchmark(args: Any) -> int:
                 if not row.implicit:
                     raise
                 note(f"[benchmark] skipping {row.label}: {exc}")
-        note(f"[benchmark] {', '.join(runners)}; canvas {H}x{W}; {args.runs} runs after {args.warmup} warm-up; "
-             f"torch threads {torch.get_num_threads()}")
-        samples = time_rows({k: _timed(r, frame, cfg.image_mean, cfg.image_std) for k, (_, r) in runners.items()},
-                            args.runs, args.warmup)
+        onnx_rows = {k for k, (r, runner) in runners.items() if str(getattr(runner, "path", "")).endswith(".onnx")}
+        limits = given_limits or (gemm_limits() if onnx_rows and _openvino_here() else {})
+        note(f"[benchmark] {', '.join(runners)}; canvas {H}x{W}; {what}, {args.runs} pass(es) after {args.warmup} "
+             f"warm-up frame(s) per row; torch threads {torch.get_num_threads()}"
+             + (f"; GEMM limits {', '.join(f'{k} {v:.0f}' for k, v in limits.items())} GFLOP/s" if limits else ""))
+        samples, kept = _time_rows(runners, items, cfg, args.runs, args.warmup)
         for label, (row, runner) in runners.items():
-            stages = {s: Timing.of(v) for s, v in samples[label].items()}
-            total = Timing.of([sum(x) for x in zip(*samples[label].values())])
-            res = RowResult(label, row.backend, str(getattr(runner, "path", "")), total, stages, 1000.0 / total.median)
-            if dataset is not None:
-                note(f"[benchmark] AP of {label} on {len(items)} images")
-                res.box_AP, res.mask_AP = _row_ap(runner, items, dataset, cfg.image_mean, cfg.image_std)
-            results.append(res)
-    table = format_table(results)
+            results[label] = _result(label, row, runner, samples[label], kept[label], items, dataset, limits)
+        portable_rows = any(r.backend in CPU_PRECISIONS and r.model is None for r, _ in runners.values())
+        default = _run_default(bench, runners, results, len(items)) if portable_rows else None  # the model still here
+    if default:
+        label, why = default
+        results[label].run_default = True
+    table = format_table(list(results.values()))
     print(table)
+    if default:
+        r, base = results[label], results.get(BASELINE)
+        speed = f", {base.total_ms.mean / r.total_ms.mean:.2f}x torchvision" if base else ""
+        note(f"[benchmark] run's default on the portable model: {label}{speed} ({why})")
     from mrcnn_edge.export.validate.compare import as_json
 
-    meta = {"checkpoint": str(ckpt), "canvas": [H, W], "runs": args.runs, "warmup": args.warmup,
+    meta = {"checkpoint": str(ckpt), "canvas": [H, W], "frames": what, "runs": args.runs, "warmup": args.warmup,
             "torch_threads": torch.get_num_threads(), "rpn_post_nms_top_n": args.rpn_post_nms_top_n or 1000,
-            "max_detections": args.max_detections or 100, "date": time.strftime("%Y-%m-%d"),
-            "rows": [as_json(r) for r in rows], "results": {r.label: as_json(r) for r in results}}
+            "max_detections": args.max_detections or 100, "date": time.strftime("%Y-%m-%d"), "gemm_limits": limits,
+            "rows": [as_json(r) for r in rows], "results": {k: as_json(r) for k, r in results.items()}}
     if args.json:
         with atomic_output(args.json) as tmp:
             tmp.write_text(json.dumps(meta, indent=2) + "\n")
@@ -328,3 +401,67 @@ def run_benchmark(args: Any) -> int:
             tmp.write_text(table)
     return 0
 
+
+def _canvas_of(model: str | None) -> str | None:
+    """``HxW`` of an exported model's canvas (its metadata), so that torchvision sees the same."""
+    if not model:
+        return None
+    from mrcnn_edge.core.metadata import read_metadata
+
+    h, w = read_metadata(model, ("input_size",))["input_size"]
+    return f"{h}x{w}"
+
+
+def _openvino_here() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _time_rows(runners: dict[str, tuple[Row, Any]], items: list[tuple[Any, np.ndarray]], cfg: Any, runs: int,
+               warmup: int) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[Any]]]:
+    """Every row on every frame, row after row on the same frame (interleaved), ``runs`` passes after
+    ``warmup`` untimed frames per row: per row its stage times per step and the first pass's
+    per-frame detections (frame pixels, masks as the model returned them)."""
+    from mrcnn_edge.export.validate.loop import step
+
+    mean, std = cfg.image_mean, cfg.image_std
+    for k in range(warmup):
+        for _, runner in runners.values():
+            step(runner, [items[k % len(items)][1]], mean, std, canvas=False, paste=True)
+    samples: dict[str, list[dict[str, float]]] = {k: [] for k in runners}
+    kept: dict[str, list[Any]] = {k: [] for k in runners}
+    bar = Progress("[benchmark]", runs * len(items), "frames")
+    for r in range(runs):
+        for i, (_, frame) in enumerate(items):
+            for label, (_, runner) in runners.items():
+                got = step(runner, [frame], mean, std, canvas=False, frame=True, paste=True)
+                samples[label].append({**got.ms, "rows": float(len(got.frame[0].rows))})
+                if r == 0:
+                    kept[label].append(got.frame[0])
+            bar.update(r * len(items) + i + 1)
+    bar.close()
+    return samples, kept
+
+
+def _result(label: str, row: Row, runner: Any, samples: list[dict[str, float]], kept: list[Any],
+            items: list[tuple[Any, np.ndarray]], dataset: Any, limits: dict[str, float]) -> RowResult:
+    from mrcnn_edge.export.validate.loop import STAGES
+
+    stages = {s: Timing.of([x[s] for x in samples]) for s in STAGES}
+    total = Timing.of([sum(x[s] for s in STAGES) for x in samples])
+    path = str(getattr(runner, "path", ""))
+    res = RowResult(label, row.backend, path, total, stages, 1000.0 / total.mean,
+                    rows_per_frame=float(np.mean([x["rows"] for x in samples])))
+    if dataset is not None:
+        from mrcnn_edge.data.coco import evaluate_detections
+
+        stats = evaluate_detections(dataset, [(image_id, rows) for (image_id, _), rows in zip(items, kept)])
+        res.box_AP, res.mask_AP = stats["box_AP"], stats["mask_AP"]
+    if path.endswith(".onnx") and limits:
+        from mrcnn_edge.commands.floors import model_floor_ms
+
+        # float ops run in what OpenVINO chose (others: fp32); the mean detections size a mask head on them
+        res.floor_ms = model_floor_ms(path, str(getattr(runner, "precision", "fp32")), res.rows_per_frame, limits)
+        res.floor_share = None if res.floor_ms is None else res.floor_ms / stages["infer"].mean
+    return res

@@ -18,12 +18,14 @@ DESCRIPTION_DEMO = (
     "validates and runs it."
 )
 DESCRIPTION_BENCHMARK = (
-    "Latency (median, p90, min after warm-up) and throughput of runners side by side: torchvision eager, "
-    "EdgeMaskRCNN eager and the runtime's backends (ONNX Runtime on the portable flavor, every other installed "
-    "backend that runs ONNX, a TensorRT engine with --engine; or the rows given with --row). Same weights, frame "
-    "and settings, runs interleaved; each row is timed as pre-process (letterbox), model (the backend's infer "
-    "only) and post-process (boxes to the frame, masks pasted). With --annotations, box and mask AP of every "
-    "row on that validation split beside its speed."
+    "Speed and accuracy side by side over a set of frames: torchvision eager (the baseline) and every installed "
+    "CPU engine at each precision it offers (ONNX Runtime fp32; OpenVINO fp32 and, on CPUs with BF16, bf16; both "
+    "on an INT8 model given with --int8), or the rows given with --row / --backends (EdgeMaskRCNN eager, a "
+    "TensorRT engine with --engine). Frames: the images of --annotations, else the demo model's synthetic "
+    "validation split, else synthetic scenes. Rows run interleaved frame by frame; per row the mean and median "
+    "per frame, the speed-up over torchvision, the floor (the weighted layers' arithmetic at this CPU's GEMM "
+    "speed) and the share of it reached, and with annotations box and mask AP. The row 'run' takes on the "
+    "portable model without options is marked."
 )
 
 
@@ -211,24 +213,32 @@ def _write_report(path: Path, cfg, steps, reports, total: float, trt_note: str |
 
 
 def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
-    from mrcnn_edge.commands.benchmark import ROW_HELP
+    from mrcnn_edge.commands.benchmark import DEFAULT_FRAMES, ROW_HELP
     from mrcnn_edge.runtime.backends import BACKENDS
 
     p.add_argument("model", nargs="?", default=None,
                    help="checkpoint (.pth); default: the shipped demo model. A portable ONNX is exported for ONNX rows")
     p.add_argument("--onnx", default=None, help="use this ONNX (either flavor) instead of exporting a portable one")
     p.add_argument("--engine", default=None, help="also time this TensorRT engine")
-    p.add_argument("--input-size", default="512x512", help="canvas HxW (the frame is the same size)")
-    p.add_argument("--runs", type=positive_int, default=10, help="timed runs per row (interleaved)")
-    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs per row first")
+    p.add_argument("--int8", default=None, metavar="MODEL",
+                   help="also time this INT8 model (mrcnn-edge quantize) on every CPU engine")
+    p.add_argument("--input-size", default=None,
+                   help="canvas HxW of the exported and torchvision rows (default: --onnx's own, else 512x512)")
+    p.add_argument("--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N",
+                   help="frames to time: the first N of --annotations, or N of the demo's validation split / N "
+                        "synthetic scenes")
+    p.add_argument("--runs", type=positive_int, default=1, help="passes over the frames (interleaved row by row)")
+    p.add_argument("--warmup", type=non_negative_int, default=2, help="untimed frames per row first")
+    p.add_argument("--gemm-limits", default=None, metavar="P=GFLOPS,...",
+                   help="this CPU's GEMM throughput per precision for the floors, e.g. fp32=139,bf16=392,int8=548 "
+                        "(default: measured with OpenVINO before the rows)")
     p.add_argument("--backends", default=None,
-                   help="comma-separated subset of torchvision, edge, onnx, tensorrt (default: torchvision, edge, "
-                        "every installed runtime backend that runs ONNX, tensorrt with --engine)")
+                   help="comma-separated subset of torchvision, edge, onnx (ONNX Runtime), tensorrt (with "
+                        "--engine), instead of the default rows")
     p.add_argument("--row", action="append", default=None, metavar="SPEC", help=ROW_HELP.format(backends=", ".join(BACKENDS)))
     p.add_argument("--annotations", default=None, metavar="DIR",
-                   help="a dataset folder (annotations.json + images/, as 'mrcnn-edge synth' writes): add box and "
-                        "mask AP of every row on it")
-    p.add_argument("--ap-images", type=positive_int, default=None, metavar="N", help="with --annotations: the first N images")
+                   help="a dataset folder (annotations.json + images/, as 'mrcnn-edge synth' writes): its images are "
+                        "the frames, and box and mask AP of every row on them go beside its speed")
     p.add_argument("--rpn-post-nms-top-n", type=positive_int, default=None, help="proposals kept (all rows)")
     p.add_argument("--max-detections", type=positive_int, default=None, help="detections kept (all rows)")
     p.add_argument("--json", default=None, help="write the results as JSON")

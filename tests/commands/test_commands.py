@@ -110,23 +110,29 @@ def test_demo_refuses_a_file_as_its_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_benchmark_prints_and_writes_a_table_of_numbers(demo_run, tmp_path, capsys):
+    """Rows over a set of frames (the demo's validation split): mean and median per frame, the
+    speed-up of the means, a floor where the row is an ONNX model, AP beside each row."""
     assert demo_run["code"] == 0
     onnx = demo_run["out"] / "demo_portable.onnx"
     js, md = tmp_path / "bench.json", tmp_path / "bench.md"
-    code, stdout, err = _cli(["benchmark", "--input-size", CANVAS, "--runs", "2", "--warmup", "0",
-                              "--backends", "torchvision,edge,onnx", "--onnx", str(onnx),
-                              "--json", str(js), "--markdown", str(md)], capsys)
+    code, stdout, err = _cli(["benchmark", "--input-size", CANVAS, "--frames", "2", "--warmup", "0",
+                              "--backends", "torchvision,edge,onnx", "--onnx", str(onnx), "--gemm-limits",
+                              "fp32=100,int8=400", "--json", str(js), "--markdown", str(md)], capsys)
     assert code == 0, err[-5:]
-    rows = _table_rows(stdout)
+    rows = {k.replace("**", "").replace(" (run's default)", ""): v for k, v in _table_rows(stdout).items()}
     assert list(rows) == ["torchvision", "edge", "onnx"]
     for name, cells in rows.items():
-        median, p90, low, fps, pre, model, post = (float(c) for c in cells[:7])
-        assert 0 < low <= median <= p90 and fps > 0 and model > 0 and pre >= 0 and post >= 0, (name, cells)
-        assert re.fullmatch(r"\d+\.\d\dx", cells[7]), cells[7]
-    assert rows["torchvision"][7] == "1.00x"
+        mean, median, p90, infer = (float(c) for c in cells[:4])
+        assert 0 < median <= p90 and mean > 0 and 0 < infer <= mean, (name, cells)
+        assert re.fullmatch(r"\d+\.\d\dx", cells[4]), cells[4]
+        assert (cells[5] == "-") == (name != "onnx"), cells  # a floor for the ONNX model only
+        box_ap, mask_ap = float(cells[7]), float(cells[8])
+        assert 0 <= box_ap <= 1 and 0 <= mask_ap <= 1
+    assert rows["torchvision"][4] == "1.00x"
     assert md.read_text() == stdout[stdout.index("| backend |"):].rstrip("\n") + "\n"
     data = json.loads(js.read_text())
-    assert data["canvas"] == [64, 64] and data["runs"] == 2 and set(data["results"]) == set(rows)
+    assert data["canvas"] == [64, 64] and data["runs"] == 1 and "2 images" in data["frames"]
+    assert set(data["results"]) == set(rows)
     for res in data["results"].values():
         numbers = [res["fps"], *res["total_ms"].values(), *(v for st in res["stages_ms"].values() for v in st.values())]
         assert all(isinstance(x, float) and math.isfinite(x) and x >= 0 for x in numbers)
