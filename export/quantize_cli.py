@@ -8,11 +8,12 @@ from mrcnn_edge.core.errors import UserError
 __all__ = ["DESCRIPTION_QUANTIZE", "add_quantize_arguments", "run_quantize"]
 
 DESCRIPTION_QUANTIZE = (
-    "Post-training INT8 quantization of an exported fp32 model (either flavor) to explicit Q/DQ: "
-    "convolutions and fully connected layers in INT8 (per-channel weights, symmetric, as TensorRT "
-    "wants), ROIAlign, NMS, box decoding and softmax in float. Calibrated on your images, letterboxed "
-    "as the runtime does. Build an engine from the result with 'mrcnn-edge build' (TensorRT 10/11, "
-    "strongly typed) or run it on a CPU with --backend openvino."
+    "Post-training INT8 quantization of an exported fp32 model (either flavor) to explicit Q/DQ placed as "
+    "TensorRT wants it: all inputs of convolutions, transposed convolutions and fully connected layers "
+    "(per-channel weights, symmetric) and the residual input of skip-connection adds, so that layers fuse and "
+    "stay INT8; ROIAlign, NMS, box decoding and softmax stay float. Calibrated on your images, letterboxed as "
+    "the runtime does. Build an engine from the result with 'mrcnn-edge build' (TensorRT 10/11, strongly "
+    "typed) or run it on a CPU (OpenVINO where installed)."
 )
 
 
