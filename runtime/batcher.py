@@ -98,8 +98,7 @@ class BatchStats:
                 f"over {self.inferences} inferences" + (f"; resident memory: {', '.join(memory)}" if memory else ""))
 
 
-class _Item(NamedTuple):
-    """A frame on its way, with its source and the time its capture finished."""
+class _Item(NamedTuple):  # a frame on its way: its source, the frame, when its capture finished
     source: int
     frame: Frame
     captured: float
