@@ -251,8 +251,12 @@ class EdgeMaskRCNN(nn.Module):
         through the mask head (rows are score-sorted, the valid ones first); the rest are zero."""
         if num is not None:
             K = boxes.shape[1]
-            n = num.max().item()  # data-dependent: torch.export makes it an unbacked size (no int())
-            torch._check(n >= 0)
+            # data-dependent: torch.export makes it an unbacked size (no int()). At least one row, so
+            # that the graph never holds an empty batch: some mask heads (ResNet-50-FPN v2's norm
+            # layers) branch on an empty input, a guard torch.export cannot decide on an unbacked
+            # size. A row past num_detections has class -1 and its mask is zeroed below.
+            n = num.max().clamp(min=1).item()
+            torch._check(n >= 1)
             torch._check(n <= K)
             masks = self.segment(feats, boxes[:, :n], classes[:, :n])
             pad = masks.new_zeros(masks.shape[0], K - n, *masks.shape[2:])
