@@ -266,8 +266,8 @@ MASK_HEADS: dict[str, str] = {
 DEFAULT_MASK_HEAD: dict[str, str] = {"tensorrt": "static", "portable": "detections"}
 """Flavor -> the mask head an export gets unless told otherwise: the ``tensorrt`` flavor keeps static
 shapes (its engines need them); the ``portable`` flavor, made for CPU engines, runs the mask head on
-the real detections only (the same outputs as the static graph, tested, and 1.4-2x less work where
-a frame holds fewer objects than ``max_detections``)."""
+the real detections only (the same outputs as the static graph, tested; the demo graph at 512x512
+is 37.9 GFLOP with the static head, 19.8 GFLOP with the head on 30 detections)."""
 INPUT_NORMALIZATIONS = ("external", "in_graph")
 
 
