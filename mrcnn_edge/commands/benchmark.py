@@ -28,8 +28,8 @@ validate`` records it by (``export.validated_precisions``).
 
 torchvision's row starts after its ``transform`` (the same letterboxed tensor as every other row)
 and pastes its masks with the runtime's paste, so its numbers compare with the others stage by stage.
-(About 460 lines: rows, frames, the interleaved loop and the default-row rule are one command;
-the floors are in ``floors.py``.)
+Over 450 lines on purpose: rows, frames, the interleaved loop and the default-row rule are one
+command (the floors are in ``floors.py``, the loop itself in ``export/validate/loop.py``).
 """
 from __future__ import annotations
 
