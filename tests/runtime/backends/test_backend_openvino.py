@@ -167,9 +167,14 @@ def test_validated_bf16_is_what_auto_runs_on_a_bf16_cpu(tmp_path):
         assert exact._compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == "f32"
 
 
-def test_run_says_the_portable_export_is_the_fast_one_on_a_cpu(models, tmp_path, capsys):
+def test_run_says_the_portable_export_is_the_fast_one_on_a_cpu(models, tmp_path, capsys, monkeypatch):
     """A tensorrt-flavor model on a CPU: one line saying the portable export is the one to run there."""
     import cv2
+
+    from mrcnn_edge.runtime.backends import ort as backend_ort
+
+    # as in a fresh 'mrcnn-edge run': no plugin reference registered by an earlier test (export's ort_custom)
+    monkeypatch.setattr(backend_ort, "CUSTOM_OP_DOMAINS", {})
 
     cv2.imwrite(str(tmp_path / "f.png"), np.full((64, 80, 3), 200, np.uint8))
     run = ["--source", str(tmp_path / "f.png"), "--no-display", "--device", "cpu"]
