@@ -37,7 +37,7 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.detections import Detections
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
-from mrcnn_edge.runtime.pipeline import RunStats
+from mrcnn_edge.runtime.pipeline import RunStats, join_stages
 from mrcnn_edge.runtime.segmenter import Segmenter, Work
 
 __all__ = ["Batcher", "BatchStats", "check_kinds", "serving_plan", "LIVE_KINDS", "resident_mib"]
@@ -398,13 +398,7 @@ class Batcher:
                 s.interrupted = True
         finally:
             self.stop()
-            deadline = time.monotonic() + self.join_timeout
-            for t in threads:
-                t.join(timeout=max(0.0, deadline - time.monotonic()))
-            stuck = [t.name for t in threads if t.is_alive()]
-            if stuck:
-                log.warning("%s still running %.0f s after the stop; the model is released when it returns",
-                            ", ".join(stuck), self.join_timeout)
+            join_stages(threads, self.join_timeout)
             self._finish_stats()
         if self._errors:
             raise self._errors[0]

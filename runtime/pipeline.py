@@ -165,6 +165,18 @@ def _p50_p95(samples: Sequence[float]) -> tuple[float, float] | None:
     return 1000 * _percentile(values, 0.5), 1000 * _percentile(values, 0.95)
 
 
+def join_stages(threads: Sequence[threading.Thread], timeout: float) -> None:
+    """Wait at most ``timeout`` seconds in all for stage threads that were told to stop; a stage
+    still inside a call (a model that does not return) is named in a warning, not waited for."""
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(timeout=max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in threads if t.is_alive()]
+    if stuck:
+        log.warning("%s still running %.0f s after the stop; the model is released when it returns",
+                    ", ".join(stuck), timeout)
+
+
 class Pipeline:
     """Run ``segmenter`` on ``source`` into ``sinks``; see the module docstring.
 
@@ -366,13 +378,7 @@ class Pipeline:
             self.stats.interrupted = True
         finally:
             self.stop()
-            deadline = time.monotonic() + self.join_timeout
-            for t in threads:
-                t.join(timeout=max(0.0, deadline - time.monotonic()))
-            stuck = [t.name for t in threads if t.is_alive()]
-            if stuck:
-                log.warning("%s still running %.0f s after the stop; the model is released when it returns",
-                            ", ".join(stuck), self.join_timeout)
+            join_stages(threads, self.join_timeout)
             self.stats.elapsed = time.perf_counter() - self._start if self._start else 0.0
             names = ("capture", "pre", "infer", "post")
             slots = [self._slot, *self._queues]

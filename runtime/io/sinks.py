@@ -108,7 +108,25 @@ def _write_image(path: Path, image: np.ndarray, shown: str) -> None:
         raise OutputError(f"cannot write {shown}: {describe_os_error(exc)}; the images written before are kept") from exc
 
 
-class ImageFolderSink(Sink):
+class _PendingImageSink(Sink):
+    """An image output that appears only once it holds a frame (``PendingOutput``: committed on
+    close, discarded when nothing was written)."""
+
+    path: Path
+    frames: int
+    _pending: PendingOutput
+
+    def close(self) -> None:
+        if self.frames:
+            self._pending.commit()
+        else:
+            self._pending.discard()
+
+    def outputs(self) -> list[Path]:
+        return [self.path] if self._pending.done and self.frames else []
+
+
+class ImageFolderSink(_PendingImageSink):
     def __init__(self, path: str | Path, ext: str = ".jpg") -> None:
         self.path, self.ext = Path(path), ext
         self.description = f"images in {self.path}/"
@@ -123,17 +141,8 @@ class ImageFolderSink(Sink):
         self.frames += 1
         return True
 
-    def close(self) -> None:
-        if self.frames:
-            self._pending.commit()
-        else:
-            self._pending.discard()
 
-    def outputs(self) -> list[Path]:
-        return [self.path] if self._pending.done and self.frames else []
-
-
-class ImageFileSink(Sink):
+class ImageFileSink(_PendingImageSink):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.description = f"image {self.path}"
@@ -147,11 +156,3 @@ class ImageFileSink(Sink):
         self.frames += 1
         return True
 
-    def close(self) -> None:
-        if self.frames:
-            self._pending.commit()
-        else:
-            self._pending.discard()
-
-    def outputs(self) -> list[Path]:
-        return [self.path] if self._pending.done and self.frames else []
