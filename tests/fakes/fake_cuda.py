@@ -90,6 +90,13 @@ class FakeCuda:
         self.errors: list[tuple[str, Any]] = []
         self._local = threading.local()
         self._lock = threading.RLock()
+        # the stand-in's "GPU": one thread at a time runs enqueued work, whichever host thread
+        # drains a stream (a sync, an event poll, a stream waiting on an event). Programming Guide,
+        # "Streams": "A stream is a sequence of commands (possibly issued by different host threads)
+        # that execute in order"; without this, two host threads draining one stream ran its items
+        # side by side and out of order (an event reported complete while the work before it still
+        # ran in the other thread)
+        self._run = threading.RLock()
         self.runtime = self._recorded(self._runtime_namespace())
         self.driver = self._recorded(self._driver_namespace())
 
@@ -202,23 +209,25 @@ class FakeCuda:
         if stream is None:
             # "The legacy default stream is an implicit stream which synchronizes with all other
             # blocking streams in the same CUcontext": run everything before it, then it.
-            self._flush_all()
-            return work()
+            with self._run:
+                self._flush_all()
+                return work()
         stream.pending.append(work)
         return 0
 
-    @staticmethod
-    def _flush(stream: Stream) -> int:
+    def _flush(self, stream: Stream) -> int:
         err = 0
-        while stream.pending:
-            result = stream.pending.pop(0)()
-            err = err or int(result or 0)
+        with self._run:
+            while stream.pending:
+                result = stream.pending.pop(0)()
+                err = err or int(result or 0)
         return err
 
     def _flush_all(self) -> int:
         err = 0
-        for s in list(self.streams):
-            err = err or self._flush(s)
+        with self._run:
+            for s in list(self.streams):
+                err = err or self._flush(s)
         return err
 
     # -- runtime API --------------------------------------------------------------------------
@@ -461,8 +470,9 @@ class FakeCuda:
         def _complete(e):
             """Run the captured work (everything before the marker on its stream) now."""
             s = e.stream
-            while not e.done and s is not None and s.pending:
-                s.pending.pop(0)()
+            with fake._run:
+                while not e.done and s is not None and s.pending:
+                    s.pending.pop(0)()
 
         def cudaEventQuery(event):
             e = _event(event)

@@ -269,9 +269,5 @@ def test_gpu_each_camera_frame_goes_up_once_into_its_slot_of_the_batch(tmp_path,
     _four_cameras_on_the_stand_in_gpu(tmp_path, monkeypatch, check_drawings=False)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open race, seen in 2 of about 6 full runs after the ffmpeg many-streams test, never alone: one "
-    "camera's GPU drawing differed from the CPU reference (copies and letterbox slots were right); "
-    "not yet known whether the batcher's GPU path or the stand-in cuda-python's threading causes it"))
 def test_gpu_drawings_of_a_batch_equal_the_cpu_reference(tmp_path, monkeypatch):
     _four_cameras_on_the_stand_in_gpu(tmp_path, monkeypatch, check_drawings=True)
