@@ -3,7 +3,8 @@
 * ``tensorrt``: ``multilevel_roi_align`` is one ``MultilevelRoIAlign`` node (domain ``mrcnn_edge``)
   that TensorRT's ONNX parser hands to our plugin.
 * ``portable``: standard ops only; per level ``NonZero`` -> ``Gather`` -> ``RoiAlign`` (opset 16
-  coordinate modes) -> ``ScatterND``.
+  coordinate modes), the levels' rows put back in ROI order by one ``Gather``; one ``RoiAlign`` over
+  every ROI when the scales make one level (MobileNetV3-FPN).
 
 ``padded_nms`` is the standard ``NonMaxSuppression`` in both flavors, followed by static-shape
 glue: kept boxes are marked in a ``[B, N]`` mask, and ``TopK`` returns them by descending score,
@@ -19,9 +20,8 @@ from onnxscript import opset18 as op
 
 from mrcnn_edge.core.contract import PLUGIN_DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION, fpn_level_range
 
-__all__ = ["OPSET", "translation_table"]
+__all__ = ["translation_table"]
 
-OPSET = 18
 _custom = onnxscript.values.Opset(PLUGIN_DOMAIN, 1)
 
 
@@ -58,37 +58,46 @@ def _roi_align_portable(rois, features: Sequence, output_size: Sequence[int], sa
     n = op.Mul(B, R)
     batch_idx = op.Reshape(op.Expand(op.Unsqueeze(op.Range(op.Constant(value_int=0), op.Squeeze(B), op.Constant(value_int=1)), [1]),
                                      op.Concat(B, R, axis=0)), op.Constant(value_ints=[-1]))
-    # FPN level of each ROI, as torchvision's LevelMapper (float32 arithmetic)
-    x1 = op.Slice(flat, [0], [1], [1])
-    y1 = op.Slice(flat, [1], [2], [1])
-    x2 = op.Slice(flat, [2], [3], [1])
-    y2 = op.Slice(flat, [3], [4], [1])
-    area = op.Mul(op.Sub(x2, x1), op.Sub(y2, y1))
-    s = op.Sqrt(area)
-    log2 = op.Div(op.Log(op.Div(s, op.Constant(value_float=float(canonical_scale)))), op.Constant(value_float=math.log(2.0)))
-    lvl = op.Floor(op.Add(op.Add(op.Constant(value_float=float(canonical_level)), log2), op.Constant(value_float=1e-6)))
-    lvl = op.Where(op.IsNaN(lvl), op.Constant(value_float=float(k_min)), lvl)
-    lvl = op.Clip(lvl, op.Constant(value_float=float(k_min)), op.Constant(value_float=float(k_max)))
-    lvl = op.Reshape(op.Cast(op.Sub(lvl, op.Constant(value_float=float(k_min))), to=7), op.Constant(value_ints=[-1]))
     C = op.Slice(op.Shape(features[0]), [1], [2])
-    out_shape = op.Concat(n, C, op.Constant(value_ints=[oh, ow]), axis=0)
-    out = op.Expand(op.CastLike(op.Constant(value_float=0.0), features[0]), out_shape)
     mode = "half_pixel" if aligned else "output_half_pixel"
-    for i, (feat, scale) in enumerate(zip(features, spatial_scales)):
-        idx = op.NonZero(op.Equal(lvl, op.Constant(value_int=i)))  # [1, n_i]
-        idx_flat = op.Reshape(idx, op.Constant(value_ints=[-1]))
-        pooled = op.RoiAlign(
-            feat,
-            op.CastLike(op.Gather(flat, idx_flat, axis=0), feat),
-            op.Gather(batch_idx, idx_flat, axis=0),
-            coordinate_transformation_mode=mode,
-            mode="avg",
-            output_height=oh,
-            output_width=ow,
-            sampling_ratio=int(sampling_ratio),
-            spatial_scale=float(scale),
-        )
-        out = op.ScatterND(out, op.Transpose(idx, perm=[1, 0]), pooled)
+
+    def pool(feat, scale, boxes, batch):
+        return op.RoiAlign(feat, op.CastLike(boxes, feat), batch, coordinate_transformation_mode=mode, mode="avg",
+                           output_height=oh, output_width=ow, sampling_ratio=int(sampling_ratio),
+                           spatial_scale=float(scale))
+
+    levels = k_max - k_min + 1  # the maps past it get no ROI (levels are clipped to the range)
+    if levels == 1:  # e.g. MobileNetV3-FPN's two 1/32 maps: every ROI pools from the first
+        out = pool(features[0], spatial_scales[0], flat, batch_idx)
+    else:
+        # FPN level of each ROI, as torchvision's LevelMapper (float32 arithmetic)
+        x1 = op.Slice(flat, [0], [1], [1])
+        y1 = op.Slice(flat, [1], [2], [1])
+        x2 = op.Slice(flat, [2], [3], [1])
+        y2 = op.Slice(flat, [3], [4], [1])
+        area = op.Mul(op.Sub(x2, x1), op.Sub(y2, y1))
+        s = op.Sqrt(area)
+        log2 = op.Div(op.Log(op.Div(s, op.Constant(value_float=float(canonical_scale)))), op.Constant(value_float=math.log(2.0)))
+        lvl = op.Floor(op.Add(op.Add(op.Constant(value_float=float(canonical_level)), log2), op.Constant(value_float=1e-6)))
+        lvl = op.Where(op.IsNaN(lvl), op.Constant(value_float=float(k_min)), lvl)
+        lvl = op.Clip(lvl, op.Constant(value_float=float(k_min)), op.Constant(value_float=float(k_max)))
+        lvl = op.Reshape(op.Cast(op.Sub(lvl, op.Constant(value_float=float(k_min))), to=7), op.Constant(value_ints=[-1]))
+        # each level pools its own ROIs; the results, level after level, are put back in ROI order
+        # by one Gather (a ScatterND per level into a zero tensor copied the whole output each time)
+        order, pooled = [], []
+        for i in range(levels):
+            idx = op.Reshape(op.NonZero(op.Equal(lvl, op.Constant(value_int=i))), op.Constant(value_ints=[-1]))
+            order.append(idx)
+            if i < len(features):
+                pooled.append(pool(features[i], spatial_scales[i], op.Gather(flat, idx, axis=0),
+                                   op.Gather(batch_idx, idx, axis=0)))
+            else:  # a level between non-consecutive scales has no map: its ROIs pool to zeros (torchvision)
+                pooled.append(op.Expand(op.CastLike(op.Constant(value_float=0.0), features[0]),
+                                        op.Concat(op.Shape(idx), C, op.Constant(value_ints=[oh, ow]), axis=0)))
+        order = op.Concat(*order, axis=0)  # ROI index of each pooled row
+        rows = op.Range(op.Constant(value_int=0), op.Squeeze(n), op.Constant(value_int=1))
+        where = op.ScatterElements(op.Expand(op.Constant(value_int=0), n), order, rows, axis=0)
+        out = op.Gather(op.Concat(*pooled, axis=0), where, axis=0)  # row of each ROI
     return op.Reshape(out, op.Concat(B, R, C, op.Constant(value_ints=[oh, ow]), axis=0))
 
 
