@@ -37,7 +37,7 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.detections import Detections
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
-from mrcnn_edge.runtime.pipeline import RunStats, join_stages
+from mrcnn_edge.runtime.pipeline import RunStats, join_stages, prepare_or_split
 from mrcnn_edge.runtime.segmenter import Segmenter, Work
 
 __all__ = ["Batcher", "BatchStats", "check_kinds", "serving_plan", "LIVE_KINDS", "resident_mib"]
@@ -334,24 +334,14 @@ class Batcher:
             items = self._assemble()
             if items is None:
                 return
-            for group, work in self._prepare(items):
+            for group, work in prepare_or_split(self.segmenter, items, lambda it: it.frame.image,
+                                                lambda it, why: self._skip(it.source, it.frame, why)):
                 self._record(group, "pre", work.timings["pre"])
                 with self._lock:
                     self._pending += 1
                     self._model_free.clear()
                 if not self._put(self._queues[0], (group, work)):
                     return
-
-    def _prepare(self, items: list[_Item]) -> list[tuple[list[_Item], Work]]:
-        """``Segmenter.prepare`` checks and converts the frames; when one is refused, each frame goes
-        alone so that only the bad ones are skipped."""
-        try:
-            return [(items, self.segmenter.prepare([it.frame.image for it in items]))]
-        except UserError as exc:
-            if len(items) == 1:
-                self._skip(items[0].source, items[0].frame, str(exc))
-                return []
-        return [one for it in items for one in self._prepare([it])]
 
     # -- model and post-processing --------------------------------------------------------------
     def _infer(self) -> None:

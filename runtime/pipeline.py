@@ -165,6 +165,23 @@ def _p50_p95(samples: Sequence[float]) -> tuple[float, float] | None:
     return 1000 * _percentile(values, 0.5), 1000 * _percentile(values, 0.95)
 
 
+def prepare_or_split(segmenter: Segmenter, items: list, image_of: Callable[[Any], Any],
+                     skip: Callable[[Any, str], None]) -> list[tuple[list, Work]]:
+    """``Segmenter.prepare`` of the items' images (``image_of``) as one batch; when one is refused,
+    each item goes alone so that only the refused ones are skipped (``skip(item, why)``; rare: the
+    cost is paid only then). Returns ``[(items, work)]`` for what was prepared. The pipeline's
+    items are frames, the batcher's a source's frame."""
+    if not items:
+        return []
+    try:
+        return [(items, segmenter.prepare([image_of(it) for it in items]))]
+    except UserError as exc:
+        if len(items) == 1:
+            skip(items[0], str(exc))
+            return []
+    return [one for it in items for one in prepare_or_split(segmenter, [it], image_of, skip)]
+
+
 def join_stages(threads: Sequence[threading.Thread], timeout: float) -> None:
     """Wait at most ``timeout`` seconds in all for stage threads that were told to stop; a stage
     still inside a call (a model that does not return) is named in a warning, not waited for."""
@@ -316,23 +333,10 @@ class Pipeline:
                 frames.append(item)
                 if self.source.live:
                     break  # never wait for more camera frames: latency first
-            for group, work in self._prepare(frames):
+            for group, work in prepare_or_split(self.segmenter, frames, lambda f: f.image, self._skip):
                 self._record("pre", work.timings["pre"])
                 if not self._put(self._queues[0], (group, work)):
                     return
-
-    def _prepare(self, frames: list[Frame]) -> list[tuple[list[Frame], Work]]:
-        """``Segmenter.prepare`` checks and converts the frames; when one is refused, each frame
-        goes alone so that only the bad ones are skipped (rare: the cost is paid only then)."""
-        if not frames:
-            return []
-        try:
-            return [(frames, self.segmenter.prepare([f.image for f in frames]))]
-        except UserError as exc:
-            if len(frames) == 1:
-                self._skip(frames[0], str(exc))
-                return []
-        return [one for f in frames for one in self._prepare([f])]
 
     def _infer(self) -> None:
         while (item := self._get(self._queues[0])) is not _END:
