@@ -128,7 +128,10 @@ def test_a_signal_to_the_process_stops_it_with_the_recording_finished(model, tmp
     frames, span = _summary(stdout)
     got = probe(out)
     assert got.rc == 0 and got.frames == frames > 10
-    assert span > 1.5 and got.duration == pytest.approx(span, rel=0.1)  # capture times: as long as it ran
+    # capture times: as long as it ran, plus at most the last frame's own duration (under load the
+    # frames are sparse and one frame's interval is more than 10% of a 2.5 s span)
+    step = span / (frames - 1)
+    assert span > 1.5 and span - 0.05 <= got.duration <= span + 2 * step + 0.05, (got.duration, span, frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4"]
 
 
