@@ -15,7 +15,8 @@ A tolerance is a small dict of numbers (printed as ``key=value``):
 * ``mask_iou``: mean IoU of the matched pairs' pasted masks;
 * ``edge_clip_exempt``: unmatched detections explained by the clip-to-canvas difference do not count;
 * ``cut_tie`` (else ``score``): unmatched detections of two full outputs (``max_detections`` rows)
-  scoring within it of both lowest kept scores are a tie at the cut: reported, never counted;
+  scoring within it of both lowest kept scores are a tie at the cut: reported, not counted, unless
+  they are most of the reference's detections (then too little was compared, and that fails);
 * ``ap_drop``: with annotations, how much lower the candidate's mask AP may be than the reference's.
 """
 from __future__ import annotations
@@ -315,6 +316,14 @@ def _failures(res: Comparison, tol: Mapping[str, float], exempt: bool, n_cand_ma
             fails.append(f"{key} max diff {stat.max:.3g} > {tol[key]}")
         if f"{key}_p99" in tol and stat.p99 > tol[f"{key}_p99"]:
             fails.append(f"{key} p99 diff {stat.p99:.3g} > {tol[key + '_p99']}")
+    # ties excuse a swap at the cut, not a comparison that compared nothing: when most detections
+    # are left out as ties (scores that do not separate at this precision, e.g. all saturated near
+    # 1.0), too little was compared to pass
+    considered = res.reference_detections - (res.edge_clip_reference if exempt else 0)
+    if considered > 0 and 2 * res.cut_tie_reference > considered:
+        fails.append(f"{res.cut_tie_reference} of {considered} reference detections are a {CUT_TIE} "
+                     f"({res.matched} matched): too little compared to judge; these images' scores do not "
+                     "separate within the score tolerance")
     # one to one: a tie swaps one detection for another at the cut, so the tied ones are left out of
     # both counts (a swap leaves them equal; an extra tied detection on one side is still a tie)
     if tol.get("matched_frac", 0) >= 1.0 and (res.candidate_detections - res.cut_tie_candidate

@@ -76,3 +76,16 @@ def test_a_missing_detection_is_no_tie_when_the_other_output_has_room():
     cand = _dets([0, 1, 2], [1.0, 1.0, 1.0])
     res = compare([ref], [cand], TOLERANCES["fp32"], CANVAS, max_detections=K)
     assert res.cut_ties == [] and not res.ok
+
+
+def test_ties_that_are_most_of_the_detections_fail_as_nothing_compared():
+    """Every score saturated near 1.0 (a random-weight ResNet-50 in fp16 did this): all K rows of
+    both outputs lie within the score tolerance of the cut and none matches. Ties may excuse a swap
+    at the cut; they may not turn a comparison of nothing into a pass."""
+    ref = _dets([0, 1, 2, 3], [1.0, 0.999, 0.998, 0.995])
+    cand = _dets([0, 1, 2, 3], [1.0, 0.999, 0.998, 0.995])
+    cand.boxes[:] += np.float32([0, 4, 0, 4])  # every box 4 px lower: IoU 0.43, no match
+    res = compare([ref], [cand], TOLERANCES["fp16"], CANVAS, max_detections=K)
+    assert (res.matched, res.cut_tie_reference, res.cut_tie_candidate) == (0, 4, 4)
+    assert res.judged_matched_fraction == 1.0  # what the ties alone would have said
+    assert not res.ok and any("too little compared" in f for f in res.failures), res.failures
