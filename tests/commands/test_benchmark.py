@@ -59,6 +59,21 @@ def test_int8_layers_count_at_the_int8_rate():
     assert floor_ms(cost, 0, {"int8": 600.0, "fp32": 100.0}, "fp32") == pytest.approx(30.0)
 
 
+def test_the_probes_count_what_they_compute():
+    """The GEMM probes' FLOP per call (what the limits divide by) is their direct arithmetic, and
+    the INT8 probes carry the quantize-dequantize that makes OpenVINO compute them in INT8."""
+    ov = pytest.importorskip("openvino")
+    from mrcnn_edge.commands.floors import _conv_model, _matmul_model
+
+    model, shape, flop = _conv_model(ov, 8, 16, int8=False)
+    assert shape == (1, 8, 16, 16) and flop == 2 * 8 * 8 * 9 * 16 * 16
+    model, shape, flop = _matmul_model(ov, 32, int8=False)
+    assert shape == (32, 32) and flop == 2 * 32 ** 3
+    for make in (lambda: _conv_model(ov, 8, 16, int8=True), lambda: _matmul_model(ov, 32, int8=True)):
+        types = [op.get_type_name() for op in make()[0].get_ops()]
+        assert types.count("FakeQuantize") == 2, types
+
+
 def test_gemm_limits_are_checked_in_one_line(capsys):
     assert parse_gemm_limits("fp32=139,bf16=392,int8=548") == {"fp32": 139.0, "bf16": 392.0, "int8": 548.0}
     for bad in ("fp64=3", "fp32=-1", "fp32=fast"):
