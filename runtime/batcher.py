@@ -37,8 +37,9 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.detections import Detections
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
-from mrcnn_edge.runtime.pipeline import RunStats, join_stages, prepare_or_split
+from mrcnn_edge.runtime.pipeline import join_stages, prepare_or_split
 from mrcnn_edge.runtime.segmenter import Segmenter, Work
+from mrcnn_edge.runtime.stats import RunStats
 
 __all__ = ["Batcher", "BatchStats", "check_kinds", "serving_plan", "LIVE_KINDS", "resident_mib"]
 

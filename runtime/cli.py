@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 
 from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note, status
 
-from mrcnn_edge.runtime.backends import BACKENDS, option_for_flag, url_scheme
+from mrcnn_edge.runtime.backends import BACKENDS, backend_for, option_for_flag, url_scheme
 
 __all__ = ["DESCRIPTION_RUN", "add_run_arguments", "run_run"]
 
@@ -86,6 +87,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graph", action="store_true", help=option_for_flag("--cuda-graph").help)
     precision = option_for_flag("--precision")
     p.add_argument("--precision", choices=precision.choices, default=precision.default, help=precision.help)
+    p.add_argument("--requests", type=positive_int, default=None, metavar="N",
+                   help=option_for_flag("--requests").help + " (default: that choice)")
     p.add_argument("--reconnect", type=non_negative_int, default=5, metavar="N",
                    help="live sources and Triton servers: reconnect attempts before giving up (0.5, 1, 2, 4, 8 s "
                         "apart); then that source's recording ends, kept")
@@ -93,6 +96,27 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="rotate video outputs every N minutes of the timeline (fractions allowed): "
                         "out.mp4 -> out_000.mp4, out_001.mp4, ...")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
+
+
+def auto_requests(model: str, backend: str, sources: list[str], device: str = "auto",
+                  **options: object) -> int | None:
+    """OpenVINO's inference requests when ``--requests`` is not given: 2 for one file source (every
+    frame is processed, so frames per second is what counts) on a CPU with 2 or more cores, where the
+    backend is OpenVINO; None (the backend's own 1) otherwise: a camera wants each frame's latency,
+    and several sources share one batching inference stage. ``options``: the other backend options
+    given (one OpenVINO does not take, e.g. ``providers``, chooses another backend)."""
+    from mrcnn_edge.runtime.io.sources import check_source
+
+    given = [k for k, v in options.items() if v not in (None, False)]
+    if len(sources) != 1 or (os.cpu_count() or 1) < 2 or device == "cuda" \
+            or any(BACKENDS["openvino"].option(k) is None for k in given):
+        return None
+    try:
+        if backend_for(model, backend).name != "openvino" or check_source(sources[0]) not in ("video", "images"):
+            return None
+    except UserError:
+        return None  # opening the model or the source says why, in its own words
+    return 2
 
 
 def _auto_help() -> str:
@@ -175,7 +199,9 @@ def run_run(args: argparse.Namespace) -> int:
         segmenter = stack.enter_context(Segmenter.from_path(
             args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
             score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-            precision=args.precision, **server))
+            precision=args.precision, **server,
+            requests=args.requests or auto_requests(args.model, args.backend, sources, args.device, providers=providers,
+                                                    plugin_lib=args.plugin_lib, cuda_graph=args.cuda_graph)))
         after = resident_mib()
         note(f"model: {segmenter.description}")
         if len(sources) > 1:

@@ -11,6 +11,11 @@ p50/p95; for files, where a frame waits in the queues behind the ones read befor
 time from capture is queueing, not speed), the service time: the time its batch spent in pre,
 infer, post and render plus its own write, queues excluded.
 
+From files, a backend that runs several inferences at once (``Backend.requests`` > 1: OpenVINO's
+throughput mode) gets as many inference workers; each batch carries its number from the
+pre-processing stage and the workers hand results on in that order, so post-processing and the
+sinks see the frames as they came.
+
 A frame that cannot be read or converted is skipped with a warning (``Segmenter.prepare`` checks and
 converts each frame once; the pipeline does not convert them itself). Sinks run on the calling
 thread (OpenCV windows must). With GPU pre-processing (TensorRT) the letterbox runs in the infer
@@ -28,24 +33,21 @@ from __future__ import annotations
 
 import logging
 import queue
-import statistics
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from mrcnn_edge.core.errors import UserError
 
 from mrcnn_edge.runtime.segmenter import Segmenter, Work
+from mrcnn_edge.runtime.stats import RunStats
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
 
-__all__ = ["Pipeline", "RunStats", "LatestSlot", "STAGES"]
+__all__ = ["Pipeline", "LatestSlot", "prepare_or_split", "join_stages"]
 
 log = logging.getLogger(__name__)
 
-STAGES = ("capture", "pre", "infer", "post", "render", "write")
 _END = object()
 
 
@@ -88,81 +90,6 @@ def _frames_in(item: Any) -> int:
     if isinstance(item, list):
         return len(item)
     return 1
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-@dataclass
-class RunStats:
-    frames: int = 0           # frames processed and written
-    dropped: int = 0          # live frames replaced by newer ones before processing (all boundaries)
-    skipped: int = 0          # unreadable or invalid frames
-    elapsed: float = 0.0      # seconds from the first frame read to the end
-    interrupted: bool = False  # stopped by Ctrl-C or a signal (what was written is kept)
-    lost: str = ""            # a live source lost for good: why (its stream ended there)
-    live: bool = False        # a live source: latency is reported; from files, service time
-    batch: int = 1
-    samples: dict[str, deque] = field(default_factory=lambda: {s: deque(maxlen=5000) for s in STAGES})
-    latency: deque = field(default_factory=lambda: deque(maxlen=5000))  # live: capture -> sinks, seconds
-    service: deque = field(default_factory=lambda: deque(maxlen=5000))  # files: pre..write of a frame, seconds
-    dropped_at: dict[str, int] = field(default_factory=dict)  # boundary -> frames dropped there
-    first_time: float | None = None  # Frame.time of the first and the last frame written: the part of
-    last_time: float | None = None   # the source's timeline that a recording covers
-
-    @property
-    def span(self) -> float:
-        """Seconds of the source's timeline from the first to the last frame written."""
-        return self.last_time - self.first_time if self.first_time is not None and self.last_time is not None else 0.0
-
-    @property
-    def fps(self) -> float:
-        return self.frames / self.elapsed if self.elapsed > 0 else 0.0
-
-    def median_ms(self) -> dict[str, float]:
-        return {s: 1000 * statistics.median(v) for s, v in self.samples.items() if v}
-
-    def stage_line(self) -> str:
-        unit = "ms" if self.batch == 1 else f"ms per batch of {self.batch}"
-        return " ".join(f"{s} {ms:.1f}" for s, ms in self.median_ms().items()) + f" {unit} (median)"
-
-    def latency_ms(self) -> tuple[float, float] | None:
-        """(p50, p95) capture-to-sink latency in ms (live sources), None without samples."""
-        return _p50_p95(self.latency)
-
-    def service_ms(self) -> tuple[float, float] | None:
-        """(p50, p95) service time per frame in ms (file sources), None without samples."""
-        return _p50_p95(self.service)
-
-    def latency_line(self) -> str:
-        """The time a frame takes, labelled: capture-to-output latency when live, service time from files."""
-        if self.live:
-            lat = self.latency_ms()
-            return f"latency p50 {lat[0]:.1f} ms p95 {lat[1]:.1f} ms (capture to output)" if lat else "latency -"
-        svc = self.service_ms()
-        return (f"service time p50 {svc[0]:.1f} ms p95 {svc[1]:.1f} ms (per frame, queueing excluded)"
-                if svc else "service time -")
-
-    def summary(self) -> str:
-        extra = ""
-        if self.dropped:
-            where = ", ".join(f"{k} {v}" for k, v in self.dropped_at.items() if v)
-            extra = f", dropped {self.dropped} ({where})"
-        extra += f", skipped {self.skipped}" if self.skipped else ""
-        extra += f", written frames span {self.span:.1f} s" if self.live and self.frames else ""
-        extra += ", interrupted" if self.interrupted else ""
-        extra += ", source lost" if self.lost else ""
-        return (f"{self.frames} frames in {self.elapsed:.1f} s: {self.fps:.2f} fps, {self.latency_line()}{extra}; "
-                f"per stage: {self.stage_line()}")
-
-
-def _p50_p95(samples: Sequence[float]) -> tuple[float, float] | None:
-    if not samples:
-        return None
-    values = list(samples)
-    return 1000 * _percentile(values, 0.5), 1000 * _percentile(values, 0.95)
 
 
 def prepare_or_split(segmenter: Segmenter, items: list, image_of: Callable[[Any], Any],
@@ -222,6 +149,12 @@ class Pipeline:
         self._captured: dict[int, float] = {}  # id(frame) -> capture time, until its sinks are written
         self.stats = RunStats(batch=segmenter.spec.batch, live=live)
         self._lock = threading.Lock()
+        # inference workers: the backend's concurrent requests, from files only (a camera's
+        # frames are taken newest-first, one at a time: latency first)
+        self._workers = 1 if live else max(1, int(getattr(segmenter.backend, "requests", 1)))
+        self._workers_left = self._workers
+        self._turn = threading.Condition()
+        self._next_batch = 0  # the number of the batch whose results go on next
         self._start = 0.0
         self._fps = source.fps if source.fps and source.fps > 0 else 25.0  # a file's timeline
 
@@ -280,7 +213,8 @@ class Pipeline:
                 self._errors.append(exc)
                 self.stop()
             finally:
-                self._put(out, _END)
+                if out is not None:  # None: the body ends its stream itself
+                    self._put(out, _END)
         t = threading.Thread(target=run, name=f"mrcnn-edge-{name}", daemon=True)
         t.start()
         return t
@@ -323,6 +257,7 @@ class Pipeline:
     def _pre(self) -> None:
         batch = self.segmenter.spec.batch
         done = False
+        number = 0  # each batch's place in the stream (the inference workers keep the order)
         while not done:
             frames: list[Frame] = []
             while len(frames) < batch:
@@ -335,16 +270,47 @@ class Pipeline:
                     break  # never wait for more camera frames: latency first
             for group, work in prepare_or_split(self.segmenter, frames, lambda f: f.image, self._skip):
                 self._record("pre", work.timings["pre"])
-                if not self._put(self._queues[0], (group, work)):
+                if not self._put(self._queues[0], (number, group, work)):
                     return
+                number += 1
 
     def _infer(self) -> None:
-        while (item := self._get(self._queues[0])) is not _END:
-            frames, work = item
-            work = self.segmenter.infer(work)
-            self._record("infer", work.timings["infer"])
-            if not self._put(self._queues[1], (frames, work)):
-                return
+        """One inference worker; with several, each hands its batch on in the batches' order, and
+        the last to finish ends the stream for post-processing."""
+        try:
+            while (item := self._get(self._queues[0])) is not _END:
+                number, frames, work = item
+                work = self.segmenter.infer(work)
+                self._record("infer", work.timings["infer"])
+                if not self._hand_on(number, (frames, work)):
+                    return
+        except BaseException:
+            self.stop()  # first: the other workers must not wait for this worker's batch
+            raise
+        finally:
+            with self._lock:
+                self._workers_left -= 1
+                last = self._workers_left == 0
+            if last:
+                self._put(self._queues[1], _END)
+            else:
+                self._put(self._queues[0], _END)  # the other workers wait on it too
+
+    def _hand_on(self, number: int, item: Any) -> bool:
+        """Put ``item`` (batch ``number``) into the post-processing queue after every earlier batch."""
+        if self._workers == 1:  # one worker keeps the order (and a live slot may skip numbers)
+            return self._put(self._queues[1], item)
+        with self._turn:
+            while self._next_batch != number:
+                if self._stop.is_set():
+                    return False
+                self._turn.wait(0.1)
+        try:
+            return self._put(self._queues[1], item)
+        finally:
+            with self._turn:
+                self._next_batch += 1
+                self._turn.notify_all()
 
     def _post(self) -> None:
         while (item := self._get(self._queues[1])) is not _END:
@@ -367,7 +333,8 @@ class Pipeline:
         threads = [
             self._thread("capture", self._capture, self._slot),
             self._thread("pre", self._pre, self._queues[0]),
-            self._thread("infer", self._infer, self._queues[1]),
+            *(self._thread(f"infer-{i}" if self._workers > 1 else "infer", self._infer, None)
+              for i in range(self._workers)),
             self._thread("post", self._post, self._queues[2]),
         ]
         last = time.perf_counter()

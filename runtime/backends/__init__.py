@@ -6,7 +6,9 @@ Every backend (Polygraphy's runner shape) is a context manager with
 - ``metadata``: the artefact's decoded metadata (ONNX ``metadata_props`` or the engine sidecar);
 - ``infer(feed: {name: array}) -> {name: array}``: outputs by name, never by order. The returned
   arrays are the backend's own buffers, allocated once and overwritten by the next call: copy
-  what you keep.
+  what you keep;
+- ``requests``: how many ``infer`` calls may run at once from different threads (1 for all but
+  OpenVINO with ``requests`` > 1, whose calls then return copies).
 
 A backend whose tensors live in GPU memory (TensorRT) also offers :class:`DeviceBackend`, returned
 by :meth:`Backend.on_device`: the GPU pre/post-processing writes the model input and reads the
@@ -41,6 +43,7 @@ class Backend(abc.ABC):
     """Runs one model; see the module docstring for the contract."""
 
     name: str = ""
+    requests: int = 1  # infer() calls that may run at once, from different threads
     path: Path
     metadata: dict[str, Any]
     inputs: dict[str, TensorSpec]
@@ -233,6 +236,10 @@ BACKENDS: dict[str, BackendEntry] = {
                           "(refused for INT8 models); bf16. An INT8 model runs as quantized",
                           choices=("auto", "fp32", "bf16"), flag="--precision"),
             BackendOption("device", "str", "CPU", "OpenVINO device name (CPU)"),
+            BackendOption("requests", "int", 1, "OpenVINO: inference requests in flight. 1: each frame on every "
+                          "core (lowest latency); N: N frames at once, a share of the cores each (more frames per "
+                          "second where frames queue up). run: 2 for files on a CPU with 2 or more cores, else 1",
+                          minimum=1, flag="--requests"),
         ),
     ),
     "onnxruntime": BackendEntry(

@@ -14,14 +14,18 @@ CPU plugin's ``INFERENCE_PRECISION_HINT`` for the float parts (:func:`choose_pre
   as quantized, its float parts in fp32.
 
 :attr:`OpenVinoBackend.description` says what was chosen and why, in one line (``run`` prints it).
-Inference requests: one, synchronous, ``PERFORMANCE_HINT: LATENCY`` (all cores on one frame).
-Two asynchronous requests (``THROUGHPUT``, one core each) were measured on the 2-core machine of
-the README's CPU table and are not used: see the README's CPU section for the numbers.
+Inference requests (``requests``): 1, the default, is ``PERFORMANCE_HINT: LATENCY`` (every core on one
+frame: the lowest latency, what a live camera wants); N > 1 is ``THROUGHPUT`` with N requests, each
+frame on a share of the cores, and up to N ``infer`` calls from different threads run at once
+(``Backend.requests``): more frames per second where frames queue up (files: ``run`` picks 2 there,
+the pipeline's inference stage then has two workers and puts the results back in order). Each call
+then returns copies of its request's outputs, since another thread's call reuses the request next.
 
 The ``tensorrt`` flavor's ``MultilevelRoIAlign`` node has no OpenVINO op: refused in one line.
 """
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -111,8 +115,12 @@ class OpenVinoBackend(Backend):
 
     name = "openvino"
 
-    def __init__(self, path: str | Path, precision: str = "auto", device: str = "CPU", **ignored: Any) -> None:
+    def __init__(self, path: str | Path, precision: str = "auto", device: str = "CPU", requests: int = 1,
+                 **ignored: Any) -> None:
         self.path = Path(path)
+        if isinstance(requests, bool) or not isinstance(requests, int) or requests < 1:
+            raise UserError(f"OpenVINO requests {requests!r}: a whole number of at least 1")
+        self.requests = requests
         if precision not in ("auto", *OPENVINO_PRECISIONS):
             raise UserError(f"OpenVINO precision {precision!r}: choose one of auto, {', '.join(OPENVINO_PRECISIONS)}")
         info, self.metadata = read_onnx_metadata(self.path)
@@ -130,13 +138,21 @@ class OpenVinoBackend(Backend):
                                        self.path.name)
         self.precision = self.choice.precision
         self.device = device
-        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision], "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision],
+                                  "PERFORMANCE_HINT": "LATENCY" if requests == 1 else "THROUGHPUT"}
+        if requests > 1:
+            config["PERFORMANCE_HINT_NUM_REQUESTS"] = requests
         try:
             self._compiled = self._core.compile_model(self._core.read_model(str(self.path)), device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses for everything
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"OpenVINO cannot load {self.path.name}: {first}") from exc
         self._request = self._compiled.create_infer_request()
+        self._free: queue.SimpleQueue = queue.SimpleQueue()  # requests > 1: the idle requests
+        for _ in range(requests - 1):
+            self._free.put(self._compiled.create_infer_request())
+        if requests > 1:
+            self._free.put(self._request)
         self.inputs = {s.name: s for s in map(_spec, self._compiled.inputs)}
         self.outputs = {s.name: s for s in map(_spec, self._compiled.outputs)}
         self._ports = {s.name: port for s, port in zip(self.outputs.values(), self._compiled.outputs)}
@@ -145,15 +161,26 @@ class OpenVinoBackend(Backend):
     def description(self) -> str:
         q = " int8," if self.metadata.get("precision") == "int8" else ""
         why = "" if self.choice.why == "as asked" else f"; {self.choice.why}"
-        return f"openvino ({self.device},{q} {self.precision}{why})"
+        many = f", {self.requests} requests in flight" if self.requests > 1 else ""
+        return f"openvino ({self.device},{q} {self.precision}{many}{why})"
 
     def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_feed(feed, self.inputs)
-        # share_inputs: no copy of the frame batch; the request's output tensors are its own
-        # buffers, overwritten by the next infer (the Backend contract)
-        self._request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()}, share_inputs=True)
-        return {name: self._request.get_tensor(port).data for name, port in self._ports.items()}
+        feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+        if self.requests == 1:
+            # share_inputs: no copy of the frame batch; the request's output tensors are its own
+            # buffers, overwritten by the next infer (the Backend contract)
+            self._request.infer(feed, share_inputs=True)
+            return {name: self._request.get_tensor(port).data for name, port in self._ports.items()}
+        request = self._free.get()  # blocks while every request is busy in another thread
+        try:
+            request.infer(feed, share_inputs=True)
+            # copies: this request serves another thread's call as soon as it is given back
+            return {name: np.array(request.get_tensor(port).data, copy=True) for name, port in self._ports.items()}
+        finally:
+            self._free.put(request)
 
     def close(self) -> None:
         self._request = None
+        self._free = queue.SimpleQueue()
         self._compiled = None

@@ -150,7 +150,7 @@ def test_run_says_what_auto_picked(models, tmp_path, capsys, no_bf16_cpu):
     cv2.imwrite(str(tmp_path / "f.png"), np.full((64, 80, 3), 200, np.uint8))
     stamped = make_contract_model(tmp_path / "stamped.onnx", metadata=_stamp(0.60, 0.598))
     assert main(["run", str(stamped), "--source", str(tmp_path / "f.png"), "--no-display", "--backend", "openvino"]) == 0
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if "openvino (CPU, fp32; auto: " in ln]
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "openvino (CPU, fp32" in ln and "; auto: " in ln]
     assert len(lines) == 1 and "no BF16" in lines[0], lines
 
 
@@ -181,3 +181,74 @@ def test_run_says_the_portable_export_is_the_fast_one_on_a_cpu(models, tmp_path,
     _run_one_line_error(capsys, ["run", str(models["trt"]), *run], "'--flavor portable' (on a CPU the fast one")
     _run_one_line_error(capsys, ["run", str(models["trt"]), *run, "--backend", "openvino"],
                         "'--flavor portable', the fast one on CPUs")
+
+
+def test_requests_in_flight_give_the_answers_of_one(models, tmp_path):
+    """``requests=2``: OpenVINO's throughput mode with two requests; calls from two threads at once
+    each return their own frame's answers, equal to one request's, in arrays that a later call
+    does not overwrite."""
+    import threading
+
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend
+
+    path = make_contract_model(tmp_path / "m.onnx", canvas_hw=(64, 96))
+    rng = np.random.default_rng(0)
+    feeds = [{"images": rng.standard_normal((1, 3, 64, 96)).astype(np.float32) * (1 + i)} for i in range(8)]
+    with OpenVinoBackend(path, precision="fp32") as one, OpenVinoBackend(path, precision="fp32", requests=2) as two:
+        assert (one.requests, two.requests) == (1, 2) and "2 requests in flight" in two.description
+        assert str(two._compiled.get_property("PERFORMANCE_HINT")).endswith("THROUGHPUT")
+        want = [{k: np.array(v, copy=True) for k, v in one.infer(f).items()} for f in feeds]
+        got: dict[int, dict] = {}
+
+        def worker(indices):
+            for i in indices:
+                got[i] = two.infer(feeds[i])
+
+        threads = [threading.Thread(target=worker, args=(range(k, 8, 2),)) for k in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(8):  # every call's arrays are still its own after the later calls
+            for name, value in want[i].items():
+                np.testing.assert_array_equal(got[i][name], value, err_msg=f"frame {i} {name}")
+
+
+def test_requests_must_be_a_positive_whole_number(models, tmp_path):
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend
+
+    path = make_contract_model(tmp_path / "m.onnx", canvas_hw=(64, 96))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(UserError, match="requests"):
+            OpenVinoBackend(path, requests=bad)
+
+
+def test_run_takes_two_requests_for_a_file_and_one_for_a_camera(models, tmp_path, capsys, monkeypatch):
+    """``run`` without --requests: OpenVINO's throughput mode (2 requests) for one file on a CPU with 2+
+    cores, the latency mode for a camera, several sources or a backend chosen by another option;
+    --requests N is taken as given, and refused in one line for a backend without requests."""
+    import cv2
+
+    from mrcnn_edge.commands.cli import main
+    from mrcnn_edge.runtime import cli as run_cli
+
+    image = tmp_path / "f.png"
+    cv2.imwrite(str(image), np.full((64, 80, 3), 200, np.uint8))
+    model = str(models["fp32"])
+    monkeypatch.setattr(run_cli.os, "cpu_count", lambda: 2)
+    assert run_cli.auto_requests(model, "auto", [str(image)]) == 2
+    assert run_cli.auto_requests(model, "openvino", ["rtsp://127.0.0.1:9/cam"]) is None
+    assert run_cli.auto_requests(model, "auto", [str(image), str(image)]) is None
+    assert run_cli.auto_requests(model, "auto", [str(image)], providers=["CPUExecutionProvider"]) is None
+    assert run_cli.auto_requests(model, "onnxruntime", [str(image)]) is None
+    monkeypatch.setattr(run_cli.os, "cpu_count", lambda: 1)
+    assert run_cli.auto_requests(model, "auto", [str(image)]) is None
+    monkeypatch.setattr(run_cli.os, "cpu_count", lambda: 2)
+
+    assert main(["run", model, "--source", str(image), "--no-display", "--backend", "openvino"]) == 0
+    assert "2 requests in flight" in capsys.readouterr().err
+    assert main(["run", model, "--source", str(image), "--no-display", "--backend", "openvino", "--requests", "1"]) == 0
+    assert "requests in flight" not in capsys.readouterr().err
+    rc = main(["run", model, "--source", str(image), "--no-display", "--backend", "onnxruntime", "--requests", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--requests applies to OpenVINO" in err[0], err

@@ -1,0 +1,80 @@
+"""The pipeline's inference workers: a backend that runs several inferences at once (OpenVINO's
+throughput mode, ``Backend.requests`` > 1) gets as many for a file, the results go on in order;
+a camera keeps one."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from mrcnn_edge.runtime.io.sources import ArraySource
+from mrcnn_edge.runtime.pipeline import Pipeline
+from mrcnn_edge.runtime.segmenter import Segmenter
+from test_pipeline import Camera, Recorder, _marked  # noqa: E402  (tests/runtime is on sys.path)
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from mrcnn_edge.runtime.testing import make_contract_model
+
+    return make_contract_model(tmp_path_factory.mktemp("workers") / "model.onnx", mask_size=14)
+
+
+def _two_workers(seg, slow_frame=None, fail_frame=None):
+    """Make ``seg`` a backend with two requests in flight whose inference of even frames takes
+    longer (a sleep, the part two calls overlap in; the model itself runs one call at a time: the
+    ONNX Runtime backend's I/O binding is not for concurrent calls); returns the most calls seen
+    inside at once."""
+    seg.backend.requests = 2
+    real, lock, serial, inside, most = seg.infer, threading.Lock(), threading.Lock(), [0], [0]
+
+    def infer(work):
+        index = int(work.frames[0][0, 0, 0])
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            if index == fail_frame:
+                raise RuntimeError(f"inference failed on frame {index}")
+            time.sleep(0.04 if index % 2 == 0 else 0.0)
+            with serial:
+                return real(work)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    seg.infer = infer
+    return most
+
+
+def test_two_inference_workers_keep_a_files_frames_in_order(model):
+    """A backend that runs two inferences at once (OpenVINO's throughput mode) gets two inference
+    workers for a file. Even frames take longer: without the hand-over in order, the odd frame
+    after each would overtake it. The sinks see every frame in order, and both workers ran at once."""
+    sink = Recorder()
+    with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
+        most = _two_workers(seg)
+        stats = Pipeline(seg, ArraySource(_marked(20)), [sink]).run()
+    assert sink.frames == list(range(20)) and stats.frames == 20
+    assert most[0] == 2
+
+
+def test_a_live_source_keeps_one_inference_worker(model):
+    """A camera's frames are taken newest-first, one at a time: one worker whatever the backend offers."""
+    with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
+        most = _two_workers(seg)
+        Pipeline(seg, Camera(30), [Recorder()]).run()
+    assert most[0] == 1
+
+
+def test_an_error_in_one_of_two_inference_workers_stops_the_pipeline(model):
+    with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
+        _two_workers(seg, fail_frame=5)
+        sink = Recorder()
+        with pytest.raises(RuntimeError, match="frame 5"):
+            Pipeline(seg, ArraySource(_marked(40)), [sink]).run()
+    assert sink.frames == list(range(len(sink.frames))) and len(sink.frames) <= 5
+    assert not [t for t in threading.enumerate() if t.name.startswith("mrcnn-edge-")]
