@@ -128,10 +128,12 @@ def test_a_signal_to_the_process_stops_it_with_the_recording_finished(model, tmp
     frames, span = _summary(stdout)
     got = probe(out)
     assert got.rc == 0 and got.frames == frames > 10
-    # capture times: as long as it ran, plus at most the last frame's own duration (under load the
-    # frames are sparse and one frame's interval is more than 10% of a 2.5 s span)
+    # capture times: as long as it ran (the summary's span has one decimal), plus the last frame's own
+    # duration, which the muxer takes from the gaps before it: within 10%, or a few frame intervals
+    # where the frames are sparse (under load one interval is more than 10% of a 2.5 s span)
     step = span / (frames - 1)
-    assert span > 1.5 and span - 0.05 <= got.duration <= span + 2 * step + 0.05, (got.duration, span, frames)
+    assert span > 1.5 and span - 0.05 <= got.duration <= max(1.1 * span, span + 3 * step) + 0.05, \
+        (got.duration, span, frames)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mp4"]
 
 
