@@ -84,9 +84,10 @@ class LatestSlot:
 
 
 def _frames_in(item: Any) -> int:
-    """Frames an item between stages carries: a Frame, a (frames, work) pair or a list of results."""
-    if isinstance(item, tuple) and item and isinstance(item[0], list):
-        return len(item[0])
+    """Frames an item between stages carries: a Frame, a ``(number, frames, work)`` batch, a
+    ``(frames, work)`` pair or a list of results."""
+    if isinstance(item, tuple):
+        return next((len(part) for part in item if isinstance(part, list)), 1)
     if isinstance(item, list):
         return len(item)
     return 1

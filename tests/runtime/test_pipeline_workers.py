@@ -78,3 +78,14 @@ def test_an_error_in_one_of_two_inference_workers_stops_the_pipeline(model):
             Pipeline(seg, ArraySource(_marked(40)), [sink]).run()
     assert sink.frames == list(range(len(sink.frames))) and len(sink.frames) <= 5
     assert not [t for t in threading.enumerate() if t.name.startswith("mrcnn-edge-")]
+
+
+def test_a_dropped_numbered_batch_counts_its_frames():
+    """The pre-processing stage numbers its batches for the workers: a live slot that drops one
+    still counts every frame in it (a batch-2 camera model drops two frames at a time)."""
+    from mrcnn_edge.runtime.pipeline import LatestSlot
+
+    slot = LatestSlot()
+    slot.put((0, ["frame a", "frame b"], "work"))
+    slot.put((1, ["frame c", "frame d"], "work"))
+    assert slot.dropped == 2 and slot.get(timeout=1)[0] == 1
