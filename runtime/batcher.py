@@ -37,7 +37,7 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.detections import Detections
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
-from mrcnn_edge.runtime.pipeline import join_stages, prepare_or_split
+from mrcnn_edge.runtime.pipeline import join_stages, prepare_or_split, start_stage
 from mrcnn_edge.runtime.segmenter import Segmenter, Work
 from mrcnn_edge.runtime.stats import RunStats
 
@@ -227,18 +227,8 @@ class Batcher:
         return _END
 
     def _thread(self, name: str, body: Callable[[], None], out: queue.Queue | None) -> threading.Thread:
-        def run() -> None:
-            try:
-                body()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller of run()
-                self._errors.append(exc)
-                self.stop()
-            finally:
-                if out is not None:
-                    self._put(out, _END)
-        t = threading.Thread(target=run, name=f"mrcnn-edge-{name}", daemon=True)
-        t.start()
-        return t
+        """A stage thread whose stream ends with ``_END`` into ``out`` (None: a capture, which ends its slot)."""
+        return start_stage(name, body, self._errors, self.stop, None if out is None else lambda: self._put(out, _END))
 
     def _record(self, items: Sequence[_Item], stage: str, seconds: float) -> None:
         """A batch's stage time, in the statistics of each source it carried."""

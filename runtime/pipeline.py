@@ -44,7 +44,7 @@ from mrcnn_edge.runtime.stats import RunStats
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
 
-__all__ = ["Pipeline", "LatestSlot", "prepare_or_split", "join_stages"]
+__all__ = ["Pipeline", "LatestSlot", "prepare_or_split", "start_stage", "join_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,26 @@ def prepare_or_split(segmenter: Segmenter, items: list, image_of: Callable[[Any]
             skip(items[0], str(exc))
             return []
     return [one for it in items for one in prepare_or_split(segmenter, [it], image_of, skip)]
+
+
+def start_stage(name: str, body: Callable[[], None], errors: list[BaseException], stop: Callable[[], None],
+                end: Callable[[], Any] | None) -> threading.Thread:
+    """Run one stage's ``body`` in the daemon thread ``mrcnn-edge-<name>``: an exception is kept in
+    ``errors`` (the caller's ``run`` raises the first) and stops every stage; then ``end`` marks the
+    end of the stage's stream for the next one (None: the body does it itself). The pipeline's and
+    the batcher's stages run so."""
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller of run()
+            errors.append(exc)
+            stop()
+        finally:
+            if end is not None:
+                end()
+    t = threading.Thread(target=run, name=f"mrcnn-edge-{name}", daemon=True)
+    t.start()
+    return t
 
 
 def join_stages(threads: Sequence[threading.Thread], timeout: float) -> None:
@@ -207,18 +227,8 @@ class Pipeline:
         log.warning("skipping frame %d (%s): %s", frame.index, frame.name, why)
 
     def _thread(self, name: str, body: Callable[[], None], out: Any) -> threading.Thread:
-        def run() -> None:
-            try:
-                body()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller of run()
-                self._errors.append(exc)
-                self.stop()
-            finally:
-                if out is not None:  # None: the body ends its stream itself
-                    self._put(out, _END)
-        t = threading.Thread(target=run, name=f"mrcnn-edge-{name}", daemon=True)
-        t.start()
-        return t
+        """A stage thread whose stream ends with ``_END`` into ``out`` (None: the body ends it)."""
+        return start_stage(name, body, self._errors, self.stop, None if out is None else lambda: self._put(out, _END))
 
     # -- stages ---------------------------------------------------------------------------------
     def _capture(self) -> None:
