@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 
 from mrcnn_edge.core.cliutil import non_negative_int, positive_int, probability
 from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note, status
 
-from mrcnn_edge.runtime.backends import BACKENDS, backend_for, option_for_flag, url_scheme
+from mrcnn_edge.runtime.backends import BACKENDS, option_for_flag, url_scheme
 
 __all__ = ["DESCRIPTION_RUN", "add_run_arguments", "run_run"]
 
@@ -98,25 +97,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
 
 
-def auto_requests(model: str, backend: str, sources: list[str], device: str = "auto",
-                  **options: object) -> int | None:
-    """OpenVINO's inference requests when ``--requests`` is not given: 2 for one file source (every
-    frame is processed, so frames per second is what counts) on a CPU with 2 or more cores, where the
-    backend is OpenVINO; None (the backend's own 1) otherwise: a camera wants each frame's latency,
-    and several sources share one batching inference stage. ``options``: the other backend options
-    given (one OpenVINO does not take, e.g. ``providers``, chooses another backend)."""
+def frames_queue_up(sources: list[str]) -> bool:
+    """One file source (a video, an image, a folder or a glob): every frame is processed, so frames
+    per second count (``Segmenter.from_path(throughput=True)``). A camera wants each frame's
+    latency, and several sources share one batching inference stage."""
     from mrcnn_edge.runtime.io.sources import check_source
 
-    given = [k for k, v in options.items() if v not in (None, False)]
-    if len(sources) != 1 or (os.cpu_count() or 1) < 2 or device == "cuda" \
-            or any(BACKENDS["openvino"].option(k) is None for k in given):
-        return None
-    try:
-        if backend_for(model, backend).name != "openvino" or check_source(sources[0]) not in ("video", "images"):
-            return None
-    except UserError:
-        return None  # opening the model or the source says why, in its own words
-    return 2
+    return len(sources) == 1 and check_source(sources[0]) in ("video", "images")
 
 
 def _auto_help() -> str:
@@ -199,9 +186,7 @@ def run_run(args: argparse.Namespace) -> int:
         segmenter = stack.enter_context(Segmenter.from_path(
             args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
             score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-            precision=args.precision, **server,
-            requests=args.requests or auto_requests(args.model, args.backend, sources, args.device, providers=providers,
-                                                    plugin_lib=args.plugin_lib, cuda_graph=args.cuda_graph)))
+            precision=args.precision, requests=args.requests, throughput=frames_queue_up(sources), **server))
         after = resident_mib()
         note(f"model: {segmenter.description}")
         if len(sources) > 1:

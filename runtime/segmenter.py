@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 # post-processing, one being drawn. The GPU path keeps batch x this many frames on the device, so
 # that no frame is uploaded twice (a draw() finds its frame and masks still there).
 BATCHES_IN_FLIGHT = 4
+THROUGHPUT_REQUESTS = 2  # inferences in flight for frames that queue up (from_path(throughput=True))
 # How long close() waits for stage calls still running in other threads before it gives up and
 # leaves their device memory allocated (freeing it under a running kernel would crash the process).
 CLOSE_WAIT_S = 60.0
@@ -155,7 +157,7 @@ class Segmenter:
     def from_path(cls, path: str | Path, backend: str | None = None, providers: Sequence[str] | None = None,
                   plugin_lib: str | Path | None = None, score_threshold: float | None = None,
                   device: str = "auto", cuda_graph: bool = False, precision: str = "auto",
-                  **options: Any) -> "Segmenter":
+                  throughput: bool = False, **options: Any) -> "Segmenter":
         """Open ``model.onnx`` (ONNX Runtime or OpenVINO), ``model.engine`` (TensorRT) or
         ``triton://host:port/model`` (a Triton Inference Server: inference there, pre/post-processing
         here) and check it against the contract.
@@ -165,11 +167,19 @@ class Segmenter:
         passed; any other is checked against the chosen backend's row. ``device`` is also passed to
         a backend that takes it (ONNX Runtime's providers). With ``backend`` "auto" the first backend
         that runs the file and takes every option given is chosen.
+
+        ``throughput``: frames will queue up for the model (a file source), so frames per second
+        count more than each frame's latency: a chosen backend that can run several inferences at
+        once (a ``requests`` option: OpenVINO) gets :data:`THROUGHPUT_REQUESTS` of them on a CPU
+        with 2 or more cores, unless ``requests`` is given. Cameras leave it False (latency first).
         """
         given = {"providers": providers, "plugin_lib": plugin_lib, "cuda_graph": cuda_graph, "precision": precision,
                  **options}
         given = {k: v for k, v in given.items() if not _is_default(k, v)}
         entry = _choose_backend(path, backend, given, device)
+        if throughput and "requests" not in given and entry.option("requests") is not None \
+                and (os.cpu_count() or 1) >= 2:
+            given["requests"] = THROUGHPUT_REQUESTS
         device_option = next((o.name for o in entry.options if o.flag == "--device"), None)
         if device_option is not None and device != "auto":
             given[device_option] = device

@@ -230,20 +230,27 @@ def test_run_takes_two_requests_for_a_file_and_one_for_a_camera(models, tmp_path
     import cv2
 
     from mrcnn_edge.commands.cli import main
-    from mrcnn_edge.runtime import cli as run_cli
+    from mrcnn_edge.runtime import cli as run_cli, segmenter as segmenter_module
+    from mrcnn_edge.runtime.segmenter import Segmenter
 
     image = tmp_path / "f.png"
     cv2.imwrite(str(image), np.full((64, 80, 3), 200, np.uint8))
     model = str(models["fp32"])
-    monkeypatch.setattr(run_cli.os, "cpu_count", lambda: 2)
-    assert run_cli.auto_requests(model, "auto", [str(image)]) == 2
-    assert run_cli.auto_requests(model, "openvino", ["rtsp://127.0.0.1:9/cam"]) is None
-    assert run_cli.auto_requests(model, "auto", [str(image), str(image)]) is None
-    assert run_cli.auto_requests(model, "auto", [str(image)], providers=["CPUExecutionProvider"]) is None
-    assert run_cli.auto_requests(model, "onnxruntime", [str(image)]) is None
-    monkeypatch.setattr(run_cli.os, "cpu_count", lambda: 1)
-    assert run_cli.auto_requests(model, "auto", [str(image)]) is None
-    monkeypatch.setattr(run_cli.os, "cpu_count", lambda: 2)
+
+    def requests(**kw):
+        with Segmenter.from_path(model, throughput=True, **kw) as seg:
+            return seg.backend.requests
+
+    monkeypatch.setattr(segmenter_module.os, "cpu_count", lambda: 2)
+    assert run_cli.frames_queue_up([str(image)]) and requests() == 2
+    assert not run_cli.frames_queue_up(["rtsp://127.0.0.1:9/cam"])
+    assert not run_cli.frames_queue_up([str(image), str(image)])
+    assert requests(providers=["CPUExecutionProvider"]) == 1  # ONNX Runtime chosen: one at a time
+    assert requests(backend="onnxruntime") == 1
+    assert requests(requests=3) == 3  # as given
+    monkeypatch.setattr(segmenter_module.os, "cpu_count", lambda: 1)
+    assert requests() == 1
+    monkeypatch.setattr(segmenter_module.os, "cpu_count", lambda: 2)
 
     assert main(["run", model, "--source", str(image), "--no-display", "--backend", "openvino"]) == 0
     assert "2 requests in flight" in capsys.readouterr().err
