@@ -108,6 +108,45 @@ def test_auto_takes_bf16_only_where_the_cpu_has_it_and_the_model_was_validated(c
     assert choose_precision("fp32", {}, cpu_bf16).precision == "fp32"  # the one option back to exact fp32
 
 
+def _roi_box_producers(compiled) -> list[tuple[str, str]]:
+    """(layer type, runtime precision) of the operation that computes each ROIAlign's boxes in the
+    compiled graph, past the Reorders (precision conversions) OpenVINO puts in between."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if op.get_rt_info()["layerType"].astype(str) != "ROIAlign":
+            continue
+        node = op.input_value(1).get_node()
+        while node.get_rt_info()["layerType"].astype(str) == "Reorder":
+            node = node.input_value(0).get_node()
+        info = node.get_rt_info()
+        out.append((info["layerType"].astype(str), info["runtimePrecision"].astype(str)))
+    return out
+
+
+def test_bf16_keeps_the_boxes_roialign_pools_in_f32(demo_onnx):
+    """bf16 rounds a box corner at 256-512 px to 2 px steps; the boxes' arithmetic is marked precise."""
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16, keep_precise, roi_box_nodes
+
+    core = ov.Core()
+    if not cpu_has_bf16(core):
+        pytest.skip("this CPU has no BF16 instructions")
+    path = demo_onnx("portable")
+    model = core.read_model(str(path))
+    names = roi_box_nodes(model)
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in model.get_ordered_ops()}
+    assert names and not {kinds[n] for n in names} & {"ROIAlign", "Convolution", "MatMul", "Parameter", "Constant"}
+    assert {kinds[n] for n in names} >= {"NonMaxSuppression", "TopK", "Gather"}  # proposals and detections
+    hint = {"INFERENCE_PRECISION_HINT": "bf16"}
+    plain = _roi_box_producers(core.compile_model(model, "CPU", hint))
+    assert plain and any(p == "bf16" for _, p in plain)  # what OpenVINO does by itself: the boxes in bf16
+    marked = _roi_box_producers(core.compile_model(keep_precise(core, model, names), "CPU", hint))
+    assert len(marked) == len(plain) and all(p == "f32" for _, p in marked), marked
+    with OpenVinoBackend(path, precision="bf16") as be, OpenVinoBackend(path, precision="fp32") as exact:
+        assert "ROI boxes in f32" in be.description and all(p == "f32" for _, p in _roi_box_producers(be._compiled))
+        x = np.zeros((1, 3, *be.metadata["input_size"]), np.float32)
+        assert be.infer({"images": x})["boxes"].dtype == exact.infer({"images": x})["boxes"].dtype == np.float32
+
+
 @pytest.fixture
 def no_bf16_cpu(monkeypatch):
     """A CPU whose OpenVINO lists no BF16 in OPTIMIZATION_CAPABILITIES (this machine's answer replaced)."""
