@@ -147,6 +147,23 @@ def test_bf16_keeps_the_boxes_roialign_pools_in_f32(demo_onnx):
         assert be.infer({"images": x})["boxes"].dtype == exact.infer({"images": x})["boxes"].dtype == np.float32
 
 
+def test_bf16_runs_without_the_marks_where_they_cannot_be_made(demo_onnx, tmp_path, monkeypatch, caplog):
+    """The marks go through a temporary IR copy: no temporary folder (a full disk) costs accuracy, not the run."""
+    import tempfile
+
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
+    with caplog.at_level("WARNING"), OpenVinoBackend(demo_onnx("portable"), precision="bf16") as be:
+        assert be.description.startswith("openvino (CPU, bf16 (ROI boxes in bf16 too)")
+        assert any(p == "bf16" for _, p in _roi_box_producers(be._compiled))
+        out = be.infer({"images": np.zeros((1, 3, *be.metadata["input_size"]), np.float32)})
+        assert out["boxes"].shape[-1] == 4
+    assert "could not mark them f32" in caplog.text and "no-such-folder" in caplog.text
+
+
 @pytest.fixture
 def no_bf16_cpu(monkeypatch):
     """A CPU whose OpenVINO lists no BF16 in OPTIMIZATION_CAPABILITIES (this machine's answer replaced)."""
