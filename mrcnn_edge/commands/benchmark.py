@@ -297,11 +297,11 @@ def _frames(args: Any, demo: bool, canvas: tuple[int, int], workdir: Path) -> tu
         items, dataset = collect_images(None, args.annotations, n)
         return items, dataset, f"{len(items)} images of {Path(args.annotations).name}"
     if demo:  # the demo model's own validation split: synthetic scenes with their annotations
-        from mrcnn_edge.data.dataset import generate_dataset
+        from mrcnn_edge.data.dataset import DEMO_VALIDATION_SPLIT, demo_validation_split
 
-        folder = generate_dataset(workdir / "val", n, seed=2, size=(320, 320), progress=False)
+        folder = demo_validation_split(workdir / "val", n)
         items, dataset = collect_images(None, str(folder), n)
-        return items, dataset, f"{n} images of the demo's validation split (synthetic, seed 2, 320x320)"
+        return items, dataset, f"{n} images of {DEMO_VALIDATION_SPLIT}"
     from mrcnn_edge.data.shapes import image_rng, render_sample
 
     note("[benchmark] no --annotations: timing on synthetic scenes, no AP")

@@ -11,9 +11,11 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note
 
 DESCRIPTION_DEMO = (
-    "The whole product on the shipped demo model: export both ONNX flavors, validate them against PyTorch, "
-    "write a synthetic video and segment it with the runtime (on the CPU: OpenVINO where installed on x86, else ONNX "
-    "Runtime, as 'run --backend auto' picks), then write an annotated "
+    "The whole product on the shipped demo model: export both ONNX flavors, validate them against PyTorch on "
+    "annotated images of the demo's validation split (box and mask AP; on a CPU with BF16 also OpenVINO bf16 "
+    "against fp32, recorded in the portable model when within 0.01 mask AP, as 'validate --annotations' does), "
+    "write a synthetic video and segment it with the runtime (on the CPU: OpenVINO where installed on x86, in "
+    "bf16 where recorded, else ONNX Runtime, as 'run --backend auto' picks), then write an annotated "
     "video, a contact sheet and a report. With TensorRT and a GPU it also builds the plugin and an engine, "
     "validates and runs it."
 )
@@ -33,7 +35,7 @@ def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="folder for every artefact of the demo")
     p.add_argument("--input-size", default="512x512", help="canvas HxW of the exported models")
     p.add_argument("--frames", type=positive_int, default=90, help="frames of the synthetic video")
-    p.add_argument("--validate-images", type=positive_int, default=6, help="synthetic images for validation")
+    p.add_argument("--validate-images", type=positive_int, default=6, help="images of the demo's validation split for validation")
 
 
 def _tensorrt_ready() -> str | None:
@@ -83,14 +85,25 @@ def run_demo(args) -> int:
         models[flavor] = path
         steps.append((f"export {flavor}", rep["seconds"], str(path)))
 
-    t = step(f"3/5 validate against PyTorch on {args.validate_images} synthetic images")
+    from mrcnn_edge.data.dataset import DEMO_VALIDATION_SPLIT, demo_validation_split
+
+    t = step(f"3/5 validate against PyTorch on {args.validate_images} images of {DEMO_VALIDATION_SPLIT}")
+    split = demo_validation_split(out / "validation_set", args.validate_images)
     reports = {}
     for flavor, path in models.items():
-        rep = validate(str(ckpt), str(path), limit=args.validate_images, loaded=loaded)
+        rep = validate(str(ckpt), str(path), annotations=str(split), limit=args.validate_images, loaded=loaded)
         text = format_report(rep)
         print(text)
         reports[flavor] = rep
         _write_text(out / f"validation_{flavor}.md", text)
+    if reports["portable"].ok:  # as 'validate --annotations' does: bf16 recorded where it keeps the mask AP
+        from mrcnn_edge.export.validate import collect_images
+        from mrcnn_edge.export.validated_precisions import check_cpu_precisions
+
+        items, dataset = collect_images(None, str(split), args.validate_images)
+        checked = check_cpu_precisions(models["portable"], items, dataset, split.name)
+        if checked is not None:
+            note(checked.line)
     steps.append(("validate", time.time() - t, "PASS" if all(r.ok for r in reports.values()) else "FAIL"))
 
     from mrcnn_edge.data.video import write_video
@@ -100,7 +113,8 @@ def run_demo(args) -> int:
     video = write_video(out / "synthetic.mp4", args.frames, seed=7, size=(480, 640), progress=False)
     annotated = out / "segmented.mp4"
     sheet = out / "contact_sheet.png"
-    with Segmenter.from_path(models["portable"]) as seg:  # one session for the video and the sheet
+    # one session for the video and the sheet; a file source, so frames queue up, as 'run' opens it
+    with Segmenter.from_path(models["portable"], throughput=True) as seg:
         # labelled once the backend is chosen: the step names the one that actually runs
         step(f"4/5 segment a synthetic video ({args.frames} frames) with the runtime: {seg.backend.description}")
         _segment(seg, video, annotated)
@@ -110,7 +124,8 @@ def run_demo(args) -> int:
     trt_note = _tensorrt_ready()
     if trt_note is None:
         note("TensorRT and a GPU found: building the plugin and the engine")
-        reports["tensorrt engine"] = _tensorrt_steps(models["tensorrt"], out, ckpt, loaded, video, args.validate_images)
+        reports["tensorrt engine"] = _tensorrt_steps(models["tensorrt"], out, ckpt, loaded, video, args.validate_images,
+                                                       split)
     steps.append(("sheet", time.time() - t, str(sheet)))
     total = time.time() - t_start
     _write_report(out / "report.md", cfg, steps, reports, total, trt_note)
@@ -133,7 +148,8 @@ def _segment(seg: Any, video: Path, output: Path) -> None:
         raise UserError(f"the runtime could not segment {video}: no frame was processed")
 
 
-def _tensorrt_steps(onnx_path: Path, out: Path, ckpt: Path, loaded: Any, video: Path, n_images: int) -> Any:
+def _tensorrt_steps(onnx_path: Path, out: Path, ckpt: Path, loaded: Any, video: Path, n_images: int,
+                    split: Path) -> Any:
     """Plugin, engine, validation and a segmented video on the GPU (library calls, as the CLI makes them)."""
     from mrcnn_edge.export.build import plugin_library as pb
     from mrcnn_edge.export.build.engine import build_engine
@@ -143,7 +159,7 @@ def _tensorrt_steps(onnx_path: Path, out: Path, ckpt: Path, loaded: Any, video: 
     library = pb.build_plugin_library(pb.default_plugin_path(), toolchain, pb.resolve_cuda_archs("auto", toolchain.nvcc))
     engine = out / "demo.engine"
     build_engine(onnx_path, engine, plugin_lib=library)
-    rep = validate(str(ckpt), str(engine), limit=n_images, loaded=loaded)
+    rep = validate(str(ckpt), str(engine), annotations=str(split), limit=n_images, loaded=loaded)
     text = format_report(rep)
     print(text)
     _write_text(out / "validation_tensorrt_engine.md", text)

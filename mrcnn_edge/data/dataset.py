@@ -18,7 +18,10 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import Progress
 from .shapes import CATEGORIES, GENERATOR_VERSION, image_rng, render_sample
 
-__all__ = ["generate_dataset", "summarize_dataset"]
+__all__ = ["generate_dataset", "summarize_dataset", "demo_validation_split", "DEMO_VALIDATION_SPLIT"]
+
+DEMO_VALIDATION_SPLIT = "the demo's validation split (synthetic, seed 2, 320x320)"
+"""What :func:`demo_validation_split` writes, in words (``mrcnn-edge synth --seed 2 --size 320x320``)."""
 
 
 def _encode_rle(mask: np.ndarray) -> dict:
@@ -130,3 +133,9 @@ def summarize_dataset(coco: dict) -> dict:
         "medium": int(((s >= 32) & (s < 96)).sum()) if sizes else 0,
         "large": int((s >= 96).sum()) if sizes else 0,
     }
+
+
+def demo_validation_split(out_dir: str | os.PathLike, n_images: int) -> Path:
+    """The shipped demo model's validation split (:data:`DEMO_VALIDATION_SPLIT`), ``n_images`` of it,
+    annotated: what ``mrcnn-edge demo`` validates on and ``mrcnn-edge benchmark`` times the demo on."""
+    return generate_dataset(out_dir, n_images, seed=2, size=(320, 320), progress=False)

@@ -108,7 +108,7 @@ def choose_precision(requested: str, metadata: Mapping[str, Any], cpu_bf16: bool
         return PrecisionChoice("fp32", "auto: bf16 is not validated for this model ('mrcnn-edge validate "
                                        "--annotations' measures and records it); fp32")
     return PrecisionChoice("bf16", f"auto: this {device} computes BF16 and bf16 was validated for this model "
-                                   f"(mask AP {-drop:+.4f} vs fp32, bound {VALIDATED_PRECISION_BOUNDS['bf16']}); "
+                                   f"(mask AP {0.0 - drop:+.4f} vs fp32, bound {VALIDATED_PRECISION_BOUNDS['bf16']}); "
                                    "--precision fp32 for exact fp32")
 
 

@@ -86,6 +86,21 @@ def test_demo_writes_every_artefact_and_a_report(demo_run):
     assert re.search(r"^demo finished in [\d.]+ min: .*report\.md", demo_run["stdout"], re.M)
     # the validation table went to stdout too, both flavors
     assert demo_run["stdout"].count("**PASS**") == 2
+    # validated on annotated images of the demo's validation split: AP per runner in both tables
+    assert (out / "validation_set" / "annotations.json").is_file()
+    for flavor in ("tensorrt", "portable"):
+        assert "mask AP" in (out / f"validation_{flavor}.md").read_text(), flavor
+    # and bf16 judged as 'validate --annotations' judges it: what the line says is in the model and is what ran
+    from mrcnn_edge.core.contract import validated_drop
+    from mrcnn_edge.core.metadata import read_onnx_metadata
+
+    recorded = validated_drop(read_onnx_metadata(out / "demo_portable.onnx")[1], "bf16") is not None
+    line = re.search(r"^OpenVINO bf16 on 1 annotated images: .*$", demo_run["stderr"], re.M)
+    if ran == "openvino" and line:
+        assert ("recorded in the model's metadata" in line.group(0)) == recorded
+        assert re.search(r"with the runtime: openvino \(CPU, " + ("bf16" if recorded else "fp32"), demo_run["stderr"])
+    else:
+        assert not recorded
 
 
 @pytest.mark.parametrize("argv,words", [
