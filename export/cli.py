@@ -85,10 +85,10 @@ def add_validate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", default=None, help="write the markdown report here")
     p.add_argument("--json", default=None, help="write the full report as JSON here")
     p.add_argument("--no-bf16-check", action="store_true",
-                   help="with --annotations, a portable fp32 ONNX and a CPU with BF16 instructions, validate also "
-                        "runs OpenVINO in fp32 and bf16 on the annotated images and records bf16 in the model's "
-                        "metadata when its mask AP is within 0.01 of fp32's (run's automatic precision reads it); "
-                        "this flag skips that")
+                   help="with --annotations, a portable ONNX (fp32 or INT8) and a CPU with BF16 instructions, "
+                        "validate also runs OpenVINO with the float parts in fp32 and in bf16 on the annotated images "
+                        "and records bf16 in the model's metadata when its mask AP is within 0.01 of the fp32 float "
+                        "parts' (run's automatic precision reads it); this flag skips that")
 
 
 def run_validate(args) -> int:

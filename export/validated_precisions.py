@@ -3,11 +3,14 @@
 A CPU engine's ``auto`` precision (``runtime.backends.openvino.choose_precision``) takes bf16 only
 where the model's metadata says bf16 was validated for it: the ``validated_precisions`` key
 (``contract.OPTIONAL_KEYS``). This module measures it and writes it. ``mrcnn-edge validate
---annotations`` calls :func:`check_cpu_precisions` after its own comparison: the portable fp32
-model runs through OpenVINO in fp32 and in bf16 on the annotated images (validation's comparator
-loop, the runtime's canvas-to-frame step, COCO mask AP), and bf16 is recorded when its mask AP is
-within ``contract.VALIDATED_PRECISION_BOUNDS["bf16"]`` of fp32's; a record that a new measurement
-no longer supports is removed. ``mrcnn-edge benchmark`` makes the same decision from its own rows
+--annotations`` calls :func:`check_cpu_precisions` after its own comparison: the portable model
+runs through OpenVINO with its float parts in fp32 (``fp32``; ``int8`` for an INT8 model) and in
+bf16 on the annotated images (validation's comparator loop, the runtime's canvas-to-frame step,
+COCO mask AP), and bf16 is recorded when its mask AP is within
+``contract.VALIDATED_PRECISION_BOUNDS["bf16"]`` of the fp32 float parts'; a record that a new
+measurement no longer supports is removed. For an INT8 model the record's ``fp32_mask_AP`` is the
+INT8 model's own with its float parts in fp32 (INT8's cost against the float model is
+``validate``'s own comparison). ``mrcnn-edge benchmark`` makes the same decision from its own rows
 (:func:`bf16_record`), so its "run's default" row is what ``run`` picks after ``validate``.
 
 Only the metadata changes; the file is replaced atomically (``core.atomic``).
@@ -64,20 +67,23 @@ def write_validated_precisions(model: str | Path, records: dict[str, dict[str, A
 
 @dataclass
 class PrecisionCheck:
-    """One measurement: mask AP in fp32 and bf16, and whether bf16 is now recorded in the model."""
+    """One measurement: mask AP with the float parts in fp32 and in bf16 (of an INT8 model: its
+    float parts, ``int8``), and whether bf16 is now recorded in the model."""
 
     fp32_mask_AP: float
     bf16_mask_AP: float
     images: int
     recorded: bool
+    int8: bool = False
 
     @property
     def line(self) -> str:
         bound = VALIDATED_PRECISION_BOUNDS["bf16"]
         delta = self.bf16_mask_AP - self.fp32_mask_AP
+        what, full = ("bf16 float parts of the INT8 model", "its float parts in fp32") if self.int8 else ("bf16", "fp32")
         verdict = (f"within {bound}: recorded in the model's metadata, 'run' picks bf16 on CPUs with BF16"
-                   if self.recorded else f"outside {bound}: not recorded, 'run' stays in fp32")
-        return (f"OpenVINO bf16 on {self.images} annotated images: mask AP {self.bf16_mask_AP:.4f} vs fp32 "
+                   if self.recorded else f"outside {bound}: not recorded, 'run' stays with {full}")
+        return (f"OpenVINO {what} on {self.images} annotated images: mask AP {self.bf16_mask_AP:.4f} vs {full} "
                 f"{self.fp32_mask_AP:.4f} ({delta:+.4f}), {verdict}")
 
 
@@ -86,8 +92,8 @@ def why_not_checked(model: str | Path, metadata: dict[str, Any]) -> str | None:
     import importlib.util
 
     if Path(model).suffix.lower() != ".onnx" or metadata.get("flavor") != "portable" \
-            or metadata.get("precision", "fp32") != "fp32":
-        return "only a portable fp32 ONNX model runs in OpenVINO's bf16"
+            or metadata.get("precision", "fp32") not in ("fp32", "int8"):
+        return "only a portable fp32 or INT8 ONNX model runs in OpenVINO's bf16"
     if importlib.util.find_spec("openvino") is None:
         return "OpenVINO is not installed (pip install 'mrcnn-edge[openvino]')"
     from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
@@ -107,7 +113,7 @@ def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarra
     otherwise). None, with the reason logged, where bf16 cannot be measured here."""
     from mrcnn_edge.core.metadata import read_onnx_metadata
     from mrcnn_edge.data.coco import evaluate_detections
-    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, full_precision
 
     from mrcnn_edge.export.validate.loop import Pass, run_passes
 
@@ -117,15 +123,16 @@ def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarra
         log(f"[validate] bf16 not measured: {why}")
         return None
     frames = [frame for _, frame in items]
+    full = full_precision(meta)  # the float parts in fp32
     ap: dict[str, float] = {}
-    for precision in ("fp32", "bf16"):
+    for precision in (full, "bf16"):
         log(f"[validate] OpenVINO {precision} on {len(frames)} annotated images")
         with OpenVinoBackend(model, precision=precision) as backend:
             got, _ = run_passes([Pass(precision, backend, frame=True)], frames, meta["mean"], meta["std"])
         rows = [(image_id, r) for (image_id, _), r in zip(items, got[precision].frame)]
         ap[precision] = evaluate_detections(dataset, rows)["mask_AP"]
-    entry = bf16_record(ap["fp32"], ap["bf16"], len(frames), annotations)
+    entry = bf16_record(ap[full], ap["bf16"], len(frames), annotations)
     within = validated_drop({"validated_precisions": {"bf16": entry}}, "bf16") is not None
     if record:
         write_validated_precisions(model, {"bf16": entry if within else None})
-    return PrecisionCheck(ap["fp32"], ap["bf16"], len(frames), record and within)
+    return PrecisionCheck(ap[full], ap["bf16"], len(frames), record and within, int8=full == "int8")

@@ -22,10 +22,10 @@ Per row: mean and median per frame, the speed-up over torchvision (of the means)
 box and mask AP of the detections of the first pass (every detection the graph returned, as COCO
 evaluation wants), and for ONNX rows the floor (:mod:`mrcnn_edge.commands.floors`: the weighted
 ops' arithmetic at this CPU's GEMM speed for the row's precision) and the share of it the row's
-``infer`` reaches. The row ``run`` would take on the portable model without options is marked:
-the backend table's automatic choice, and for OpenVINO the precision ``auto`` picks
-(``choose_precision``), bf16 counting as validated when these frames say so by the rule ``mrcnn-edge
-validate`` records it by (``export.validated_precisions``).
+``infer`` reaches. The row ``run`` would take on the portable model without options is marked, and
+with ``--int8`` the one it would take on the INT8 model: the backend table's automatic choice, and
+for OpenVINO the precision ``auto`` picks (``choose_precision``), bf16 counting as validated when
+these frames say so by the rule ``mrcnn-edge validate`` records it by (``export.validated_precisions``).
 
 torchvision's row starts after its ``transform`` (the same letterboxed tensor as every other row)
 and pastes its masks with the runtime's paste, so its numbers compare with the others stage by stage.
@@ -64,10 +64,10 @@ CPU_PRECISIONS: dict[str, dict[str, dict[str, Any]]] = {
 }
 # the rows of an INT8 model (--int8): label -> (backend, options). OpenVINO runs the layers Q/DQ makes
 # INT8 in INT8 whatever the hint; the hint sets the float parts between them (ROIAlign, NMS, the heads'
-# edges): fp32 under 'auto', bf16 where asked (CPUs with BF16; skipped elsewhere)
+# edges): fp32 ('int8'), bf16 (CPUs with BF16; skipped elsewhere)
 INT8_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "onnxruntime int8": ("onnxruntime", {"device": "cpu"}),
-    "openvino int8": ("openvino", {"precision": "auto"}),
+    "openvino int8": ("openvino", {"precision": "int8"}),
     "openvino int8 bf16": ("openvino", {"precision": "bf16"}),
 }
 
@@ -113,7 +113,7 @@ class RowResult:
     box_AP: float | None = None
     floor_ms: float | None = None
     floor_share: float | None = None
-    run_default: bool = False
+    run_default: str = ""  # "" or the model 'run' takes this row on without options ("portable", "INT8")
 
 
 def _value(text: str) -> Any:
@@ -213,7 +213,7 @@ def format_table(results: list[RowResult], baseline: str = BASELINE) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if with_ap else "")]
     for r in results:
         t = r.total_ms
-        label = f"**{r.label}** (run's default)" if r.run_default else r.label
+        label = f"**{r.label}** ({_DEFAULT_MARK[r.run_default]})" if r.run_default else r.label
         speed = f"{base / t.mean:.2f}x" if base else "-"
         floor = (f"{r.floor_ms:.1f} | {100 * r.floor_share:.0f}%" if r.floor_ms is not None and r.floor_share is not None
                  else "- | -")
@@ -309,33 +309,53 @@ def _frames(args: Any, demo: bool, canvas: tuple[int, int], workdir: Path) -> tu
     return items, None, f"{n} synthetic scenes of {canvas[0]}x{canvas[1]}"
 
 
-def _run_default(bench: _Bench, runners: dict[str, tuple[Row, Any]], results: dict[str, RowResult],
-                 frames: int) -> tuple[str, str] | None:
-    """The label of the row ``run`` takes on the benchmark's portable model without options, with
-    the reason; None when no timed row is that one. bf16 counts as validated when the model says
-    so, or when these frames' fp32 and bf16 rows say so by the rule validate records it by."""
-    from mrcnn_edge.core.contract import validated_drop
-    from mrcnn_edge.core.metadata import read_onnx_metadata
+_DEFAULT_MARK = {"portable": "run's default", "INT8": "run's default on the INT8 model"}
+
+
+def _run_defaults(bench: _Bench, runners: dict[str, tuple[Row, Any]], results: dict[str, RowResult],
+                  frames: int, int8: str | None) -> dict[str, tuple[str, str]]:
+    """For the portable model (and the ``--int8`` model), the label of the row ``run`` takes on it
+    without options, with the reason: ``{"portable": (label, why), "INT8": ...}``, a model left out
+    when no timed row is that one. bf16 counts as validated when the model says so, or when these
+    frames' rows say so by the rule ``validate`` records it by (against the model's float parts in fp32)."""
     from mrcnn_edge.runtime.backends import backend_for
 
+    out: dict[str, tuple[str, str]] = {}
     model = bench.portable_onnx()
     entry = backend_for(model)
     if entry.name != "openvino":
         label = next((k for k, (r, _) in runners.items() if r.backend == entry.name and r.model is None), None)
-        return (label, f"the backend table's automatic choice for {Path(model).name} here") if label else None
+        if label:
+            out["portable"] = (label, f"the backend table's automatic choice for {Path(model).name} here")
+        return out
+    portable = _openvino_default(model, results, "openvino fp32", "openvino bf16", frames)
+    if portable:
+        out["portable"] = portable
+    if int8 and backend_for(int8).name == "openvino":
+        quantized = _openvino_default(int8, results, "openvino int8", "openvino int8 bf16", frames)
+        if quantized:
+            out["INT8"] = quantized
+    return out
+
+
+def _openvino_default(model: str | Path, results: dict[str, RowResult], full: str, bf16: str,
+                      frames: int) -> tuple[str, str] | None:
+    """The row (``full``: float parts in fp32, or ``bf16``) OpenVINO's ``auto`` takes on ``model``."""
+    from mrcnn_edge.core.contract import validated_drop
+    from mrcnn_edge.core.metadata import read_onnx_metadata
     from mrcnn_edge.export.validated_precisions import bf16_record
     from mrcnn_edge.runtime.backends.openvino import choose_precision, cpu_has_bf16
 
     import openvino as ov
 
     meta = dict(read_onnx_metadata(model)[1])
-    fp32, bf16 = results.get("openvino fp32"), results.get("openvino bf16")
+    a, b = results.get(full), results.get(bf16)
     measured = ""
-    if validated_drop(meta, "bf16") is None and fp32 and bf16 and fp32.mask_AP is not None and bf16.mask_AP is not None:
-        meta["validated_precisions"] = {"bf16": bf16_record(fp32.mask_AP, bf16.mask_AP, frames, "benchmark")}
+    if validated_drop(meta, "bf16") is None and a and b and a.mask_AP is not None and b.mask_AP is not None:
+        meta["validated_precisions"] = {"bf16": bf16_record(a.mask_AP, b.mask_AP, frames, "benchmark")}
         measured = " (bf16 judged on these frames as 'mrcnn-edge validate --annotations' would record it)"
     choice = choose_precision("auto", meta, cpu_has_bf16(ov.Core()))
-    label = f"openvino {choice.precision}"
+    label = bf16 if choice.precision == "bf16" else full
     return (label, choice.why + measured) if label in results else None
 
 
@@ -385,16 +405,16 @@ def run_benchmark(args: Any) -> int:
         for label, (row, runner) in runners.items():
             results[label] = _result(label, row, runner, samples[label], kept[label], items, dataset, limits)
         portable_rows = any(r.backend in CPU_PRECISIONS and r.model is None for r, _ in runners.values())
-        default = _run_default(bench, runners, results, len(items)) if portable_rows else None  # the model still here
-    if default:
-        label, why = default
-        results[label].run_default = True
+        # while the portable model is still here
+        defaults = _run_defaults(bench, runners, results, len(items), args.int8) if portable_rows else {}
+    for which, (label, _) in defaults.items():
+        results[label].run_default = which
     table = format_table(list(results.values()))
     print(table)
-    if default:
+    for which, (label, why) in defaults.items():
         r, base = results[label], results.get(BASELINE)
         speed = f", {base.total_ms.mean / r.total_ms.mean:.2f}x torchvision" if base else ""
-        note(f"[benchmark] run's default on the portable model: {label}{speed} ({why})")
+        note(f"[benchmark] run's default on the {which} model: {label}{speed} ({why})")
     from mrcnn_edge.export.validate.compare import as_json
 
     meta = {"checkpoint": str(ckpt), "canvas": [H, W], "frames": what, "runs": args.runs, "warmup": args.warmup,
@@ -470,6 +490,6 @@ def _result(label: str, row: Row, runner: Any, samples: list[dict[str, float]], 
         from mrcnn_edge.commands.floors import model_floor_ms
 
         # float ops run in what OpenVINO chose (others: fp32); the mean detections size a mask head on them
-        res.floor_ms = model_floor_ms(path, str(getattr(runner, "precision", "fp32")), res.rows_per_frame, limits)
+        res.floor_ms = model_floor_ms(path, str(getattr(runner, "float_precision", "fp32")), res.rows_per_frame, limits)
         res.floor_share = None if res.floor_ms is None else res.floor_ms / stages["infer"].mean
     return res

@@ -105,8 +105,9 @@ CPU engine may pick by itself for this model, as measured by ``mrcnn-edge valida
 images: ``{"bf16": {"engine", "mask_AP", "fp32_mask_AP", "images", "annotations", "date"}}``;
 written only for a precision within its ``VALIDATED_PRECISION_BOUNDS``)."""
 VALIDATED_PRECISION_BOUNDS: dict[str, float] = {"bf16": 0.01}
-"""Precision -> the most mask AP it may lose against fp32, on the model's own annotated images, to
-be recorded in ``validated_precisions`` and chosen by a CPU engine without being asked."""
+"""Precision -> the most mask AP it may lose against fp32 (the model's float parts in fp32; for an
+INT8 model its own float parts), on the model's own annotated images, to be recorded in
+``validated_precisions`` and chosen by a CPU engine without being asked."""
 
 
 def validated_drop(metadata: Mapping[str, Any], precision: str) -> float | None:

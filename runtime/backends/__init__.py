@@ -232,9 +232,10 @@ BACKENDS: dict[str, BackendEntry] = {
         options=(
             BackendOption("precision", "str", "auto", "OpenVINO: inference precision. auto: bf16 where the CPU "
                           "computes BF16 and the model's metadata says bf16 was validated (mask AP within 0.01 of "
-                          "fp32, recorded by 'mrcnn-edge validate --annotations'), else fp32; fp32: exact fp32 "
-                          "(refused for INT8 models); bf16. An INT8 model runs as quantized",
-                          choices=("auto", "fp32", "bf16"), flag="--precision"),
+                          "the model's float parts in fp32, recorded by 'mrcnn-edge validate --annotations'), else "
+                          "fp32 (int8 for an INT8 model); fp32: exact fp32 (refused for INT8 models); bf16; int8: an "
+                          "INT8 model as quantized, its float parts in fp32 (INT8 models only)",
+                          choices=("auto", "fp32", "bf16", "int8"), flag="--precision"),
             BackendOption("device", "str", "CPU", "OpenVINO device name (CPU)"),
             BackendOption("requests", "int", 1, "OpenVINO: inference requests in flight. 1: each frame on every "
                           "core (lowest latency); N: N frames at once, a share of the cores each (more frames per "

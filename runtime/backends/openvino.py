@@ -5,6 +5,8 @@ CPU plugin's ``INFERENCE_PRECISION_HINT`` for the float parts (:func:`choose_pre
 
 * ``fp32``: the model's own arithmetic, exactly (refused for an INT8 model, whose layers are INT8
   whatever the hint: run the fp32 export it was made from);
+* ``int8``: an INT8 model as quantized, its float parts (the layers Q/DQ leaves float, ROIAlign,
+  NMS) in fp32 (refused for a float model: ``mrcnn-edge quantize`` makes one);
 * ``bf16``: where the CPU computes BF16 natively (AVX512_BF16 or AMX); refused elsewhere. The
   boxes every ``ROIAlign`` pools (its inputs after the feature map, followed back to the weighted
   layers: proposal decoding, NMS glue, level mapping, the detections' boxes for the mask head) stay
@@ -17,10 +19,10 @@ CPU plugin's ``INFERENCE_PRECISION_HINT`` for the float parts (:func:`choose_pre
   warning, and the description says so;
 * ``auto`` (the default): ``bf16`` where the CPU computes it natively *and* the model's metadata
   says bf16 was validated for it (``validated_precisions``: mask AP within
-  ``contract.VALIDATED_PRECISION_BOUNDS`` of fp32 on annotated images, recorded by
-  ``mrcnn-edge validate``), else ``fp32``. OpenVINO alone would pick bf16 on such CPUs for any
-  model; a change of the model's numbers nobody measured is not ours to make. An INT8 model runs
-  as quantized, its float parts in fp32.
+  ``contract.VALIDATED_PRECISION_BOUNDS`` of the model's own float parts in fp32 on annotated
+  images, recorded by ``mrcnn-edge validate``), else ``fp32`` (``int8`` for an INT8 model).
+  OpenVINO alone would pick bf16 on such CPUs for any model; a change of the model's numbers nobody
+  measured is not ours to make.
 
 :attr:`OpenVinoBackend.description` says what was chosen and why, in one line (``run`` prints it).
 Inference requests (``requests``): 1, the default, is ``PERFORMANCE_HINT: LATENCY`` (every core on one
@@ -51,12 +53,16 @@ from mrcnn_edge.runtime.spec import TensorSpec
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "PrecisionChoice", "choose_precision", "cpu_has_bf16",
-           "openvino_available"]
+__all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "FLOAT_PARTS", "PrecisionChoice", "choose_precision",
+           "full_precision", "cpu_has_bf16", "openvino_available", "roi_box_nodes", "keep_precise"]
 
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
-"""What the backend computes the float parts in -> OpenVINO's ``INFERENCE_PRECISION_HINT``; ``auto``
-chooses one of them (:func:`choose_precision`)."""
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+"""What the backend computes in -> OpenVINO's ``INFERENCE_PRECISION_HINT`` for the float parts:
+``fp32`` and ``bf16`` for any portable model, ``int8`` (float parts in f32) for an INT8 model only;
+``auto`` chooses one of them (:func:`choose_precision`)."""
+
+FLOAT_PARTS = {"fp32": "fp32", "bf16": "bf16", "int8": "fp32"}
+"""The precision of the float parts (what the floors count them at) of each of ``OPENVINO_PRECISIONS``."""
 
 _OV_TYPES = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64, "u8": np.uint8,
              "i8": np.int8, "boolean": np.bool_, "f64": np.float64}
@@ -85,31 +91,42 @@ class PrecisionChoice:
     why: str
 
 
+def full_precision(metadata: Mapping[str, Any]) -> str:
+    """The precision that keeps a model's float parts in fp32: ``fp32``, or ``int8`` for an INT8 model."""
+    return "int8" if metadata.get("precision") == "int8" else "fp32"
+
+
 def choose_precision(requested: str, metadata: Mapping[str, Any], cpu_bf16: bool, device: str = "CPU",
                      name: str = "the model") -> PrecisionChoice:
-    """The precision for ``requested`` (``auto``, ``fp32`` or ``bf16``) on a device that does
-    (``cpu_bf16``) or does not compute BF16 natively; one-line ``UserError`` where it cannot be had."""
+    """The precision for ``requested`` (``auto`` or one of ``OPENVINO_PRECISIONS``) on a device that
+    does (``cpu_bf16``) or does not compute BF16 natively; one-line ``UserError`` where it cannot be had."""
     if requested not in ("auto", *OPENVINO_PRECISIONS):
         raise UserError(f"OpenVINO precision {requested!r}: choose one of auto, {', '.join(OPENVINO_PRECISIONS)}")
     int8 = metadata.get("precision") == "int8"
+    full = full_precision(metadata)
     if requested == "bf16" and not cpu_bf16:
-        raise UserError(f"this {device} has no BF16 instructions (AVX512_BF16 or AMX): use --precision fp32 or auto")
+        raise UserError(f"this {device} has no BF16 instructions (AVX512_BF16 or AMX): use --precision {full} or auto")
     if requested == "fp32" and int8:
         raise UserError(f"{name} is an INT8 model: its layers run in INT8 whatever the precision, so exact fp32 "
-                        "is impossible; run the fp32 export it was quantized from, or --precision auto")
+                        "is impossible; run the fp32 export it was quantized from, or --precision int8 (its float "
+                        "parts in fp32) or auto")
+    if requested == "int8" and not int8:
+        raise UserError(f"--precision int8 runs an INT8 model ('mrcnn-edge quantize' makes one); {name} is "
+                        f"{metadata.get('precision', 'fp32')}: use --precision fp32, bf16 or auto")
     if requested != "auto":
         return PrecisionChoice(requested, "as asked")
-    if int8:
-        return PrecisionChoice("fp32", "auto: an INT8 model runs as quantized, its float parts in fp32")
     drop = validated_drop(metadata, "bf16")
+    what = "bf16 float parts were validated for this INT8 model" if int8 else "bf16 was validated for this model"
+    against = "its float parts in fp32" if int8 else "fp32"
+    back = "--precision int8 for its float parts in fp32" if int8 else "--precision fp32 for exact fp32"
     if not cpu_bf16:
-        return PrecisionChoice("fp32", f"auto: this {device} has no BF16 instructions")
+        return PrecisionChoice(full, f"auto: this {device} has no BF16 instructions")
     if drop is None:
-        return PrecisionChoice("fp32", "auto: bf16 is not validated for this model ('mrcnn-edge validate "
-                                       "--annotations' measures and records it); fp32")
-    return PrecisionChoice("bf16", f"auto: this {device} computes BF16 and bf16 was validated for this model "
-                                   f"(mask AP {0.0 - drop:+.4f} vs fp32, bound {VALIDATED_PRECISION_BOUNDS['bf16']}); "
-                                   "--precision fp32 for exact fp32")
+        return PrecisionChoice(full, f"auto: {'bf16 float parts are' if int8 else 'bf16 is'} not validated for "
+                                     "this model ('mrcnn-edge validate --annotations' measures and records it); "
+                                     f"{'float parts in fp32' if int8 else 'fp32'}")
+    return PrecisionChoice("bf16", f"auto: this {device} computes BF16 and {what} (mask AP {0.0 - drop:+.4f} vs "
+                                   f"{against}, bound {VALIDATED_PRECISION_BOUNDS['bf16']}); {back}")
 
 
 _STOP = frozenset({"Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData",
@@ -195,6 +212,7 @@ class OpenVinoBackend(Backend):
         self.choice = choose_precision(precision, self.metadata, cpu_has_bf16(self._core, device), device,
                                        self.path.name)
         self.precision = self.choice.precision
+        self.float_precision = FLOAT_PARTS[self.precision]  # what the floors count the float parts at
         self.device = device
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[self.precision],
                                   "PERFORMANCE_HINT": "LATENCY" if requests == 1 else "THROUGHPUT"}
@@ -226,7 +244,7 @@ class OpenVinoBackend(Backend):
 
     @property
     def description(self) -> str:
-        q = " int8," if self.metadata.get("precision") == "int8" else ""
+        q = " int8," if self.metadata.get("precision") == "int8" and self.precision != "int8" else ""
         why = "" if self.choice.why == "as asked" else f"; {self.choice.why}"
         many = f", {self.requests} requests in flight" if self.requests > 1 else ""
         boxes = "" if self.precision != "bf16" else \

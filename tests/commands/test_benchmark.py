@@ -90,7 +90,7 @@ def test_default_rows_are_every_cpu_engine_at_its_precisions():
     with_int8 = default_rows(True, None, "m.int8.onnx")
     assert [r.label for r in with_int8[-3:]] == ["onnxruntime int8", "openvino int8", "openvino int8 bf16"]
     assert all(r.model == "m.int8.onnx" for r in with_int8[-3:])
-    assert [r.options.get("precision") for r in with_int8[-2:]] == ["auto", "bf16"]  # the float parts
+    assert [r.options.get("precision") for r in with_int8[-2:]] == ["int8", "bf16"]  # the float parts
     # OpenVINO (and its bf16) may be missing on a machine: skipped with a note; ONNX Runtime is not
     assert [r.label for r in with_int8 if not r.implicit] == ["torchvision", "onnxruntime fp32", "onnxruntime int8"]
 

@@ -187,6 +187,33 @@ def test_quantize_validate_run_end_to_end(tmp_path, capsys, demo_onnx, demo_canv
     out_dir = tmp_path / "seg"
     assert main(["run", str(int8), "--source", str(tmp_path / "cal" / "images"), "--output", str(out_dir)]) == 0
     assert len(list(out_dir.iterdir())) == 4
+    _bf16_float_parts_are_judged_against_the_int8_model(int8, tmp_path / "cal")
+
+
+def _bf16_float_parts_are_judged_against_the_int8_model(int8, annotated) -> None:
+    """What 'validate --annotations' runs after its comparison, on an INT8 model: OpenVINO with the
+    float parts in fp32 (precision int8) against bf16; what it records is what auto then picks."""
+    ov = pytest.importorskip("openvino", reason="bf16 is measured with OpenVINO")
+    from mrcnn_edge.core.contract import validated_drop
+    from mrcnn_edge.core.metadata import read_onnx_metadata
+    from mrcnn_edge.export.validate import collect_images
+    from mrcnn_edge.export.validated_precisions import check_cpu_precisions
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    items, dataset = collect_images(None, str(annotated), 2)
+    notes: list[str] = []
+    checked = check_cpu_precisions(int8, items, dataset, "cal", log=notes.append)
+    assert checked is not None and checked.int8 and notes == ["[validate] OpenVINO int8 on 2 annotated images",
+                                                              "[validate] OpenVINO bf16 on 2 annotated images"]
+    assert checked.line.startswith("OpenVINO bf16 float parts of the INT8 model on 2 annotated images: mask AP ")
+    assert f"vs its float parts in fp32 {checked.fp32_mask_AP:.4f}" in checked.line
+    meta = read_onnx_metadata(int8)[1]
+    assert meta["precision"] == "int8" and (validated_drop(meta, "bf16") is not None) == checked.recorded
+    with OpenVinoBackend(int8) as auto:
+        assert auto.precision == ("bf16" if checked.recorded else "int8"), auto.description
+        assert auto.float_precision == ("bf16" if checked.recorded else "fp32")
 
 
 def test_build_refuses_int8_metadata_without_qdq_before_tensorrt(tmp_path):

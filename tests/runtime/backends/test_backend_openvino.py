@@ -98,14 +98,36 @@ def _stamp(fp32_ap: float, bf16_ap: float) -> dict:
     (True, _stamp(0.60, 0.585), "fp32"),      # measured, but 0.015 lost: outside the bound
     (True, {}, "fp32"),                       # never measured: the model's numbers stay
     (False, _stamp(0.60, 0.595), "fp32"),     # validated, but this CPU would emulate BF16
-    (True, {**_stamp(0.60, 0.60), "precision": "int8"}, "fp32"),  # INT8 runs as quantized, float parts fp32
+    # an INT8 model: the same rule for its float parts (the record measured against its float parts in fp32)
+    (True, {**_stamp(0.60, 0.60), "precision": "int8"}, "bf16"),
+    (True, {**_stamp(0.60, 0.585), "precision": "int8"}, "int8"),  # outside the bound: float parts in fp32
+    (True, {"precision": "int8"}, "int8"),                          # never measured
+    (False, {**_stamp(0.60, 0.60), "precision": "int8"}, "int8"),   # validated, no BF16 here
 ])
 def test_auto_takes_bf16_only_where_the_cpu_has_it_and_the_model_was_validated(cpu_bf16, metadata, expected):
-    from mrcnn_edge.runtime.backends.openvino import choose_precision
+    from mrcnn_edge.runtime.backends.openvino import FLOAT_PARTS, choose_precision
 
     choice = choose_precision("auto", metadata, cpu_bf16)
     assert choice.precision == expected and choice.why.startswith("auto: ")
-    assert choose_precision("fp32", {}, cpu_bf16).precision == "fp32"  # the one option back to exact fp32
+    back = "--precision int8" if metadata.get("precision") == "int8" else "--precision fp32"
+    assert (back in choice.why) == (expected == "bf16")  # the way back is named where bf16 was taken
+    assert FLOAT_PARTS[choice.precision] == ("bf16" if expected == "bf16" else "fp32")
+    # the one option back: exact fp32 for a float model, the float parts in fp32 for an INT8 one
+    assert choose_precision("fp32", {}, cpu_bf16).precision == "fp32"
+    assert choose_precision("int8", {"precision": "int8"}, cpu_bf16).precision == "int8"
+
+
+@pytest.mark.parametrize("requested, metadata, words", [
+    ("fp32", {"precision": "int8"}, "exact fp32 is impossible.*--precision int8"),
+    ("int8", {"precision": "fp32"}, "--precision int8 runs an INT8 model.*is fp32"),
+    ("int8", {}, "--precision int8 runs an INT8 model"),
+    ("fp16", {}, "choose one of auto, fp32, bf16, int8"),
+])
+def test_precisions_a_model_cannot_have_are_refused(requested, metadata, words):
+    from mrcnn_edge.runtime.backends.openvino import choose_precision
+
+    with pytest.raises(UserError, match=words):
+        choose_precision(requested, metadata, True)
 
 
 def _roi_box_producers(compiled) -> list[tuple[str, str]]:
@@ -192,6 +214,8 @@ def test_what_cannot_be_had_is_one_line(models, tmp_path, capsys, no_bf16_cpu, m
     _run_one_line_error(capsys, [*run[:1], str(models["fp32"]), *run[1:], "--precision", "bf16"], "no BF16")
     int8 = make_contract_model(tmp_path / "m.int8.onnx", precision="int8")
     _run_one_line_error(capsys, [*run[:1], str(int8), *run[1:], "--precision", "fp32"], "exact fp32 is impossible")
+    _run_one_line_error(capsys, [*run[:1], str(models["fp32"]), *run[1:], "--precision", "int8"],
+                        "runs an INT8 model")
     import sys
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
