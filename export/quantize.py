@@ -400,7 +400,9 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
     residual_pairs = _residual_qdq(quantized, ranges, keep_float)
     _type_plugin_outputs(quantized)
     calibrated = {"images": len(frames), "folder": Path(calibration).name, "canvas": [H, W], "method": method}
-    new_meta = {**meta, "precision": "int8", "calibration": calibrated}
+    # a float model's bf16 record says nothing about the INT8 one: 'validate --annotations' measures its own
+    new_meta = {**{k: v for k, v in meta.items() if k != "validated_precisions"}, "precision": "int8",
+                "calibration": calibrated}
     set_onnx_metadata(quantized, new_meta)
     check_model(quantized, new_meta)  # onnx.checker, I/O contract, TensorRT ops and Q/DQ placement
     with atomic_output(out) as tmp_out:

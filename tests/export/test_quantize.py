@@ -161,12 +161,19 @@ def test_quantize_validate_run_end_to_end(tmp_path, capsys, demo_onnx, demo_canv
     size = f"{demo_canvas[0]}x{demo_canvas[1]}"
     assert main(["synth", "--out", str(tmp_path / "cal"), "--images", "4", "--seed", "5", "--size", size,
                  "--quiet"]) == 0
+    # the float model carries a bf16 record: it says nothing about the INT8 model, which must not inherit it
+    from mrcnn_edge.export.validated_precisions import bf16_record, write_validated_precisions
+
+    stamped = tmp_path / "portable.onnx"
+    stamped.write_bytes(demo_onnx("portable").read_bytes())
+    write_validated_precisions(stamped, {"bf16": bf16_record(0.6, 0.6, 10, "val")})
     for flavor in ("portable", "tensorrt"):
-        fp32, int8 = demo_onnx(flavor), tmp_path / f"{flavor}.int8.onnx"
+        fp32 = stamped if flavor == "portable" else demo_onnx(flavor)
+        int8 = tmp_path / f"{flavor}.int8.onnx"
         assert main(["quantize", str(fp32), "--calibration", str(tmp_path / "cal"), "-o", str(int8)]) == 0
         proto = onnx.load(str(int8))
         meta = decode({p.key: p.value for p in proto.metadata_props})
-        assert meta["precision"] == "int8" and meta["flavor"] == flavor
+        assert meta["precision"] == "int8" and meta["flavor"] == flavor and "validated_precisions" not in meta
         assert meta["calibration"] == {"images": 4, "folder": "cal", "canvas": list(demo_canvas), "method": "percentile"}
         assert tensorrt_compatibility(proto, flavor) == []
         producers = {o: n for n in proto.graph.node for o in n.output}
