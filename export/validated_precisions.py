@@ -81,8 +81,13 @@ class PrecisionCheck:
         bound = VALIDATED_PRECISION_BOUNDS["bf16"]
         delta = self.bf16_mask_AP - self.fp32_mask_AP
         what, full = ("bf16 float parts of the INT8 model", "its float parts in fp32") if self.int8 else ("bf16", "fp32")
-        verdict = (f"within {bound}: recorded in the model's metadata, 'run' picks bf16 on CPUs with BF16"
-                   if self.recorded else f"outside {bound}: not recorded, 'run' stays with {full}")
+        if self.recorded:
+            verdict = f"within {bound}: recorded in the model's metadata, 'run' picks bf16 on CPUs with BF16"
+        elif not self.fp32_mask_AP > bound:
+            verdict = (f"nothing to judge by ({full} itself is within {bound} of mask AP 0): not recorded, "
+                       f"'run' stays with {full}")
+        else:
+            verdict = f"outside {bound}: not recorded, 'run' stays with {full}"
         return (f"OpenVINO {what} on {self.images} annotated images: mask AP {self.bf16_mask_AP:.4f} vs {full} "
                 f"{self.fp32_mask_AP:.4f} ({delta:+.4f}), {verdict}")
 
@@ -106,11 +111,11 @@ def why_not_checked(model: str | Path, metadata: dict[str, Any]) -> str | None:
 
 
 def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarray]], dataset: Any,
-                         annotations: str, record: bool = True,
-                         log: Callable[[str], None] = note) -> PrecisionCheck | None:
-    """Measure OpenVINO bf16 against fp32 on ``items`` (``[(image_id, BGR frame)]`` of ``dataset``)
-    and, with ``record``, write the result into ``model`` (bf16 recorded within its bound, removed
-    otherwise). None, with the reason logged, where bf16 cannot be measured here."""
+                         annotations: str, log: Callable[[str], None] = note) -> PrecisionCheck | None:
+    """Measure OpenVINO bf16 against the float parts in fp32 on ``items`` (``[(image_id, BGR frame)]``
+    of ``dataset``) and write the result into ``model``: bf16 recorded within its bound, removed
+    otherwise, and where the fp32 float parts' own mask AP is within the bound of 0 (nothing to judge by).
+    None, with the reason logged, where bf16 cannot be measured here."""
     from mrcnn_edge.core.metadata import read_onnx_metadata
     from mrcnn_edge.data.coco import evaluate_detections
     from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, full_precision
@@ -133,6 +138,5 @@ def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarra
         ap[precision] = evaluate_detections(dataset, rows)["mask_AP"]
     entry = bf16_record(ap[full], ap["bf16"], len(frames), annotations)
     within = validated_drop({"validated_precisions": {"bf16": entry}}, "bf16") is not None
-    if record:
-        write_validated_precisions(model, {"bf16": entry if within else None})
-    return PrecisionCheck(ap[full], ap["bf16"], len(frames), record and within, int8=full == "int8")
+    write_validated_precisions(model, {"bf16": entry if within else None})
+    return PrecisionCheck(ap[full], ap["bf16"], len(frames), within, int8=full == "int8")

@@ -112,17 +112,20 @@ INT8 model its own float parts), on the model's own annotated images, to be reco
 
 def validated_drop(metadata: Mapping[str, Any], precision: str) -> float | None:
     """The mask AP ``precision`` loses against fp32 according to the model's ``validated_precisions``
-    record, when there is one within the precision's bound; None otherwise (not measured, or
-    measured outside the bound: a hand-edited record is not trusted beyond what it says)."""
+    record, when there is one within the precision's bound; None otherwise: not measured, measured
+    outside the bound, or measured against an fp32 mask AP within the bound of 0 (a model that finds
+    almost nothing right vouches for nothing: losing all of its AP would be within the bound). A
+    hand-edited record is not trusted beyond what it says."""
     record = (metadata.get("validated_precisions") or {}).get(precision)
     bound = VALIDATED_PRECISION_BOUNDS.get(precision)
     if not isinstance(record, Mapping) or bound is None:
         return None
     try:
-        drop = float(record["fp32_mask_AP"]) - float(record["mask_AP"])
+        reference = float(record["fp32_mask_AP"])
+        drop = reference - float(record["mask_AP"])
     except (KeyError, TypeError, ValueError):
         return None
-    return drop if math.isfinite(drop) and drop <= bound else None
+    return drop if math.isfinite(drop) and drop <= bound and reference > bound else None
 REQUIRED_KEYS = ("input_size", "mean", "std", "class_names")
 """What the runtime cannot do without; the other keys have defaults there."""
 

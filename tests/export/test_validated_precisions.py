@@ -66,3 +66,24 @@ def test_validate_measures_bf16_and_records_it_only_within_the_bound(tmp_path, c
         assert f"{record['mask_AP']:.4f} vs fp32 {record['fp32_mask_AP']:.4f}" in line[0]
     else:
         assert "not recorded" in line[0] and record is None
+
+
+def test_a_model_that_finds_nothing_right_gets_no_record(tmp_path):
+    """bf16 equal to fp32 at a mask AP near 0 (random weights, the wrong images) vouches for nothing:
+    below the bound, losing all of the AP would be within the bound too."""
+    ov = pytest.importorskip("openvino", reason="bf16 is measured with OpenVINO")
+    from mrcnn_edge.export.validate import collect_images
+    from mrcnn_edge.export.validated_precisions import check_cpu_precisions
+    from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    model = make_contract_model(tmp_path / "m.onnx")  # three fixed boxes, whatever the image
+    write_validated_precisions(model, {"bf16": bf16_record(0.6, 0.6, 10, "old")})  # an earlier record
+    assert main(["synth", "--out", str(tmp_path / "val"), "--images", "2", "--seed", "2", "--quiet"]) == 0
+    items, dataset = collect_images(None, str(tmp_path / "val"), 2)
+    checked = check_cpu_precisions(model, items, dataset, "val", log=lambda s: None)
+    assert checked is not None and checked.fp32_mask_AP <= VALIDATED_PRECISION_BOUNDS["bf16"]
+    assert checked.bf16_mask_AP == checked.fp32_mask_AP  # bf16 lost nothing, and still no record
+    assert not checked.recorded and "nothing to judge by" in checked.line and "not recorded" in checked.line
+    assert "validated_precisions" not in _meta(model)  # the earlier record is gone too

@@ -97,6 +97,7 @@ def _stamp(fp32_ap: float, bf16_ap: float) -> dict:
     (True, _stamp(0.60, 0.595), "bf16"),      # native BF16 and validated within 0.01: bf16
     (True, _stamp(0.60, 0.585), "fp32"),      # measured, but 0.015 lost: outside the bound
     (True, {}, "fp32"),                       # never measured: the model's numbers stay
+    (True, _stamp(0.008, 0.008), "fp32"),     # a reference AP within the bound of 0 vouches for nothing
     (False, _stamp(0.60, 0.595), "fp32"),     # validated, but this CPU would emulate BF16
     # an INT8 model: the same rule for its float parts (the record measured against its float parts in fp32)
     (True, {**_stamp(0.60, 0.60), "precision": "int8"}, "bf16"),
