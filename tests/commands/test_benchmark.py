@@ -118,3 +118,27 @@ def test_the_default_benchmark_marks_what_run_takes(tmp_path, capsys):
         assert (r["floor_ms"] is not None) == (label != "torchvision"), label
         if r["floor_ms"] is not None:
             assert 0 < r["floor_ms"] and r["floor_share"] == pytest.approx(r["floor_ms"] / r["stages_ms"]["infer"]["mean"])
+
+
+@pytest.mark.parametrize("int8_ap, bf16_ap, stamp, bf16_taken", [
+    (0.60, 0.595, None, True),     # these frames: the bf16 float parts within 0.01 of the fp32 ones
+    (0.60, 0.585, None, False),    # 0.015 lost on these frames
+    (0.60, 0.50, (0.60, 0.60), True),  # the model's own record decides over these frames
+])
+def test_the_row_run_takes_on_an_int8_model(tmp_path, int8_ap, bf16_ap, stamp, bf16_taken):
+    """With --int8 the row auto takes on the INT8 model is marked too, by the same rule as the float model's."""
+    ov = pytest.importorskip("openvino", reason="the INT8 rows are OpenVINO's")
+    from mrcnn_edge.commands.benchmark import RowResult, Timing, _openvino_default
+    from mrcnn_edge.export.validated_precisions import bf16_record
+    from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
+    from mrcnn_edge.runtime.testing import make_contract_model
+
+    meta = {"validated_precisions": {"bf16": bf16_record(*stamp, 100, "val")}} if stamp else None
+    model = make_contract_model(tmp_path / "m.int8.onnx", precision="int8", metadata=meta)
+    t = Timing(1.0, 1.0, 1.0, 1.0)
+    results = {label: RowResult(label, "openvino", str(model), t, {}, 1.0, mask_AP=ap)
+               for label, ap in (("openvino int8", int8_ap), ("openvino int8 bf16", bf16_ap))}
+    label, why = _openvino_default(model, results, "openvino int8", "openvino int8 bf16", 20)
+    taken = bf16_taken and cpu_has_bf16(ov.Core())
+    assert label == ("openvino int8 bf16" if taken else "openvino int8"), why
+    assert why.startswith("auto: ") and ("judged on these frames" in why) == (stamp is None)
