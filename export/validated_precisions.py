@@ -139,4 +139,5 @@ def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarra
     entry = bf16_record(ap[full], ap["bf16"], len(frames), annotations)
     within = validated_drop({"validated_precisions": {"bf16": entry}}, "bf16") is not None
     write_validated_precisions(model, {"bf16": entry if within else None})
-    return PrecisionCheck(ap[full], ap["bf16"], len(frames), within, int8=full == "int8")
+    # the recorded (rounded) figures, so that the line and the model's own line later say the same
+    return PrecisionCheck(entry["fp32_mask_AP"], entry["mask_AP"], len(frames), within, int8=full == "int8")
