@@ -15,8 +15,9 @@ CPU plugin's ``INFERENCE_PRECISION_HINT`` for the float parts (:func:`choose_pre
   convolutions, fully connected layers and ROIAlign itself run in bf16. bf16 keeps 8 significant
   bits, 2 px steps at 256-512 px: on the demo model the boxes in bf16 cost 0.011 mask AP, with
   the boxes in f32 bf16 is within 0.001 of fp32 at the same speed. Where the marks cannot be
-  made (the IR copy goes through a temporary folder: a full disk), bf16 runs without them, with a
-  warning, and the description says so;
+  made (the IR copy goes through a temporary folder: a full disk) or the compiled graph shows they
+  were not kept (:func:`roi_box_precisions`: another OpenVINO release), bf16 runs without them,
+  with a warning, and the description says so;
 * ``auto`` (the default): ``bf16`` where the CPU computes it natively *and* the model's metadata
   says bf16 was validated for it (``validated_precisions``: mask AP within
   ``contract.VALIDATED_PRECISION_BOUNDS`` of the model's own float parts in fp32 on annotated
@@ -54,7 +55,8 @@ from mrcnn_edge.runtime.spec import TensorSpec
 log = logging.getLogger(__name__)
 
 __all__ = ["OpenVinoBackend", "OPENVINO_PRECISIONS", "FLOAT_PARTS", "PrecisionChoice", "choose_precision",
-           "full_precision", "cpu_has_bf16", "openvino_available", "roi_box_nodes", "keep_precise"]
+           "full_precision", "cpu_has_bf16", "openvino_available", "roi_box_nodes", "keep_precise",
+           "roi_box_precisions"]
 
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 """What the backend computes in -> OpenVINO's ``INFERENCE_PRECISION_HINT`` for the float parts:
@@ -175,6 +177,24 @@ def keep_precise(core: Any, model: Any, names: set[str]) -> Any:
         return core.read_model(ET.tostring(tree.getroot(), encoding="unicode"), weights)
 
 
+def roi_box_precisions(compiled: Any) -> list[str]:
+    """The runtime precision (``f32``, ``bf16``, ...) of the operation that computes each ROIAlign's
+    boxes in a compiled CPU graph, past the Reorders (precision conversions) OpenVINO puts in between:
+    what the ``precise`` marks did, as the plugin compiled it. Empty where the graph does not say."""
+    out = []
+    try:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            if op.get_rt_info()["layerType"].astype(str) != "ROIAlign":
+                continue
+            node = op.input_value(1).get_node()
+            while node.get_rt_info()["layerType"].astype(str) == "Reorder":
+                node = node.input_value(0).get_node()
+            out.append(node.get_rt_info()["runtimePrecision"].astype(str))
+    except (KeyError, RuntimeError, IndexError):  # another plugin's runtime graph: nothing to tell
+        return []
+    return out
+
+
 def _spec(port: Any) -> TensorSpec:
     name = port.get_any_name()
     type_name = port.get_element_type().get_type_name()
@@ -229,6 +249,10 @@ class OpenVinoBackend(Backend):
                     log.warning("OpenVINO bf16 with the ROI boxes in bf16 too (less accurate): could not mark them "
                                 "f32 (%s)", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
             self._compiled = self._core.compile_model(model, device, config)
+            if self.roi_boxes == "fp32" and any(p != "f32" for p in roi_box_precisions(self._compiled)):
+                self.roi_boxes = "bf16"  # an OpenVINO that reads the marks but does not keep them
+                log.warning("OpenVINO bf16 with the ROI boxes in bf16 too (less accurate): this OpenVINO did not "
+                            "keep the operations marked precise in f32")
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses for everything
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UserError(f"OpenVINO cannot load {self.path.name}: {first}") from exc

@@ -131,24 +131,10 @@ def test_precisions_a_model_cannot_have_are_refused(requested, metadata, words):
         choose_precision(requested, metadata, True)
 
 
-def _roi_box_producers(compiled) -> list[tuple[str, str]]:
-    """(layer type, runtime precision) of the operation that computes each ROIAlign's boxes in the
-    compiled graph, past the Reorders (precision conversions) OpenVINO puts in between."""
-    out = []
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        if op.get_rt_info()["layerType"].astype(str) != "ROIAlign":
-            continue
-        node = op.input_value(1).get_node()
-        while node.get_rt_info()["layerType"].astype(str) == "Reorder":
-            node = node.input_value(0).get_node()
-        info = node.get_rt_info()
-        out.append((info["layerType"].astype(str), info["runtimePrecision"].astype(str)))
-    return out
-
-
 def test_bf16_keeps_the_boxes_roialign_pools_in_f32(demo_onnx):
     """bf16 rounds a box corner at 256-512 px to 2 px steps; the boxes' arithmetic is marked precise."""
-    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16, keep_precise, roi_box_nodes
+    from mrcnn_edge.runtime.backends.openvino import (OpenVinoBackend, cpu_has_bf16, keep_precise, roi_box_nodes,
+                                                      roi_box_precisions)
 
     core = ov.Core()
     if not cpu_has_bf16(core):
@@ -160,12 +146,12 @@ def test_bf16_keeps_the_boxes_roialign_pools_in_f32(demo_onnx):
     assert names and not {kinds[n] for n in names} & {"ROIAlign", "Convolution", "MatMul", "Parameter", "Constant"}
     assert {kinds[n] for n in names} >= {"NonMaxSuppression", "TopK", "Gather"}  # proposals and detections
     hint = {"INFERENCE_PRECISION_HINT": "bf16"}
-    plain = _roi_box_producers(core.compile_model(model, "CPU", hint))
-    assert plain and any(p == "bf16" for _, p in plain)  # what OpenVINO does by itself: the boxes in bf16
-    marked = _roi_box_producers(core.compile_model(keep_precise(core, model, names), "CPU", hint))
-    assert len(marked) == len(plain) and all(p == "f32" for _, p in marked), marked
+    plain = roi_box_precisions(core.compile_model(model, "CPU", hint))
+    assert plain and "bf16" in plain  # what OpenVINO does by itself: the boxes in bf16
+    marked = roi_box_precisions(core.compile_model(keep_precise(core, model, names), "CPU", hint))
+    assert len(marked) == len(plain) and set(marked) == {"f32"}, marked
     with OpenVinoBackend(path, precision="bf16") as be, OpenVinoBackend(path, precision="fp32") as exact:
-        assert "ROI boxes in f32" in be.description and all(p == "f32" for _, p in _roi_box_producers(be._compiled))
+        assert "ROI boxes in f32" in be.description and set(roi_box_precisions(be._compiled)) == {"f32"}
         x = np.zeros((1, 3, *be.metadata["input_size"]), np.float32)
         assert be.infer({"images": x})["boxes"].dtype == exact.infer({"images": x})["boxes"].dtype == np.float32
 
@@ -174,17 +160,29 @@ def test_bf16_runs_without_the_marks_where_they_cannot_be_made(demo_onnx, tmp_pa
     """The marks go through a temporary IR copy: no temporary folder (a full disk) costs accuracy, not the run."""
     import tempfile
 
-    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16, roi_box_precisions
 
     if not cpu_has_bf16(ov.Core()):
         pytest.skip("this CPU has no BF16 instructions")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-folder"))
     with caplog.at_level("WARNING"), OpenVinoBackend(demo_onnx("portable"), precision="bf16") as be:
         assert be.description.startswith("openvino (CPU, bf16 (ROI boxes in bf16 too)")
-        assert any(p == "bf16" for _, p in _roi_box_producers(be._compiled))
+        assert "bf16" in roi_box_precisions(be._compiled)
         out = be.infer({"images": np.zeros((1, 3, *be.metadata["input_size"]), np.float32)})
         assert out["boxes"].shape[-1] == 4
     assert "could not mark them f32" in caplog.text and "no-such-folder" in caplog.text
+
+
+def test_bf16_says_so_where_openvino_did_not_keep_the_marks(demo_onnx, monkeypatch, caplog):
+    """An OpenVINO release that takes the IR copy but ignores its marks: the compiled graph tells."""
+    from mrcnn_edge.runtime.backends import openvino as ovb
+
+    if not ovb.cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    monkeypatch.setattr(ovb, "keep_precise", lambda core, model, names: model)  # marks silently dropped
+    with caplog.at_level("WARNING"), ovb.OpenVinoBackend(demo_onnx("portable"), precision="bf16") as be:
+        assert "(ROI boxes in bf16 too)" in be.description
+    assert "did not keep the operations marked precise" in caplog.text
 
 
 @pytest.fixture
