@@ -172,7 +172,7 @@ class Pipeline:
         self._lock = threading.Lock()
         # inference workers: the backend's concurrent requests, from files only (a camera's
         # frames are taken newest-first, one at a time: latency first)
-        self._workers = 1 if live else max(1, int(getattr(segmenter.backend, "requests", 1)))
+        self._workers = 1 if live else segmenter.backend.requests
         self._workers_left = self._workers
         self._turn = threading.Condition()
         self._next_batch = 0  # the number of the batch whose results go on next

@@ -490,6 +490,6 @@ def _result(label: str, row: Row, runner: Any, samples: list[dict[str, float]], 
         from mrcnn_edge.commands.floors import model_floor_ms
 
         # float ops run in what OpenVINO chose (others: fp32); the mean detections size a mask head on them
-        res.floor_ms = model_floor_ms(path, str(getattr(runner, "float_precision", "fp32")), res.rows_per_frame, limits)
+        res.floor_ms = model_floor_ms(path, runner.float_precision, res.rows_per_frame, limits)
         res.floor_share = None if res.floor_ms is None else res.floor_ms / stages["infer"].mean
     return res

@@ -178,7 +178,7 @@ def gemm_limits(precisions: tuple[str, ...] = LIMIT_PRECISIONS, n: int = 1024, w
     precisions the CPU does not compute natively (bf16 without BF16 instructions) are left out.
     Needs the ``openvino`` extra (UserError in one line otherwise)."""
     from mrcnn_edge.core.errors import require
-    from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
+    from mrcnn_edge.runtime.backends.openvino import OPENVINO_PRECISIONS, cpu_has_bf16
 
     ov = require("openvino", "openvino", "measuring this CPU's GEMM throughput (or give --gemm-limits)")
     core = ov.Core()
@@ -187,7 +187,7 @@ def gemm_limits(precisions: tuple[str, ...] = LIMIT_PRECISIONS, n: int = 1024, w
     for precision in precisions:
         if precision == "bf16" and not cpu_has_bf16(core):
             continue
-        hint = "bf16" if precision == "bf16" else "f32"
+        hint = OPENVINO_PRECISIONS[precision]  # int8: the float parts around the INT8 product in f32
         for model, shape, flop in (_matmul_model(ov, n, precision == "int8"), _conv_model(ov, 256, 128, precision == "int8")):
             compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
             request = compiled.create_infer_request()

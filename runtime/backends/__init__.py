@@ -8,7 +8,8 @@ Every backend (Polygraphy's runner shape) is a context manager with
   arrays are the backend's own buffers, allocated once and overwritten by the next call: copy
   what you keep;
 - ``requests``: how many ``infer`` calls may run at once from different threads (1 for all but
-  OpenVINO with ``requests`` > 1, whose calls then return copies).
+  OpenVINO with ``requests`` > 1, whose calls then return copies);
+- ``float_precision``: what the float operations compute in (``fp32`` but for OpenVINO in bf16).
 
 A backend whose tensors live in GPU memory (TensorRT) also offers :class:`DeviceBackend`, returned
 by :meth:`Backend.on_device`: the GPU pre/post-processing writes the model input and reads the
@@ -44,6 +45,7 @@ class Backend(abc.ABC):
 
     name: str = ""
     requests: int = 1  # infer() calls that may run at once, from different threads
+    float_precision: str = "fp32"  # what the float operations compute in (the floors count them at it)
     path: Path
     metadata: dict[str, Any]
     inputs: dict[str, TensorSpec]

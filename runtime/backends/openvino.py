@@ -63,7 +63,7 @@ OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 ``fp32`` and ``bf16`` for any portable model, ``int8`` (float parts in f32) for an INT8 model only;
 ``auto`` chooses one of them (:func:`choose_precision`)."""
 
-FLOAT_PARTS = {"fp32": "fp32", "bf16": "bf16", "int8": "fp32"}
+FLOAT_PARTS = {p: "bf16" if hint == "bf16" else "fp32" for p, hint in OPENVINO_PRECISIONS.items()}
 """The precision of the float parts (what the floors count them at) of each of ``OPENVINO_PRECISIONS``."""
 
 _OV_TYPES = {"f32": np.float32, "f16": np.float16, "i32": np.int32, "i64": np.int64, "u8": np.uint8,
