@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from mrcnn_edge.core.cliutil import parse_canvas, positive_int, probability
 from mrcnn_edge.core.contract import CANVAS_MULTIPLE, DEFAULT_MASK_HEAD, FLAVORS, MASK_HEADS, PRECISIONS
@@ -112,11 +111,7 @@ def run_validate(args) -> int:
     if not report.ok:
         note("validation FAILED: outside the tolerances above")
     elif args.annotations and not args.no_bf16_check and str(args.model).lower().endswith(".onnx"):
-        from mrcnn_edge.export.validate import collect_images
-        from mrcnn_edge.export.validated_precisions import check_cpu_precisions
+        from mrcnn_edge.export.validated_precisions import check_annotated
 
-        items, dataset = collect_images(args.images, args.annotations, args.limit)
-        checked = check_cpu_precisions(args.model, items, dataset, Path(args.annotations).name)
-        if checked is not None:
-            note(checked.line)
+        check_annotated(args.model, args.images, args.annotations, args.limit)
     return 0 if report.ok else 1

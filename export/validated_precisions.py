@@ -27,7 +27,8 @@ import numpy as np
 from mrcnn_edge.core.contract import VALIDATED_PRECISION_BOUNDS, validated_drop
 from mrcnn_edge.core.progress import note
 
-__all__ = ["bf16_record", "write_validated_precisions", "check_cpu_precisions", "PrecisionCheck"]
+__all__ = ["bf16_record", "write_validated_precisions", "check_cpu_precisions", "check_annotated",
+           "PrecisionCheck"]
 
 
 def bf16_record(fp32_mask_ap: float, bf16_mask_ap: float, images: int, annotations: str,
@@ -141,3 +142,16 @@ def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarra
     write_validated_precisions(model, {"bf16": entry if within else None})
     # the recorded (rounded) figures, so that the line and the model's own line later say the same
     return PrecisionCheck(entry["fp32_mask_AP"], entry["mask_AP"], len(frames), within, int8=full == "int8")
+
+
+def check_annotated(model: str | Path, images: str | None, annotations: str, limit: int | None) -> PrecisionCheck | None:
+    """:func:`check_cpu_precisions` on the annotated images a passed validation ran (``validate``'s
+    ``images``/``annotations``/``limit``), its line noted: what ``validate --annotations`` and
+    ``demo`` do after their comparison."""
+    from mrcnn_edge.export.validate import collect_images
+
+    items, dataset = collect_images(images, annotations, limit)
+    checked = check_cpu_precisions(model, items, dataset, Path(annotations).name)
+    if checked is not None:
+        note(checked.line)
+    return checked

@@ -97,13 +97,9 @@ def run_demo(args) -> int:
         reports[flavor] = rep
         _write_text(out / f"validation_{flavor}.md", text)
     if reports["portable"].ok:  # as 'validate --annotations' does: bf16 recorded where it keeps the mask AP
-        from mrcnn_edge.export.validate import collect_images
-        from mrcnn_edge.export.validated_precisions import check_cpu_precisions
+        from mrcnn_edge.export.validated_precisions import check_annotated
 
-        items, dataset = collect_images(None, str(split), args.validate_images)
-        checked = check_cpu_precisions(models["portable"], items, dataset, split.name)
-        if checked is not None:
-            note(checked.line)
+        check_annotated(models["portable"], None, str(split), args.validate_images)
     steps.append(("validate", time.time() - t, "PASS" if all(r.ok for r in reports.values()) else "FAIL"))
 
     from mrcnn_edge.data.video import write_video
