@@ -97,13 +97,12 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress lines, only the summary")
 
 
-def frames_queue_up(sources: list[str]) -> bool:
-    """One file source (a video, an image, a folder or a glob): every frame is processed, so frames
-    per second count (``Segmenter.from_path(throughput=True)``). A camera wants each frame's
-    latency, and several sources share one batching inference stage."""
-    from mrcnn_edge.runtime.io.sources import check_source
-
-    return len(sources) == 1 and check_source(sources[0]) in ("video", "images")
+def frames_queue_up(kinds: list[str]) -> bool:
+    """One file source (a video, an image, a folder or a glob; ``kinds`` as :func:`check_run` returns
+    them): every frame is processed, so frames per second count
+    (``Segmenter.from_path(throughput=True)``). A camera wants each frame's latency, and several
+    sources share one batching inference stage."""
+    return len(kinds) == 1 and kinds[0] in ("video", "images")
 
 
 def _auto_help() -> str:
@@ -175,7 +174,7 @@ def run_run(args: argparse.Namespace) -> int:
     segment_seconds = 60.0 * args.segment_minutes if args.segment_minutes else None
     # sources and outputs that cannot work (unknown path, bad csi:// options, an unwritable -o) are
     # reported before the model loads: building an engine's context can take a minute on a Jetson
-    check_run(sources, outputs, segment_seconds)
+    kinds = check_run(sources, outputs, segment_seconds)
     options = RunOptions(max_frames=args.max_frames, reconnect_tries=args.reconnect, segment_seconds=segment_seconds,
                          window=window, progress=None if args.quiet or len(sources) > 1 else status, announce=note)
     with contextlib.ExitStack() as stack:
@@ -186,7 +185,7 @@ def run_run(args: argparse.Namespace) -> int:
         segmenter = stack.enter_context(Segmenter.from_path(
             args.model, backend=args.backend, providers=providers, plugin_lib=args.plugin_lib,
             score_threshold=args.score_threshold, device=args.device, cuda_graph=args.cuda_graph,
-            precision=args.precision, requests=args.requests, throughput=frames_queue_up(sources), **server))
+            precision=args.precision, requests=args.requests, throughput=frames_queue_up(kinds), **server))
         after = resident_mib()
         note(f"model: {segmenter.description}")
         if len(sources) > 1:

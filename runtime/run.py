@@ -123,8 +123,9 @@ class StopSignals:
                 self._pipelines.remove(pipeline)
 
 
-def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_seconds: float | None = None) -> None:
-    """Everything about the sources and outputs that can be refused before the model loads."""
+def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_seconds: float | None = None) -> list[str]:
+    """Everything about the sources and outputs that can be refused before the model loads; the
+    sources' kinds (``check_source``)."""
     from mrcnn_edge.runtime.batcher import check_kinds
     from mrcnn_edge.runtime.io.outputs import check_output
     from mrcnn_edge.runtime.io.sources import check_source
@@ -138,6 +139,7 @@ def check_run(sources: Sequence[str], outputs: Sequence[str | None], segment_sec
     for out in outputs:
         if out:
             check_output(out, segment_seconds)
+    return kinds
 
 
 def open_outputs(source: Any, output: str | None, options: RunOptions, stack: contextlib.ExitStack) -> list[Any]:

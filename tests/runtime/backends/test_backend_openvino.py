@@ -310,6 +310,7 @@ def test_run_takes_two_requests_for_a_file_and_one_for_a_camera(models, tmp_path
 
     from mrcnn_edge.commands.cli import main
     from mrcnn_edge.runtime import cli as run_cli, segmenter as segmenter_module
+    from mrcnn_edge.runtime.run import check_run
     from mrcnn_edge.runtime.segmenter import Segmenter
 
     image = tmp_path / "f.png"
@@ -321,9 +322,9 @@ def test_run_takes_two_requests_for_a_file_and_one_for_a_camera(models, tmp_path
             return seg.backend.requests
 
     monkeypatch.setattr(segmenter_module.os, "cpu_count", lambda: 2)
-    assert run_cli.frames_queue_up([str(image)]) and requests() == 2
-    assert not run_cli.frames_queue_up(["rtsp://127.0.0.1:9/cam"])
-    assert not run_cli.frames_queue_up([str(image), str(image)])
+    assert run_cli.frames_queue_up(check_run([str(image)], [])) and requests() == 2
+    assert not run_cli.frames_queue_up(check_run(["rtsp://127.0.0.1:9/cam"], []))
+    assert not run_cli.frames_queue_up(check_run([str(image), str(image)], []))
     assert requests(providers=["CPUExecutionProvider"]) == 1  # ONNX Runtime chosen: one at a time
     assert requests(backend="onnxruntime") == 1
     assert requests(requests=3) == 3  # as given
