@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from mrcnn_edge.core.contract import INPUT_NAME, QUANTIZED_PRECISIONS, feed_mean_std
+from mrcnn_edge.core.contract import CALIBRATION_LIMIT, INPUT_NAME, QUANTIZED_PRECISIONS, feed_mean_std
 from mrcnn_edge.core.errors import UserError, require
 
 from mrcnn_edge.export.checks import QDQ_OPS, QUANTIZED_OPS, quantized_nodes, skip_connection_adds
@@ -57,7 +57,6 @@ FLOAT_LAYERS = ("cls_logits", "bbox_pred", "cls_score", "mask_fcn_logits")
 emit logits and box deltas. Their errors go straight into scores and boxes (mask AP of the demo
 model: -0.017 with them in INT8); they are a few percent of the compute."""
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")  # runtime.sources'
-DEFAULT_LIMIT = 200
 
 
 def _log(message: str) -> None:
@@ -68,7 +67,7 @@ def is_quantized(proto: Any) -> bool:
     return any(n.op_type in QDQ_OPS for n in proto.graph.node)
 
 
-def calibration_images(spec: str | os.PathLike, limit: int | None = DEFAULT_LIMIT) -> list[Path]:
+def calibration_images(spec: str | os.PathLike, limit: int | None = CALIBRATION_LIMIT) -> list[Path]:
     """Image files of a folder, a dataset folder (its ``images/``) or a glob, sorted; the first ``limit``.
 
     Refuses (one line) a missing path, a folder without images, and a file that is not an image."""
@@ -344,7 +343,7 @@ def _read_model(model_path: Path) -> tuple[Any, dict[str, Any]]:
 
 
 def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out: str | os.PathLike,
-                   limit: int | None = DEFAULT_LIMIT, method: str = "percentile",
+                   limit: int | None = CALIBRATION_LIMIT, method: str = "percentile",
                    log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Write the INT8 Q/DQ model of ``model`` (an fp32 export, either flavor) to ``out``; return a report.
 

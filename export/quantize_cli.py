@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from mrcnn_edge.core.contract import CALIBRATION_LIMIT
 from mrcnn_edge.core.errors import UserError
 
 __all__ = ["DESCRIPTION_QUANTIZE", "add_quantize_arguments", "run_quantize"]
@@ -23,7 +24,7 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration images: a folder (or a dataset folder with images/) or a glob; "
                         "100-500 images like the ones the model will see")
     p.add_argument("-o", "--output", required=True, help="INT8 ONNX file to write (e.g. model.int8.onnx)")
-    p.add_argument("--limit", type=int, default=200, help="use at most the first N calibration images")
+    p.add_argument("--limit", type=int, default=CALIBRATION_LIMIT, help="use at most the first N calibration images")
 
 
 def run_quantize(args) -> int:

@@ -18,7 +18,7 @@ __all__ = [
     "PLUGIN_NAME", "PLUGIN_VERSION", "PLUGIN_NAMESPACE", "PLUGIN_DOMAIN", "PLUGIN_MAX_LEVELS",
     "PLUGIN_MAX_SAMPLING_RATIO", "PluginAttribute", "PLUGIN_ATTRIBUTES", "plugin_identity",
     "plugin_attribute_defaults", "check_plugin_attributes", "fpn_level_range",
-    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "MASK_HEADS", "DEFAULT_MASK_HEAD", "OPTIONAL_KEYS",
+    "FLAVORS", "PRECISIONS", "QUANTIZED_PRECISIONS", "ALL_PRECISIONS", "CALIBRATION_LIMIT", "MASK_HEADS", "DEFAULT_MASK_HEAD", "OPTIONAL_KEYS",
     "VALIDATED_PRECISION_BOUNDS", "validated_drop",
     "INPUT_NORMALIZATIONS", "feed_mean_std", "DEVICES", "ONNX_SUFFIXES", "ENGINE_SUFFIXES",
 ]
@@ -262,6 +262,8 @@ QUANTIZED_PRECISIONS = {"int8": "fp32"}
 """Precision of a Q/DQ model -> the precision of the exported model it is made from: INT8 Q/DQ
 (symmetric, per-channel weights) on convolutions and fully connected layers of an fp32 model."""
 ALL_PRECISIONS = tuple(PRECISIONS) + tuple(QUANTIZED_PRECISIONS)
+CALIBRATION_LIMIT = 200
+"""Calibration images ``quantize`` uses at most unless told (the first ones, sorted)."""
 MASK_HEADS: dict[str, str] = {
     "static": "mask head on all max_detections rows (static shapes: TensorRT, any engine)",
     "detections": "mask head on the real detections only (data-dependent shape: CPU engines)",
