@@ -164,7 +164,12 @@ def keep_precise(core: Any, model: Any, names: set[str]) -> Any:
 
     with tempfile.TemporaryDirectory(prefix="mrcnn-edge-ov-") as tmp:
         xml = Path(tmp) / "model.xml"
-        ov.save_model(model, str(xml), compress_to_fp16=False)
+        try:
+            ov.save_model(model, str(xml), compress_to_fp16=False)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO's reason for a full disk: 'basic_ios::clear: iostream error'
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise OSError(f"writing a copy of the model into {tmp} failed: {first}; a full disk? "
+                          f"TMPDIR names another folder") from exc
         tree = ET.parse(xml)
         for layer in tree.getroot().iter("layer"):
             if layer.get("name") in names:

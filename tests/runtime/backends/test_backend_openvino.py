@@ -2,6 +2,8 @@
 backend table's automatic choice of it on x86 CPUs without a GPU."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -171,6 +173,31 @@ def test_bf16_runs_without_the_marks_where_they_cannot_be_made(demo_onnx, tmp_pa
         out = be.infer({"images": np.zeros((1, 3, *be.metadata["input_size"]), np.float32)})
         assert out["boxes"].shape[-1] == 4
     assert "could not mark them f32" in caplog.text and "no-such-folder" in caplog.text
+
+
+def test_bf16_on_a_full_disk_says_where_and_why(demo_onnx, tmp_path, monkeypatch, caplog):
+    """A temp folder on a real full disk (a tmpfs): OpenVINO's own reason for the failed copy is one
+    cryptic line ('basic_ios::clear: iostream error'), so the warning names the folder and the cause;
+    nothing is left in it, and bf16 runs unmarked."""
+    import tempfile
+
+    from mrcnn_edge.runtime.backends.openvino import OpenVinoBackend, cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "io"))
+    import media_tools  # the tests' tmpfs helper (tests/runtime/io)
+    disk = tmp_path / "disk"
+    with media_tools.small_disk(disk, 64) as mounted:
+        if not mounted:
+            pytest.skip("no tmpfs can be mounted here (not root): the no-temp-folder test covers the fallback")
+        (disk / "filler").write_bytes(b"\0" * (64 * 1024 - 4096))  # what the tmpfs has room for, less a page
+        monkeypatch.setattr(tempfile, "tempdir", str(disk))
+        with caplog.at_level("WARNING"), OpenVinoBackend(demo_onnx("portable"), precision="bf16") as be:
+            assert "(ROI boxes in bf16 too)" in be.description
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+    assert "could not mark them f32 (writing a copy of the model into " + str(disk) in caplog.text
+    assert "a full disk? TMPDIR names another folder" in caplog.text
 
 
 def test_bf16_says_so_where_openvino_did_not_keep_the_marks(demo_onnx, monkeypatch, caplog):
