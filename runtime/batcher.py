@@ -2,8 +2,9 @@
 
 One :class:`~mrcnn_edge.runtime.segmenter.Segmenter` (one engine, one execution context, one set of
 activation buffers) serves every source. Threads: a capture per source, one assembling and preparing
-batches, one inference, one post-processing and drawing; the sinks are written on the calling
-thread. Each frame's detections go to its own source's sinks and statistics. Assembly (docs/DESIGN.md):
+batches, one inference (from files, one per concurrent request of the backend, ``--requests``:
+they hand their batches on in order, as the single-source pipeline's do), one post-processing and
+drawing; the sinks are written on the calling thread. Each frame's detections go to its own source's sinks and statistics. Assembly (docs/DESIGN.md):
 
 - cameras (live sources): a one-frame slot each, the newest frame replaces one not taken yet (a drop,
   counted for that camera). A batch is taken when the model is free: the frame of every camera
@@ -37,7 +38,7 @@ from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.runtime.detections import Detections
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
-from mrcnn_edge.runtime.pipeline import join_stages, prepare_or_split, start_stage
+from mrcnn_edge.runtime.pipeline import InOrder, join_stages, prepare_or_split, start_stage
 from mrcnn_edge.runtime.segmenter import Segmenter, Work
 from mrcnn_edge.runtime.stats import RunStats
 
@@ -184,6 +185,9 @@ class Batcher:
         self._model_free = threading.Event()  # live: no batch waits for the model (see _assemble_stage)
         self._model_free.set()
         self._pending = 0                      # batches prepared and not inferred yet
+        # inference workers: the backend's concurrent requests (--requests), from files only; a
+        # camera batch is taken when the model is free (newest frames), one at a time
+        self._workers = InOrder(1 if self.live else segmenter.backend.requests, self._stop.is_set)
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._order = list(range(n))  # least recently served first: served sources move to the back
@@ -315,6 +319,7 @@ class Batcher:
         return [self._slots.take(i) for i in sorted(chosen)]
 
     def _assemble_stage(self) -> None:
+        number = 0
         while True:
             if self.live:
                 # a camera batch is taken when the model is free: the frames are the newest then,
@@ -331,23 +336,33 @@ class Batcher:
                 with self._lock:
                     self._pending += 1
                     self._model_free.clear()
-                if not self._put(self._queues[0], (group, work)):
+                if not self._put(self._queues[0], (number, group, work)):
                     return
+                number += 1  # each batch's place in the stream (the inference workers keep the order)
 
     # -- model and post-processing --------------------------------------------------------------
     def _infer(self) -> None:
-        while (got := self._get(self._queues[0])) is not _END:
-            items, work = got
-            work = self.segmenter.infer(work)
-            self._record(items, "infer", work.timings["infer"])
-            with self._lock:
-                self.stats.inferences += 1
-                self.stats.frames += len(items)
-                self._pending -= 1
-                if self._pending == 0:  # nothing prepared is waiting: the next batch may be taken
-                    self._model_free.set()
-            if not self._put(self._queues[1], (items, work)):
-                return
+        """One inference worker; with several (files, ``--requests``), each hands its batch on in the
+        batches' order, and the last to finish ends the stream for post-processing."""
+        try:
+            while (got := self._get(self._queues[0])) is not _END:
+                number, items, work = got
+                work = self.segmenter.infer(work)
+                self._record(items, "infer", work.timings["infer"])
+                with self._lock:
+                    self.stats.inferences += 1
+                    self.stats.frames += len(items)
+                    self._pending -= 1
+                    if self._pending == 0:  # nothing prepared is waiting: the next batch may be taken
+                        self._model_free.set()
+                if not self._workers.hand_on(number, lambda: self._put(self._queues[1], (items, work))):
+                    return
+        except BaseException:
+            self.stop()  # first: the other workers must not wait for this worker's batch
+            raise
+        finally:
+            # the last worker ends post-processing's stream; the others pass the end on to the workers left
+            self._put(self._queues[1] if self._workers.worker_done() else self._queues[0], _END)
 
     def _post(self) -> None:
         while (got := self._get(self._queues[1])) is not _END:
@@ -368,7 +383,8 @@ class Batcher:
         """Process every source to its end (or ``max_frames``, or a stop); one ``RunStats`` per source."""
         threads = [self._thread(f"capture-{i}", lambda i=i: self._capture(i), None) for i in range(len(self.sources))]
         threads += [self._thread("batch", self._assemble_stage, self._queues[0]),
-                    self._thread("infer", self._infer, self._queues[1]),
+                    *(self._thread(f"infer-{i}" if self._workers.workers > 1 else "infer", self._infer, None)
+                      for i in range(self._workers.workers)),
                     self._thread("post", self._post, self._queues[2])]
         try:
             while (got := self._get(self._queues[2])) is not _END:

@@ -98,11 +98,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def frames_queue_up(kinds: list[str]) -> bool:
-    """One file source (a video, an image, a folder or a glob; ``kinds`` as :func:`check_run` returns
-    them): every frame is processed, so frames per second count
-    (``Segmenter.from_path(throughput=True)``). A camera wants each frame's latency, and several
-    sources share one batching inference stage."""
-    return len(kinds) == 1 and kinds[0] in ("video", "images")
+    """Files only (videos, images, folders, globs; ``kinds`` as :func:`check_run` returns them): every
+    frame is processed, so frames per second count (``Segmenter.from_path(throughput=True)``: two
+    inferences in flight, one worker each, in the pipeline and in the batcher). A camera wants each
+    frame's latency: one at a time."""
+    return bool(kinds) and all(kind in ("video", "images") for kind in kinds)
 
 
 def _auto_help() -> str:
@@ -150,7 +150,7 @@ def _setup_logging() -> None:
 def run_run(args: argparse.Namespace) -> int:
     # without OpenCV this first import raises the one-line OpenCVMissing (runtime/io/opencv.py)
     from mrcnn_edge.runtime.io.sinks import window_unavailable
-    from mrcnn_edge.runtime.batcher import resident_mib, serving_plan
+    from mrcnn_edge.runtime.batcher import LIVE_KINDS, resident_mib, serving_plan
     from mrcnn_edge.runtime.run import RunOptions, StopSignals, check_run, exit_code, run_sources
     from mrcnn_edge.runtime.segmenter import Segmenter
 
@@ -175,6 +175,9 @@ def run_run(args: argparse.Namespace) -> int:
     # sources and outputs that cannot work (unknown path, bad csi:// options, an unwritable -o) are
     # reported before the model loads: building an engine's context can take a minute on a Jetson
     kinds = check_run(sources, outputs, segment_seconds)
+    if args.requests and args.requests > 1 and set(kinds) & set(LIVE_KINDS):
+        raise UserError(f"--requests {args.requests}: cameras and streams run one inference at a time (a frame is "
+                        "taken when the model is free, the newest: latency first); --requests is for files")
     options = RunOptions(max_frames=args.max_frames, reconnect_tries=args.reconnect, segment_seconds=segment_seconds,
                          window=window, progress=None if args.quiet or len(sources) > 1 else status, announce=note)
     with contextlib.ExitStack() as stack:

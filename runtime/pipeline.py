@@ -44,7 +44,7 @@ from mrcnn_edge.runtime.stats import RunStats
 from mrcnn_edge.runtime.io.sinks import Sink
 from mrcnn_edge.runtime.io.sources import Frame, Source, SourceLost
 
-__all__ = ["Pipeline", "LatestSlot", "prepare_or_split", "start_stage", "join_stages"]
+__all__ = ["InOrder", "Pipeline", "LatestSlot", "prepare_or_split", "start_stage", "join_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +142,42 @@ def join_stages(threads: Sequence[threading.Thread], timeout: float) -> None:
                     ", ".join(stuck), timeout)
 
 
+class InOrder:
+    """``workers`` inference workers that finish out of order hand their batches on in the order of
+    the numbers the pre-processing stage gave them (0, 1, 2, ...): the pipeline's and the batcher's,
+    from files. One worker hands on at once (a live slot may skip numbers)."""
+
+    def __init__(self, workers: int, stopping: Callable[[], bool]) -> None:
+        self.workers = max(1, int(workers))
+        self._left = self.workers
+        self._next = 0  # the number of the batch whose results go on next
+        self._turn = threading.Condition()
+        self._stopping = stopping
+
+    def hand_on(self, number: int, put: Callable[[], bool]) -> bool:
+        """``put()`` batch ``number`` after every earlier batch was put; False when stopping."""
+        if self.workers == 1:
+            return put()
+        with self._turn:
+            while self._next != number:
+                if self._stopping():
+                    return False
+                self._turn.wait(0.1)
+        try:
+            return put()
+        finally:
+            with self._turn:
+                self._next += 1
+                self._turn.notify_all()
+
+    def worker_done(self) -> bool:
+        """A worker's end; True for the last one (it ends the stream for the next stage, the others
+        hand the end-of-stream mark on to the workers still waiting for it)."""
+        with self._turn:
+            self._left -= 1
+            return self._left == 0
+
+
 class Pipeline:
     """Run ``segmenter`` on ``source`` into ``sinks``; see the module docstring.
 
@@ -172,10 +208,7 @@ class Pipeline:
         self._lock = threading.Lock()
         # inference workers: the backend's concurrent requests, from files only (a camera's
         # frames are taken newest-first, one at a time: latency first)
-        self._workers = 1 if live else segmenter.backend.requests
-        self._workers_left = self._workers
-        self._turn = threading.Condition()
-        self._next_batch = 0  # the number of the batch whose results go on next
+        self._workers = InOrder(1 if live else segmenter.backend.requests, self._stop.is_set)
         self._start = 0.0
         self._fps = source.fps if source.fps and source.fps > 0 else 25.0  # a file's timeline
 
@@ -293,35 +326,14 @@ class Pipeline:
                 number, frames, work = item
                 work = self.segmenter.infer(work)
                 self._record("infer", work.timings["infer"])
-                if not self._hand_on(number, (frames, work)):
+                if not self._workers.hand_on(number, lambda: self._put(self._queues[1], (frames, work))):
                     return
         except BaseException:
             self.stop()  # first: the other workers must not wait for this worker's batch
             raise
         finally:
-            with self._lock:
-                self._workers_left -= 1
-                last = self._workers_left == 0
-            if last:
-                self._put(self._queues[1], _END)
-            else:
-                self._put(self._queues[0], _END)  # the other workers wait on it too
-
-    def _hand_on(self, number: int, item: Any) -> bool:
-        """Put ``item`` (batch ``number``) into the post-processing queue after every earlier batch."""
-        if self._workers == 1:  # one worker keeps the order (and a live slot may skip numbers)
-            return self._put(self._queues[1], item)
-        with self._turn:
-            while self._next_batch != number:
-                if self._stop.is_set():
-                    return False
-                self._turn.wait(0.1)
-        try:
-            return self._put(self._queues[1], item)
-        finally:
-            with self._turn:
-                self._next_batch += 1
-                self._turn.notify_all()
+            # the last worker ends post-processing's stream; the others pass the end on to the workers left
+            self._put(self._queues[1] if self._workers.worker_done() else self._queues[0], _END)
 
     def _post(self) -> None:
         while (item := self._get(self._queues[1])) is not _END:
@@ -344,8 +356,8 @@ class Pipeline:
         threads = [
             self._thread("capture", self._capture, self._slot),
             self._thread("pre", self._pre, self._queues[0]),
-            *(self._thread(f"infer-{i}" if self._workers > 1 else "infer", self._infer, None)
-              for i in range(self._workers)),
+            *(self._thread(f"infer-{i}" if self._workers.workers > 1 else "infer", self._infer, None)
+              for i in range(self._workers.workers)),
             self._thread("post", self._post, self._queues[2]),
         ]
         last = time.perf_counter()

@@ -241,7 +241,8 @@ BACKENDS: dict[str, BackendEntry] = {
             BackendOption("device", "str", "CPU", "OpenVINO device name (CPU)"),
             BackendOption("requests", "int", 1, "OpenVINO: inference requests in flight. 1: each frame on every "
                           "core (lowest latency); N: N frames at once, a share of the cores each (more frames per "
-                          "second where frames queue up). run: 2 for files on a CPU with 2 or more cores, else 1",
+                          "second where frames queue up). run: 2 for files (one or several) on a CPU with 2 or more cores, "
+                          "else 1; cameras and streams: 1 (more is refused)",
                           minimum=1, flag="--requests"),
         ),
     ),

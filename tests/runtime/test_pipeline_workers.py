@@ -89,3 +89,62 @@ def test_a_dropped_numbered_batch_counts_its_frames():
     slot.put((0, ["frame a", "frame b"], "work"))
     slot.put((1, ["frame c", "frame d"], "work"))
     assert slot.dropped == 2 and slot.get(timeout=1)[0] == 1
+
+
+# -- the batcher (several sources, one model) ------------------------------------------------------
+def _two_sources(n):
+    """Two files of ``n`` frames; the second pixel says the source, the first the frame's number."""
+    out = []
+    for source in range(2):
+        frames = _marked(n)
+        for f in frames:
+            f[0, 0, 1] = source
+        out.append(frames)
+    return out
+
+
+def _slow_first_source(seg):
+    """Two requests in flight; the first source's even frames take longer: its next frame, two
+    batches on (the sources are served in turn), would overtake it without the hand-over in order."""
+    seg.backend.requests = 2
+    real, lock, serial, inside, most = seg.infer, threading.Lock(), threading.Lock(), [0], [0]
+
+    def infer(work):
+        frame = work.frames[0]
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.06 if frame[0, 0, 1] == 0 and frame[0, 0, 0] % 2 == 0 else 0.0)
+            with serial:
+                return real(work)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    seg.infer = infer
+    return most
+
+
+def test_the_batcher_gives_files_two_inference_workers_and_keeps_each_sources_order(model):
+    """Several files, one batch-1 model served in turn, two requests (``--requests 2``): two batches
+    in flight, and each source's sink still sees its frames in order."""
+    from mrcnn_edge.runtime.batcher import Batcher
+
+    sinks = [Recorder(), Recorder()]
+    with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
+        most = _slow_first_source(seg)
+        batcher = Batcher(seg, [ArraySource(f) for f in _two_sources(12)], [[s] for s in sinks])
+        stats = batcher.run()
+    assert [s.frames for s in sinks] == [list(range(12))] * 2 and [s.frames for s in stats] == [12, 12]
+    assert most[0] == 2 and batcher.stats.inferences == 24
+
+
+def test_the_batchers_cameras_keep_one_inference_worker(model):
+    """Cameras: a batch is taken when the model is free (the newest frames), one at a time."""
+    from mrcnn_edge.runtime.batcher import Batcher
+
+    with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
+        most = _slow_first_source(seg)
+        Batcher(seg, [Camera(20), Camera(20)], [[Recorder()], [Recorder()]]).run()
+    assert most[0] == 1

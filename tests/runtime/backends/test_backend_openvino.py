@@ -242,6 +242,10 @@ def test_what_cannot_be_had_is_one_line(models, tmp_path, capsys, no_bf16_cpu, m
     _run_one_line_error(capsys, [*run[:1], str(int8), *run[1:], "--precision", "fp32"], "exact fp32 is impossible")
     _run_one_line_error(capsys, [*run[:1], str(models["fp32"]), *run[1:], "--precision", "int8"],
                         "runs an INT8 model")
+    out = tmp_path / "cam.mp4"  # a camera takes its newest frame when the model is free: one request
+    _run_one_line_error(capsys, ["run", str(models["fp32"]), "--source", "rtsp://127.0.0.1:9/cam", "--no-display",
+                                 "-o", str(out), "--requests", "2"], "--requests is for files")
+    assert not out.exists()
     import sys
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
@@ -351,7 +355,7 @@ def test_run_takes_two_requests_for_a_file_and_one_for_a_camera(models, tmp_path
     monkeypatch.setattr(segmenter_module.os, "cpu_count", lambda: 2)
     assert run_cli.frames_queue_up(check_run([str(image)], [])) and requests() == 2
     assert not run_cli.frames_queue_up(check_run(["rtsp://127.0.0.1:9/cam"], []))
-    assert not run_cli.frames_queue_up(check_run([str(image), str(image)], []))
+    assert run_cli.frames_queue_up(check_run([str(image), str(image)], []))  # the batcher: a worker per request
     assert requests(providers=["CPUExecutionProvider"]) == 1  # ONNX Runtime chosen: one at a time
     assert requests(backend="onnxruntime") == 1
     assert requests(requests=3) == 3  # as given
