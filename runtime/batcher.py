@@ -381,12 +381,13 @@ class Batcher:
     # -- driver ---------------------------------------------------------------------------------
     def run(self) -> list[RunStats]:
         """Process every source to its end (or ``max_frames``, or a stop); one ``RunStats`` per source."""
-        threads = [self._thread(f"capture-{i}", lambda i=i: self._capture(i), None) for i in range(len(self.sources))]
-        threads += [self._thread("batch", self._assemble_stage, self._queues[0]),
-                    *(self._thread(f"infer-{i}" if self._workers.workers > 1 else "infer", self._infer, None)
-                      for i in range(self._workers.workers)),
-                    self._thread("post", self._post, self._queues[2])]
+        threads: list[threading.Thread] = []  # filled inside the try: stages started before a failed start are stopped
         try:
+            threads += [self._thread(f"capture-{i}", lambda i=i: self._capture(i), None) for i in range(len(self.sources))]
+            threads.append(self._thread("batch", self._assemble_stage, self._queues[0]))
+            threads += [self._thread(f"infer-{i}" if self._workers.workers > 1 else "infer", self._infer, None)
+                        for i in range(self._workers.workers)]
+            threads.append(self._thread("post", self._post, self._queues[2]))
             while (got := self._get(self._queues[2])) is not _END:
                 for item, detections, image, service in got:
                     self._write(item, detections, image, service)

@@ -353,15 +353,14 @@ class Pipeline:
     # -- driver ---------------------------------------------------------------------------------
     def run(self) -> RunStats:
         """Process the source to its end (or ``max_frames``, or a stop); return the statistics."""
-        threads = [
-            self._thread("capture", self._capture, self._slot),
-            self._thread("pre", self._pre, self._queues[0]),
-            *(self._thread(f"infer-{i}" if self._workers.workers > 1 else "infer", self._infer, None)
-              for i in range(self._workers.workers)),
-            self._thread("post", self._post, self._queues[2]),
-        ]
+        threads: list[threading.Thread] = []  # filled inside the try: stages started before a failed start are stopped
         last = time.perf_counter()
         try:
+            threads.append(self._thread("capture", self._capture, self._slot))
+            threads.append(self._thread("pre", self._pre, self._queues[0]))
+            threads += [self._thread(f"infer-{i}" if self._workers.workers > 1 else "infer", self._infer, None)
+                        for i in range(self._workers.workers)]
+            threads.append(self._thread("post", self._post, self._queues[2]))
             while (item := self._get(self._queues[2])) is not _END:
                 for frame, detections, image, service in item:
                     self._write(frame, image, service)

@@ -148,3 +148,28 @@ def test_the_batchers_cameras_keep_one_inference_worker(model):
         most = _slow_first_source(seg)
         Batcher(seg, [Camera(20), Camera(20)], [[Recorder()], [Recorder()]]).run()
     assert most[0] == 1
+
+
+def test_a_stage_that_cannot_start_stops_the_ones_started(model, monkeypatch):
+    """No thread left for a new stage (``threading.Thread.start`` raises): the stages already
+    started are stopped and joined, and the error is raised, instead of captures left reading."""
+    from mrcnn_edge.runtime import batcher as batcher_module, pipeline as pipeline_module
+    from mrcnn_edge.runtime.batcher import Batcher
+
+    real, started = pipeline_module.start_stage, []
+
+    def start_stage(name, *args):
+        if "infer" in name:
+            raise RuntimeError("can't start new thread")
+        started.append(real(name, *args))
+        return started[-1]
+
+    monkeypatch.setattr(pipeline_module, "start_stage", start_stage)
+    monkeypatch.setattr(batcher_module, "start_stage", start_stage)
+    with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
+        for run in (lambda: Pipeline(seg, Camera(10**6), [Recorder()]).run(),
+                    lambda: Batcher(seg, [Camera(10**6), Camera(10**6)], [[Recorder()], [Recorder()]]).run()):
+            started.clear()
+            with pytest.raises(RuntimeError, match="can't start new thread"):
+                run()
+            assert started and not [t.name for t in started if t.is_alive()]
