@@ -336,33 +336,28 @@ class Batcher:
                 with self._lock:
                     self._pending += 1
                     self._model_free.clear()
-                if not self._put(self._queues[0], (number, group, work)):
+                if not self._put(self._queues[0], (number, (group, work))):
                     return
                 number += 1  # each batch's place in the stream (the inference workers keep the order)
 
     # -- model and post-processing --------------------------------------------------------------
     def _infer(self) -> None:
-        """One inference worker; with several (files, ``--requests``), each hands its batch on in the
-        batches' order, and the last to finish ends the stream for post-processing."""
-        try:
-            while (got := self._get(self._queues[0])) is not _END:
-                number, items, work = got
-                work = self.segmenter.infer(work)
-                self._record(items, "infer", work.timings["infer"])
-                with self._lock:
-                    self.stats.inferences += 1
-                    self.stats.frames += len(items)
-                    self._pending -= 1
-                    if self._pending == 0:  # nothing prepared is waiting: the next batch may be taken
-                        self._model_free.set()
-                if not self._workers.hand_on(number, lambda: self._put(self._queues[1], (items, work))):
-                    return
-        except BaseException:
-            self.stop()  # first: the other workers must not wait for this worker's batch
-            raise
-        finally:
-            # the last worker ends post-processing's stream; the others pass the end on to the workers left
-            self._put(self._queues[1] if self._workers.worker_done() else self._queues[0], _END)
+        """One inference worker (``pipeline.InOrder.work``): with several (files, ``--requests``), the
+        batches go on in their order."""
+        def step(item: tuple[list[_Item], Work]) -> tuple[list[_Item], Work]:
+            items, work = item
+            work = self.segmenter.infer(work)
+            self._record(items, "infer", work.timings["infer"])
+            with self._lock:
+                self.stats.inferences += 1
+                self.stats.frames += len(items)
+                self._pending -= 1
+                if self._pending == 0:  # nothing prepared is waiting: the next batch may be taken
+                    self._model_free.set()
+            return items, work
+
+        self._workers.work(lambda: self._get(self._queues[0]), _END, step, lambda x: self._put(self._queues[1], x),
+                           lambda x: self._put(self._queues[0], x), self.stop)
 
     def _post(self) -> None:
         while (got := self._get(self._queues[1])) is not _END:

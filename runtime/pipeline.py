@@ -84,8 +84,10 @@ class LatestSlot:
 
 
 def _frames_in(item: Any) -> int:
-    """Frames an item between stages carries: a Frame, a ``(number, frames, work)`` batch, a
+    """Frames an item between stages carries: a Frame, a ``(number, (frames, work))`` batch, a
     ``(frames, work)`` pair or a list of results."""
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], tuple):  # numbered
+        return _frames_in(item[1])
     if isinstance(item, tuple):
         return next((len(part) for part in item if isinstance(part, list)), 1)
     if isinstance(item, list):
@@ -176,6 +178,24 @@ class InOrder:
         with self._turn:
             self._left -= 1
             return self._left == 0
+
+    def work(self, get: Callable[[], Any], end: Any, step: Callable[[Any], Any], put: Callable[[Any], bool],
+             put_back: Callable[[Any], bool], stop: Callable[[], None]) -> None:
+        """One worker's loop: ``get()`` ``(number, item)`` until ``end``, ``put(step(item))`` in the
+        numbers' order; an error stops the run first (the other workers must not wait for this
+        worker's batch); the last worker to end puts ``end`` for the next stage, the others put it
+        back (``put_back``) for the workers still waiting."""
+        try:
+            while (got := get()) is not end:
+                number, item = got
+                out = step(item)
+                if not self.hand_on(number, lambda: put(out)):
+                    return
+        except BaseException:
+            stop()
+            raise
+        finally:
+            (put if self.worker_done() else put_back)(end)
 
 
 class Pipeline:
@@ -314,26 +334,20 @@ class Pipeline:
                     break  # never wait for more camera frames: latency first
             for group, work in prepare_or_split(self.segmenter, frames, lambda f: f.image, self._skip):
                 self._record("pre", work.timings["pre"])
-                if not self._put(self._queues[0], (number, group, work)):
+                if not self._put(self._queues[0], (number, (group, work))):
                     return
                 number += 1
 
     def _infer(self) -> None:
-        """One inference worker; with several, each hands its batch on in the batches' order, and
-        the last to finish ends the stream for post-processing."""
-        try:
-            while (item := self._get(self._queues[0])) is not _END:
-                number, frames, work = item
-                work = self.segmenter.infer(work)
-                self._record("infer", work.timings["infer"])
-                if not self._workers.hand_on(number, lambda: self._put(self._queues[1], (frames, work))):
-                    return
-        except BaseException:
-            self.stop()  # first: the other workers must not wait for this worker's batch
-            raise
-        finally:
-            # the last worker ends post-processing's stream; the others pass the end on to the workers left
-            self._put(self._queues[1] if self._workers.worker_done() else self._queues[0], _END)
+        """One inference worker (:meth:`InOrder.work`): with several, the batches go on in their order."""
+        def step(item: tuple[list[Frame], Work]) -> tuple[list[Frame], Work]:
+            frames, work = item
+            work = self.segmenter.infer(work)
+            self._record("infer", work.timings["infer"])
+            return frames, work
+
+        self._workers.work(lambda: self._get(self._queues[0]), _END, step, lambda x: self._put(self._queues[1], x),
+                           lambda x: self._put(self._queues[0], x), self.stop)
 
     def _post(self) -> None:
         while (item := self._get(self._queues[1])) is not _END:

@@ -23,23 +23,23 @@ def model(tmp_path_factory):
     return make_contract_model(tmp_path_factory.mktemp("workers") / "model.onnx", mask_size=14)
 
 
-def _two_workers(seg, slow_frame=None, fail_frame=None):
-    """Make ``seg`` a backend with two requests in flight whose inference of even frames takes
-    longer (a sleep, the part two calls overlap in; the model itself runs one call at a time: the
-    ONNX Runtime backend's I/O binding is not for concurrent calls); returns the most calls seen
-    inside at once."""
+def _two_workers(seg, fail_frame=None, slow=lambda frame: frame[0, 0, 0] % 2 == 0):
+    """Make ``seg`` a backend with two requests in flight whose inference of the ``slow`` frames (by
+    default the even ones) takes longer (a sleep, the part two calls overlap in; the model itself
+    runs one call at a time: the ONNX Runtime backend's I/O binding is not for concurrent calls);
+    returns the most calls seen inside at once."""
     seg.backend.requests = 2
     real, lock, serial, inside, most = seg.infer, threading.Lock(), threading.Lock(), [0], [0]
 
     def infer(work):
-        index = int(work.frames[0][0, 0, 0])
+        frame = work.frames[0]
         with lock:
             inside[0] += 1
             most[0] = max(most[0], inside[0])
         try:
-            if index == fail_frame:
-                raise RuntimeError(f"inference failed on frame {index}")
-            time.sleep(0.04 if index % 2 == 0 else 0.0)
+            if frame[0, 0, 0] == fail_frame:
+                raise RuntimeError(f"inference failed on frame {frame[0, 0, 0]}")
+            time.sleep(0.05 if slow(frame) else 0.0)
             with serial:
                 return real(work)
         finally:
@@ -48,7 +48,6 @@ def _two_workers(seg, slow_frame=None, fail_frame=None):
 
     seg.infer = infer
     return most
-
 
 def test_two_inference_workers_keep_a_files_frames_in_order(model):
     """A backend that runs two inferences at once (OpenVINO's throughput mode) gets two inference
@@ -86,8 +85,8 @@ def test_a_dropped_numbered_batch_counts_its_frames():
     from mrcnn_edge.runtime.pipeline import LatestSlot
 
     slot = LatestSlot()
-    slot.put((0, ["frame a", "frame b"], "work"))
-    slot.put((1, ["frame c", "frame d"], "work"))
+    slot.put((0, (["frame a", "frame b"], "work")))
+    slot.put((1, (["frame c", "frame d"], "work")))
     assert slot.dropped == 2 and slot.get(timeout=1)[0] == 1
 
 
@@ -106,25 +105,7 @@ def _two_sources(n):
 def _slow_first_source(seg):
     """Two requests in flight; the first source's even frames take longer: its next frame, two
     batches on (the sources are served in turn), would overtake it without the hand-over in order."""
-    seg.backend.requests = 2
-    real, lock, serial, inside, most = seg.infer, threading.Lock(), threading.Lock(), [0], [0]
-
-    def infer(work):
-        frame = work.frames[0]
-        with lock:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        try:
-            time.sleep(0.06 if frame[0, 0, 1] == 0 and frame[0, 0, 0] % 2 == 0 else 0.0)
-            with serial:
-                return real(work)
-        finally:
-            with lock:
-                inside[0] -= 1
-
-    seg.infer = infer
-    return most
-
+    return _two_workers(seg, slow=lambda frame: frame[0, 0, 1] == 0 and frame[0, 0, 0] % 2 == 0)
 
 def test_the_batcher_gives_files_two_inference_workers_and_keeps_each_sources_order(model):
     """Several files, one batch-1 model served in turn, two requests (``--requests 2``): two batches
