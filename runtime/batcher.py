@@ -87,6 +87,7 @@ class BatchStats:
     frames: int = 0                   # frames that went through the model
     model_mib: float | None = None    # resident memory the model took when it opened (the caller measures)
     peak_mib: float | None = None     # the process's peak resident memory, at the end of the run
+    elapsed: float = 0.0              # first capture to the last frame written, seconds
 
     @property
     def fill(self) -> float:
@@ -96,8 +97,9 @@ class BatchStats:
     def summary(self) -> str:
         memory = [f"{what} {mib:.0f} MiB" for what, mib in (("the model took", self.model_mib), ("process peak",
                   self.peak_mib)) if mib is not None]
+        rate = f", {self.frames / self.elapsed:.2f} frames per second in all" if self.elapsed > 0 else ""
         return (f"one model for {self.sources} sources (batch {self.batch}): {self.fill:.2f} frames per inference "
-                f"over {self.inferences} inferences" + (f"; resident memory: {', '.join(memory)}" if memory else ""))
+                f"over {self.inferences} inferences{rate}" + (f"; resident memory: {', '.join(memory)}" if memory else ""))
 
 
 class _Item(NamedTuple):  # a frame on its way: its source, the frame, when its capture finished
@@ -407,6 +409,8 @@ class Batcher:
             s.dropped_at = {"capture": self._slots.dropped[i]}
             s.dropped = self._slots.dropped[i]
         self.stats.peak_mib = resident_mib(peak=True)
+        starts, last = [t for t in self._start if t], max(self._last_write)
+        self.stats.elapsed = last - min(starts) if starts and last else 0.0
 
     def _write(self, item: _Item, detections: Detections, image: Any, service: float) -> None:
         """One frame into its source's sinks (an error there, e.g. a full disk, ends the run)."""

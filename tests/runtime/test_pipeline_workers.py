@@ -116,9 +116,14 @@ def test_the_batcher_gives_files_two_inference_workers_and_keeps_each_sources_or
     with Segmenter.from_path(model, score_threshold=0.0, backend="onnxruntime") as seg:
         most = _slow_first_source(seg)
         batcher = Batcher(seg, [ArraySource(f) for f in _two_sources(12)], [[s] for s in sinks])
+        t0 = time.perf_counter()
         stats = batcher.run()
+        wall = time.perf_counter() - t0
     assert [s.frames for s in sinks] == [list(range(12))] * 2 and [s.frames for s in stats] == [12, 12]
     assert most[0] == 2 and batcher.stats.inferences == 24
+    # the summary's rate in all: the 24 frames over the run's time (first capture to last write)
+    assert 0 < batcher.stats.elapsed <= wall
+    assert f"{24 / batcher.stats.elapsed:.2f} frames per second in all" in batcher.stats.summary()
 
 
 def test_the_batchers_cameras_keep_one_inference_worker(model):
