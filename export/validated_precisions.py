@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mrcnn_edge.core.contract import VALIDATED_PRECISION_BOUNDS, validated_drop
+from mrcnn_edge.core.errors import UserError
 from mrcnn_edge.core.progress import note
 
 __all__ = ["bf16_record", "write_validated_precisions", "check_cpu_precisions", "check_annotated",
@@ -108,6 +109,13 @@ def why_not_checked(model: str | Path, metadata: dict[str, Any]) -> str | None:
 
     if not cpu_has_bf16(ov.Core()):
         return "this CPU has no BF16 instructions"
+    from mrcnn_edge.core.atomic import unwritable
+
+    folder = Path(model).resolve().parent
+    why = unwritable(folder)
+    if why is not None:  # the record goes into the model file, replaced in its folder
+        return (f"its record would go into {Path(model).name}, and {folder} cannot be written ({why}); "
+                "validate a copy in a writable folder to record bf16")
     return None
 
 
@@ -139,7 +147,13 @@ def check_cpu_precisions(model: str | Path, items: Sequence[tuple[Any, np.ndarra
         ap[precision] = evaluate_detections(dataset, rows)["mask_AP"]
     entry = bf16_record(ap[full], ap["bf16"], len(frames), annotations)
     within = validated_drop({"validated_precisions": {"bf16": entry}}, "bf16") is not None
-    write_validated_precisions(model, {"bf16": entry if within else None})
+    try:
+        write_validated_precisions(model, {"bf16": entry if within else None})
+    except (UserError, OSError) as exc:  # e.g. a full disk: the validation itself stands
+        reason = str(exc) if isinstance(exc, UserError) else (exc.strerror or str(exc))
+        log(f"[validate] bf16 measured (mask AP {entry['mask_AP']:.4f} vs {full} {entry['fp32_mask_AP']:.4f}) but "
+            f"not recorded: {reason}")
+        return None
     # the recorded (rounded) figures, so that the line and the model's own line later say the same
     return PrecisionCheck(entry["fp32_mask_AP"], entry["mask_AP"], len(frames), within, int8=full == "int8")
 

@@ -20,7 +20,7 @@ from typing import Iterator
 
 from mrcnn_edge.core.errors import UserError
 
-__all__ = ["atomic_output", "atomic_dir", "check_writable", "check_writable_folder", "PendingOutput"]
+__all__ = ["atomic_output", "atomic_dir", "check_writable", "check_writable_folder", "unwritable", "PendingOutput"]
 
 
 def _umask() -> int:
@@ -55,14 +55,28 @@ def check_writable_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+def unwritable(folder: str | os.PathLike) -> str | None:
+    """Why an existing ``folder`` cannot take new entries (``read-only file system``, ``permission
+    denied``), or None when it can."""
+    if os.access(folder, os.W_OK):
+        return None
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "read-only file system"
+    except (OSError, AttributeError):  # no statvfs (Windows): the access check's answer
+        pass
+    return "permission denied"
+
+
 def _writable_folder(folder: Path) -> None:
     """Create ``folder`` (and its parents) if needed; one line when it cannot take new entries."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create folder {folder}: {exc.strerror}") from exc
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write to {folder}: permission denied")
+    why = unwritable(folder)
+    if why is not None:
+        raise UserError(f"cannot write to {folder}: {why}")
 
 
 class PendingOutput:

@@ -3,6 +3,7 @@ measures OpenVINO bf16 against fp32 and writes bf16 into the model only within i
 record is removed when a new measurement no longer supports it; nothing else in the model moves."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 
 import pytest
@@ -87,3 +88,72 @@ def test_a_model_that_finds_nothing_right_gets_no_record(tmp_path):
     assert checked.bf16_mask_AP == checked.fp32_mask_AP  # bf16 lost nothing, and still no record
     assert not checked.recorded and "nothing to judge by" in checked.line and "not recorded" in checked.line
     assert "validated_precisions" not in _meta(model)  # the earlier record is gone too
+
+
+@pytest.fixture
+def small_disk(monkeypatch):
+    """The tests' tmpfs helper (tests/runtime/io/media_tools.py): a real small or read-only disk."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "runtime" / "io"))
+    import media_tools
+
+    return media_tools.small_disk
+
+
+def _bf16_check(model, tmp_path, logged):
+    from mrcnn_edge.export.validate import collect_images
+    from mrcnn_edge.export.validated_precisions import check_cpu_precisions
+    from mrcnn_edge.runtime.backends.openvino import cpu_has_bf16
+
+    ov = pytest.importorskip("openvino", reason="bf16 is measured with OpenVINO")
+    if not cpu_has_bf16(ov.Core()):
+        pytest.skip("this CPU has no BF16 instructions")
+    if not (tmp_path / "val").exists():
+        assert main(["synth", "--out", str(tmp_path / "val"), "--images", "2", "--seed", "2", "--quiet"]) == 0
+    items, dataset = collect_images(None, str(tmp_path / "val"), 2)
+    return check_cpu_precisions(model, items, dataset, "val", log=logged.append)
+
+
+def test_a_model_in_a_read_only_folder_is_validated_and_says_why_no_record(tmp_path, small_disk):
+    """The record goes into the model file: on a read-only mount (a model store) validate used to
+    pass its comparison, measure bf16 and then fail on the write ('permission denied'). Now the
+    check says why before measuring, and nothing fails."""
+    import subprocess
+
+    from mrcnn_edge.core.atomic import unwritable
+
+    store = tmp_path / "store"
+    with small_disk(store, 512) as mounted:
+        if not mounted:
+            pytest.skip("no tmpfs can be mounted here (not root)")
+        model = make_contract_model(store / "m.onnx")
+        before = model.read_bytes()
+        ro = subprocess.run(["mount", "-o", "remount,ro", str(store)], capture_output=True)
+        if ro.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {ro.stderr.decode().strip()}")
+        assert unwritable(store) == "read-only file system"
+        logged: list[str] = []
+        assert _bf16_check(model, tmp_path, logged) is None
+        assert len(logged) == 1 and "bf16 not measured" in logged[0] and "read-only file system" in logged[0], logged
+        assert model.read_bytes() == before
+
+
+def test_a_record_that_cannot_be_written_leaves_the_model_and_says_so(tmp_path, small_disk):
+    """A full disk under the model: the measurement stands, the record is not written, one line says
+    so, and the model and its folder are as they were."""
+    disk = tmp_path / "disk"
+    with small_disk(disk, 256) as mounted:
+        if not mounted:
+            pytest.skip("no tmpfs can be mounted here (not root)")
+        model = make_contract_model(disk / "m.onnx")
+        before = model.read_bytes()
+        with contextlib.suppress(OSError):  # fill what is left
+            with open(disk / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        logged: list[str] = []
+        assert _bf16_check(model, tmp_path, logged) is None
+        assert any("bf16 measured" in ln and "but not recorded" in ln for ln in logged), logged
+        assert model.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["filler", "m.onnx"]
