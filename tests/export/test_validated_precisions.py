@@ -91,14 +91,23 @@ def test_a_model_that_finds_nothing_right_gets_no_record(tmp_path):
 
 
 @pytest.fixture
-def small_disk(monkeypatch):
-    """The tests' tmpfs helper (tests/runtime/io/media_tools.py): a real small or read-only disk."""
+def model_on_a_small_disk(tmp_path, monkeypatch):
+    """``with model_on_a_small_disk(kb) as model``: a contract model on a real ``kb`` KB tmpfs (the
+    tests' helper, tests/runtime/io/media_tools.py), unmounted after; skipped where no tmpfs can be
+    mounted (not root)."""
     from pathlib import Path
 
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "runtime" / "io"))
     import media_tools
 
-    return media_tools.small_disk
+    @contextlib.contextmanager
+    def on_disk(size_kb):
+        with media_tools.small_disk(tmp_path / "disk", size_kb) as mounted:
+            if not mounted:
+                pytest.skip("no tmpfs can be mounted here (not root)")
+            yield make_contract_model(tmp_path / "disk" / "m.onnx")
+
+    return on_disk
 
 
 def _bf16_check(model, tmp_path, logged):
@@ -115,7 +124,7 @@ def _bf16_check(model, tmp_path, logged):
     return check_cpu_precisions(model, items, dataset, "val", log=logged.append)
 
 
-def test_a_model_in_a_read_only_folder_is_validated_and_says_why_no_record(tmp_path, small_disk):
+def test_a_model_in_a_read_only_folder_is_validated_and_says_why_no_record(tmp_path, model_on_a_small_disk):
     """The record goes into the model file: on a read-only mount (a model store) validate used to
     pass its comparison, measure bf16 and then fail on the write ('permission denied'). Now the
     check says why before measuring, and nothing fails."""
@@ -123,37 +132,29 @@ def test_a_model_in_a_read_only_folder_is_validated_and_says_why_no_record(tmp_p
 
     from mrcnn_edge.core.atomic import unwritable
 
-    store = tmp_path / "store"
-    with small_disk(store, 512) as mounted:
-        if not mounted:
-            pytest.skip("no tmpfs can be mounted here (not root)")
-        model = make_contract_model(store / "m.onnx")
+    with model_on_a_small_disk(512) as model:
         before = model.read_bytes()
-        ro = subprocess.run(["mount", "-o", "remount,ro", str(store)], capture_output=True)
+        ro = subprocess.run(["mount", "-o", "remount,ro", str(model.parent)], capture_output=True)
         if ro.returncode != 0:
             pytest.skip(f"cannot remount read-only: {ro.stderr.decode().strip()}")
-        assert unwritable(store) == "read-only file system"
+        assert unwritable(model.parent) == "read-only file system"
         logged: list[str] = []
         assert _bf16_check(model, tmp_path, logged) is None
         assert len(logged) == 1 and "bf16 not measured" in logged[0] and "read-only file system" in logged[0], logged
         assert model.read_bytes() == before
 
 
-def test_a_record_that_cannot_be_written_leaves_the_model_and_says_so(tmp_path, small_disk):
+def test_a_record_that_cannot_be_written_leaves_the_model_and_says_so(tmp_path, model_on_a_small_disk):
     """A full disk under the model: the measurement stands, the record is not written, one line says
     so, and the model and its folder are as they were."""
-    disk = tmp_path / "disk"
-    with small_disk(disk, 256) as mounted:
-        if not mounted:
-            pytest.skip("no tmpfs can be mounted here (not root)")
-        model = make_contract_model(disk / "m.onnx")
+    with model_on_a_small_disk(256) as model:
         before = model.read_bytes()
         with contextlib.suppress(OSError):  # fill what is left
-            with open(disk / "filler", "wb") as f:
+            with open(model.parent / "filler", "wb") as f:
                 while True:
                     f.write(b"\0" * 4096)
                     f.flush()
         logged: list[str] = []
         assert _bf16_check(model, tmp_path, logged) is None
         assert any("bf16 measured" in ln and "but not recorded" in ln for ln in logged), logged
-        assert model.read_bytes() == before and sorted(p.name for p in disk.iterdir()) == ["filler", "m.onnx"]
+        assert model.read_bytes() == before and sorted(p.name for p in model.parent.iterdir()) == ["filler", "m.onnx"]
