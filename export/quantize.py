@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from mrcnn_edge.core.contract import CALIBRATION_LIMIT, INPUT_NAME, QUANTIZED_PRECISIONS, feed_mean_std
-from mrcnn_edge.core.errors import UserError, require
+from mrcnn_edge.core.errors import UserError, first_line, require
 
 from mrcnn_edge.export.checks import QDQ_OPS, QUANTIZED_OPS, quantized_nodes, skip_connection_adds
 
@@ -392,7 +392,7 @@ def quantize_model(model: str | os.PathLike, calibration: str | os.PathLike, out
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - the library's and ONNX Runtime's own types; --debug shows it
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise UserError(f"quantizing {model_path.name} failed: {first}") from exc
         quantized = onnx.load(str(workdir / "int8.onnx"))
     _float_edges_back(quantized)

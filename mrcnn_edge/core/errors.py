@@ -1,7 +1,7 @@
 """Errors meant for the user: the CLI prints their message as one line and exits non-zero."""
 from __future__ import annotations
 
-__all__ = ["UserError", "require"]
+__all__ = ["UserError", "require", "first_line"]
 
 
 class UserError(Exception):
@@ -24,3 +24,9 @@ def require(module: str, extra: str, purpose: str = ""):
         raise UserError(
             f"{module} is not installed{what}: pip install 'mrcnn-edge[{extra}]'"
         ) from exc
+
+
+def first_line(exc: BaseException, text: str | None = None) -> str:
+    """The first line of ``text`` (default: the exception's message), or the exception's type name
+    when that is empty: a library's multi-line error, said in one line."""
+    return ((str(exc) if text is None else text).strip().splitlines() or [type(exc).__name__])[0]

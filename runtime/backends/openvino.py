@@ -46,7 +46,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mrcnn_edge.core.contract import VALIDATED_PRECISION_BOUNDS, validated_drop
-from mrcnn_edge.core.errors import UserError, require
+from mrcnn_edge.core.errors import UserError, first_line, require
 from mrcnn_edge.core.metadata import read_onnx_metadata
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
@@ -167,7 +167,7 @@ def keep_precise(core: Any, model: Any, names: set[str]) -> Any:
         try:
             ov.save_model(model, str(xml), compress_to_fp16=False)
         except Exception as exc:  # noqa: BLE001 - OpenVINO's reason for a full disk: 'basic_ios::clear: iostream error'
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise OSError(f"writing a copy of the model into {tmp} failed: {first}; a full disk? "
                           f"TMPDIR names another folder") from exc
         tree = ET.parse(xml)
@@ -252,14 +252,14 @@ class OpenVinoBackend(Backend):
                     self.roi_boxes = "fp32"
                 except Exception as exc:  # noqa: BLE001 - a full temp folder, an OpenVINO that refuses the IR copy
                     log.warning("OpenVINO bf16 with the ROI boxes in bf16 too (less accurate): could not mark them "
-                                "f32 (%s)", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+                                "f32 (%s)", first_line(exc))
             self._compiled = self._core.compile_model(model, device, config)
             if self.roi_boxes == "fp32" and any(p != "f32" for p in roi_box_precisions(self._compiled)):
                 self.roi_boxes = "bf16"  # an OpenVINO that reads the marks but does not keep them
                 log.warning("OpenVINO bf16 with the ROI boxes in bf16 too (less accurate): this OpenVINO did not "
                             "keep the operations marked precise in f32")
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses for everything
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             raise UserError(f"OpenVINO cannot load {self.path.name}: {first}") from exc
         self._request = self._compiled.create_infer_request()
         self._free: queue.SimpleQueue = queue.SimpleQueue()  # requests > 1: the idle requests

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from mrcnn_edge.core.contract import PLUGIN_NAME
-from mrcnn_edge.core.errors import UserError, require
+from mrcnn_edge.core.errors import UserError, first_line, require
 from mrcnn_edge.core.metadata import read_onnx_metadata
 from mrcnn_edge.core.paths import ort_tensorrt_cache_dir
 
@@ -154,7 +154,7 @@ class OrtBackend(Backend):
                 with_options = [(p, _provider_options(p, self.path)) for p in providers]
                 return ort.InferenceSession(model, sess_options=options, providers=with_options)
             except Exception as exc:  # noqa: BLE001 - ORT raises its own classes for everything
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                first = first_line(exc)
                 if fallback and len(providers) > 1:
                     log.warning("%s failed (%s); trying %s", providers[0], first, providers[1])
                     providers = providers[1:]

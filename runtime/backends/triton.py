@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from mrcnn_edge.core.errors import UserError, require
+from mrcnn_edge.core.errors import UserError, first_line, require
 
 from mrcnn_edge.runtime.backends import Backend, check_feed
 from mrcnn_edge.runtime.spec import TensorSpec
@@ -124,8 +124,7 @@ def _status(exc: Exception) -> str:
 
 def _first_line(exc: Exception) -> str:
     msg = getattr(exc, "message", None)
-    text = (msg() if callable(msg) else None) or str(exc)
-    return (text.strip().splitlines() or [type(exc).__name__])[0]
+    return first_line(exc, (msg() if callable(msg) else None) or str(exc))
 
 
 class TritonBackend(Backend):
