@@ -102,7 +102,9 @@ def frames_queue_up(kinds: list[str]) -> bool:
     frame is processed, so frames per second count (``Segmenter.from_path(throughput=True)``: two
     inferences in flight, one worker each, in the pipeline and in the batcher). A camera wants each
     frame's latency: one at a time."""
-    return bool(kinds) and all(kind in ("video", "images") for kind in kinds)
+    from mrcnn_edge.runtime.batcher import LIVE_KINDS
+
+    return bool(kinds) and not set(kinds) & set(LIVE_KINDS)
 
 
 def _auto_help() -> str:

@@ -86,10 +86,9 @@ class LatestSlot:
 def _frames_in(item: Any) -> int:
     """Frames an item between stages carries: a Frame, a ``(number, (frames, work))`` batch, a
     ``(frames, work)`` pair or a list of results."""
-    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], tuple):  # numbered
-        return _frames_in(item[1])
-    if isinstance(item, tuple):
-        return next((len(part) for part in item if isinstance(part, list)), 1)
+    if isinstance(item, tuple):  # the frames are its first list, or in its first tuple (a numbered batch)
+        part = next((part for part in item if isinstance(part, (list, tuple))), None)
+        return 1 if part is None else _frames_in(part)
     if isinstance(item, list):
         return len(item)
     return 1
