@@ -61,6 +61,16 @@ def _prune(folder: Path, key: str) -> None:
             old.unlink(missing_ok=True)
 
 
+@pytest.fixture
+def media_tools(monkeypatch):
+    """tests/runtime/io/media_tools.py (real ffmpeg streams, a small tmpfs for a full or read-only
+    disk) for the tests outside that folder."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "runtime" / "io"))
+    import media_tools as module
+
+    return module
+
+
 @pytest.fixture(scope="session")
 def demo_canvas() -> tuple[int, int]:
     """The canvas ``(H, W)`` of the ``demo_onnx`` exports."""

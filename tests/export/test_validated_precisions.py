@@ -91,15 +91,10 @@ def test_a_model_that_finds_nothing_right_gets_no_record(tmp_path):
 
 
 @pytest.fixture
-def model_on_a_small_disk(tmp_path, monkeypatch):
+def model_on_a_small_disk(tmp_path, media_tools):
     """``with model_on_a_small_disk(kb) as model``: a contract model on a real ``kb`` KB tmpfs (the
     tests' helper, tests/runtime/io/media_tools.py), unmounted after; skipped where no tmpfs can be
     mounted (not root)."""
-    from pathlib import Path
-
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "runtime" / "io"))
-    import media_tools
-
     @contextlib.contextmanager
     def on_disk(size_kb):
         with media_tools.small_disk(tmp_path / "disk", size_kb) as mounted:

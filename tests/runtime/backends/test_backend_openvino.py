@@ -2,8 +2,6 @@
 backend table's automatic choice of it on x86 CPUs without a GPU."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -175,7 +173,7 @@ def test_bf16_runs_without_the_marks_where_they_cannot_be_made(demo_onnx, tmp_pa
     assert "could not mark them f32" in caplog.text and "no-such-folder" in caplog.text
 
 
-def test_bf16_on_a_full_disk_says_where_and_why(demo_onnx, tmp_path, monkeypatch, caplog):
+def test_bf16_on_a_full_disk_says_where_and_why(demo_onnx, tmp_path, monkeypatch, caplog, media_tools):
     """A temp folder on a real full disk (a tmpfs): OpenVINO's own reason for the failed copy is one
     cryptic line ('basic_ios::clear: iostream error'), so the warning names the folder and the cause;
     nothing is left in it, and bf16 runs unmarked."""
@@ -185,8 +183,6 @@ def test_bf16_on_a_full_disk_says_where_and_why(demo_onnx, tmp_path, monkeypatch
 
     if not cpu_has_bf16(ov.Core()):
         pytest.skip("this CPU has no BF16 instructions")
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "io"))
-    import media_tools  # the tests' tmpfs helper (tests/runtime/io)
     disk = tmp_path / "disk"
     with media_tools.small_disk(disk, 64) as mounted:
         if not mounted:
